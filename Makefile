@@ -1,0 +1,47 @@
+# Two commands on a fresh machine: `make run` (the whole platform) and `make test` (the suite).
+# Both create .venv, install the pinned dependencies and, as root on Debian/Ubuntu, the sandbox's packages.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+
+.PHONY: run test lint format bench install system-deps
+
+run: install
+	$(BIN)/python manage.py standalone
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python -m bench
+
+install: system-deps $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+# The sandbox runs handlers under the distribution's /usr/bin/python3; bubblewrap is the fallback isolation
+# tool. Installed only where we may (root with apt); elsewhere the sandbox doctor reports what is missing.
+system-deps:
+	@if [ ! -x /usr/bin/python3 ] || ! command -v bwrap >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing python3 and bubblewrap with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 bubblewrap >/dev/null; \
+	  else \
+	    echo "NOTE: /usr/bin/python3 or bubblewrap is missing and cannot be installed here (not root or no apt)."; \
+	  fi; \
+	fi

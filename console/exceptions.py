@@ -1,0 +1,130 @@
+"""Service errors and the one place that turns any failure into the API's error format.
+
+Every API error is ``HTTP status + {"type": ..., "message": ..., "details": ...}``; the ``type`` strings are
+stable (clients branch on them), the messages are for people.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404, HttpResponse, JsonResponse
+from django.views import defaults
+from rest_framework import exceptions as drf
+from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """A rule of the domain was broken by the caller's input; raised by services, mapped to a 4xx."""
+
+    status = 400
+    type = "InvalidParameterValue"
+
+    def __init__(self, message: str, *, details: Any = None, type: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        if type:
+            self.type = type
+
+
+class ResourceNotFound(ServiceError):
+    status = 404
+    type = "ResourceNotFound"
+
+
+class ResourceConflict(ServiceError):
+    status = 409
+    type = "ResourceConflict"
+
+
+class PreconditionFailed(ServiceError):
+    status = 412
+    type = "PreconditionFailed"
+
+
+class RequestTooLarge(ServiceError):
+    status = 413
+    type = "RequestTooLarge"
+
+
+class CodeStorageError(ServiceError):
+    type = "CodeStorageError"
+
+
+# DRF's own exceptions, by class, to our stable types.
+_DRF_TYPES: list[tuple[type[Exception], str]] = [
+    (drf.ParseError, "InvalidRequestContent"),
+    (drf.UnsupportedMediaType, "UnsupportedMediaType"),
+    (drf.NotAuthenticated, "NotAuthenticated"),
+    (drf.AuthenticationFailed, "AuthenticationFailed"),
+    (drf.PermissionDenied, "AccessDenied"),
+    (drf.NotFound, "ResourceNotFound"),
+    (drf.MethodNotAllowed, "MethodNotAllowed"),
+    (drf.NotAcceptable, "NotAcceptable"),
+    (drf.Throttled, "TooManyRequests"),
+    (drf.ValidationError, "InvalidParameterValue"),
+]
+
+
+def error_body(type_: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {"type": type_, "message": message, "details": details if details is not None else {}}
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, ServiceError):
+        return Response(error_body(exc.type, exc.message, exc.details), status=exc.status)
+    if isinstance(exc, Http404):
+        return Response(error_body("ResourceNotFound", "The resource was not found."), status=404)
+    if isinstance(exc, DjangoPermissionDenied):
+        return Response(error_body("AccessDenied", "You may not do that."), status=403)
+    if isinstance(exc, RequestDataTooBig):
+        return Response(error_body("RequestTooLarge", "The request body is too large."), status=413)
+    if isinstance(exc, DjangoValidationError):
+        details = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+        return Response(error_body("InvalidParameterValue", _first_message(details), details), status=400)
+    if isinstance(exc, drf.APIException):
+        return _drf_response(exc)
+    return None
+
+
+def _drf_response(exc: drf.APIException) -> Response:
+    type_ = next((name for cls, name in _DRF_TYPES if isinstance(exc, cls)), "InvalidRequest")
+    headers = {}
+    if isinstance(exc, drf.Throttled) and exc.wait:
+        headers["Retry-After"] = str(int(exc.wait))
+    if isinstance(exc, drf.ValidationError):
+        details = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+        return Response(error_body(type_, _first_message(details), details), status=exc.status_code)
+    return Response(error_body(type_, str(exc.detail)), status=exc.status_code, headers=headers)
+
+
+def _first_message(details: Any, path: str = "") -> str:
+    """A human sentence naming the first offending field, e.g. "memory_mb: Ensure this value ..."."""
+    if isinstance(details, dict):
+        for key, value in details.items():
+            prefix = path if key == "non_field_errors" else (f"{path}.{key}" if path else str(key))
+            return _first_message(value, prefix)
+    if isinstance(details, list) and details:
+        return _first_message(details[0], path)
+    text = str(details)
+    return f"{path}: {text}" if path else text
+
+
+def json_not_found(request: Any, exception: Exception | None = None) -> HttpResponse:
+    if not request.path.startswith("/api/"):
+        return defaults.page_not_found(request, exception)
+    return JsonResponse(error_body("ResourceNotFound", "No such page or resource."), status=404)
+
+
+def json_server_error(request: Any) -> HttpResponse:
+    # Reached only on a bug: the message stays generic, the traceback goes to the log.
+    if not request.path.startswith("/api/"):
+        return defaults.server_error(request)
+    return JsonResponse(error_body("InternalError", "Something went wrong on our side."), status=500)

@@ -1,0 +1,8 @@
+from __future__ import annotations
+
+from rest_framework.pagination import LimitOffsetPagination
+
+
+class Pagination(LimitOffsetPagination):
+    default_limit = 50
+    max_limit = 500

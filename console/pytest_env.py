@@ -1,0 +1,9 @@
+"""Loaded by pytest before Django settings (``-p console.pytest_env`` in pyproject.toml): tests keep their
+state, keys and embedded Redis socket under var/test, apart from a running `make run`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("EPHEMERA_VAR_DIR", str(Path(__file__).resolve().parent.parent / "var" / "test"))

@@ -1,0 +1,44 @@
+"""The demo tenant and example function that `manage.py standalone` creates on a fresh machine."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from rest_framework.authtoken.models import Token
+
+from functions_app import services
+from functions_app.models import Function
+
+DEMO_USERNAME = "demo"
+EXAMPLE_SOURCE = """import json
+
+
+def lambda_handler(event, context):
+    name = (event or {}).get("name", "world")
+    print(f"greeting {name} from {context.function_name}")
+    return {"statusCode": 200, "body": json.dumps({"message": f"Hello, {name}!"})}
+"""
+
+
+@transaction.atomic
+def demo_seed() -> dict[str, Any]:
+    """Create the demo user, their API token and a `hello` function once; later calls change nothing."""
+    user_model = get_user_model()
+    password = None
+    user = user_model.objects.filter(username=DEMO_USERNAME).first()
+    if user is None:
+        password = secrets.token_urlsafe(12)
+        user = user_model.objects.create_user(DEMO_USERNAME, password=password, is_staff=False)
+    token, _ = Token.objects.get_or_create(user=user)
+    if not Function.objects.filter(owner=user, name="hello").exists():
+        services.function_create(
+            owner=user,
+            name="hello",
+            handler="lambda_function.lambda_handler",
+            description="The example function: returns a greeting.",
+            code=services.CodeUpload(files={"lambda_function.py": EXAMPLE_SOURCE}),
+        )
+    return {"created": password is not None, "username": DEMO_USERNAME, "password": password, "token": token.key}

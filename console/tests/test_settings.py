@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+STRONG_KEY = "k" * 20 + "Zq8#pW3!vL0@xR6$tN1%" + "m" * 20
+
+
+def run_manage(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DEBUG", "PRODUCTION", "FERNET_KEYS")}
+    clean.update({"EPHEMERA_VAR_DIR": str(tmp_path), **env})
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=BASE_DIR, env=clean, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_with_no_environment_it_generates_a_development_key_once(tmp_path):
+    first = run_manage(
+        tmp_path, "shell", "-v", "0", "-c", "from django.conf import settings; print(settings.SECRET_KEY)"
+    )
+    second = run_manage(
+        tmp_path, "shell", "-v", "0", "-c", "from django.conf import settings; print(settings.SECRET_KEY)"
+    )
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    assert first.stdout.startswith("dev-insecure-")
+    assert oct((tmp_path / "secret_key").stat().st_mode & 0o777) == "0o600"
+
+
+def test_with_no_environment_it_uses_sqlite_and_embedded_redis_under_var(tmp_path):
+    script = "from django.conf import settings; print(settings.DATABASES['default']['NAME'], settings.REDIS_URL)"
+    result = run_manage(tmp_path, "shell", "-v", "0", "-c", script, DATABASE_URL="", REDIS_URL="")
+    database, redis_url = result.stdout.split()
+    assert database == str(tmp_path / "ephemera.sqlite3")
+    assert redis_url == f"unix://{tmp_path / 'redis.sock'}?db=0"
+
+
+def test_database_and_redis_urls_select_postgres_and_a_redis_server(tmp_path):
+    script = (
+        "from django.conf import settings; print(settings.DATABASES['default']['ENGINE'], settings.CELERY_BROKER_URL)"
+    )
+    result = run_manage(
+        tmp_path,
+        "shell",
+        "-v",
+        "0",
+        "-c",
+        script,
+        DATABASE_URL="postgres://postgres@127.0.0.1:5432/ephemera",
+        REDIS_URL="redis://127.0.0.1:6379/3",
+    )
+    assert result.stdout.split() == ["django.db.backends.postgresql", "redis://127.0.0.1:6379/3"]
+
+
+@pytest.mark.parametrize(
+    ("env", "complaint"),
+    [
+        ({"DEBUG": "true", "SECRET_KEY": STRONG_KEY}, "DEBUG=True"),
+        ({}, "SECRET_KEY"),
+        ({"SECRET_KEY": "dev-insecure-" + "x" * 60}, "SECRET_KEY"),
+        ({"SECRET_KEY": "short"}, "SECRET_KEY"),
+        ({"SECRET_KEY": STRONG_KEY}, "FERNET_KEYS"),
+    ],
+)
+def test_production_refuses_to_start_with_development_settings(tmp_path, env, complaint):
+    result = run_manage(tmp_path, "check", PRODUCTION="1", **env)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr and complaint in result.stderr
+
+
+def test_production_settings_pass_the_deployment_checklist(tmp_path):
+    result = run_manage(
+        tmp_path,
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        PRODUCTION="1",
+        SECRET_KEY=STRONG_KEY,
+        FERNET_KEYS=Fernet.generate_key().decode(),
+        ALLOWED_HOSTS="ephemera.example.com",
+    )
+    assert result.returncode == 0, result.stderr + result.stdout

@@ -1,0 +1,405 @@
+"""REST API for the function registry (/api/v1/). Views parse input, call one service or selector, render."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from console.exceptions import ServiceError
+from console.pagination import Pagination
+from functions_app import selectors, services
+from functions_app.models import Alias, Function, TestEvent, Version
+from functions_app.secrets import env_masked
+
+
+class StrictSerializer(serializers.Serializer):
+    """Unknown fields are an error, not silently dropped: a typo must not look like success."""
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if isinstance(data, dict):
+            unknown = set(data) - set(self.fields)
+            if unknown:
+                raise serializers.ValidationError({name: ["Unknown field."] for name in sorted(unknown)})
+        return super().to_internal_value(data)
+
+
+def _body(serializer_class: type[serializers.Serializer], request: Request, **kwargs: Any) -> dict[str, Any]:
+    if not isinstance(request.data, dict):
+        raise ServiceError("The request body must be a JSON object.", type="InvalidRequestContent")
+    serializer = serializer_class(data=request.data, **kwargs)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+# ---- serializers --------------------------------------------------------------------------------------------
+
+
+class CodeInputSerializer(StrictSerializer):
+    zip_base64 = serializers.CharField(required=False, trim_whitespace=False, help_text="A .zip, base64-encoded.")
+    files = serializers.DictField(
+        child=serializers.CharField(allow_blank=True, trim_whitespace=False),
+        required=False,
+        help_text='Inline source by file name, e.g. {"lambda_function.py": "def lambda_handler(event, context): ..."}.',
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("zip_base64" in attrs) == ("files" in attrs):
+            raise serializers.ValidationError({"code": ["Give exactly one of zip_base64 or files."]})
+        return attrs
+
+
+def code_upload_from(data: dict[str, Any]) -> services.CodeUpload:
+    if "files" in data:
+        return services.CodeUpload(files=dict(data["files"]))
+    try:
+        return services.CodeUpload(zip_bytes=base64.b64decode(data["zip_base64"], validate=True))
+    except (binascii.Error, ValueError):
+        raise ServiceError("zip_base64 is not valid base64.", details={"zip_base64": ["Invalid base64."]}) from None
+
+
+class ConfigFieldsSerializer(StrictSerializer):
+    description = serializers.CharField(required=False, allow_blank=True, max_length=256)
+    runtime = serializers.CharField(required=False)
+    handler = serializers.CharField(required=False, max_length=128)
+    memory_mb = serializers.IntegerField(required=False)
+    timeout_s = serializers.IntegerField(required=False)
+    ephemeral_storage_mb = serializers.IntegerField(required=False)
+    network_enabled = serializers.BooleanField(required=False)
+    environment = serializers.DictField(child=serializers.CharField(allow_blank=True), required=False)
+    reserved_concurrency = serializers.IntegerField(required=False, allow_null=True)
+    max_retry_attempts = serializers.IntegerField(required=False)
+    max_event_age_s = serializers.IntegerField(required=False)
+
+
+class FunctionCreateSerializer(ConfigFieldsSerializer):
+    name = serializers.CharField(max_length=64)
+    handler = serializers.CharField(max_length=128)
+    code = CodeInputSerializer()
+
+
+class FunctionUpdateSerializer(ConfigFieldsSerializer):
+    revision_id = serializers.UUIDField(required=False)
+
+
+class FunctionOutputSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    description = serializers.CharField()
+    runtime = serializers.CharField()
+    handler = serializers.CharField()
+    memory_mb = serializers.IntegerField()
+    timeout_s = serializers.IntegerField()
+    ephemeral_storage_mb = serializers.IntegerField()
+    network_enabled = serializers.BooleanField()
+    environment = serializers.SerializerMethodField(help_text="Variable names; values are write-only and masked.")
+    reserved_concurrency = serializers.IntegerField(allow_null=True)
+    max_retry_attempts = serializers.IntegerField()
+    max_event_age_s = serializers.IntegerField()
+    code_sha256 = serializers.CharField(source="code.sha256")
+    code_size = serializers.IntegerField(source="code.size_bytes")
+    version = serializers.SerializerMethodField()
+    revision_id = serializers.UUIDField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+    def get_environment(self, function: Function) -> dict[str, str]:
+        return env_masked(function.environment_keys)
+
+    def get_version(self, function: Function) -> str:
+        return "$LATEST"
+
+
+class VersionOutputSerializer(serializers.Serializer):
+    version = serializers.CharField(source="number")
+    description = serializers.CharField()
+    runtime = serializers.CharField()
+    handler = serializers.CharField()
+    memory_mb = serializers.IntegerField()
+    timeout_s = serializers.IntegerField()
+    ephemeral_storage_mb = serializers.IntegerField()
+    network_enabled = serializers.BooleanField()
+    environment = serializers.SerializerMethodField()
+    code_sha256 = serializers.CharField(source="code.sha256")
+    code_size = serializers.IntegerField(source="code.size_bytes")
+    created_at = serializers.DateTimeField()
+
+    def get_environment(self, version: Version) -> dict[str, str]:
+        return env_masked(version.environment_keys)
+
+
+class PublishSerializer(StrictSerializer):
+    description = serializers.CharField(required=False, allow_blank=True, max_length=256)
+    revision_id = serializers.UUIDField(required=False)
+
+
+class AliasCreateSerializer(StrictSerializer):
+    name = serializers.CharField(max_length=128)
+    version = serializers.IntegerField()
+    description = serializers.CharField(required=False, allow_blank=True, max_length=256)
+    additional_version = serializers.IntegerField(required=False, allow_null=True)
+    additional_weight = serializers.FloatField(required=False, allow_null=True)
+
+
+class AliasUpdateSerializer(StrictSerializer):
+    version = serializers.IntegerField(required=False)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=256)
+    additional_version = serializers.IntegerField(required=False, allow_null=True)
+    additional_weight = serializers.FloatField(required=False, allow_null=True)
+    revision_id = serializers.UUIDField(required=False)
+
+
+class AliasOutputSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    description = serializers.CharField()
+    version = serializers.IntegerField(source="version.number")
+    additional_version = serializers.IntegerField(source="additional_version.number", allow_null=True, default=None)
+    additional_weight = serializers.FloatField()
+    revision_id = serializers.UUIDField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+class TestEventCreateSerializer(StrictSerializer):
+    __test__ = False
+    name = serializers.CharField(max_length=25)
+    event = serializers.JSONField()
+
+
+class TestEventUpdateSerializer(StrictSerializer):
+    __test__ = False
+    event = serializers.JSONField()
+
+
+class TestEventOutputSerializer(serializers.Serializer):
+    __test__ = False
+    name = serializers.CharField()
+    event = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+    def get_event(self, test_event: TestEvent) -> Any:
+        import json
+
+        return json.loads(test_event.event_json)
+
+
+ErrorSerializer = inline_serializer(
+    "Error",
+    fields={
+        "type": serializers.CharField(help_text="Stable error type, e.g. InvalidParameterValue."),
+        "message": serializers.CharField(help_text="A human sentence."),
+        "details": serializers.JSONField(help_text="Per-field problems or extra facts."),
+    },
+)
+ERRORS = {code: ErrorSerializer for code in (400, 401, 403, 404, 409, 412, 413, 415)}
+
+
+def _paginated(request: Request, view: APIView, items: QuerySet, output: type[serializers.Serializer]) -> Response:
+    paginator = Pagination()
+    page = paginator.paginate_queryset(items, request, view=view)
+    return paginator.get_paginated_response(output(page, many=True).data)
+
+
+# ---- views --------------------------------------------------------------------------------------------------
+
+
+class FunctionListApi(APIView):
+    @extend_schema(
+        operation_id="functions_list",
+        parameters=[
+            OpenApiParameter("search", str, description="Substring of the name or description."),
+            OpenApiParameter("runtime", str, description="Only functions with this runtime."),
+        ],
+        responses={200: FunctionOutputSerializer(many=True), **ERRORS},
+    )
+    def get(self, request: Request) -> Response:
+        functions = selectors.function_list(
+            owner=request.user,
+            search=request.query_params.get("search", ""),
+            runtime=request.query_params.get("runtime", ""),
+        )
+        return _paginated(request, self, functions, FunctionOutputSerializer)
+
+    @extend_schema(
+        operation_id="functions_create",
+        request=FunctionCreateSerializer,
+        responses={201: FunctionOutputSerializer, **ERRORS},
+    )
+    def post(self, request: Request) -> Response:
+        data = _body(FunctionCreateSerializer, request)
+        code = code_upload_from(data.pop("code"))
+        function = services.function_create(owner=request.user, code=code, **data)
+        return Response(FunctionOutputSerializer(function).data, status=status.HTTP_201_CREATED)
+
+
+class FunctionDetailApi(APIView):
+    @extend_schema(operation_id="functions_retrieve", responses={200: FunctionOutputSerializer, **ERRORS})
+    def get(self, request: Request, name: str) -> Response:
+        function = selectors.function_get(owner=request.user, name=name)
+        return Response(FunctionOutputSerializer(function).data)
+
+    @extend_schema(
+        operation_id="functions_update_configuration",
+        request=FunctionUpdateSerializer,
+        responses={200: FunctionOutputSerializer, **ERRORS},
+    )
+    def patch(self, request: Request, name: str) -> Response:
+        function = selectors.function_get(owner=request.user, name=name)
+        data = _body(FunctionUpdateSerializer, request)
+        function = services.function_update_configuration(function=function, **data)
+        return Response(FunctionOutputSerializer(function).data)
+
+    @extend_schema(operation_id="functions_destroy", responses={204: None, **ERRORS})
+    def delete(self, request: Request, name: str) -> Response:
+        services.function_delete(function=selectors.function_get(owner=request.user, name=name))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class FunctionCodeApi(APIView):
+    parser_classes = [JSONParser, MultiPartParser]
+
+    @extend_schema(
+        operation_id="functions_update_code",
+        request={
+            "application/json": CodeInputSerializer,
+            "multipart/form-data": inline_serializer(
+                "CodeUpload",
+                fields={"zip": serializers.FileField(), "revision_id": serializers.UUIDField(required=False)},
+            ),
+        },
+        responses={200: FunctionOutputSerializer, **ERRORS},
+        description="Replace the code of `$LATEST`: a multipart `zip` file, base64 zip in JSON, or inline files.",
+    )
+    def put(self, request: Request, name: str) -> Response:
+        function = selectors.function_get(owner=request.user, name=name)
+        code, revision_id = self._code_from(request)
+        function = services.function_update_code(function=function, code=code, revision_id=revision_id)
+        return Response(FunctionOutputSerializer(function).data)
+
+    def _code_from(self, request: Request) -> tuple[services.CodeUpload, str | None]:
+        if "zip" in request.FILES:
+            unknown = set(request.data) - {"zip", "revision_id"}
+            if unknown:
+                raise ServiceError("Unknown fields.", details={name: ["Unknown field."] for name in sorted(unknown)})
+            upload = request.FILES["zip"]
+            if upload.size > services.code_pkg.ZIPPED_MAX_BYTES:
+                raise services.RequestTooLarge(f"The zip is {upload.size} bytes; the limit is 50 MB.")
+            return services.CodeUpload(zip_bytes=upload.read()), request.data.get("revision_id") or None
+        data = dict(request.data) if isinstance(request.data, dict) else request.data
+        revision_id = data.pop("revision_id", None) if isinstance(data, dict) else None
+        serializer = CodeInputSerializer(data=data)
+        serializer.is_valid(raise_exception=True)
+        return code_upload_from(serializer.validated_data), revision_id
+
+
+class VersionListApi(APIView):
+    @extend_schema(operation_id="versions_list", responses={200: VersionOutputSerializer(many=True), **ERRORS})
+    def get(self, request: Request, name: str) -> Response:
+        function = selectors.function_get(owner=request.user, name=name)
+        return _paginated(request, self, selectors.version_list(function=function), VersionOutputSerializer)
+
+    @extend_schema(
+        operation_id="versions_publish",
+        request=PublishSerializer,
+        responses={201: VersionOutputSerializer, 200: VersionOutputSerializer, **ERRORS},
+        description="Publish `$LATEST` as a new immutable version; unchanged code and configuration return the "
+        "latest version with 200.",
+    )
+    def post(self, request: Request, name: str) -> Response:
+        function = selectors.function_get(owner=request.user, name=name)
+        data = _body(PublishSerializer, request)
+        version, created = services.version_publish(function=function, **data)
+        return Response(VersionOutputSerializer(version).data, status=201 if created else 200)
+
+
+class VersionDetailApi(APIView):
+    @extend_schema(operation_id="versions_retrieve", responses={200: VersionOutputSerializer, **ERRORS})
+    def get(self, request: Request, name: str, number: int) -> Response:
+        function = selectors.function_get(owner=request.user, name=name)
+        return Response(VersionOutputSerializer(selectors.version_get(function=function, number=number)).data)
+
+
+class AliasListApi(APIView):
+    @extend_schema(operation_id="aliases_list", responses={200: AliasOutputSerializer(many=True), **ERRORS})
+    def get(self, request: Request, name: str) -> Response:
+        function = selectors.function_get(owner=request.user, name=name)
+        return _paginated(request, self, selectors.alias_list(function=function), AliasOutputSerializer)
+
+    @extend_schema(
+        operation_id="aliases_create", request=AliasCreateSerializer, responses={201: AliasOutputSerializer, **ERRORS}
+    )
+    def post(self, request: Request, name: str) -> Response:
+        function = selectors.function_get(owner=request.user, name=name)
+        alias: Alias = services.alias_create(function=function, **_body(AliasCreateSerializer, request))
+        return Response(AliasOutputSerializer(alias).data, status=status.HTTP_201_CREATED)
+
+
+class AliasDetailApi(APIView):
+    @extend_schema(operation_id="aliases_retrieve", responses={200: AliasOutputSerializer, **ERRORS})
+    def get(self, request: Request, name: str, alias: str) -> Response:
+        function = selectors.function_get(owner=request.user, name=name)
+        return Response(AliasOutputSerializer(selectors.alias_get(function=function, name=alias)).data)
+
+    @extend_schema(
+        operation_id="aliases_update", request=AliasUpdateSerializer, responses={200: AliasOutputSerializer, **ERRORS}
+    )
+    def patch(self, request: Request, name: str, alias: str) -> Response:
+        function = selectors.function_get(owner=request.user, name=name)
+        target = selectors.alias_get(function=function, name=alias)
+        updated = services.alias_update(alias=target, **_body(AliasUpdateSerializer, request))
+        return Response(AliasOutputSerializer(updated).data)
+
+    @extend_schema(operation_id="aliases_destroy", responses={204: None, **ERRORS})
+    def delete(self, request: Request, name: str, alias: str) -> Response:
+        function = selectors.function_get(owner=request.user, name=name)
+        services.alias_delete(alias=selectors.alias_get(function=function, name=alias))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TestEventListApi(APIView):
+    @extend_schema(operation_id="test_events_list", responses={200: TestEventOutputSerializer(many=True), **ERRORS})
+    def get(self, request: Request, name: str) -> Response:
+        function = selectors.function_get(owner=request.user, name=name)
+        return _paginated(request, self, selectors.test_event_list(function=function), TestEventOutputSerializer)
+
+    @extend_schema(
+        operation_id="test_events_create",
+        request=TestEventCreateSerializer,
+        responses={201: TestEventOutputSerializer, **ERRORS},
+    )
+    def post(self, request: Request, name: str) -> Response:
+        function = selectors.function_get(owner=request.user, name=name)
+        test_event = services.test_event_create(function=function, **_body(TestEventCreateSerializer, request))
+        return Response(TestEventOutputSerializer(test_event).data, status=status.HTTP_201_CREATED)
+
+
+class TestEventDetailApi(APIView):
+    @extend_schema(operation_id="test_events_retrieve", responses={200: TestEventOutputSerializer, **ERRORS})
+    def get(self, request: Request, name: str, event: str) -> Response:
+        function = selectors.function_get(owner=request.user, name=name)
+        return Response(TestEventOutputSerializer(selectors.test_event_get(function=function, name=event)).data)
+
+    @extend_schema(
+        operation_id="test_events_update",
+        request=TestEventUpdateSerializer,
+        responses={200: TestEventOutputSerializer, **ERRORS},
+    )
+    def put(self, request: Request, name: str, event: str) -> Response:
+        function = selectors.function_get(owner=request.user, name=name)
+        target = selectors.test_event_get(function=function, name=event)
+        updated = services.test_event_update(test_event=target, **_body(TestEventUpdateSerializer, request))
+        return Response(TestEventOutputSerializer(updated).data)
+
+    @extend_schema(operation_id="test_events_destroy", responses={204: None, **ERRORS})
+    def delete(self, request: Request, name: str, event: str) -> Response:
+        function = selectors.function_get(owner=request.user, name=name)
+        services.test_event_delete(test_event=selectors.test_event_get(function=function, name=event))
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,164 @@
+"""Functions, their code artifacts, immutable versions, aliases and saved test events.
+
+State changes only through ``functions_app.services``; ranges that must always hold are database constraints.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+LATEST = "$LATEST"
+MEMORY_MIN_MB, MEMORY_MAX_MB = 128, 10240
+TIMEOUT_MIN_S, TIMEOUT_MAX_S = 1, 900
+EPHEMERAL_MIN_MB, EPHEMERAL_MAX_MB = 512, 10240
+RETRIES_MAX = 2
+EVENT_AGE_MIN_S, EVENT_AGE_MAX_S = 60, 21600
+
+
+class Runtime(models.TextChoices):
+    PYTHON311 = "python3.11", "Python 3.11"
+
+
+class CodeArtifact(models.Model):
+    """A deployment package (always stored as a zip), addressed by the sha256 of its bytes.
+
+    Artifacts are shared infrastructure, reachable only through a function or version that its owner can see.
+    """
+
+    sha256 = models.CharField(max_length=64, unique=True)
+    size_bytes = models.BigIntegerField()
+    unzipped_bytes = models.BigIntegerField()
+    file_count = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.sha256[:12]
+
+
+class FunctionConfig(models.Model):
+    """The configuration shared by `$LATEST` (Function) and its immutable snapshots (Version)."""
+
+    description = models.CharField(max_length=256, blank=True)
+    runtime = models.CharField(max_length=32, choices=Runtime.choices, default=Runtime.PYTHON311)
+    handler = models.CharField(max_length=128)
+    memory_mb = models.PositiveIntegerField(default=128)
+    timeout_s = models.PositiveIntegerField(default=3)
+    ephemeral_storage_mb = models.PositiveIntegerField(default=512)
+    network_enabled = models.BooleanField(default=False)
+    # A MultiFernet token of the JSON variables map; never plaintext (see functions_app.secrets).
+    environment_ciphertext = models.TextField(blank=True)
+    environment_keys = models.JSONField(default=list, blank=True)
+    code = models.ForeignKey(CodeArtifact, on_delete=models.PROTECT, related_name="+")
+
+    class Meta:
+        abstract = True
+
+
+class Function(FunctionConfig):
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="functions")
+    name = models.CharField(max_length=64)
+    reserved_concurrency = models.PositiveIntegerField(null=True, blank=True)
+    max_retry_attempts = models.PositiveSmallIntegerField(default=RETRIES_MAX)
+    max_event_age_s = models.PositiveIntegerField(default=EVENT_AGE_MAX_S)
+    revision_id = models.UUIDField(default=uuid.uuid4)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="function_name_unique_per_owner"),
+            models.CheckConstraint(
+                condition=Q(memory_mb__gte=MEMORY_MIN_MB, memory_mb__lte=MEMORY_MAX_MB), name="function_memory_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(timeout_s__gte=TIMEOUT_MIN_S, timeout_s__lte=TIMEOUT_MAX_S), name="function_timeout_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(ephemeral_storage_mb__gte=EPHEMERAL_MIN_MB, ephemeral_storage_mb__lte=EPHEMERAL_MAX_MB),
+                name="function_ephemeral_range",
+            ),
+            models.CheckConstraint(condition=Q(max_retry_attempts__lte=RETRIES_MAX), name="function_retries_range"),
+            models.CheckConstraint(
+                condition=Q(max_event_age_s__gte=EVENT_AGE_MIN_S, max_event_age_s__lte=EVENT_AGE_MAX_S),
+                name="function_event_age_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Version(FunctionConfig):
+    """An immutable snapshot of a function's code and configuration, numbered 1, 2, … per function."""
+
+    function = models.ForeignKey(Function, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    # Hash of code + configuration: publishing an unchanged `$LATEST` returns this version (as Lambda does).
+    config_sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["function", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["function", "number"], name="version_number_unique_per_function"),
+            models.CheckConstraint(condition=Q(number__gte=1), name="version_number_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.function.name}:{self.number}"
+
+
+class Alias(models.Model):
+    """A name for a version, optionally routing ``additional_weight`` of traffic to a second version."""
+
+    function = models.ForeignKey(Function, on_delete=models.CASCADE, related_name="aliases")
+    name = models.CharField(max_length=128)
+    description = models.CharField(max_length=256, blank=True)
+    version = models.ForeignKey(Version, on_delete=models.PROTECT, related_name="+")
+    additional_version = models.ForeignKey(Version, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    additional_weight = models.FloatField(default=0.0)
+    revision_id = models.UUIDField(default=uuid.uuid4)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["function", "name"]
+        verbose_name_plural = "aliases"
+        constraints = [
+            models.UniqueConstraint(fields=["function", "name"], name="alias_name_unique_per_function"),
+            models.CheckConstraint(
+                condition=Q(additional_weight__gte=0.0, additional_weight__lte=1.0), name="alias_weight_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(additional_version__isnull=True) | ~Q(additional_version=models.F("version")),
+                name="alias_versions_differ",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.function.name}:{self.name}"
+
+
+class TestEvent(models.Model):
+    """A saved event for the console's Test tab and the API."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+    function = models.ForeignKey(Function, on_delete=models.CASCADE, related_name="test_events")
+    name = models.CharField(max_length=25)
+    # The event as the JSON text the user saved (any JSON value, byte-for-byte what the handler receives).
+    event_json = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["function", "name"]
+        constraints = [models.UniqueConstraint(fields=["function", "name"], name="test_event_name_unique_per_function")]
+
+    def __str__(self) -> str:
+        return f"{self.function.name}/{self.name}"

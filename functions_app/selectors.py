@@ -1,0 +1,94 @@
+"""Reads of the function registry. Every selector takes the caller as ``owner``: another tenant's object is
+indistinguishable from a missing one (404), in lists and lookups alike."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Q, QuerySet
+
+from console.exceptions import ResourceNotFound
+from functions_app.models import LATEST, Alias, Function, TestEvent, Version
+
+
+def function_list(*, owner: AbstractBaseUser, search: str = "", runtime: str = "") -> QuerySet[Function]:
+    functions = Function.objects.filter(owner=owner).select_related("code")
+    if search:
+        functions = functions.filter(Q(name__icontains=search) | Q(description__icontains=search))
+    if runtime:
+        functions = functions.filter(runtime=runtime)
+    return functions
+
+
+def function_get(*, owner: AbstractBaseUser, name: str) -> Function:
+    try:
+        return Function.objects.select_related("code").get(owner=owner, name=name)
+    except Function.DoesNotExist:
+        raise ResourceNotFound(f"Function not found: {name}") from None
+
+
+def version_list(*, function: Function) -> QuerySet[Version]:
+    return function.versions.select_related("code").order_by("number")
+
+
+def version_get(*, function: Function, number: int) -> Version:
+    try:
+        return function.versions.select_related("code").get(number=number)
+    except Version.DoesNotExist:
+        raise ResourceNotFound(f"{function.name} has no version {number}.") from None
+
+
+def alias_list(*, function: Function) -> QuerySet[Alias]:
+    return function.aliases.select_related("version", "additional_version")
+
+
+def alias_get(*, function: Function, name: str) -> Alias:
+    try:
+        return function.aliases.select_related("version", "additional_version").get(name=name)
+    except Alias.DoesNotExist:
+        raise ResourceNotFound(f"{function.name} has no alias {name!r}.") from None
+
+
+def test_event_list(*, function: Function) -> QuerySet[TestEvent]:
+    return function.test_events.all()
+
+
+def test_event_get(*, function: Function, name: str) -> TestEvent:
+    try:
+        return function.test_events.get(name=name)
+    except TestEvent.DoesNotExist:
+        raise ResourceNotFound(f"{function.name} has no test event {name!r}.") from None
+
+
+test_event_list.__test__ = False  # type: ignore[attr-defined]
+test_event_get.__test__ = False  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class ResolvedTarget:
+    """What an invocation runs: `$LATEST` (version None) or a published version, and how it was named."""
+
+    function: Function
+    version: Version | None
+    qualifier: str
+
+    @property
+    def version_label(self) -> str:
+        return str(self.version.number) if self.version else LATEST
+
+
+def qualifier_resolve(
+    *, function: Function, qualifier: str = LATEST, rng: random.Random | None = None
+) -> ResolvedTarget:
+    """`$LATEST`, a version number, or an alias (whose weighted second version is picked at random)."""
+    if qualifier in ("", LATEST):
+        return ResolvedTarget(function, None, LATEST)
+    if qualifier.isdigit():
+        return ResolvedTarget(function, version_get(function=function, number=int(qualifier)), qualifier)
+    alias = alias_get(function=function, name=qualifier)
+    draw = (rng or random).random()
+    if alias.additional_version and draw < alias.additional_weight:
+        return ResolvedTarget(function, alias.additional_version, qualifier)
+    return ResolvedTarget(function, alias.version, qualifier)

@@ -1,0 +1,451 @@
+"""Writes to the function registry. Every rule Lambda enforces on configuration is checked here, so the API,
+the console forms and the admin-free management commands share one set of rules."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+
+from console.exceptions import PreconditionFailed, RequestTooLarge, ResourceConflict, ResourceNotFound, ServiceError
+from functions_app import code as code_pkg
+from functions_app.code_storage import code_store
+from functions_app.models import (
+    EPHEMERAL_MAX_MB,
+    EPHEMERAL_MIN_MB,
+    EVENT_AGE_MAX_S,
+    EVENT_AGE_MIN_S,
+    LATEST,
+    MEMORY_MAX_MB,
+    MEMORY_MIN_MB,
+    RETRIES_MAX,
+    TIMEOUT_MAX_S,
+    TIMEOUT_MIN_S,
+    Alias,
+    CodeArtifact,
+    Function,
+    Runtime,
+    TestEvent,
+    Version,
+)
+from functions_app.secrets import env_decrypt, env_encrypt
+
+FUNCTION_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ALIAS_NAME_RE = re.compile(r"^(?!\d+$)[A-Za-z0-9_-]{1,128}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]+$")
+TEST_EVENT_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,25}$")
+ENV_MAX_BYTES = 4096
+TEST_EVENTS_PER_FUNCTION = 10
+TEST_EVENT_MAX_BYTES = 1024 * 1024
+# Names the runtime sets itself (Lambda reserves the same ones).
+RESERVED_ENV_NAMES = frozenset(
+    {
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_EXECUTION_ENV",
+        "AWS_ACCESS_KEY",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "LAMBDA_TASK_ROOT",
+        "LAMBDA_RUNTIME_DIR",
+        "TZ",
+    }
+)
+RESERVED_ENV_PREFIXES = ("AWS_LAMBDA_", "EPHEMERA_")
+
+CONFIG_FIELDS = (
+    "description",
+    "runtime",
+    "handler",
+    "memory_mb",
+    "timeout_s",
+    "ephemeral_storage_mb",
+    "network_enabled",
+    "reserved_concurrency",
+    "max_retry_attempts",
+    "max_event_age_s",
+)
+
+
+@dataclass(frozen=True)
+class CodeUpload:
+    """New code, either a zip's bytes or inline source files by name."""
+
+    zip_bytes: bytes | None = None
+    files: dict[str, str] | None = None
+
+    def to_zip(self) -> bytes:
+        if self.zip_bytes is not None:
+            return self.zip_bytes
+        return code_pkg.zip_from_files(self.files or {})
+
+
+# ---- validation -------------------------------------------------------------------------------------------
+
+
+def _invalid(field: str, message: str, type_: str = "InvalidParameterValue") -> ServiceError:
+    return ServiceError(f"{field}: {message}", details={field: [message]}, type=type_)
+
+
+def _check_range(field: str, value: Any, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise _invalid(field, f"Must be an integer from {low} to {high}.")
+
+
+def config_validate(fields: dict[str, Any]) -> None:
+    """Check every configuration field present in ``fields``; unknown fields are the caller's bug."""
+    checks = {
+        "memory_mb": lambda v: _check_range("memory_mb", v, MEMORY_MIN_MB, MEMORY_MAX_MB),
+        "timeout_s": lambda v: _check_range("timeout_s", v, TIMEOUT_MIN_S, TIMEOUT_MAX_S),
+        "ephemeral_storage_mb": lambda v: _check_range("ephemeral_storage_mb", v, EPHEMERAL_MIN_MB, EPHEMERAL_MAX_MB),
+        "max_retry_attempts": lambda v: _check_range("max_retry_attempts", v, 0, RETRIES_MAX),
+        "max_event_age_s": lambda v: _check_range("max_event_age_s", v, EVENT_AGE_MIN_S, EVENT_AGE_MAX_S),
+        "reserved_concurrency": lambda v: v is None or _check_range("reserved_concurrency", v, 0, 100_000),
+        "runtime": _runtime_validate,
+        "description": lambda v: _text_validate("description", v, 256),
+        "network_enabled": lambda v: _bool_validate("network_enabled", v),
+        "environment": environment_validate,
+    }
+    for field, value in fields.items():
+        if field in checks:
+            checks[field](value)
+
+
+def _runtime_validate(value: Any) -> None:
+    if value not in Runtime.values:
+        raise _invalid("runtime", f"Unsupported runtime {value!r}; choose one of {', '.join(Runtime.values)}.")
+
+
+def _text_validate(field: str, value: Any, limit: int) -> None:
+    if not isinstance(value, str) or len(value) > limit:
+        raise _invalid(field, f"Must be text of at most {limit} characters.")
+
+
+def _bool_validate(field: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise _invalid(field, "Must be true or false.")
+
+
+def environment_validate(variables: Any) -> None:
+    if not isinstance(variables, dict):
+        raise _invalid("environment", "Must be an object of NAME: value strings.")
+    for name, value in variables.items():
+        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+            raise _invalid("environment", f"{name!r} is not a valid name (a letter, then letters, digits or _).")
+        if name in RESERVED_ENV_NAMES or name.startswith(RESERVED_ENV_PREFIXES):
+            raise _invalid("environment", f"{name} is reserved by the runtime.", "ReservedEnvironmentVariable")
+        if not isinstance(value, str):
+            raise _invalid("environment", f"The value of {name} must be a string.")
+    size = sum(len(name.encode()) + len(value.encode()) for name, value in variables.items())
+    if size > ENV_MAX_BYTES:
+        raise _invalid("environment", f"Variables take {size} bytes; the limit is {ENV_MAX_BYTES} bytes in total.")
+
+
+def function_name_validate(name: Any) -> None:
+    if not isinstance(name, str) or not FUNCTION_NAME_RE.match(name):
+        raise _invalid("name", "Use 1 to 64 letters, digits, hyphens or underscores.")
+
+
+def _revision_check(current: uuid.UUID, expected: str | uuid.UUID | None) -> None:
+    if expected is not None and str(expected) != str(current):
+        raise PreconditionFailed(
+            "The resource changed since you read it (revision_id does not match). Read it again and retry."
+        )
+
+
+# ---- code ---------------------------------------------------------------------------------------------------
+
+
+def artifact_store(*, zip_bytes: bytes, handler: str) -> CodeArtifact:
+    """Validate a package against its handler, store it by content hash and record it once."""
+    summary = code_pkg.zip_inspect(zip_bytes)
+    module_path = code_pkg.handler_validate(handler, summary)
+    code_pkg.syntax_check(code_pkg.zip_read_member(zip_bytes, module_path), module_path)
+    sha256 = hashlib.sha256(zip_bytes).hexdigest()
+    code_store().put(sha256, zip_bytes)
+    artifact, _ = CodeArtifact.objects.get_or_create(
+        sha256=sha256,
+        defaults={
+            "size_bytes": len(zip_bytes),
+            "unzipped_bytes": summary.unzipped_bytes,
+            "file_count": summary.file_count,
+        },
+    )
+    return artifact
+
+
+def _artifact_check_handler(artifact: CodeArtifact, handler: str) -> None:
+    """A handler change must still point at a module in the current code."""
+    zip_bytes = code_store().get(artifact.sha256)
+    summary = code_pkg.zip_inspect(zip_bytes)
+    module_path = code_pkg.handler_validate(handler, summary)
+    code_pkg.syntax_check(code_pkg.zip_read_member(zip_bytes, module_path), module_path)
+
+
+# ---- functions ----------------------------------------------------------------------------------------------
+
+
+def function_create(
+    *,
+    owner: AbstractBaseUser,
+    name: str,
+    handler: str,
+    code: CodeUpload,
+    environment: dict[str, str] | None = None,
+    **config: Any,
+) -> Function:
+    function_name_validate(name)
+    unknown = set(config) - set(CONFIG_FIELDS)
+    if unknown:
+        raise ServiceError(f"Unknown configuration fields: {', '.join(sorted(unknown))}.")
+    environment = environment or {}
+    config_validate({**config, "environment": environment})
+    if Function.objects.filter(owner=owner, name=name).exists():
+        raise ResourceConflict(f"A function named {name!r} already exists.", type="ResourceConflict")
+    artifact = artifact_store(zip_bytes=code.to_zip(), handler=handler)
+    function = Function(owner=owner, name=name, handler=handler, code=artifact, **config)
+    _environment_set(function, environment)
+    try:
+        with transaction.atomic():
+            function.save()
+    except IntegrityError:
+        raise ResourceConflict(f"A function named {name!r} already exists.") from None
+    return function
+
+
+def _environment_set(target: Function, variables: dict[str, str]) -> None:
+    target.environment_ciphertext = env_encrypt(variables)
+    target.environment_keys = sorted(variables)
+
+
+def function_update_configuration(
+    *, function: Function, revision_id: str | None = None, environment: dict[str, str] | None = None, **changes: Any
+) -> Function:
+    _revision_check(function.revision_id, revision_id)
+    unknown = set(changes) - set(CONFIG_FIELDS)
+    if unknown:
+        raise ServiceError(f"Unknown configuration fields: {', '.join(sorted(unknown))}.")
+    config_validate({**changes, **({"environment": environment} if environment is not None else {})})
+    if "handler" in changes and changes["handler"] != function.handler:
+        _artifact_check_handler(function.code, changes["handler"])
+    for field, value in changes.items():
+        setattr(function, field, value)
+    if environment is not None:
+        _environment_set(function, environment)
+    function.revision_id = uuid.uuid4()
+    function.save()
+    return function
+
+
+def function_update_code(*, function: Function, code: CodeUpload, revision_id: str | None = None) -> Function:
+    _revision_check(function.revision_id, revision_id)
+    function.code = artifact_store(zip_bytes=code.to_zip(), handler=function.handler)
+    function.revision_id = uuid.uuid4()
+    function.save(update_fields=["code", "revision_id", "updated_at"])
+    return function
+
+
+def function_delete(*, function: Function) -> None:
+    # Aliases point at versions with PROTECT, so they go first.
+    with transaction.atomic():
+        function.aliases.all().delete()
+        function.delete()
+
+
+# ---- versions -----------------------------------------------------------------------------------------------
+
+_SNAPSHOT_FIELDS = (
+    "description",
+    "runtime",
+    "handler",
+    "memory_mb",
+    "timeout_s",
+    "ephemeral_storage_mb",
+    "network_enabled",
+    "environment_ciphertext",
+    "environment_keys",
+    "code",
+)
+
+
+def _config_sha256(function: Function) -> str:
+    # Keyed by SECRET_KEY: the digest covers environment values and must not help guess them offline.
+    snapshot = {
+        "code": function.code.sha256,
+        "runtime": function.runtime,
+        "handler": function.handler,
+        "memory_mb": function.memory_mb,
+        "timeout_s": function.timeout_s,
+        "ephemeral_storage_mb": function.ephemeral_storage_mb,
+        "network_enabled": function.network_enabled,
+        "environment": env_decrypt(function.environment_ciphertext),
+    }
+    message = json.dumps(snapshot, sort_keys=True).encode()
+    return hmac.new(settings.SECRET_KEY.encode(), message, hashlib.sha256).hexdigest()
+
+
+def version_publish(
+    *, function: Function, description: str | None = None, revision_id: str | None = None
+) -> tuple[Version, bool]:
+    """Snapshot `$LATEST`; returns (version, created). Unchanged code and configuration return the latest
+    version instead of a new one, as Lambda does."""
+    _revision_check(function.revision_id, revision_id)
+    if description is not None:
+        _text_validate("description", description, 256)
+    config_sha = _config_sha256(function)
+    with transaction.atomic():
+        locked = Function.objects.select_for_update().get(pk=function.pk)
+        latest = locked.versions.order_by("-number").first()
+        if latest and latest.config_sha256 == config_sha:
+            return latest, False
+        number = (locked.versions.aggregate(top=Max("number"))["top"] or 0) + 1
+        snapshot = {field: getattr(function, field) for field in _SNAPSHOT_FIELDS}
+        if description is not None:
+            snapshot["description"] = description
+        version = Version.objects.create(function=locked, number=number, config_sha256=config_sha, **snapshot)
+        return version, True
+
+
+# ---- aliases ------------------------------------------------------------------------------------------------
+
+
+def _version_of(function: Function, number: Any, field: str) -> Version:
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise _invalid(field, "Must be a published version number.")
+    try:
+        return function.versions.get(number=number)
+    except Version.DoesNotExist:
+        raise ResourceNotFound(
+            f"{function.name} has no version {number}.", details={field: ["No such version."]}
+        ) from None
+
+
+def _routing(function: Function, version: Version, additional: Any, weight: Any) -> tuple[Version | None, float]:
+    if additional is None:
+        if weight not in (None, 0, 0.0):
+            raise _invalid("additional_weight", "A weight needs an additional_version.")
+        return None, 0.0
+    other = _version_of(function, additional, "additional_version")
+    if other.pk == version.pk:
+        raise _invalid("additional_version", "Must differ from the alias's main version.")
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0.0 <= weight <= 1.0:
+        raise _invalid("additional_weight", "Must be a number from 0.0 to 1.0.")
+    return other, float(weight)
+
+
+def alias_create(
+    *,
+    function: Function,
+    name: str,
+    version: int,
+    description: str = "",
+    additional_version: int | None = None,
+    additional_weight: float | None = None,
+) -> Alias:
+    if not isinstance(name, str) or not ALIAS_NAME_RE.match(name) or name == LATEST:
+        raise _invalid("name", "Use 1 to 128 letters, digits, hyphens or underscores, not only digits.")
+    _text_validate("description", description, 256)
+    main = _version_of(function, version, "version")
+    other, weight = _routing(function, main, additional_version, additional_weight)
+    try:
+        with transaction.atomic():
+            return Alias.objects.create(
+                function=function,
+                name=name,
+                description=description,
+                version=main,
+                additional_version=other,
+                additional_weight=weight,
+            )
+    except IntegrityError:
+        raise ResourceConflict(f"{function.name} already has an alias named {name!r}.") from None
+
+
+_UNSET: Any = object()
+
+
+def alias_update(
+    *,
+    alias: Alias,
+    version: int | None = None,
+    description: str | None = None,
+    additional_version: Any = _UNSET,
+    additional_weight: Any = _UNSET,
+    revision_id: str | None = None,
+) -> Alias:
+    """Move an alias. Leaving the routing out keeps it; passing ``additional_version=None`` removes it."""
+    _revision_check(alias.revision_id, revision_id)
+    main = _version_of(alias.function, version, "version") if version is not None else alias.version
+    if description is not None:
+        _text_validate("description", description, 256)
+        alias.description = description
+    if additional_version is _UNSET and additional_weight is _UNSET:
+        other, weight = alias.additional_version, alias.additional_weight
+        if other is not None and other.pk == main.pk:
+            other, weight = None, 0.0
+    else:
+        current = alias.additional_version.number if alias.additional_version else None
+        wanted = current if additional_version is _UNSET else additional_version
+        weight_in = alias.additional_weight if additional_weight is _UNSET else additional_weight
+        if wanted is None and additional_weight is _UNSET:
+            weight_in = None  # removing the second version removes its share too
+        other, weight = _routing(alias.function, main, wanted, weight_in)
+    alias.version, alias.additional_version, alias.additional_weight = main, other, weight
+    alias.revision_id = uuid.uuid4()
+    alias.save()
+    return alias
+
+
+def alias_delete(*, alias: Alias) -> None:
+    alias.delete()
+
+
+# ---- test events --------------------------------------------------------------------------------------------
+
+
+def _event_json(event: Any) -> str:
+    text = json.dumps(event)
+    if len(text.encode()) > TEST_EVENT_MAX_BYTES:
+        raise RequestTooLarge(f"A saved test event may be at most {TEST_EVENT_MAX_BYTES} bytes.")
+    return text
+
+
+def test_event_create(*, function: Function, name: str, event: Any) -> TestEvent:
+    if not isinstance(name, str) or not TEST_EVENT_NAME_RE.match(name):
+        raise _invalid("name", "Use 1 to 25 letters, digits, hyphens or underscores.")
+    body = _event_json(event)
+    with transaction.atomic():
+        Function.objects.select_for_update().get(pk=function.pk)
+        if function.test_events.count() >= TEST_EVENTS_PER_FUNCTION:
+            raise ServiceError(
+                f"A function keeps at most {TEST_EVENTS_PER_FUNCTION} test events; delete one first.",
+                type="LimitExceeded",
+            )
+        if function.test_events.filter(name=name).exists():
+            raise ResourceConflict(f"{function.name} already has a test event named {name!r}.")
+        return TestEvent.objects.create(function=function, name=name, event_json=body)
+
+
+def test_event_update(*, test_event: TestEvent, event: Any) -> TestEvent:
+    test_event.event_json = _event_json(event)
+    test_event.save(update_fields=["event_json", "updated_at"])
+    return test_event
+
+
+def test_event_delete(*, test_event: TestEvent) -> None:
+    test_event.delete()
+
+
+test_event_create.__test__ = False  # type: ignore[attr-defined]
+test_event_update.__test__ = False  # type: ignore[attr-defined]
+test_event_delete.__test__ = False  # type: ignore[attr-defined]

@@ -1,0 +1,433 @@
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from rest_framework.test import APIClient
+
+from functions_app import services
+from functions_app.models import Function, TestEvent
+from functions_app.tests.zips import make_zip
+
+pytestmark = pytest.mark.django_db
+
+SOURCE = "def handler(event, context):\n    return event\n"
+
+
+def create_body(**overrides):
+    body = {"name": "echo", "handler": "app.handler", "code": {"files": {"app.py": SOURCE}}}
+    body.update(overrides)
+    return body
+
+
+def assert_error(response, status, type_):
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert body["type"] == type_, body
+    assert isinstance(body["message"], str) and body["message"]
+    assert "details" in body
+    return body
+
+
+@pytest.fixture
+def echo(api):
+    response = api.post("/api/v1/functions/", create_body(), format="json")
+    assert response.status_code == 201, response.content
+    return response.json()
+
+
+@pytest.fixture
+def published(api, echo):
+    api.post("/api/v1/functions/echo/versions/", {}, format="json")
+    api.patch("/api/v1/functions/echo/", {"timeout_s": 9}, format="json")
+    api.post("/api/v1/functions/echo/versions/", {}, format="json")
+    return echo
+
+
+# ---- authentication -----------------------------------------------------------------------------------------
+
+
+def test_it_asks_for_credentials():
+    assert_error(APIClient().get("/api/v1/functions/"), 401, "NotAuthenticated")
+
+
+def test_it_refuses_a_wrong_token():
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
+    assert_error(client.get("/api/v1/functions/"), 401, "AuthenticationFailed")
+
+
+def test_a_session_post_without_csrf_is_refused(user):
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(user)
+    assert client.get("/api/v1/functions/").status_code == 200
+    assert_error(client.post("/api/v1/functions/", create_body(), format="json"), 403, "AccessDenied")
+
+
+# ---- functions ----------------------------------------------------------------------------------------------
+
+
+def test_it_creates_a_function_from_inline_source(api):
+    response = api.post("/api/v1/functions/", create_body(memory_mb=256, environment={"KEY": "v"}), format="json")
+    assert response.status_code == 201
+    body = response.json()
+    assert body["name"] == "echo" and body["memory_mb"] == 256 and body["version"] == "$LATEST"
+    assert body["environment"] == {"KEY": "********"}
+    assert len(body["code_sha256"]) == 64
+
+
+def test_it_creates_a_function_from_a_base64_zip(api):
+    encoded = base64.b64encode(make_zip({"app.py": SOURCE})).decode()
+    response = api.post("/api/v1/functions/", create_body(code={"zip_base64": encoded}), format="json")
+    assert response.status_code == 201
+
+
+def test_api_output_never_contains_an_environment_value(api):
+    api.post("/api/v1/functions/", create_body(environment={"SECRET": "s3cr3t-value"}), format="json")
+    for url in ["/api/v1/functions/", "/api/v1/functions/echo/"]:
+        assert b"s3cr3t-value" not in api.get(url).content
+    api.post("/api/v1/functions/echo/versions/", {}, format="json")
+    assert b"s3cr3t-value" not in api.get("/api/v1/functions/echo/versions/1/").content
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "type_"),
+    [
+        (create_body(name="bad name"), 400, "InvalidParameterValue"),
+        (create_body(name=""), 400, "InvalidParameterValue"),
+        (create_body(memory_mb=64), 400, "InvalidParameterValue"),
+        (create_body(memory_mb="lots"), 400, "InvalidParameterValue"),
+        (create_body(timeout_s=1000), 400, "InvalidParameterValue"),
+        (create_body(runtime="nodejs20.x"), 400, "InvalidParameterValue"),
+        (create_body(environment={"A": "x" * 5000}), 400, "InvalidParameterValue"),
+        (create_body(environment=["A"]), 400, "InvalidParameterValue"),
+        (create_body(handler="nodot"), 400, "InvalidParameterValue"),
+        (create_body(handler="missing.handler"), 400, "HandlerModuleNotFound"),
+        (create_body(code={"files": {"app.py": "def handler(:\n"}}), 400, "UserCodeSyntaxError"),
+        (create_body(code={"zip_base64": "!!!notbase64"}), 400, "InvalidParameterValue"),
+        (create_body(code={"zip_base64": base64.b64encode(b"not a zip").decode()}), 400, "InvalidZipFile"),
+        (
+            create_body(code={"zip_base64": base64.b64encode(make_zip({"../evil.py": "x"})).decode()}),
+            400,
+            "InvalidZipFile",
+        ),
+        (create_body(code={}), 400, "InvalidParameterValue"),
+        (create_body(code={"files": {"app.py": SOURCE}, "zip_base64": "eA=="}), 400, "InvalidParameterValue"),
+        (create_body(surprise=True), 400, "InvalidParameterValue"),
+        (create_body(code={"files": {"app.py": SOURCE}, "extra": 1}), 400, "InvalidParameterValue"),
+        ({"name": "echo"}, 400, "InvalidParameterValue"),
+        (["not", "an", "object"], 400, "InvalidRequestContent"),
+    ],
+)
+def test_create_rejects_bad_input_with_a_stable_type(api, body, status, type_):
+    response = api.post("/api/v1/functions/", body, format="json")
+    assert_error(response, status, type_)
+    assert not Function.objects.exists()
+
+
+def test_create_rejects_malformed_json(api):
+    response = api.post("/api/v1/functions/", "{not json", content_type="application/json")
+    assert_error(response, 400, "InvalidRequestContent")
+
+
+def test_create_rejects_an_unknown_content_type(api):
+    response = api.post("/api/v1/functions/", "name=x", content_type="text/plain")
+    assert_error(response, 415, "UnsupportedMediaType")
+
+
+def test_create_rejects_inline_source_over_the_editor_limit(api):
+    body = create_body(code={"files": {"app.py": SOURCE, "big.txt": "x" * (3 * 1024 * 1024 + 1)}})
+    assert_error(api.post("/api/v1/functions/", body, format="json"), 413, "RequestTooLarge")
+
+
+def test_create_refuses_a_duplicate_name(api, echo):
+    assert_error(api.post("/api/v1/functions/", create_body(), format="json"), 409, "ResourceConflict")
+
+
+def test_it_lists_only_the_callers_functions_with_pagination_and_filters(api, other_api):
+    for name in ["alpha", "beta", "gamma"]:
+        api.post("/api/v1/functions/", create_body(name=name), format="json")
+    other_api.post("/api/v1/functions/", create_body(name="theirs"), format="json")
+    body = api.get("/api/v1/functions/?limit=2").json()
+    assert body["count"] == 3 and len(body["results"]) == 2 and body["next"]
+    assert [f["name"] for f in api.get("/api/v1/functions/?search=amm").json()["results"]] == ["gamma"]
+    assert api.get("/api/v1/functions/?runtime=python3.11").json()["count"] == 3
+    assert [f["name"] for f in other_api.get("/api/v1/functions/").json()["results"]] == ["theirs"]
+
+
+def test_it_updates_the_configuration(api, echo):
+    response = api.patch("/api/v1/functions/echo/", {"memory_mb": 512, "description": "d"}, format="json")
+    assert response.status_code == 200
+    assert response.json()["memory_mb"] == 512
+    assert response.json()["revision_id"] != echo["revision_id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "type_"),
+    [
+        ({"memory_mb": 99999}, 400, "InvalidParameterValue"),
+        ({"name": "rename"}, 400, "InvalidParameterValue"),
+        ({"handler": "nope.handler"}, 400, "HandlerModuleNotFound"),
+        ({"reserved_concurrency": -1}, 400, "InvalidParameterValue"),
+        ({"revision_id": "00000000-0000-0000-0000-000000000000"}, 412, "PreconditionFailed"),
+        ({"revision_id": "not-a-uuid"}, 400, "InvalidParameterValue"),
+    ],
+)
+def test_update_rejects_bad_input(api, echo, body, status, type_):
+    assert_error(api.patch("/api/v1/functions/echo/", body, format="json"), status, type_)
+
+
+def test_it_deletes_a_function(api, echo):
+    assert api.delete("/api/v1/functions/echo/").status_code == 204
+    assert_error(api.get("/api/v1/functions/echo/"), 404, "ResourceNotFound")
+
+
+# ---- code ---------------------------------------------------------------------------------------------------
+
+
+def test_it_updates_code_from_a_multipart_zip(api, echo):
+    upload = io.BytesIO(make_zip({"app.py": "def handler(event, context):\n    return 2\n"}))
+    upload.name = "code.zip"
+    response = api.put("/api/v1/functions/echo/code", {"zip": upload}, format="multipart")
+    assert response.status_code == 200, response.content
+    assert response.json()["code_sha256"] != echo["code_sha256"]
+
+
+def test_it_updates_code_from_base64_and_inline_source(api, echo):
+    encoded = base64.b64encode(make_zip({"app.py": "def handler(e, c):\n    return 3\n"})).decode()
+    first = api.put("/api/v1/functions/echo/code", {"zip_base64": encoded}, format="json")
+    second = api.put(
+        "/api/v1/functions/echo/code", {"files": {"app.py": "def handler(e, c):\n    return 4\n"}}, format="json"
+    )
+    assert first.status_code == second.status_code == 200
+    assert first.json()["code_sha256"] != second.json()["code_sha256"]
+
+
+@pytest.mark.parametrize(
+    ("files", "type_"),
+    [
+        ({"other.py": SOURCE}, "HandlerModuleNotFound"),
+        ({"app.py": "def handler(:"}, "UserCodeSyntaxError"),
+        ({"/abs/app.py": SOURCE}, "InvalidZipFile"),
+    ],
+)
+def test_code_update_rejects_bad_zips(api, echo, files, type_):
+    upload = io.BytesIO(make_zip(files))
+    upload.name = "code.zip"
+    assert_error(api.put("/api/v1/functions/echo/code", {"zip": upload}, format="multipart"), 400, type_)
+    assert api.get("/api/v1/functions/echo/").json()["code_sha256"] == echo["code_sha256"]
+
+
+def test_code_update_rejects_a_zip_with_a_link(api, echo):
+    upload = io.BytesIO(make_zip({"app.py": SOURCE}, symlinks={"link": "/etc/passwd"}))
+    upload.name = "code.zip"
+    assert_error(api.put("/api/v1/functions/echo/code", {"zip": upload}, format="multipart"), 400, "InvalidZipFile")
+
+
+def test_code_update_rejects_unknown_fields(api, echo):
+    assert_error(
+        api.put("/api/v1/functions/echo/code", {"files": {"app.py": SOURCE}, "x": 1}, format="json"),
+        400,
+        "InvalidParameterValue",
+    )
+
+
+# ---- versions -----------------------------------------------------------------------------------------------
+
+
+def test_it_publishes_and_lists_versions(api, echo):
+    first = api.post("/api/v1/functions/echo/versions/", {"description": "first"}, format="json")
+    assert first.status_code == 201 and first.json()["version"] == "1"
+    again = api.post("/api/v1/functions/echo/versions/", {}, format="json")
+    assert again.status_code == 200 and again.json()["version"] == "1"
+    api.patch("/api/v1/functions/echo/", {"memory_mb": 256}, format="json")
+    assert api.post("/api/v1/functions/echo/versions/", {}, format="json").json()["version"] == "2"
+    listed = api.get("/api/v1/functions/echo/versions/").json()
+    assert [(v["version"], v["memory_mb"]) for v in listed["results"]] == [("1", 128), ("2", 256)]
+    assert api.get("/api/v1/functions/echo/versions/1/").json()["description"] == "first"
+
+
+def test_a_published_version_does_not_follow_latest(api, echo):
+    api.post("/api/v1/functions/echo/versions/", {}, format="json")
+    api.patch("/api/v1/functions/echo/", {"memory_mb": 2048, "handler": "app.handler"}, format="json")
+    api.put("/api/v1/functions/echo/code", {"files": {"app.py": "def handler(e, c):\n    return 9\n"}}, format="json")
+    version = api.get("/api/v1/functions/echo/versions/1/").json()
+    assert version["memory_mb"] == 128 and version["code_sha256"] == echo["code_sha256"]
+
+
+def test_versions_have_no_update_or_delete(api, published):
+    assert_error(
+        api.patch("/api/v1/functions/echo/versions/1/", {"memory_mb": 512}, format="json"), 405, "MethodNotAllowed"
+    )
+    assert_error(api.delete("/api/v1/functions/echo/versions/1/"), 405, "MethodNotAllowed")
+
+
+def test_publish_rejects_bad_input(api, echo):
+    assert_error(
+        api.post("/api/v1/functions/echo/versions/", {"bogus": 1}, format="json"), 400, "InvalidParameterValue"
+    )
+    assert_error(api.get("/api/v1/functions/echo/versions/7/"), 404, "ResourceNotFound")
+
+
+# ---- aliases ------------------------------------------------------------------------------------------------
+
+
+def test_it_manages_an_alias_with_weights(api, published):
+    created = api.post(
+        "/api/v1/functions/echo/aliases/",
+        {"name": "live", "version": 1, "additional_version": 2, "additional_weight": 0.1},
+        format="json",
+    )
+    assert created.status_code == 201
+    assert created.json()["additional_version"] == 2
+    moved = api.patch("/api/v1/functions/echo/aliases/live/", {"version": 2, "additional_version": None}, format="json")
+    assert moved.status_code == 200
+    assert (moved.json()["version"], moved.json()["additional_version"]) == (2, None)
+    assert api.get("/api/v1/functions/echo/aliases/").json()["count"] == 1
+    assert api.get("/api/v1/functions/echo/aliases/live/").json()["version"] == 2
+    assert api.delete("/api/v1/functions/echo/aliases/live/").status_code == 204
+    assert_error(api.get("/api/v1/functions/echo/aliases/live/"), 404, "ResourceNotFound")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "type_"),
+    [
+        ({"name": "live", "version": 1, "additional_version": 2, "additional_weight": 2}, 400, "InvalidParameterValue"),
+        (
+            {"name": "live", "version": 1, "additional_version": 1, "additional_weight": 0.5},
+            400,
+            "InvalidParameterValue",
+        ),
+        ({"name": "live", "version": 99}, 404, "ResourceNotFound"),
+        ({"name": "42", "version": 1}, 400, "InvalidParameterValue"),
+        ({"name": "live", "version": "one"}, 400, "InvalidParameterValue"),
+        ({"name": "live", "version": 1, "color": "blue"}, 400, "InvalidParameterValue"),
+    ],
+)
+def test_alias_create_rejects_bad_input(api, published, body, status, type_):
+    assert_error(api.post("/api/v1/functions/echo/aliases/", body, format="json"), status, type_)
+
+
+def test_alias_names_are_unique_per_function(api, published):
+    api.post("/api/v1/functions/echo/aliases/", {"name": "live", "version": 1}, format="json")
+    response = api.post("/api/v1/functions/echo/aliases/", {"name": "live", "version": 2}, format="json")
+    assert_error(response, 409, "ResourceConflict")
+
+
+# ---- test events --------------------------------------------------------------------------------------------
+
+
+def test_it_manages_test_events(api, echo):
+    created = api.post("/api/v1/functions/echo/test-events/", {"name": "hello", "event": {"a": [1, 2]}}, format="json")
+    assert created.status_code == 201 and created.json()["event"] == {"a": [1, 2]}
+    updated = api.put("/api/v1/functions/echo/test-events/hello/", {"event": "just text"}, format="json")
+    assert updated.json()["event"] == "just text"
+    assert api.get("/api/v1/functions/echo/test-events/").json()["count"] == 1
+    assert api.get("/api/v1/functions/echo/test-events/hello/").json()["event"] == "just text"
+    assert api.delete("/api/v1/functions/echo/test-events/hello/").status_code == 204
+    assert not TestEvent.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "type_"),
+    [
+        ({"name": "has space", "event": {}}, "InvalidParameterValue"),
+        ({"name": "x" * 26, "event": {}}, "InvalidParameterValue"),
+        ({"event": {}}, "InvalidParameterValue"),
+        ({"name": "ok", "event": {}, "more": 1}, "InvalidParameterValue"),
+    ],
+)
+def test_test_event_create_rejects_bad_input(api, echo, body, type_):
+    assert_error(api.post("/api/v1/functions/echo/test-events/", body, format="json"), 400, type_)
+
+
+def test_test_events_over_the_size_limit_are_refused(api, echo):
+    body = {"name": "big", "event": {"blob": "x" * (1024 * 1024)}}
+    assert_error(api.post("/api/v1/functions/echo/test-events/", body, format="json"), 413, "RequestTooLarge")
+
+
+# ---- tenancy ------------------------------------------------------------------------------------------------
+
+
+def _theirs(other_user):
+    function = services.function_create(
+        owner=other_user, name="theirs", handler="app.handler", code=services.CodeUpload(files={"app.py": SOURCE})
+    )
+    services.version_publish(function=function)
+    services.alias_create(function=function, name="live", version=1)
+    services.test_event_create(function=function, name="ev", event={})
+    return function
+
+
+CROSS_TENANT_REQUESTS = [
+    ("get", "/api/v1/functions/theirs/", None),
+    ("patch", "/api/v1/functions/theirs/", {"memory_mb": 256}),
+    ("delete", "/api/v1/functions/theirs/", None),
+    ("put", "/api/v1/functions/theirs/code", {"files": {"app.py": SOURCE}}),
+    ("get", "/api/v1/functions/theirs/versions/", None),
+    ("post", "/api/v1/functions/theirs/versions/", {}),
+    ("get", "/api/v1/functions/theirs/versions/1/", None),
+    ("get", "/api/v1/functions/theirs/aliases/", None),
+    ("post", "/api/v1/functions/theirs/aliases/", {"name": "mine", "version": 1}),
+    ("get", "/api/v1/functions/theirs/aliases/live/", None),
+    ("patch", "/api/v1/functions/theirs/aliases/live/", {"version": 1}),
+    ("delete", "/api/v1/functions/theirs/aliases/live/", None),
+    ("get", "/api/v1/functions/theirs/test-events/", None),
+    ("post", "/api/v1/functions/theirs/test-events/", {"name": "x", "event": {}}),
+    ("get", "/api/v1/functions/theirs/test-events/ev/", None),
+    ("put", "/api/v1/functions/theirs/test-events/ev/", {"event": {}}),
+    ("delete", "/api/v1/functions/theirs/test-events/ev/", None),
+]
+
+
+@pytest.mark.parametrize(("method", "url", "body"), CROSS_TENANT_REQUESTS)
+def test_another_tenants_objects_are_not_found(api, other_user, method, url, body):
+    function = _theirs(other_user)
+    response = getattr(api, method)(url, body, format="json") if body is not None else getattr(api, method)(url)
+    assert_error(response, 404, "ResourceNotFound")
+    function.refresh_from_db()
+    assert function.memory_mb == 128 and function.versions.count() == 1 and function.aliases.count() == 1
+    assert function.test_events.count() == 1
+
+
+def test_lists_never_show_another_tenants_functions(api, other_user):
+    _theirs(other_user)
+    assert api.get("/api/v1/functions/").json()["count"] == 0
+    assert api.get("/api/v1/functions/?search=theirs").json()["count"] == 0
+
+
+def test_the_owner_cannot_be_assigned_through_the_api(api, user, other_user):
+    response = api.post("/api/v1/functions/", create_body(owner=other_user.pk), format="json")
+    assert_error(response, 400, "InvalidParameterValue")
+
+
+# ---- schema and docs ----------------------------------------------------------------------------------------
+
+
+def test_the_openapi_schema_documents_every_endpoint(api):
+    response = api.get("/api/v1/schema/?format=json")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    for path in [
+        "/api/v1/functions/",
+        "/api/v1/functions/{name}/",
+        "/api/v1/functions/{name}/code",
+        "/api/v1/functions/{name}/versions/",
+        "/api/v1/functions/{name}/aliases/{alias}/",
+        "/api/v1/functions/{name}/test-events/{event}/",
+    ]:
+        assert path in paths
+
+
+def test_the_docs_page_loads_its_assets_locally(api, client, user):
+    client.force_login(user)
+    page = client.get("/api/v1/docs/").content.decode()
+    assert "swagger-ui" in page
+    assert "cdn" not in page.lower() and "unpkg" not in page.lower()
+    asset = "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js"
+    assert asset in page
+
+
+def test_an_unknown_api_path_is_a_json_404(api):
+    assert_error(api.get("/api/v1/nothing-here/"), 404, "ResourceNotFound")

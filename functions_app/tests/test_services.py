@@ -1,0 +1,233 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+from django.db import connection
+
+from console.exceptions import PreconditionFailed, ResourceConflict, ResourceNotFound, ServiceError
+from functions_app import selectors, services
+from functions_app.models import Function, Version
+from functions_app.secrets import env_decrypt
+from functions_app.tests.zips import make_zip
+
+pytestmark = pytest.mark.django_db
+
+
+def test_it_creates_a_function_with_lambda_defaults(make_function):
+    function = make_function()
+    assert (function.memory_mb, function.timeout_s, function.ephemeral_storage_mb) == (128, 3, 512)
+    assert function.max_retry_attempts == 2 and function.max_event_age_s == 21600
+    assert not function.network_enabled
+    assert len(function.code.sha256) == 64
+
+
+def test_it_stores_identical_code_once(make_function):
+    first = make_function(name="one")
+    second = make_function(name="two")
+    assert first.code_id == second.code_id
+
+
+def test_it_refuses_a_second_function_with_the_same_name_for_the_same_owner(make_function):
+    make_function()
+    with pytest.raises(ResourceConflict):
+        make_function()
+
+
+def test_it_allows_the_same_name_for_another_owner(make_function, other_user):
+    make_function()
+    assert make_function(owner=other_user).owner == other_user
+
+
+@pytest.mark.parametrize("name", ["", "has space", "x" * 65, "slash/name", "dot.name", "ünicode"])
+def test_it_rejects_bad_function_names(make_function, name):
+    with pytest.raises(ServiceError, match="name"):
+        make_function(name=name)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("memory_mb", 127),
+        ("memory_mb", 10241),
+        ("timeout_s", 0),
+        ("timeout_s", 901),
+        ("ephemeral_storage_mb", 511),
+        ("max_retry_attempts", 3),
+        ("max_event_age_s", 59),
+        ("runtime", "python2.7"),
+        ("memory_mb", "256"),
+        ("network_enabled", "yes"),
+    ],
+)
+def test_it_rejects_configuration_out_of_lambda_ranges(make_function, field, value):
+    with pytest.raises(ServiceError) as caught:
+        make_function(**{field: value})
+    assert field in caught.value.details
+
+
+def test_it_rejects_code_without_the_handler_module(make_function):
+    with pytest.raises(ServiceError) as caught:
+        make_function(handler="other.handler")
+    assert caught.value.type == "HandlerModuleNotFound"
+    assert not Function.objects.exists()
+
+
+def test_it_rejects_code_with_a_syntax_error(make_function):
+    with pytest.raises(ServiceError) as caught:
+        make_function(code=services.CodeUpload(files={"app.py": "def handler(:\n"}))
+    assert caught.value.type == "UserCodeSyntaxError"
+
+
+@pytest.mark.parametrize(
+    ("variables", "fragment"),
+    [
+        ({"1BAD": "x"}, "not a valid name"),
+        ({"with-dash": "x"}, "not a valid name"),
+        ({"AWS_REGION": "x"}, "reserved"),
+        ({"AWS_LAMBDA_FUNCTION_NAME": "x"}, "reserved"),
+        ({"BIG": "x" * 4094}, "4096"),
+        ({"NUM": 1}, "must be a string"),
+    ],
+)
+def test_it_rejects_bad_environment_variables(make_function, variables, fragment):
+    with pytest.raises(ServiceError, match=fragment):
+        make_function(environment=variables)
+
+
+def test_it_never_stores_an_environment_value_in_plaintext(make_function):
+    function = make_function(environment={"DB_PASSWORD": "hunter2-very-secret"})
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM functions_app_function WHERE id = %s", [function.pk])
+        row = " ".join(str(column) for column in cursor.fetchone())
+    assert "hunter2-very-secret" not in row
+    assert "DB_PASSWORD" in row  # the names are kept to show them masked
+    assert env_decrypt(Function.objects.get(pk=function.pk).environment_ciphertext) == {
+        "DB_PASSWORD": "hunter2-very-secret"
+    }
+
+
+def test_it_keeps_old_environment_values_readable_after_a_key_rotation(make_function, settings):
+    from cryptography.fernet import Fernet
+
+    function = make_function(environment={"TOKEN": "abc"})
+    settings.FERNET_KEYS = [Fernet.generate_key().decode(), *settings.FERNET_KEYS]
+    assert env_decrypt(function.environment_ciphertext) == {"TOKEN": "abc"}
+
+
+def test_publishing_snapshots_code_and_configuration_that_later_changes_do_not_touch(make_function):
+    function = make_function(memory_mb=256, environment={"MODE": "one"})
+    version, created = services.version_publish(function=function)
+    assert created and version.number == 1
+    services.function_update_configuration(function=function, memory_mb=1024, environment={"MODE": "two"})
+    services.function_update_code(
+        function=function, code=services.CodeUpload(files={"app.py": "def handler(e, c):\n    return 2\n"})
+    )
+    version = Version.objects.get(pk=version.pk)
+    assert version.memory_mb == 256
+    assert env_decrypt(version.environment_ciphertext) == {"MODE": "one"}
+    assert version.code_id != Function.objects.get(pk=function.pk).code_id
+
+
+def test_publishing_an_unchanged_function_returns_the_latest_version(make_function):
+    function = make_function()
+    first, _ = services.version_publish(function=function)
+    again, created = services.version_publish(function=function)
+    assert not created and again.pk == first.pk
+    services.function_update_configuration(function=function, timeout_s=10)
+    second, created = services.version_publish(function=function)
+    assert created and second.number == 2
+
+
+def test_a_stale_revision_id_is_refused(make_function):
+    function = make_function()
+    stale = function.revision_id
+    services.function_update_configuration(function=function, timeout_s=5)
+    with pytest.raises(PreconditionFailed):
+        services.function_update_configuration(function=function, timeout_s=6, revision_id=str(stale))
+
+
+def test_changing_the_handler_checks_the_current_code(make_function):
+    function = make_function()
+    with pytest.raises(ServiceError):
+        services.function_update_configuration(function=function, handler="nothere.handler")
+    zip_code = services.CodeUpload(
+        zip_bytes=make_zip({"app.py": "def handler(e, c): pass\n", "b.py": "def go(e, c): pass\n"})
+    )
+    services.function_update_code(function=function, code=zip_code)
+    assert services.function_update_configuration(function=function, handler="b.go").handler == "b.go"
+
+
+def _published(make_function, count):
+    function = make_function()
+    for timeout in range(count):
+        services.function_update_configuration(function=function, timeout_s=timeout + 1)
+        services.version_publish(function=function)
+    return function
+
+
+def test_an_alias_routes_by_its_weight(make_function):
+    function = _published(make_function, 2)
+    services.alias_create(function=function, name="live", version=1, additional_version=2, additional_weight=0.25)
+    rng = random.Random(7)
+    picks = [
+        selectors.qualifier_resolve(function=function, qualifier="live", rng=rng).version.number for _ in range(2000)
+    ]
+    share = picks.count(2) / len(picks)
+    assert 0.21 < share < 0.29
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"additional_version": 2, "additional_weight": 1.5}, "additional_weight"),
+        ({"additional_version": 2, "additional_weight": -0.1}, "additional_weight"),
+        ({"additional_version": 1, "additional_weight": 0.5}, "additional_version"),
+        ({"additional_weight": 0.5}, "additional_weight"),
+    ],
+)
+def test_alias_weights_are_validated(make_function, changes, field):
+    function = _published(make_function, 2)
+    with pytest.raises(ServiceError) as caught:
+        services.alias_create(function=function, name="live", version=1, **changes)
+    assert field in caught.value.details
+
+
+def test_an_alias_cannot_point_at_a_missing_version(make_function):
+    function = _published(make_function, 1)
+    with pytest.raises(ResourceNotFound):
+        services.alias_create(function=function, name="live", version=9)
+
+
+@pytest.mark.parametrize("name", ["123", "$LATEST", "bad name", ""])
+def test_alias_names_follow_lambda_rules(make_function, name):
+    function = _published(make_function, 1)
+    with pytest.raises(ServiceError):
+        services.alias_create(function=function, name=name, version=1)
+
+
+def test_updating_an_alias_keeps_or_clears_its_routing(make_function):
+    function = _published(make_function, 3)
+    alias = services.alias_create(
+        function=function, name="live", version=1, additional_version=2, additional_weight=0.1
+    )
+    alias = services.alias_update(alias=alias, version=3)
+    assert (alias.version.number, alias.additional_version.number, alias.additional_weight) == (3, 2, 0.1)
+    alias = services.alias_update(alias=alias, additional_version=None, additional_weight=None)
+    assert alias.additional_version is None and alias.additional_weight == 0.0
+
+
+def test_a_function_keeps_at_most_ten_test_events(make_function):
+    function = make_function()
+    for number in range(10):
+        services.test_event_create(function=function, name=f"e{number}", event={"n": number})
+    with pytest.raises(ServiceError) as caught:
+        services.test_event_create(function=function, name="e10", event={})
+    assert caught.value.type == "LimitExceeded"
+
+
+def test_deleting_a_function_removes_its_versions_and_aliases(make_function):
+    function = _published(make_function, 1)
+    services.alias_create(function=function, name="live", version=1)
+    services.function_delete(function=function)
+    assert not Version.objects.exists()

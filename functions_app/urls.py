@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from functions_app import api
+
+# Function names, alias names and test event names never contain "/", so plain str converters are exact.
+api_urlpatterns = [
+    path("functions/", api.FunctionListApi.as_view(), name="api-functions"),
+    path("functions/<str:name>/", api.FunctionDetailApi.as_view(), name="api-function"),
+    path("functions/<str:name>/code", api.FunctionCodeApi.as_view(), name="api-function-code"),
+    path("functions/<str:name>/versions/", api.VersionListApi.as_view(), name="api-versions"),
+    path("functions/<str:name>/versions/<int:number>/", api.VersionDetailApi.as_view(), name="api-version"),
+    path("functions/<str:name>/aliases/", api.AliasListApi.as_view(), name="api-aliases"),
+    path("functions/<str:name>/aliases/<str:alias>/", api.AliasDetailApi.as_view(), name="api-alias"),
+    path("functions/<str:name>/test-events/", api.TestEventListApi.as_view(), name="api-test-events"),
+    path("functions/<str:name>/test-events/<str:event>/", api.TestEventDetailApi.as_view(), name="api-test-event"),
+]
