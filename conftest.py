@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,11 +34,17 @@ def fast_password_hashing(settings: Any) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(scope="session")
+def code_storage_dir(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    # One directory for the whole run: artifacts are content-addressed, and worker processes must see it too.
+    return tmp_path_factory.mktemp("code")
+
+
 @pytest.fixture(autouse=True)
-def isolated_code_storage(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def isolated_code_storage(settings: Any, code_storage_dir: Any) -> Iterator[None]:
     from functions_app.code_storage import code_store
 
-    settings.CODE_STORAGE_DIR = tmp_path_factory.mktemp("code")
+    settings.CODE_STORAGE_DIR = code_storage_dir
     code_store.cache_clear()
     yield
     code_store.cache_clear()
@@ -101,3 +110,131 @@ def make_function(user: Any) -> Any:
         return services.function_create(**fields)
 
     return make
+
+
+def _database_url(settings_dict: dict) -> str:
+    if settings_dict["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{settings_dict['NAME']}"
+    auth = settings_dict["USER"] + (f":{settings_dict['PASSWORD']}" if settings_dict["PASSWORD"] else "")
+    return f"postgres://{auth}@{settings_dict['HOST']}:{settings_dict['PORT']}/{settings_dict['NAME']}"
+
+
+FAST_DELIVERY = {
+    # Short leases and sweeps so that fault tests recover in seconds; production defaults are in settings.py.
+    "LEASE_S": "2",
+    "SWEEP_INTERVAL_S": "0.5",
+    "REPUBLISH_AFTER_S": "2",
+    "RETRY_BACKOFF_S": "0.2",
+    "THROTTLE_RETRY_S": "0.2",
+}
+
+
+class Cluster:
+    """Real Celery workers (threads pool, one executor each) and beat, as separate processes on the test database
+    and Redis. Tests start, kill, pause and restart them."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.workers: list[Any] = []
+        self.beat: Any = None
+
+    def _spawn(self, arguments: list[str], **extra: str) -> Any:
+        import subprocess
+        import sys
+
+        from django.conf import settings
+
+        from console.processes import die_with_parent
+
+        return subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "console", *arguments],
+            cwd=settings.BASE_DIR,
+            env={**self.env, **extra},
+            preexec_fn=die_with_parent,
+        )
+
+    def start_worker(self, concurrency: int = 4, wait: bool = True, **extra: str) -> Any:
+        process = self._spawn(
+            [
+                "worker",
+                "--pool",
+                "threads",
+                "--concurrency",
+                str(concurrency),
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-n",
+                f"w{len(self.workers)}@%h",
+            ],
+            **extra,
+        )
+        self.workers.append(process)
+        if wait:
+            self.wait_ready(process)
+        return process
+
+    def wait_ready(self, process: Any, timeout_s: float = 60) -> dict:
+        import json
+        import socket
+        import time
+
+        from console.redis import redis_client
+
+        key = f"ephemera:hosts:{socket.gethostname()}:{process.pid}"
+        deadline = time.monotonic() + timeout_s
+        while (raw := redis_client().get(key)) is None:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the Celery worker did not come up")
+            time.sleep(0.05)
+        return json.loads(raw)
+
+    def start_beat(self) -> Any:
+        from django.conf import settings
+
+        schedule = settings.VAR_DIR / f"beat-{id(self)}"
+        self.beat = self._spawn(["beat", "--loglevel", "INFO", "--schedule", str(schedule)])
+        return self.beat
+
+    def stop(self) -> None:
+        from console.processes import stop_all
+
+        processes = [p for p in [*self.workers, self.beat] if p is not None]
+        for process in processes:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGCONT)  # a paused worker cannot stop
+        stop_all(processes, grace_s=20)
+
+
+@pytest.fixture
+def cluster(transactional_db, redis_server, code_storage_dir, settings) -> Iterator[Cluster]:
+    from django.db import connection
+
+    from console.redis import redis_client
+
+    redis_client().flushdb()  # slots, replies and stray messages from earlier tests
+    for name, value in FAST_DELIVERY.items():
+        setattr(settings, name, float(value))
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=_database_url(connection.settings_dict),
+        CODE_STORAGE_DIR=str(code_storage_dir),
+        EPHEMERA_TEST_MARKER="worker-secret-marker",  # must never be visible inside a sandbox
+        **FAST_DELIVERY,
+    )
+    if not settings.EMBEDDED_REDIS:
+        env["REDIS_URL"] = settings.REDIS_URL
+    group = Cluster(env)
+    yield group
+    group.stop()
+
+
+@pytest.fixture
+def worker(cluster: Cluster) -> dict:
+    """One running worker and beat (as in every deployment); returns the worker's health report."""
+    report = cluster.wait_ready(cluster.start_worker())
+    cluster.start_beat()
+    return report

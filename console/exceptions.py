@@ -26,10 +26,13 @@ class ServiceError(Exception):
     status = 400
     type = "InvalidParameterValue"
 
-    def __init__(self, message: str, *, details: Any = None, type: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, details: Any = None, type: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
+        self.headers = headers or {}
         if type:
             self.type = type
 
@@ -52,6 +55,11 @@ class PreconditionFailed(ServiceError):
 class RequestTooLarge(ServiceError):
     status = 413
     type = "RequestTooLarge"
+
+
+class TooManyRequests(ServiceError):
+    status = 429
+    type = "TooManyRequests"
 
 
 class CodeStorageError(ServiceError):
@@ -79,7 +87,7 @@ def error_body(type_: str, message: str, details: Any = None) -> dict[str, Any]:
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ServiceError):
-        return Response(error_body(exc.type, exc.message, exc.details), status=exc.status)
+        return Response(error_body(exc.type, exc.message, exc.details), status=exc.status, headers=exc.headers)
     if isinstance(exc, Http404):
         return Response(error_body("ResourceNotFound", "The resource was not found."), status=404)
     if isinstance(exc, DjangoPermissionDenied):

@@ -27,6 +27,10 @@ def env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
+def env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
 def env_bool(name: str, default: bool) -> bool:
     value = os.environ.get(name)
     if value is None:
@@ -134,6 +138,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # A file, not pytest's default in-memory database, so that worker processes in the tests share it.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -146,7 +152,8 @@ EMBEDDED_REDIS = not env_str("REDIS_URL")
 # Celery is transport only: messages carry ids, results live in the database.
 # Delivery facts behind these values: shared/reference/isolation-and-delivery.md §5-6.
 MAX_FUNCTION_TIMEOUT_S = 900
-CELERY_BROKER_URL = REDIS_URL.replace("unix://", "redis+socket://", 1) if EMBEDDED_REDIS else REDIS_URL
+# kombu spells a unix socket redis+socket://, redis-py spells it unix://.
+CELERY_BROKER_URL = REDIS_URL.replace("unix://", "redis+socket://", 1) if REDIS_URL.startswith("unix://") else REDIS_URL
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -157,14 +164,54 @@ CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = 10
 CELERY_TASK_TIME_LIMIT = MAX_FUNCTION_TIMEOUT_S + 30
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-_VISIBILITY_TIMEOUT = MAX_FUNCTION_TIMEOUT_S + 60
+# After this, kombu redelivers an unacked message to another worker; the claim makes that a no-op while the
+# first attempt still holds its lease. Recovery never waits for it: the sweeper republishes (see LEASE_S).
+_VISIBILITY_TIMEOUT = env_int("BROKER_VISIBILITY_TIMEOUT_S", MAX_FUNCTION_TIMEOUT_S + 60)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": _VISIBILITY_TIMEOUT,
     "unacked_restore_interval": 5,
     "unacked_restore_throttle": 1,
 }
 CELERY_VISIBILITY_TIMEOUT = _VISIBILITY_TIMEOUT
-CELERY_BEAT_SCHEDULE: dict[str, dict] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict] = {}  # filled below, once the sweep interval is known
+
+# The executor (functions_app/runtime). Tier "auto" picks the strongest isolation the host supports; "insecure-dev"
+# (a plain forked process with rlimits) must be asked for by name and is shown loudly. See DESIGN.md §4.
+SANDBOX_TIER = env_str("SANDBOX_TIER", "auto")
+SANDBOX_UID = env_int("SANDBOX_UID", 65534)
+RUNTIME_WORK_DIR = Path(env_str("RUNTIME_WORK_DIR", str(VAR_DIR / "runtime")))
+# Read-only layer with boto3 that handlers can import, as on Lambda; built from the worker's own install.
+RUNTIME_LAYER_DIR = Path(env_str("RUNTIME_LAYER_DIR", str(VAR_DIR / "layers" / "python")))
+RUNTIME_PRELOAD = env_list("RUNTIME_PRELOAD", "json,boto3")
+# Warm environments are discarded after this many idle seconds (scale to zero); Lambda keeps ~10 minutes.
+RUNTIME_IDLE_TTL_S = env_int("RUNTIME_IDLE_TTL_S", 600)
+# Sum of the memory sizes of live environments on one host; idle ones are evicted LRU to make room.
+RUNTIME_MEMORY_BUDGET_MB = env_int("RUNTIME_MEMORY_BUDGET_MB", 8192)
+RUNTIME_LOG_CAP_BYTES = env_int("RUNTIME_LOG_CAP_BYTES", 1024 * 1024)
+AWS_REGION = env_str("EPHEMERA_REGION", "us-east-1")
+# The longest a synchronous HTTP caller is held; past it the answer is the invocation id to poll.
+SYNC_WAIT_MAX_S = env_int("SYNC_WAIT_MAX_S", 120)
+
+# Delivery (shared/reference/isolation-and-delivery.md §7). A worker holds a running invocation by a lease it
+# renews every LEASE_S/3; the sweeper (beat, every SWEEP_INTERVAL_S) takes back expired leases, republishes
+# queued rows whose message is older than REPUBLISH_AFTER_S, and expires async events past their maximum age.
+# Recovery from a dead worker is therefore bounded by LEASE_S + SWEEP_INTERVAL_S.
+LEASE_S = env_float("LEASE_S", 10.0)
+SWEEP_INTERVAL_S = env_float("SWEEP_INTERVAL_S", 2.0)
+REPUBLISH_AFTER_S = env_float("REPUBLISH_AFTER_S", 30.0)
+# Async retries after a function error wait RETRY_BACKOFF_S, then twice that (Lambda waits about 1 and 2 min).
+RETRY_BACKOFF_S = env_float("RETRY_BACKOFF_S", 2.0)
+# An async event refused for concurrency waits this long before its next try (until its maximum age).
+THROTTLE_RETRY_S = env_float("THROTTLE_RETRY_S", 1.0)
+# Lambda's default account concurrency; per owner here. Reserved concurrency per function is set on it.
+ACCOUNT_CONCURRENCY_LIMIT = env_int("ACCOUNT_CONCURRENCY_LIMIT", 1000)
+IDEMPOTENCY_TTL_S = env_int("IDEMPOTENCY_TTL_S", 24 * 3600)
+# Sweeps expire rather than pile up in the queue while no worker is there to run them.
+CELERY_BEAT_SCHEDULE["sweep-invocations"] = {
+    "task": "ephemera.invocations_sweep",
+    "schedule": SWEEP_INTERVAL_S,
+    "options": {"expires": SWEEP_INTERVAL_S * 2},
+}
 
 # Function code: content-addressed artifacts on the filesystem, or in an S3-compatible bucket when
 # CODE_S3_BUCKET is set (credentials through the usual AWS_* variables or an instance role).

@@ -5,6 +5,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
 from console.redis import redis_client
+from functions_app.selectors import executor_hosts
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -15,7 +16,8 @@ def healthz(request: HttpRequest) -> JsonResponse:
     """Liveness of the parts the web process depends on; 503 when one is down."""
     checks = {"database": _database_ok(), "redis": _redis_ok()}
     healthy = all(checks.values())
-    return JsonResponse({"status": "ok" if healthy else "degraded", "checks": checks}, status=200 if healthy else 503)
+    body = {"status": "ok" if healthy else "degraded", "checks": checks, "executors": _executors() if healthy else []}
+    return JsonResponse(body, status=200 if healthy else 503)
 
 
 def _database_ok() -> bool:
@@ -25,6 +27,14 @@ def _database_ok() -> bool:
         return True
     except Exception:  # noqa: BLE001 - any failure means "down" on a health page
         return False
+
+
+def _executors() -> list[dict]:
+    # Each worker's sandbox tier is shown here; an insecure tier says so in its own "secure": false.
+    return [
+        {key: host.get(key) for key in ("host", "tier", "secure", "reasons", "warm_environments", "zygote_pid")}
+        for host in executor_hosts()
+    ]
 
 
 def _redis_ok() -> bool:

@@ -78,6 +78,8 @@ class ConfigFieldsSerializer(StrictSerializer):
     reserved_concurrency = serializers.IntegerField(required=False, allow_null=True)
     max_retry_attempts = serializers.IntegerField(required=False)
     max_event_age_s = serializers.IntegerField(required=False)
+    on_success_destination = serializers.CharField(required=False, allow_blank=True)
+    on_failure_destination = serializers.CharField(required=False, allow_blank=True)
 
 
 class FunctionCreateSerializer(ConfigFieldsSerializer):
@@ -103,6 +105,8 @@ class FunctionOutputSerializer(serializers.Serializer):
     reserved_concurrency = serializers.IntegerField(allow_null=True)
     max_retry_attempts = serializers.IntegerField()
     max_event_age_s = serializers.IntegerField()
+    on_success_destination = serializers.CharField()
+    on_failure_destination = serializers.CharField()
     code_sha256 = serializers.CharField(source="code.sha256")
     code_size = serializers.IntegerField(source="code.size_bytes")
     version = serializers.SerializerMethodField()
@@ -202,7 +206,7 @@ ErrorSerializer = inline_serializer(
 ERRORS = {code: ErrorSerializer for code in (400, 401, 403, 404, 409, 412, 413, 415)}
 
 
-def _paginated(request: Request, view: APIView, items: QuerySet, output: type[serializers.Serializer]) -> Response:
+def paginated(request: Request, view: APIView, items: QuerySet, output: type[serializers.Serializer]) -> Response:
     paginator = Pagination()
     page = paginator.paginate_queryset(items, request, view=view)
     return paginator.get_paginated_response(output(page, many=True).data)
@@ -226,7 +230,7 @@ class FunctionListApi(APIView):
             search=request.query_params.get("search", ""),
             runtime=request.query_params.get("runtime", ""),
         )
-        return _paginated(request, self, functions, FunctionOutputSerializer)
+        return paginated(request, self, functions, FunctionOutputSerializer)
 
     @extend_schema(
         operation_id="functions_create",
@@ -304,7 +308,7 @@ class VersionListApi(APIView):
     @extend_schema(operation_id="versions_list", responses={200: VersionOutputSerializer(many=True), **ERRORS})
     def get(self, request: Request, name: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
-        return _paginated(request, self, selectors.version_list(function=function), VersionOutputSerializer)
+        return paginated(request, self, selectors.version_list(function=function), VersionOutputSerializer)
 
     @extend_schema(
         operation_id="versions_publish",
@@ -331,7 +335,7 @@ class AliasListApi(APIView):
     @extend_schema(operation_id="aliases_list", responses={200: AliasOutputSerializer(many=True), **ERRORS})
     def get(self, request: Request, name: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
-        return _paginated(request, self, selectors.alias_list(function=function), AliasOutputSerializer)
+        return paginated(request, self, selectors.alias_list(function=function), AliasOutputSerializer)
 
     @extend_schema(
         operation_id="aliases_create", request=AliasCreateSerializer, responses={201: AliasOutputSerializer, **ERRORS}
@@ -368,7 +372,7 @@ class TestEventListApi(APIView):
     @extend_schema(operation_id="test_events_list", responses={200: TestEventOutputSerializer(many=True), **ERRORS})
     def get(self, request: Request, name: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
-        return _paginated(request, self, selectors.test_event_list(function=function), TestEventOutputSerializer)
+        return paginated(request, self, selectors.test_event_list(function=function), TestEventOutputSerializer)
 
     @extend_schema(
         operation_id="test_events_create",

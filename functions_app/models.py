@@ -10,6 +10,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 LATEST = "$LATEST"
 MEMORY_MIN_MB, MEMORY_MAX_MB = 128, 10240
@@ -17,6 +18,7 @@ TIMEOUT_MIN_S, TIMEOUT_MAX_S = 1, 900
 EPHEMERAL_MIN_MB, EPHEMERAL_MAX_MB = 512, 10240
 RETRIES_MAX = 2
 EVENT_AGE_MIN_S, EVENT_AGE_MAX_S = 60, 21600
+DEAD_LETTER = "dead-letter"
 
 
 class Runtime(models.TextChoices):
@@ -64,6 +66,9 @@ class Function(FunctionConfig):
     reserved_concurrency = models.PositiveIntegerField(null=True, blank=True)
     max_retry_attempts = models.PositiveSmallIntegerField(default=RETRIES_MAX)
     max_event_age_s = models.PositiveIntegerField(default=EVENT_AGE_MAX_S)
+    # Async destinations: "" (none), "dead-letter" (the owner's inbox) or "function:<name>" (same owner).
+    on_success_destination = models.CharField(max_length=80, blank=True)
+    on_failure_destination = models.CharField(max_length=80, blank=True, default=DEAD_LETTER)
     revision_id = models.UUIDField(default=uuid.uuid4)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -162,3 +167,129 @@ class TestEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.function.name}/{self.name}"
+
+
+class InvocationStatus(models.TextChoices):
+    # The colour is for the console's badges (NetBox style: the status carries its colour).
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    TIMED_OUT = "timed_out", "Timed out"
+    EXPIRED = "expired", "Expired"
+
+    @property
+    def colour(self) -> str:
+        return {"queued": "grey", "running": "blue", "succeeded": "green", "expired": "orange"}.get(self.value, "red")
+
+
+TERMINAL_STATUSES = (
+    InvocationStatus.SUCCEEDED,
+    InvocationStatus.FAILED,
+    InvocationStatus.TIMED_OUT,
+    InvocationStatus.EXPIRED,
+)
+
+
+class InvocationType(models.TextChoices):
+    SYNC = "sync", "Request-response"
+    ASYNC = "async", "Event"
+
+
+class Invocation(models.Model):
+    """One request to run a function, from acceptance to its single terminal result, with its metering.
+
+    The row is the source of truth; Celery only carries its id. A worker claims it by a conditional update
+    that bumps ``attempt``, and writes the result only while it still holds that attempt (a fenced write).
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="invocations")
+    function = models.ForeignKey(Function, on_delete=models.CASCADE, related_name="invocations")
+    version = models.ForeignKey(Version, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    qualifier = models.CharField(max_length=128, default=LATEST)
+    executed_version = models.CharField(max_length=16, default=LATEST)
+    invocation_type = models.CharField(max_length=8, choices=InvocationType.choices, default=InvocationType.SYNC)
+    status = models.CharField(max_length=16, choices=InvocationStatus.choices, default=InvocationStatus.QUEUED)
+    payload = models.TextField()
+    result = models.TextField(blank=True)
+    function_error = models.BooleanField(default=False)
+    error_type = models.CharField(max_length=128, blank=True)
+    log = models.TextField(blank=True)
+
+    attempt = models.PositiveIntegerField(default=0)
+    # Sync calls get one attempt (no platform retries); async get 1 + the function's maximum retry attempts.
+    max_attempts = models.PositiveSmallIntegerField(default=1)
+    # Not before this time (retry backoff, throttled async events); the sweeper publishes what is due.
+    available_at = models.DateTimeField(default=timezone.now)
+    published_at = models.DateTimeField(null=True, blank=True)
+    # Async only: past this an event is EXPIRED without running (Lambda's maximum event age).
+    expires_at = models.DateTimeField(null=True, blank=True)
+    idempotency_key = models.CharField(max_length=128, blank=True)
+    payload_sha256 = models.CharField(max_length=64, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    worker_host = models.CharField(max_length=255, blank=True)
+    environment_id = models.CharField(max_length=64, blank=True)
+
+    queued_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    memory_mb = models.PositiveIntegerField()
+    is_cold = models.BooleanField(default=False)
+    queue_wait_ms = models.FloatField(null=True, blank=True)
+    init_ms = models.FloatField(default=0.0)
+    duration_ms = models.FloatField(null=True, blank=True)
+    billed_ms = models.PositiveIntegerField(null=True, blank=True)
+    peak_memory_mb = models.FloatField(null=True, blank=True)
+    cpu_ms = models.FloatField(null=True, blank=True)
+    cost_usd = models.DecimalField(max_digits=20, decimal_places=12, null=True, blank=True)
+
+    class Meta:
+        ordering = ["-queued_at"]
+        indexes = [
+            models.Index(fields=["owner", "-queued_at"], name="invocation_owner_recent"),
+            models.Index(fields=["function", "-queued_at"], name="invocation_function_recent"),
+            models.Index(fields=["status", "available_at"], name="invocation_status_due"),
+            models.Index(fields=["status", "lease_until"], name="invocation_status_lease"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "function", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="invocation_idempotency_key_unique",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return str(self.id)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class DeadLetterCondition(models.TextChoices):
+    RETRIES_EXHAUSTED = "RetriesExhausted", "Retries exhausted"
+    EVENT_AGE_EXCEEDED = "EventAgeExceeded", "Event age exceeded"
+
+
+class DeadLetter(models.Model):
+    """An async event that could not be delivered, kept in its owner's inbox until replayed or deleted."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="dead_letters")
+    function = models.ForeignKey(Function, on_delete=models.CASCADE, related_name="dead_letters")
+    invocation = models.OneToOneField(Invocation, on_delete=models.CASCADE, related_name="dead_letter")
+    condition = models.CharField(max_length=32, choices=DeadLetterCondition.choices)
+    request_payload = models.TextField()
+    error_type = models.CharField(max_length=128, blank=True)
+    error_result = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    replayed_as = models.ForeignKey(Invocation, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["owner", "-created_at"], name="dead_letter_owner_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.function.name} {self.condition} {self.invocation_id}"

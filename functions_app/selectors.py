@@ -7,10 +7,11 @@ import random
 from dataclasses import dataclass
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
 from django.db.models import Q, QuerySet
 
 from console.exceptions import ResourceNotFound
-from functions_app.models import LATEST, Alias, Function, TestEvent, Version
+from functions_app.models import LATEST, Alias, DeadLetter, Function, Invocation, TestEvent, Version
 
 
 def function_list(*, owner: AbstractBaseUser, search: str = "", runtime: str = "") -> QuerySet[Function]:
@@ -92,3 +93,54 @@ def qualifier_resolve(
     if alias.additional_version and draw < alias.additional_weight:
         return ResolvedTarget(function, alias.additional_version, qualifier)
     return ResolvedTarget(function, alias.version, qualifier)
+
+
+def invocation_list(
+    *, owner: AbstractBaseUser, function_name: str = "", status: str = "", is_cold: bool | None = None
+) -> QuerySet[Invocation]:
+    invocations = Invocation.objects.filter(owner=owner).select_related("function")
+    if function_name:
+        invocations = invocations.filter(function__name=function_name)
+    if status:
+        invocations = invocations.filter(status=status)
+    if is_cold is not None:
+        invocations = invocations.filter(is_cold=is_cold)
+    return invocations
+
+
+def invocation_get(*, owner: AbstractBaseUser, invocation_id: str) -> Invocation:
+    try:
+        return Invocation.objects.select_related("function").get(owner=owner, pk=invocation_id)
+    except (Invocation.DoesNotExist, ValueError, ValidationError):
+        raise ResourceNotFound(f"Invocation not found: {invocation_id}") from None
+
+
+def executor_hosts() -> list[dict]:
+    """The live executor hosts as their heartbeats describe them (sandbox tier, warm environments)."""
+    import json
+
+    from console.redis import redis_client
+
+    client = redis_client()
+    keys = sorted(client.scan_iter(match="ephemera:hosts:*", count=100))
+    return [json.loads(raw) for raw in client.mget(keys) if raw] if keys else []
+
+
+def dead_letter_list(
+    *, owner: AbstractBaseUser, function_name: str = "", condition: str = "", replayed: bool | None = None
+) -> QuerySet[DeadLetter]:
+    letters = DeadLetter.objects.filter(owner=owner).select_related("function")
+    if function_name:
+        letters = letters.filter(function__name=function_name)
+    if condition:
+        letters = letters.filter(condition=condition)
+    if replayed is not None:
+        letters = letters.filter(replayed_as__isnull=not replayed)
+    return letters
+
+
+def dead_letter_get(*, owner: AbstractBaseUser, pk: int) -> DeadLetter:
+    try:
+        return DeadLetter.objects.select_related("function", "owner").get(owner=owner, pk=pk)
+    except DeadLetter.DoesNotExist:
+        raise ResourceNotFound(f"Dead letter not found: {pk}") from None

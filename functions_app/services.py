@@ -20,6 +20,7 @@ from console.exceptions import PreconditionFailed, RequestTooLarge, ResourceConf
 from functions_app import code as code_pkg
 from functions_app.code_storage import code_store
 from functions_app.models import (
+    DEAD_LETTER,
     EPHEMERAL_MAX_MB,
     EPHEMERAL_MIN_MB,
     EVENT_AGE_MAX_S,
@@ -74,6 +75,8 @@ CONFIG_FIELDS = (
     "reserved_concurrency",
     "max_retry_attempts",
     "max_event_age_s",
+    "on_success_destination",
+    "on_failure_destination",
 )
 
 
@@ -115,10 +118,22 @@ def config_validate(fields: dict[str, Any]) -> None:
         "description": lambda v: _text_validate("description", v, 256),
         "network_enabled": lambda v: _bool_validate("network_enabled", v),
         "environment": environment_validate,
+        "on_success_destination": lambda v: _destination_validate("on_success_destination", v),
+        "on_failure_destination": lambda v: _destination_validate("on_failure_destination", v),
     }
     for field, value in fields.items():
         if field in checks:
             checks[field](value)
+
+
+def _destination_validate(field: str, value: Any) -> None:
+    """ "" (none), "dead-letter" (the inbox) or "function:<name>"; the function is looked up at delivery, and a
+    failure whose destination function is gone lands in the inbox."""
+    if value in ("", DEAD_LETTER):
+        return
+    if isinstance(value, str) and value.startswith("function:") and FUNCTION_NAME_RE.match(value[len("function:") :]):
+        return
+    raise _invalid(field, 'Use "", "dead-letter" or "function:<name>".')
 
 
 def _runtime_validate(value: Any) -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from functions_app import api
+from functions_app import api, invocations_api
 
 # Function names, alias names and test event names never contain "/", so plain str converters are exact.
 api_urlpatterns = [
@@ -15,4 +15,14 @@ api_urlpatterns = [
     path("functions/<str:name>/aliases/<str:alias>/", api.AliasDetailApi.as_view(), name="api-alias"),
     path("functions/<str:name>/test-events/", api.TestEventListApi.as_view(), name="api-test-events"),
     path("functions/<str:name>/test-events/<str:event>/", api.TestEventDetailApi.as_view(), name="api-test-event"),
+    path("functions/<str:name>/invoke", invocations_api.InvokeApi.as_view(), name="api-function-invoke"),
+    path("invocations/", invocations_api.InvocationListApi.as_view(), name="api-invocations"),
+    path("invocations/<str:invocation_id>/", invocations_api.InvocationDetailApi.as_view(), name="api-invocation"),
+    path("dead-letters/", invocations_api.DeadLetterListApi.as_view(), name="api-dead-letters"),
+    path("dead-letters/<int:letter_id>/", invocations_api.DeadLetterDetailApi.as_view(), name="api-dead-letter"),
+    path(
+        "dead-letters/<int:letter_id>/replay",
+        invocations_api.DeadLetterReplayApi.as_view(),
+        name="api-dead-letter-replay",
+    ),
 ]

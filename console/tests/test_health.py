@@ -8,7 +8,15 @@ pytestmark = pytest.mark.django_db
 def test_health_reports_the_database_and_redis_up(client, redis_server):
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "checks": {"database": True, "redis": True}}
+    assert response.json()["status"] == "ok"
+    assert response.json()["checks"] == {"database": True, "redis": True}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_health_shows_each_workers_sandbox_tier(client, worker):
+    executors = client.get("/healthz").json()["executors"]
+    assert executors and executors[0]["tier"] == worker["tier"]
+    assert executors[0]["tier"] == "namespaces" and executors[0]["secure"] is True
 
 
 def test_health_reports_degraded_when_redis_is_unreachable(client, settings, tmp_path):

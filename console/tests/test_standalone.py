@@ -98,6 +98,11 @@ def test_it_serves_the_seeded_function_to_the_printed_token_and_ctrl_c_stops_eve
     assert [function["name"] for function in listed["results"]] == ["hello"]
     health = get_json(f"http://127.0.0.1:{port}/healthz", token)
     assert health["checks"] == {"database": True, "redis": True}
+    deadline = time.monotonic() + 30
+    while not health["executors"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+        health = get_json(f"http://127.0.0.1:{port}/healthz", token)
+    assert health["executors"][0]["tier"] in ("namespaces", "insecure-dev")
 
     tree = psutil.Process(process.pid).children(recursive=True)
     names = " ".join(" ".join(p.cmdline()) for p in tree)

@@ -1,0 +1,22 @@
+"""The P2 baseline: stock Celery with a Redis result backend and a no-op task, on the same Redis."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+app = Celery("baseline", broker=os.environ.get("BENCH_BROKER"), backend=os.environ.get("BENCH_BACKEND"))
+app.conf.update(
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    task_default_queue="bench-baseline",
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+)
+
+
+@app.task(name="bench.noop")
+def noop() -> None:
+    return None

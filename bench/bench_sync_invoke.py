@@ -1,0 +1,211 @@
+"""P2: warm synchronous invoke through the HTTP API vs a bare Celery `delay().get()` no-op, same run, same Redis.
+
+Usage: .venv/bin/python bench/bench_sync_invoke.py [--runs 300]
+
+Starts, in a temporary var dir, the embedded Redis, gunicorn (2 sync workers, as in production) and one Ephemera
+worker; then the baseline's own Celery worker. Requests alternate between the two paths so that machine noise
+hits both alike. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE_DIR))
+VAR_DIR = Path(tempfile.mkdtemp(prefix="ephemera-bench-"))
+os.environ["EPHEMERA_VAR_DIR"] = str(VAR_DIR)
+if not os.environ.get("BENCH_USE_ENV"):  # the embedded default unless asked to use DATABASE_URL / REDIS_URL
+    for name in ("DATABASE_URL", "REDIS_URL"):
+        os.environ.pop(name, None)
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+
+from console.embedded import redis_start  # noqa: E402
+from console.processes import die_with_parent, stop_all  # noqa: E402
+
+NOOP = "def handler(event, context):\n    return None\n"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def seed() -> str:
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
+    from functions_app import services
+
+    user = get_user_model().objects.create_user("bench")
+    services.function_create(
+        owner=user, name="noop", handler="app.handler", code=services.CodeUpload(files={"app.py": NOOP})
+    )
+    return Token.objects.create(user=user).key
+
+
+def spawn(command: list[str], **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        command,
+        cwd=BASE_DIR,
+        env={**os.environ, **env},
+        preexec_fn=die_with_parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def invoke_http(port: int, token: str) -> float:
+    started = time.perf_counter()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("POST", "/api/v1/functions/noop/invoke", body=b"{}", headers={"Authorization": f"Token {token}"})
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    elapsed = (time.perf_counter() - started) * 1000
+    if response.status != 200 or response.getheader("X-Function-Error"):
+        raise RuntimeError(f"invoke failed: {response.status}")
+    return elapsed
+
+
+def wait_http(port: int, token: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            invoke_http(port, token)
+            return
+        except (OSError, RuntimeError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def summary(values: list[float]) -> dict:
+    ordered = sorted(values)
+    return {
+        "p50": round(statistics.median(ordered), 3),
+        "p90": round(ordered[int(0.9 * len(ordered))], 3),
+        "p99": round(ordered[min(int(0.99 * len(ordered)), len(ordered) - 1)], 3),
+        "n": len(ordered),
+    }
+
+
+def phases() -> dict:
+    """Where the time goes, from the invocation rows: accepted → claimed → finished (worker side)."""
+    from functions_app.models import Invocation
+
+    rows = list(Invocation.objects.filter(is_cold=False).values_list("queue_wait_ms", "started_at", "finished_at"))
+    return {
+        "queue_wait_p50": round(statistics.median(r[0] for r in rows), 3),
+        "claim_to_finish_p50": round(statistics.median((r[2] - r[1]).total_seconds() * 1000 for r in rows), 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=300)
+    args = parser.parse_args()
+    processes: list[subprocess.Popen] = []
+    redis = redis_start(VAR_DIR, settings.REDIS_SOCKET)
+    try:
+        call_command("migrate", verbosity=0)
+        token = seed()
+        port = free_port()
+        python = sys.executable
+        processes.append(
+            spawn([python, "-m", "gunicorn", "console.wsgi:application", "-b", f"127.0.0.1:{port}", "-w", "2"])
+        )
+        processes.append(
+            spawn(
+                [
+                    python,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "console",
+                    "worker",
+                    "--pool",
+                    "threads",
+                    "-c",
+                    "2",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                    "--loglevel",
+                    "WARNING",
+                ]
+            )
+        )
+        socket_url = f"redis+socket://{settings.REDIS_SOCKET}"
+        baseline_env = {"BENCH_BROKER": f"{socket_url}?virtual_host=2", "BENCH_BACKEND": f"{socket_url}?db=3"}
+        processes.append(
+            spawn(
+                [
+                    python,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "bench.baseline_app",
+                    "worker",
+                    "--pool",
+                    "threads",
+                    "-c",
+                    "1",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                    "--loglevel",
+                    "WARNING",
+                ],
+                **baseline_env,
+            )
+        )
+        os.environ.update(baseline_env)
+        from bench.baseline_app import noop
+
+        wait_http(port, token)
+        noop.delay().get(timeout=60)
+        for _ in range(30):  # warm both paths: connections, the environment, the worker's imports
+            invoke_http(port, token)
+            noop.delay().get(timeout=10)
+        ephemera, celery = [], []
+        for _ in range(args.runs):
+            ephemera.append(invoke_http(port, token))
+            started = time.perf_counter()
+            noop.delay().get(timeout=10)
+            celery.append((time.perf_counter() - started) * 1000)
+        result = {
+            "P2_warm_sync_invoke_http_ms": summary(ephemera),
+            "phases_ms": phases(),
+            "baseline_celery_delay_get_ms": summary(celery),
+            "ratio_p50": round(statistics.median(ephemera) / statistics.median(celery), 3),
+            "goal": "ratio_p50 <= 1.0",
+            "setup": "gunicorn 2 sync workers, new connection per request; Ephemera worker threads c=2; SQLite + "
+            "embedded Redis (unix socket); baseline: Celery threads c=1 with a Redis result backend, same Redis",
+        }
+        print(json.dumps(result, indent=2))
+    finally:
+        stop_all(processes)
+        stop_all([redis])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Concurrency admission: reserved per-function and per-account limits, counted in Redis.
+
+Each running invocation is a member of two sorted sets (its function's and its owner's) scored by the time
+its slot expires. Expired members are dropped before every count, so a worker that dies mid-run cannot leak a
+slot for longer than its lease. The check and the add are one Lua script: two callers cannot both take the
+last slot.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from console.redis import redis_client
+
+FUNCTION_KEY = "ephemera:conc:fn:{id}"
+ACCOUNT_KEY = "ephemera:conc:owner:{id}"
+
+_ADMIT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+  return 0
+end
+local reserved = tonumber(ARGV[4])
+if reserved >= 0 and redis.call('ZCARD', KEYS[1]) >= reserved then return 1 end
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then return 2 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+return 0
+"""
+
+REASONS = {
+    1: "ReservedFunctionConcurrentInvocationLimitExceeded",
+    2: "ConcurrentInvocationLimitExceeded",
+}
+
+
+@dataclass(frozen=True)
+class Admission:
+    admitted: bool
+    reason: str = ""
+
+
+def slot_acquire(
+    *, function_id: int, owner_id: int, member: str, hold_s: float, reserved: int | None, account_limit: int
+) -> Admission:
+    """Take a slot for ``member`` for ``hold_s`` seconds (re-taking one it holds extends it)."""
+    keys = [FUNCTION_KEY.format(id=function_id), ACCOUNT_KEY.format(id=owner_id)]
+    now = time.time()
+    code = redis_client().eval(
+        _ADMIT, 2, *keys, now, now + hold_s, member, -1 if reserved is None else reserved, account_limit
+    )
+    return Admission(code == 0, REASONS.get(code, ""))
+
+
+def slot_release(*, function_id: int, owner_id: int, member: str) -> None:
+    pipeline = redis_client().pipeline(transaction=False)
+    pipeline.zrem(FUNCTION_KEY.format(id=function_id), member)
+    pipeline.zrem(ACCOUNT_KEY.format(id=owner_id), member)
+    pipeline.execute()
+
+
+def slots_in_use(*, function_id: int) -> int:
+    key = FUNCTION_KEY.format(id=function_id)
+    return redis_client().zcount(key, time.time(), "+inf")

@@ -1,0 +1,653 @@
+"""Invocation services: accept (persist, then publish the id), claim, run through the executor, complete, sweep.
+
+The database row is the source of truth and Celery only a doorbell (shared/reference/isolation-and-delivery.md
+§7). A claim is a compare-and-set on ``attempt``; completion is written only while that attempt still holds the
+row (the fence), so a duplicate, late or zombie delivery never produces a second visible result. A running
+attempt holds a lease its worker renews; the sweeper takes back what a dead or paused worker held.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from console.exceptions import RequestTooLarge, ResourceConflict, ServiceError, TooManyRequests
+from console.redis import redis_client
+from functions_app import concurrency
+from functions_app.code_storage import code_extracted_dir
+from functions_app.models import (
+    DEAD_LETTER,
+    LATEST,
+    DeadLetter,
+    DeadLetterCondition,
+    Function,
+    Invocation,
+    InvocationStatus,
+    InvocationType,
+)
+from functions_app.runtime import FunctionSpec, InvokeRequest, InvokeResult
+from functions_app.secrets import env_decrypt
+from functions_app.selectors import qualifier_resolve
+from metrics_app.services import invocation_meter
+
+logger = logging.getLogger(__name__)
+
+SYNC_PAYLOAD_MAX_BYTES = 6 * 1024 * 1024  # Lambda: 6 MB request and response (sync)
+ASYNC_PAYLOAD_MAX_BYTES = 1024 * 1024  # Lambda: 1 MB (Event)
+LOG_TAIL_BYTES = 4096  # Lambda's LogType=Tail
+REPLY_KEY = "ephemera:reply:{id}"
+REPLY_TTL_S = 120
+INIT_GRACE_S = 10  # Lambda's init phase limit
+SWEEP_BATCH = 500
+WORKER_LOST = "Platform.WorkerLost"
+# Deliveries the claim turned away (duplicates, late redeliveries): a counter for operators and tests.
+SKIPPED_DELIVERIES_KEY = "ephemera:stats:skipped_deliveries"
+DRY_RUN = "DryRun"
+
+_STATUS_BY_RESULT = {"succeeded": InvocationStatus.SUCCEEDED, "timed_out": InvocationStatus.TIMED_OUT}
+
+
+class InvalidRequestContent(ServiceError):
+    type = "InvalidRequestContent"
+
+
+class IdempotencyConflict(ResourceConflict):
+    type = "IdempotencyConflict"
+
+
+@dataclass(frozen=True)
+class InvocationOutcome:
+    """What a synchronous caller gets back: from the worker's reply, or from the row."""
+
+    invocation_id: str
+    status: str
+    executed_version: str
+    result: str
+    function_error: bool
+    error_type: str
+    log_tail: str
+    is_cold: bool
+    duration_ms: float | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status not in (InvocationStatus.QUEUED, InvocationStatus.RUNNING)
+
+    @property
+    def worker_lost(self) -> bool:
+        return self.error_type == WORKER_LOST
+
+
+# ---- accepting ----------------------------------------------------------------------------------------------
+
+
+def payload_validate(raw: bytes, *, limit: int) -> str:
+    """The event as JSON text: at most ``limit`` bytes, valid JSON, empty meaning ``{}`` (as Lambda)."""
+    if len(raw) > limit:
+        raise RequestTooLarge(f"The payload is {len(raw)} bytes; the limit is {limit} bytes.")
+    if not raw.strip():
+        return "{}"
+    try:
+        text = raw.decode("utf-8")
+        json.loads(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRequestContent(f"The payload is not valid JSON: {exc}") from None
+    return text
+
+
+def invocation_accept(
+    *,
+    owner: AbstractBaseUser,
+    function: Function,
+    qualifier: str,
+    raw_payload: bytes,
+    invocation_type: str,
+    idempotency_key: str = "",
+) -> Invocation | None:
+    """Validate, admit and persist an invocation, publishing its id after commit. None for a dry run.
+
+    A repeated ``idempotency_key`` returns the invocation it first created (409 if the payload differs).
+    """
+    is_async = invocation_type == InvocationType.ASYNC
+    payload = payload_validate(raw_payload, limit=ASYNC_PAYLOAD_MAX_BYTES if is_async else SYNC_PAYLOAD_MAX_BYTES)
+    target = qualifier_resolve(function=function, qualifier=qualifier or LATEST)
+    if invocation_type == DRY_RUN:
+        return None
+    payload_sha = hashlib.sha256(payload.encode()).hexdigest()
+    if idempotency_key:
+        existing = _idempotent_match(owner, function, idempotency_key, payload_sha)
+        if existing:
+            return existing
+    config = target.version or function
+    invocation_id = uuid.uuid4()
+    if not is_async:
+        _admit_or_throttle(function, owner.pk, str(invocation_id), config.timeout_s)
+    now = timezone.now()
+    fields: dict[str, Any] = {
+        "id": invocation_id,
+        "owner": owner,
+        "function": function,
+        "version": target.version,
+        "qualifier": target.qualifier,
+        "executed_version": target.version_label,
+        "invocation_type": invocation_type,
+        "payload": payload,
+        "payload_sha256": payload_sha,
+        "idempotency_key": idempotency_key,
+        "memory_mb": config.memory_mb,
+        "max_attempts": 1 + function.max_retry_attempts if is_async else 1,
+        "expires_at": now + timedelta(seconds=function.max_event_age_s) if is_async else None,
+        "queued_at": now,
+        "available_at": now,
+        "published_at": now,
+    }
+    try:
+        with transaction.atomic():
+            invocation = Invocation.objects.create(**fields)
+            transaction.on_commit(lambda: invocation_publish(invocation_id=str(invocation_id)))
+    except IntegrityError:
+        # Two requests raced with one idempotency key: the loser answers with the winner's invocation.
+        concurrency.slot_release(function_id=function.pk, owner_id=owner.pk, member=str(invocation_id))
+        existing = _idempotent_match(owner, function, idempotency_key, payload_sha)
+        if existing is None:
+            raise
+        return existing
+    return invocation
+
+
+def _idempotent_match(owner: AbstractBaseUser, function: Function, key: str, payload_sha: str) -> Invocation | None:
+    existing = Invocation.objects.filter(owner=owner, function=function, idempotency_key=key).first()
+    if existing is not None and existing.payload_sha256 != payload_sha:
+        raise IdempotencyConflict(
+            "This Idempotency-Key was used with a different payload.", details={"invocation_id": str(existing.id)}
+        )
+    return existing
+
+
+def _admit_or_throttle(function: Function, owner_id: int, member: str, timeout_s: int) -> None:
+    admission = concurrency.slot_acquire(
+        function_id=function.pk,
+        owner_id=owner_id,
+        member=member,
+        hold_s=timeout_s + INIT_GRACE_S + settings.LEASE_S,
+        reserved=function.reserved_concurrency,
+        account_limit=settings.ACCOUNT_CONCURRENCY_LIMIT,
+    )
+    if not admission.admitted:
+        raise TooManyRequests(
+            f"Rate exceeded: {admission.reason}.",
+            details={"reason": admission.reason, "retry_after_s": 1},
+            headers={"Retry-After": "1"},
+        )
+
+
+def invocation_publish(*, invocation_id: str, countdown: float | None = None) -> None:
+    from functions_app.tasks import invocation_execute
+
+    try:
+        invocation_execute.apply_async((invocation_id,), countdown=countdown)
+    except Exception:
+        logger.exception("Publishing invocation %s failed; the sweeper will republish it", invocation_id)
+
+
+def invocation_wait(*, invocation: Invocation, wait_s: float) -> InvocationOutcome:
+    """Block on the invocation's reply key; past ``wait_s`` the caller gets its current state to poll.
+
+    Between waits the caller checks the lease itself: if the worker died and no sweeper runs (a one-worker
+    deployment), the caller still learns of it within a lease, not at the end of its wait.
+    """
+    deadline = time.monotonic() + wait_s
+    key = REPLY_KEY.format(id=invocation.id)
+    while not invocation.is_terminal and (remaining := deadline - time.monotonic()) > 0:
+        reply = redis_client().blpop([key], timeout=min(remaining, max(settings.LEASE_S, 0.5)))
+        if reply is not None:
+            return InvocationOutcome(**json.loads(reply[1]))
+        invocation.refresh_from_db()
+        now = timezone.now()
+        if invocation.status == InvocationStatus.RUNNING and invocation.lease_until and invocation.lease_until < now:
+            _reclaim(invocation, now)
+            invocation.refresh_from_db()
+    return outcome_from_row(invocation)
+
+
+def sync_wait_budget(invocation: Invocation) -> float:
+    timeout_s = (invocation.version or invocation.function).timeout_s
+    return min(timeout_s + INIT_GRACE_S + settings.LEASE_S + settings.SWEEP_INTERVAL_S, settings.SYNC_WAIT_MAX_S)
+
+
+def outcome_from_row(invocation: Invocation) -> InvocationOutcome:
+    return InvocationOutcome(
+        invocation_id=str(invocation.id),
+        status=invocation.status,
+        executed_version=invocation.executed_version,
+        result=invocation.result,
+        function_error=invocation.function_error,
+        error_type=invocation.error_type,
+        log_tail=invocation.log.encode()[-LOG_TAIL_BYTES:].decode("utf-8", errors="ignore"),
+        is_cold=invocation.is_cold,
+        duration_ms=invocation.duration_ms,
+    )
+
+
+# ---- the worker's side: claim, run, complete ------------------------------------------------------------------
+
+
+class _Leases:
+    """The attempts this process is running, so its heartbeat can renew their leases."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, invocation_id: str, attempt: int) -> None:
+        with self._lock:
+            self._held[invocation_id] = attempt
+
+    def remove(self, invocation_id: str) -> None:
+        with self._lock:
+            self._held.pop(invocation_id, None)
+
+    def held(self) -> list[tuple[str, int]]:
+        with self._lock:
+            return list(self._held.items())
+
+
+leases = _Leases()
+
+
+def leases_renew() -> int:
+    """Extend the leases this process holds; a fenced update, so a lease already taken over stays lost."""
+    until = timezone.now() + timedelta(seconds=settings.LEASE_S)
+    renewed = 0
+    for invocation_id, attempt in leases.held():
+        renewed += Invocation.objects.filter(pk=invocation_id, status=InvocationStatus.RUNNING, attempt=attempt).update(
+            lease_until=until
+        )
+    return renewed
+
+
+def invocation_claim(*, invocation_id: str, host: str) -> Invocation | None:
+    """Take the invocation for one attempt, or return None when it is not ours to run now.
+
+    Of two deliveries racing for the same row exactly one compare-and-set on ``attempt`` matches.
+    """
+    invocation = (
+        Invocation.objects.select_related("owner", "function", "version", "function__code", "version__code")
+        .filter(pk=invocation_id)
+        .first()
+    )
+    now = timezone.now()
+    if invocation is None or not _claimable(invocation, now):
+        return None
+    if invocation.expires_at and invocation.expires_at < now:
+        invocation_expire(invocation=invocation)
+        return None
+    if invocation.attempt >= invocation.max_attempts:
+        _finish_worker_lost(invocation)  # a poison message redelivered after its last attempt died
+        return None
+    if not _admitted_for_run(invocation, now):
+        return None
+    lease = now + timedelta(seconds=settings.LEASE_S)
+    claimed = Invocation.objects.filter(
+        Q(status=InvocationStatus.QUEUED) | Q(status=InvocationStatus.RUNNING, lease_until__lt=now),
+        pk=invocation_id,
+        attempt=invocation.attempt,
+    ).update(
+        status=InvocationStatus.RUNNING,
+        attempt=invocation.attempt + 1,
+        lease_until=lease,
+        started_at=now,
+        worker_host=host,
+    )
+    if not claimed:
+        return None
+    invocation.status, invocation.attempt, invocation.lease_until = (
+        InvocationStatus.RUNNING,
+        invocation.attempt + 1,
+        lease,
+    )
+    invocation.started_at, invocation.worker_host = now, host
+    return invocation
+
+
+def _claimable(invocation: Invocation, now: datetime) -> bool:
+    if invocation.status == InvocationStatus.QUEUED:
+        return invocation.available_at <= now  # an early duplicate of a delayed retry waits for the sweeper
+    return (
+        invocation.status == InvocationStatus.RUNNING
+        and invocation.lease_until is not None
+        and (invocation.lease_until < now)
+    )
+
+
+def _admitted_for_run(invocation: Invocation, now: datetime) -> bool:
+    """Sync calls were admitted at the door (this extends their slot); async events are admitted here, and an
+    event over the limit waits in the queue and tries again, until its maximum age (as Lambda)."""
+    config = invocation.version or invocation.function
+    admission = concurrency.slot_acquire(
+        function_id=invocation.function_id,
+        owner_id=invocation.owner_id,
+        member=str(invocation.id),
+        hold_s=config.timeout_s + INIT_GRACE_S + settings.LEASE_S,
+        reserved=invocation.function.reserved_concurrency if invocation.invocation_type == "async" else None,
+        account_limit=settings.ACCOUNT_CONCURRENCY_LIMIT if invocation.invocation_type == "async" else 1 << 30,
+    )
+    if admission.admitted:
+        return True
+    retry_at = now + timedelta(seconds=settings.THROTTLE_RETRY_S)
+    requeued = Invocation.objects.filter(pk=invocation.pk, attempt=invocation.attempt, status=invocation.status).update(
+        status=InvocationStatus.QUEUED,
+        available_at=retry_at,
+        published_at=retry_at,
+        error_type=f"Throttled.{admission.reason}",
+    )
+    if requeued:
+        invocation_publish(invocation_id=str(invocation.id), countdown=settings.THROTTLE_RETRY_S)
+    return False
+
+
+def function_spec(invocation: Invocation) -> FunctionSpec:
+    """The sandbox's view of what to run: never shared across versions, configurations or tenants."""
+    function = invocation.function
+    config = invocation.version or function
+    identity = (
+        f"v{config.number}:{config.config_sha256[:16]}" if invocation.version else f"latest:{function.revision_id}"
+    )
+    return FunctionSpec(
+        environment_key=f"{function.pk}:{identity}",
+        function_name=function.name,
+        function_version=invocation.executed_version,
+        code_dir=str(code_extracted_dir(config.code.sha256)),
+        handler=config.handler,
+        memory_mb=config.memory_mb,
+        timeout_s=float(config.timeout_s),
+        env=env_decrypt(config.environment_ciphertext),
+        network=config.network_enabled,
+        tmp_mb=config.ephemeral_storage_mb,
+        tenant=str(invocation.owner_id),
+    )
+
+
+def function_arn(invocation: Invocation) -> str:
+    account = f"{invocation.owner_id:012d}"
+    base = f"arn:aws:lambda:{settings.AWS_REGION}:{account}:function:{invocation.function.name}"
+    return base if invocation.qualifier == LATEST else f"{base}:{invocation.qualifier}"
+
+
+def invocation_run(*, invocation_id: str, executor: Any) -> Invocation | None:
+    """Claim, execute in a sandbox, write the fenced result and answer a waiting caller."""
+    invocation = invocation_claim(invocation_id=invocation_id, host=f"{socket.gethostname()}:{os.getpid()}")
+    if invocation is None:
+        logger.info("Invocation %s is not ours to run now (duplicate, finished or not due); skipped", invocation_id)
+        redis_client().incr(SKIPPED_DELIVERIES_KEY)
+        return None
+    leases.add(str(invocation.id), invocation.attempt)
+    try:
+        request = InvokeRequest(
+            request_id=str(invocation.id),
+            event=invocation.payload.encode(),
+            invoked_function_arn=function_arn(invocation),
+            attempt=invocation.attempt,
+        )
+        result = executor.invoke(function_spec(invocation), request)
+        invocation_complete(invocation=invocation, result=result)
+    finally:
+        leases.remove(str(invocation.id))
+    return invocation
+
+
+def invocation_complete(*, invocation: Invocation, result: InvokeResult) -> bool:
+    """Write this attempt's outcome if it still holds the row (the fence); False for a zombie attempt.
+
+    A failed async attempt with attempts left goes back to the queue after a backoff; anything else is final.
+    """
+    now = timezone.now()
+    cost = invocation_meter(memory_mb=invocation.memory_mb, init_ms=result.init_ms, duration_ms=result.duration_ms)
+    succeeded = result.status == "succeeded"
+    retry = (
+        not succeeded
+        and invocation.invocation_type == InvocationType.ASYNC
+        and invocation.attempt < invocation.max_attempts
+        and not (invocation.expires_at and invocation.expires_at < now)
+    )
+    fields: dict[str, Any] = {
+        "result": result.payload.decode("utf-8", errors="replace"),
+        "function_error": not succeeded,
+        "error_type": result.error_type or "",
+        "log": result.log,
+        "is_cold": result.is_cold,
+        "queue_wait_ms": (invocation.started_at - invocation.queued_at).total_seconds() * 1000,
+        "init_ms": result.init_ms,
+        "duration_ms": result.duration_ms,
+        "billed_ms": cost.billed_ms,
+        "peak_memory_mb": result.peak_memory_mb,
+        "cpu_ms": result.cpu_ms,
+        "environment_id": result.environment_id,
+        "cost_usd": cost.total_usd,
+        "lease_until": None,
+    }
+    backoff = settings.RETRY_BACKOFF_S * 2 ** (invocation.attempt - 1)
+    if retry:
+        # Published now with a countdown; should that message be lost, the sweeper publishes it once stale.
+        retry_at = now + timedelta(seconds=backoff)
+        fields.update(status=InvocationStatus.QUEUED, available_at=retry_at, published_at=retry_at)
+    else:
+        fields.update(status=_STATUS_BY_RESULT.get(result.status, InvocationStatus.FAILED), finished_at=now)
+    written = Invocation.objects.filter(
+        pk=invocation.pk, status=InvocationStatus.RUNNING, attempt=invocation.attempt
+    ).update(**fields)
+    if not written:
+        logger.warning(
+            "Invocation %s attempt %s lost its lease; its result is discarded", invocation.pk, invocation.attempt
+        )
+        return False
+    for name, value in fields.items():
+        setattr(invocation, name, value)
+    concurrency.slot_release(
+        function_id=invocation.function_id, owner_id=invocation.owner_id, member=str(invocation.id)
+    )
+    if not retry:
+        _finished(invocation, DeadLetterCondition.RETRIES_EXHAUSTED)
+    return True
+
+
+def _finished(invocation: Invocation, failure_condition: str) -> None:
+    """After a terminal write: answer the sync caller, or route the async event to its destination."""
+    if invocation.invocation_type == InvocationType.SYNC:
+        invocation_reply(invocation=invocation)
+        return
+    destination = (
+        invocation.function.on_success_destination
+        if invocation.status == InvocationStatus.SUCCEEDED
+        else invocation.function.on_failure_destination
+    )
+    condition = "Success" if invocation.status == InvocationStatus.SUCCEEDED else failure_condition
+    destination_deliver(invocation=invocation, destination=destination, condition=condition)
+
+
+def invocation_reply(*, invocation: Invocation) -> None:
+    """Hand the outcome to a synchronous caller blocked on the reply key (it expires if nobody waits)."""
+    key = REPLY_KEY.format(id=invocation.id)
+    pipeline = redis_client().pipeline()
+    pipeline.rpush(key, json.dumps(asdict(outcome_from_row(invocation))))
+    pipeline.expire(key, REPLY_TTL_S)
+    pipeline.execute()
+
+
+# ---- destinations and the dead-letter inbox -----------------------------------------------------------------
+
+
+def destination_record(invocation: Invocation, condition: str) -> dict[str, Any]:
+    """Lambda's destination record: requestContext, requestPayload, responseContext, responsePayload."""
+    try:
+        response_payload = json.loads(invocation.result) if invocation.result else None
+    except ValueError:
+        response_payload = invocation.result
+    return {
+        "version": "1.0",
+        "timestamp": timezone.now().isoformat(),
+        "requestContext": {
+            "requestId": str(invocation.id),
+            "functionArn": function_arn(invocation),
+            "condition": condition,
+            "approximateInvokeCount": invocation.attempt,
+        },
+        "requestPayload": json.loads(invocation.payload),
+        "responseContext": {
+            "statusCode": 200,
+            "executedVersion": invocation.executed_version,
+            **({"functionError": "Unhandled"} if invocation.function_error else {}),
+        },
+        "responsePayload": response_payload,
+    }
+
+
+def destination_deliver(*, invocation: Invocation, destination: str, condition: str) -> None:
+    """Send the event on: to another function of the same owner, or to the dead-letter inbox.
+
+    A failure with a destination that no longer exists lands in the inbox, so nothing is dropped silently.
+    """
+    if destination.startswith("function:"):
+        target = Function.objects.filter(owner_id=invocation.owner_id, name=destination.split(":", 1)[1]).first()
+        if target is not None:
+            record = json.dumps(destination_record(invocation, condition)).encode()
+            invocation_accept(
+                owner=invocation.owner,
+                function=target,
+                qualifier=LATEST,
+                raw_payload=record[:ASYNC_PAYLOAD_MAX_BYTES],
+                invocation_type=InvocationType.ASYNC,
+            )
+            return
+        destination = DEAD_LETTER if condition != "Success" else ""
+    if destination == DEAD_LETTER and condition != "Success":
+        DeadLetter.objects.get_or_create(
+            invocation=invocation,
+            defaults={
+                "owner_id": invocation.owner_id,
+                "function_id": invocation.function_id,
+                "condition": condition,
+                "request_payload": invocation.payload,
+                "error_type": invocation.error_type,
+                "error_result": invocation.result,
+                "attempts": invocation.attempt,
+            },
+        )
+
+
+def dead_letter_replay(*, dead_letter: DeadLetter) -> Invocation:
+    """Run the stored event again as a new async invocation of the function's `$LATEST`."""
+    replayed = invocation_accept(
+        owner=dead_letter.owner,
+        function=dead_letter.function,
+        qualifier=LATEST,
+        raw_payload=dead_letter.request_payload.encode(),
+        invocation_type=InvocationType.ASYNC,
+    )
+    dead_letter.replayed_as = replayed
+    dead_letter.save(update_fields=["replayed_as"])
+    return replayed
+
+
+def dead_letter_delete(*, dead_letter: DeadLetter) -> None:
+    dead_letter.delete()
+
+
+# ---- the sweeper --------------------------------------------------------------------------------------------
+
+
+def invocation_expire(*, invocation: Invocation) -> bool:
+    """An async event past its maximum age: EXPIRED without running, then to its failure destination."""
+    now = timezone.now()
+    expired = Invocation.objects.filter(pk=invocation.pk, status=InvocationStatus.QUEUED).update(
+        status=InvocationStatus.EXPIRED, finished_at=now, error_type="EventAgeExceeded", lease_until=None
+    )
+    if expired:
+        invocation.status, invocation.finished_at, invocation.error_type = (
+            InvocationStatus.EXPIRED,
+            now,
+            "EventAgeExceeded",
+        )
+        destination_deliver(
+            invocation=invocation,
+            destination=invocation.function.on_failure_destination,
+            condition=DeadLetterCondition.EVENT_AGE_EXCEEDED,
+        )
+    return bool(expired)
+
+
+def _finish_worker_lost(invocation: Invocation) -> bool:
+    now = timezone.now()
+    body = json.dumps(
+        {"errorType": WORKER_LOST, "errorMessage": "The worker running this invocation was lost.", "stackTrace": []}
+    )
+    written = Invocation.objects.filter(pk=invocation.pk, status=invocation.status, attempt=invocation.attempt).update(
+        status=InvocationStatus.FAILED,
+        finished_at=now,
+        error_type=WORKER_LOST,
+        result=body,
+        function_error=True,
+        lease_until=None,
+    )
+    if written:
+        invocation.status, invocation.finished_at, invocation.error_type = InvocationStatus.FAILED, now, WORKER_LOST
+        invocation.result, invocation.function_error = body, True
+        concurrency.slot_release(
+            function_id=invocation.function_id, owner_id=invocation.owner_id, member=str(invocation.id)
+        )
+        _finished(invocation, DeadLetterCondition.RETRIES_EXHAUSTED)
+    return bool(written)
+
+
+def _reclaim(invocation: Invocation, now: datetime) -> str:
+    """A lease ran out: its worker died or stalled. Sync calls fail (no platform retries); async retry."""
+    if invocation.invocation_type == InvocationType.ASYNC and invocation.attempt < invocation.max_attempts:
+        requeued = Invocation.objects.filter(
+            pk=invocation.pk, status=InvocationStatus.RUNNING, attempt=invocation.attempt, lease_until__lt=now
+        ).update(status=InvocationStatus.QUEUED, available_at=now, published_at=None, lease_until=None)
+        return "requeued" if requeued else "raced"
+    return "lost" if _finish_worker_lost(invocation) else "raced"
+
+
+def invocations_sweep() -> dict[str, int]:
+    """Expire old events, take back expired leases, (re)publish due queued rows, forget old idempotency keys."""
+    now = timezone.now()
+    counts = {"expired": 0, "requeued": 0, "lost": 0, "published": 0}
+    related = ("owner", "function")
+    for invocation in Invocation.objects.select_related(*related).filter(
+        status=InvocationStatus.QUEUED, expires_at__lt=now
+    )[:SWEEP_BATCH]:
+        counts["expired"] += invocation_expire(invocation=invocation)
+    for invocation in Invocation.objects.select_related(*related).filter(
+        status=InvocationStatus.RUNNING, lease_until__lt=now
+    )[:SWEEP_BATCH]:
+        outcome = _reclaim(invocation, now)
+        if outcome in counts:
+            counts[outcome] += 1
+    stale = now - timedelta(seconds=settings.REPUBLISH_AFTER_S)
+    due = Invocation.objects.filter(status=InvocationStatus.QUEUED, available_at__lte=now).filter(
+        Q(published_at__isnull=True) | Q(published_at__lt=stale)
+    )
+    for invocation_id in list(due.values_list("pk", flat=True)[:SWEEP_BATCH]):
+        if Invocation.objects.filter(pk=invocation_id, status=InvocationStatus.QUEUED).update(published_at=now):
+            invocation_publish(invocation_id=str(invocation_id))
+            counts["published"] += 1
+    Invocation.objects.filter(
+        queued_at__lt=now - timedelta(seconds=settings.IDEMPOTENCY_TTL_S), idempotency_key__gt=""
+    ).update(idempotency_key="")
+    return counts

@@ -1,0 +1,286 @@
+"""REST API for running functions and reading invocation records."""
+
+from __future__ import annotations
+
+import base64
+
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.parsers import BaseParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from console.exceptions import ServiceError, error_body
+from functions_app import selectors
+from functions_app.api import ERRORS, paginated
+from functions_app.invocations import (
+    DRY_RUN,
+    WORKER_LOST,
+    InvocationOutcome,
+    dead_letter_delete,
+    dead_letter_replay,
+    invocation_accept,
+    invocation_wait,
+    sync_wait_budget,
+)
+from functions_app.models import DeadLetterCondition, InvocationStatus, InvocationType
+
+
+class RawBodyParser(BaseParser):
+    """The event is passed through byte-for-byte; the service validates it as JSON."""
+
+    media_type = "*/*"
+
+    def parse(self, stream, media_type=None, parser_context=None) -> bytes:  # noqa: ANN001
+        return stream.read() if stream else b""
+
+
+RESPONSE_HEADERS = [
+    OpenApiParameter("X-Invocation-Id", str, OpenApiParameter.HEADER, response=True, description="The invocation."),
+    OpenApiParameter("X-Executed-Version", str, OpenApiParameter.HEADER, response=True, description="`$LATEST` or N."),
+    OpenApiParameter(
+        "X-Function-Error",
+        str,
+        OpenApiParameter.HEADER,
+        response=True,
+        description="`Unhandled` when the handler raised, timed out, ran out of memory or exited; the body is "
+        "then `{errorType, errorMessage, stackTrace}`.",
+    ),
+    OpenApiParameter("X-Cold-Start", str, OpenApiParameter.HEADER, response=True, description="`true` or `false`."),
+    OpenApiParameter(
+        "X-Log-Result", str, OpenApiParameter.HEADER, response=True, description="Base64 of the last 4 KB of log."
+    ),
+]
+
+
+INVOCATION_TYPES = {
+    "RequestResponse": InvocationType.SYNC,
+    "Event": InvocationType.ASYNC,
+    "DryRun": DRY_RUN,
+}
+
+
+class InvokeApi(APIView):
+    parser_classes = [RawBodyParser]
+
+    @extend_schema(
+        operation_id="functions_invoke",
+        request={"application/json": OpenApiTypes.ANY},
+        parameters=[
+            OpenApiParameter("qualifier", str, description="`$LATEST` (default), a version number or an alias."),
+            OpenApiParameter("log", str, enum=["none", "tail"], description="`tail` adds X-Log-Result (sync)."),
+            OpenApiParameter(
+                "X-Invocation-Type",
+                str,
+                OpenApiParameter.HEADER,
+                enum=list(INVOCATION_TYPES),
+                description="`RequestResponse` (default: wait for the result, payload ≤ 6 MB), `Event` (queue it, "
+                "202 at once, payload ≤ 1 MB, retried and dead-lettered as Lambda does) or `DryRun` (validate only).",
+            ),
+            OpenApiParameter(
+                "Idempotency-Key",
+                str,
+                OpenApiParameter.HEADER,
+                description="A retried request with the same key returns the same invocation; another payload is 409.",
+            ),
+            *RESPONSE_HEADERS,
+        ],
+        responses={
+            200: OpenApiResponse(OpenApiTypes.ANY, description="The function's result (or its error object)."),
+            202: OpenApiResponse(
+                OpenApiTypes.OBJECT,
+                description="`Event` accepted, or a sync call still running past the wait budget: "
+                "`{invocation_id, status}` to poll.",
+            ),
+            204: OpenApiResponse(description="`DryRun`: the request is valid and you may invoke the function."),
+            429: ERRORS[400],
+            502: ERRORS[400],
+            **ERRORS,
+        },
+        description="Run the function. Errors of the platform use the error format; errors of the function come "
+        "back with 200 and `X-Function-Error: Unhandled`, as on Lambda.",
+    )
+    def post(self, request: Request, name: str) -> HttpResponse:
+        function = selectors.function_get(owner=request.user, name=name)
+        invocation_type = _invocation_type(request)
+        log_mode = request.query_params.get("log", "none")
+        if log_mode not in ("none", "tail"):
+            raise ServiceError("log must be 'none' or 'tail'.", details={"log": ["Expected none or tail."]})
+        invocation = invocation_accept(
+            owner=request.user,
+            function=function,
+            qualifier=request.query_params.get("qualifier", ""),
+            raw_payload=request.data if isinstance(request.data, bytes) else b"",
+            invocation_type=invocation_type,
+            idempotency_key=_idempotency_key(request),
+        )
+        if invocation is None:
+            return Response(status=204)
+        if invocation_type == InvocationType.ASYNC:
+            return _accepted(str(invocation.id), invocation.status)
+        outcome = invocation_wait(invocation=invocation, wait_s=sync_wait_budget(invocation))
+        return _invoke_response(outcome, with_log=log_mode == "tail")
+
+
+def _invocation_type(request: Request) -> str:
+    name = request.headers.get("X-Invocation-Type", "RequestResponse")
+    if name not in INVOCATION_TYPES:
+        raise ServiceError(
+            f"X-Invocation-Type must be one of {', '.join(INVOCATION_TYPES)}.",
+            details={"X-Invocation-Type": list(INVOCATION_TYPES)},
+        )
+    return INVOCATION_TYPES[name]
+
+
+def _idempotency_key(request: Request) -> str:
+    key = request.headers.get("Idempotency-Key", "")
+    if len(key) > 128 or (key and not key.isprintable()):
+        raise ServiceError("Idempotency-Key must be at most 128 printable characters.")
+    return key
+
+
+def _accepted(invocation_id: str, status: str) -> Response:
+    response = Response({"invocation_id": invocation_id, "status": status}, status=202)
+    response["Location"] = f"/api/v1/invocations/{invocation_id}/"
+    response["X-Invocation-Id"] = invocation_id
+    return response
+
+
+def _invoke_response(outcome: InvocationOutcome, *, with_log: bool) -> HttpResponse:
+    if not outcome.finished:
+        return _accepted(outcome.invocation_id, outcome.status)
+    if outcome.worker_lost:
+        body = error_body(WORKER_LOST, "The worker running this invocation was lost; it was not retried.")
+        response = Response({**body, "details": {"invocation_id": outcome.invocation_id}}, status=502)
+    else:
+        response = HttpResponse(outcome.result, content_type="application/json", status=200)
+        if outcome.function_error:
+            response["X-Function-Error"] = "Unhandled"
+        response["X-Cold-Start"] = "true" if outcome.is_cold else "false"
+    response["X-Invocation-Id"] = outcome.invocation_id
+    response["X-Executed-Version"] = outcome.executed_version
+    if with_log:
+        response["X-Log-Result"] = base64.b64encode(outcome.log_tail.encode()).decode()
+    return response
+
+
+class InvocationOutputSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    function = serializers.CharField(source="function.name")
+    qualifier = serializers.CharField()
+    executed_version = serializers.CharField()
+    invocation_type = serializers.CharField()
+    status = serializers.CharField()
+    function_error = serializers.BooleanField()
+    error_type = serializers.CharField()
+    attempt = serializers.IntegerField()
+    queued_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    is_cold = serializers.BooleanField()
+    queue_wait_ms = serializers.FloatField(allow_null=True)
+    init_ms = serializers.FloatField()
+    duration_ms = serializers.FloatField(allow_null=True)
+    billed_ms = serializers.IntegerField(allow_null=True)
+    memory_mb = serializers.IntegerField()
+    peak_memory_mb = serializers.FloatField(allow_null=True)
+    cpu_ms = serializers.FloatField(allow_null=True)
+    cost_usd = serializers.DecimalField(max_digits=20, decimal_places=12, allow_null=True)
+    worker_host = serializers.CharField()
+    environment_id = serializers.CharField()
+
+
+class InvocationDetailSerializer(InvocationOutputSerializer):
+    payload = serializers.CharField()
+    result = serializers.CharField()
+    log = serializers.CharField()
+
+
+class InvocationListApi(APIView):
+    @extend_schema(
+        operation_id="invocations_list",
+        parameters=[
+            OpenApiParameter("function", str, description="Only this function's invocations."),
+            OpenApiParameter("status", str, enum=InvocationStatus.values),
+            OpenApiParameter("cold", bool, description="Only cold (true) or warm (false) starts."),
+        ],
+        responses={200: InvocationOutputSerializer(many=True), **ERRORS},
+    )
+    def get(self, request: Request) -> Response:
+        params = request.query_params
+        status = params.get("status", "")
+        if status and status not in InvocationStatus.values:
+            raise ServiceError(f"Unknown status {status!r}.", details={"status": InvocationStatus.values})
+        cold = {"true": True, "false": False}.get(params.get("cold", "").lower())
+        invocations = selectors.invocation_list(
+            owner=request.user, function_name=params.get("function", ""), status=status, is_cold=cold
+        )
+        return paginated(request, self, invocations, InvocationOutputSerializer)
+
+
+class InvocationDetailApi(APIView):
+    @extend_schema(operation_id="invocations_retrieve", responses={200: InvocationDetailSerializer, **ERRORS})
+    def get(self, request: Request, invocation_id: str) -> Response:
+        invocation = selectors.invocation_get(owner=request.user, invocation_id=invocation_id)
+        return Response(InvocationDetailSerializer(invocation).data)
+
+
+class DeadLetterOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    function = serializers.CharField(source="function.name")
+    invocation_id = serializers.UUIDField()
+    condition = serializers.CharField()
+    request_payload = serializers.CharField()
+    error_type = serializers.CharField()
+    error_result = serializers.CharField()
+    attempts = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    replayed_as = serializers.UUIDField(source="replayed_as_id", allow_null=True)
+
+
+class DeadLetterListApi(APIView):
+    @extend_schema(
+        operation_id="dead_letters_list",
+        parameters=[
+            OpenApiParameter("function", str, description="Only this function's dead letters."),
+            OpenApiParameter("condition", str, enum=DeadLetterCondition.values),
+            OpenApiParameter("replayed", bool, description="Only replayed (true) or not yet replayed (false)."),
+        ],
+        responses={200: DeadLetterOutputSerializer(many=True), **ERRORS},
+    )
+    def get(self, request: Request) -> Response:
+        params = request.query_params
+        condition = params.get("condition", "")
+        if condition and condition not in DeadLetterCondition.values:
+            raise ServiceError(f"Unknown condition {condition!r}.", details={"condition": DeadLetterCondition.values})
+        replayed = {"true": True, "false": False}.get(params.get("replayed", "").lower())
+        letters = selectors.dead_letter_list(
+            owner=request.user, function_name=params.get("function", ""), condition=condition, replayed=replayed
+        )
+        return paginated(request, self, letters, DeadLetterOutputSerializer)
+
+
+class DeadLetterDetailApi(APIView):
+    @extend_schema(operation_id="dead_letters_retrieve", responses={200: DeadLetterOutputSerializer, **ERRORS})
+    def get(self, request: Request, letter_id: int) -> Response:
+        return Response(DeadLetterOutputSerializer(selectors.dead_letter_get(owner=request.user, pk=letter_id)).data)
+
+    @extend_schema(operation_id="dead_letters_destroy", responses={204: None, **ERRORS})
+    def delete(self, request: Request, letter_id: int) -> Response:
+        dead_letter_delete(dead_letter=selectors.dead_letter_get(owner=request.user, pk=letter_id))
+        return Response(status=204)
+
+
+class DeadLetterReplayApi(APIView):
+    @extend_schema(
+        operation_id="dead_letters_replay",
+        request=None,
+        responses={202: OpenApiResponse(OpenApiTypes.OBJECT, description="`{invocation_id, status}`"), **ERRORS},
+        description="Run the stored event again as a new async invocation of the function's `$LATEST`.",
+    )
+    def post(self, request: Request, letter_id: int) -> Response:
+        invocation = dead_letter_replay(dead_letter=selectors.dead_letter_get(owner=request.user, pk=letter_id))
+        return _accepted(str(invocation.id), invocation.status)

@@ -1,0 +1,62 @@
+"""The executor's public data types (re-exported by functions_app.runtime)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    environment_key: str  # function version + config; environments are never shared across keys
+    function_name: str
+    function_version: str  # "$LATEST" or "3"
+    code_dir: str  # extracted code, root-owned; appears read-only at /var/task
+    handler: str  # "module.function", "pkg/mod.function" or "pkg.mod.function"
+    memory_mb: int
+    timeout_s: float
+    env: dict[str, str] = field(default_factory=dict)
+    network: bool = False
+    tmp_mb: int = 512
+    tenant: str = ""
+
+
+@dataclass(frozen=True)
+class InvokeRequest:
+    request_id: str
+    event: bytes  # raw JSON
+    invoked_function_arn: str
+    attempt: int = 1
+
+
+@dataclass
+class InvokeResult:
+    status: str  # succeeded | failed | timed_out | out_of_memory | crashed
+    payload: bytes
+    error_type: str | None
+    is_cold: bool
+    init_ms: float
+    duration_ms: float
+    peak_memory_mb: float
+    cpu_ms: float
+    log: str
+    environment_id: str
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    work_dir: str
+    layer_dirs: tuple[str, ...] = ()
+    preload: tuple[str, ...] = ("json", "boto3")
+    idle_ttl_s: float = 600
+    memory_budget_mb: int = 4096
+    log_cap_bytes: int = 1 << 20
+    tier: str = "auto"  # "auto" | "namespaces" | "insecure-dev"
+    sandbox_uid: int = 65534
+    # Additions to the agreed interface, all with safe defaults:
+    region: str = "us-east-1"  # AWS_REGION / AWS_DEFAULT_REGION inside
+    init_timeout_s: float = 10.0  # Lambda's init phase limit
+    pids_max: int = 64  # cgroup pids.max per environment (fork bombs)
+
+
+class CapacityError(RuntimeError):
+    """No room in the host's memory budget: every environment is busy. Retry later."""

@@ -1,0 +1,803 @@
+"""The executor against real sandboxes: no mocks. Needs root and namespaces (else skipped)."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from functions_app.runtime import (
+    CapacityError,
+    Executor,
+    FunctionSpec,
+    InvokeRequest,
+    RuntimeConfig,
+    SandboxUnavailable,
+    build_layer,
+    sandbox_doctor,
+)
+
+SANDBOX_UID = 61234  # unused on the host, so every process with it is ours
+DOCTOR = sandbox_doctor()
+pytestmark = pytest.mark.skipif(
+    DOCTOR["tier"] != "namespaces", reason="needs the namespaces tier: " + "; ".join(DOCTOR["reasons"])
+)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def make_code(root: Path, source: str, module: str = "app") -> str:
+    """A root-owned code dir as the console would extract it."""
+    code = root / f"code-{module}-{abs(hash(source))}"
+    code.mkdir(parents=True, exist_ok=True)
+    code.chmod(0o755)
+    path = code / f"{module.replace('.', '/')}.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(source))
+    return str(code)
+
+
+def make_spec(code_dir: str, **overrides: object) -> FunctionSpec:
+    fields = {
+        "environment_key": f"key-{code_dir}",
+        "function_name": "fn",
+        "function_version": "$LATEST",
+        "code_dir": code_dir,
+        "handler": "app.handler",
+        "memory_mb": 128,
+        "timeout_s": 3.0,
+        "env": {},
+    }
+    fields.update(overrides)
+    return FunctionSpec(**fields)
+
+
+def make_request(event: object = None, **overrides: object) -> InvokeRequest:
+    fields = {
+        "request_id": "req-1",
+        "event": json.dumps(event if event is not None else {}).encode(),
+        "invoked_function_arn": "arn:aws:lambda:us-east-1:000000000000:function:fn",
+    }
+    fields.update(overrides)
+    return InvokeRequest(**fields)
+
+
+def sandbox_processes() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["uids"]):
+        uids = proc.info["uids"]
+        if uids is not None and SANDBOX_UID in (uids.real, uids.effective):
+            found.append(proc)
+    return found
+
+
+def running_sandbox_processes() -> list[psutil.Process]:
+    """Zombies excluded: an orphan is reaped by the host's init, on its own schedule."""
+    running = []
+    for proc in sandbox_processes():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                running.append(proc)
+    return running
+
+
+def wait_for(predicate, timeout_s: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def payload(result) -> object:
+    return json.loads(result.payload)
+
+
+@pytest.fixture
+def executor(tmp_path):
+    ex = Executor(
+        RuntimeConfig(
+            work_dir=str(tmp_path / "work"), preload=("json",), sandbox_uid=SANDBOX_UID, log_cap_bytes=64 * 1024
+        )
+    )
+    yield ex
+    ex.shutdown()
+    assert wait_for(lambda: not sandbox_processes()), "sandbox processes survived shutdown"
+
+
+@pytest.fixture
+def run(executor, tmp_path):
+    """run(source, event=None, **spec_overrides) -> InvokeResult."""
+
+    def _run(source: str, event: object = None, request: InvokeRequest | None = None, **overrides: object):
+        spec = make_spec(make_code(tmp_path, source), **overrides)
+        return executor.invoke(spec, request or make_request(event))
+
+    return _run
+
+
+@pytest.fixture(scope="session")
+def boto3_layer(tmp_path_factory) -> str:
+    layer = tmp_path_factory.mktemp("layer") / "python"
+    build_layer(str(layer))
+    for d in (layer.parent, layer):
+        d.chmod(0o755)
+    return str(layer)
+
+
+COUNTER = """
+    import os
+    COUNT = 0
+    def handler(event, context):
+        global COUNT
+        COUNT += 1
+        return {"count": COUNT, "pid": os.getpid()}
+"""
+
+
+# ---------------------------------------------------------------- lifecycle
+
+
+def test_the_doctor_picks_the_namespaces_tier_on_this_host():
+    assert DOCTOR["tier"] == "namespaces"
+    assert DOCTOR["secure"] is True
+    assert DOCTOR["checks"]["seccomp"] is True
+
+
+def test_the_first_invoke_is_cold_and_the_second_reuses_the_warm_environment_faster(executor, tmp_path):
+    spec = make_spec(make_code(tmp_path, COUNTER))
+    t0 = time.perf_counter()
+    first = executor.invoke(spec, make_request())
+    cold_wall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    second = executor.invoke(spec, make_request())
+    warm_wall = time.perf_counter() - t0
+
+    assert first.status == second.status == "succeeded"
+    assert first.is_cold and first.init_ms > 0
+    assert not second.is_cold and second.init_ms == 0
+    assert second.environment_id == first.environment_id
+    assert payload(second)["count"] == 2
+    assert warm_wall < cold_wall
+    assert executor.health()["warm_environments"] == 1
+
+
+def test_different_environment_keys_never_share_an_environment(executor, tmp_path):
+    code = make_code(tmp_path, COUNTER)
+    a = make_spec(code, environment_key="fn:1")
+    b = make_spec(code, environment_key="fn:2")
+    executor.invoke(a, make_request())
+    executor.invoke(a, make_request())
+    result = executor.invoke(b, make_request())
+    assert payload(result)["count"] == 1
+    assert result.is_cold
+
+
+def test_module_state_and_tmp_persist_across_warm_invocations(run, executor, tmp_path):
+    source = """
+        import os
+        def handler(event, context):
+            path = "/tmp/state"
+            seen = open(path).read() if os.path.exists(path) else ""
+            with open(path, "a") as f:
+                f.write("x")
+            return seen
+    """
+    spec = make_spec(make_code(tmp_path, source))
+    assert payload(executor.invoke(spec, make_request())) == ""
+    assert payload(executor.invoke(spec, make_request())) == "x"
+
+
+def test_concurrent_invocations_of_one_key_each_get_their_own_environment(executor, tmp_path):
+    source = """
+        import time
+        def handler(event, context):
+            time.sleep(0.3)
+            return "ok"
+    """
+    spec = make_spec(make_code(tmp_path, source))
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(executor.invoke(spec, make_request()))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status for r in results] == ["succeeded"] * 3
+    assert len({r.environment_id for r in results}) == 3
+    assert executor.health()["warm_environments"] == 3
+
+
+def test_idle_environments_are_reaped_after_the_ttl(tmp_path):
+    ex = Executor(RuntimeConfig(work_dir=str(tmp_path / "w"), preload=(), sandbox_uid=SANDBOX_UID, idle_ttl_s=0.1))
+    try:
+        ex.invoke(make_spec(make_code(tmp_path, COUNTER)), make_request())
+        time.sleep(0.2)
+        assert ex.reap_idle() == 1
+        assert ex.health()["warm_environments"] == 0
+        assert wait_for(lambda: not sandbox_processes())
+    finally:
+        ex.shutdown()
+
+
+def test_the_memory_budget_evicts_the_least_recently_used_idle_environment(tmp_path):
+    config = RuntimeConfig(work_dir=str(tmp_path / "w"), preload=(), sandbox_uid=SANDBOX_UID, memory_budget_mb=256)
+    ex = Executor(config)
+    try:
+        code = make_code(tmp_path, COUNTER)
+        first = ex.invoke(make_spec(code, environment_key="a"), make_request())
+        ex.invoke(make_spec(code, environment_key="b"), make_request())
+        ex.invoke(make_spec(code, environment_key="c"), make_request())  # evicts "a"
+        again = ex.invoke(make_spec(code, environment_key="a"), make_request())
+        assert again.is_cold and again.environment_id != first.environment_id
+        assert ex.health()["memory_reserved_mb"] == 256
+        with pytest.raises(CapacityError):
+            ex.invoke(make_spec(code, environment_key="huge", memory_mb=512), make_request())
+        assert ex.health()["warm_environments"] == 2  # a request that cannot fit evicts nobody
+    finally:
+        ex.shutdown()
+
+
+def test_shutdown_leaves_no_process_behind(tmp_path):
+    # Other fixtures (an embedded Redis) may own children of this process too: only new ones count.
+    before = {child.pid for child in psutil.Process().children(recursive=True)}
+    ex = Executor(RuntimeConfig(work_dir=str(tmp_path / "w"), preload=(), sandbox_uid=SANDBOX_UID))
+    zygote = psutil.Process(ex.health()["zygote_pid"])
+    ex.invoke(make_spec(make_code(tmp_path, COUNTER)), make_request())
+    ex.shutdown()
+    assert wait_for(lambda: not zygote.is_running() or zygote.status() == psutil.STATUS_ZOMBIE)
+    assert wait_for(lambda: not {c.pid for c in psutil.Process().children(recursive=True)} - before)
+    assert wait_for(lambda: not sandbox_processes()), [(p.pid, p.ppid(), p.status()) for p in sandbox_processes()]
+
+
+def test_a_dead_zygote_is_restarted_on_the_next_cold_start(executor, tmp_path):
+    old = executor.health()["zygote_pid"]
+    psutil.Process(old).kill()
+    assert wait_for(lambda: not executor.health()["zygote_alive"])
+    result = executor.invoke(make_spec(make_code(tmp_path, COUNTER)), make_request())
+    assert result.status == "succeeded"
+    assert executor.health()["zygote_pid"] != old
+
+
+def test_an_unknown_tier_is_refused(tmp_path):
+    with pytest.raises(SandboxUnavailable):
+        Executor(RuntimeConfig(work_dir=str(tmp_path / "w"), tier="bogus"))
+
+
+def test_the_insecure_dev_tier_runs_only_when_asked_and_says_so_loudly(tmp_path):
+    # No mount namespace here: the code must be reachable by the sandbox uid at
+    # its host path, and pytest's tmp_path parents are 0700.
+    code_root = Path(tempfile.mkdtemp(prefix="ephemera-insecure-"))
+    code_root.chmod(0o755)
+    ex = Executor(RuntimeConfig(work_dir=str(tmp_path / "w"), preload=(), sandbox_uid=SANDBOX_UID, tier="insecure-dev"))
+    try:
+        health = ex.health()
+        assert health["tier"] == "insecure-dev" and health["secure"] is False
+        assert health["reasons"][0].startswith("INSECURE")
+        source = "import os\ndef handler(e, c):\n    return [os.getuid(), os.environ['LAMBDA_TASK_ROOT']]\n"
+        code = make_code(code_root, source)
+        result = ex.invoke(make_spec(code), make_request())
+        assert payload(result) == [SANDBOX_UID, code]
+        slow = make_spec(make_code(code_root, "import time\ndef handler(e, c):\n    time.sleep(30)\n"), timeout_s=0.5)
+        assert ex.invoke(slow, make_request()).status == "timed_out"
+    finally:
+        ex.shutdown()
+        shutil.rmtree(code_root)
+    assert wait_for(lambda: not sandbox_processes())
+
+
+def test_killing_the_worker_takes_every_sandbox_with_it(tmp_path):
+    code = make_code(tmp_path, "import time\ndef handler(e, c):\n    time.sleep(60)\n")
+    repo = str(Path(__file__).resolve().parents[2])
+    script = textwrap.dedent(f"""
+        import sys, threading
+        sys.path.insert(0, {repo!r})
+        from functions_app.runtime import Executor, FunctionSpec, InvokeRequest, RuntimeConfig
+        ex = Executor(RuntimeConfig(work_dir={str(tmp_path / "w")!r}, preload=(), sandbox_uid={SANDBOX_UID}))
+        spec = FunctionSpec("k", "fn", "1", {code!r}, "app.handler", 128, 60.0, {{}})
+        threading.Thread(target=ex.invoke, args=(spec, InvokeRequest("r", b"{{}}", "arn"))).start()
+    """)
+    worker = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        assert wait_for(lambda: len(sandbox_processes()) >= 1, timeout_s=10)
+    finally:
+        worker.kill()
+        worker.wait()
+    assert wait_for(lambda: not running_sandbox_processes(), timeout_s=5)
+    if DOCTOR["checks"]["cgroup"] != "v1":
+        return
+    # The next worker to start removes the dead one's cgroups.
+    leftovers = f"/sys/fs/cgroup/memory/ephemera/env-{worker.pid}-*"
+    assert glob.glob(leftovers)
+    Executor(RuntimeConfig(work_dir=str(tmp_path / "w2"), preload=(), sandbox_uid=SANDBOX_UID)).shutdown()
+    assert not glob.glob(leftovers)
+
+
+def test_many_concurrent_cold_starts_all_succeed(executor, tmp_path):
+    code = make_code(tmp_path, COUNTER)
+    results = []
+
+    def cold(i: int) -> None:
+        results.append(executor.invoke(make_spec(code, environment_key=f"k{i}"), make_request()))
+
+    threads = [threading.Thread(target=cold, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status for r in results] == ["succeeded"] * 8
+    assert all(r.is_cold for r in results)
+    assert len({json.loads(r.payload)["pid"] for r in results}) == 1  # every handler is pid 1 of its own namespace
+
+
+def test_the_runtime_package_does_not_import_django():
+    code = "import sys, functions_app.runtime; print('django' in sys.modules or 'celery' in sys.modules)"
+    repo = str(Path(__file__).resolve().parents[2])
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_shutdown_during_an_invocation_reports_a_crash_and_leaves_nothing(tmp_path):
+    ex = Executor(RuntimeConfig(work_dir=str(tmp_path / "w"), preload=(), sandbox_uid=SANDBOX_UID))
+    spec = make_spec(make_code(tmp_path, "import time\ndef handler(e, c):\n    time.sleep(30)\n"), timeout_s=30)
+    results = []
+    thread = threading.Thread(target=lambda: results.append(ex.invoke(spec, make_request())))
+    thread.start()
+    assert wait_for(lambda: ex.health()["busy_environments"] == 1 and sandbox_processes())
+    ex.shutdown()
+    thread.join(timeout=5)
+    assert [r.status for r in results] == ["crashed"]
+    assert wait_for(lambda: not sandbox_processes())
+
+
+# ---------------------------------------------------------------- the Lambda contract
+
+
+def test_a_handler_exception_returns_lambdas_error_shape(run):
+    result = run("""
+        def handler(event, context):
+            raise ValueError("kaboom")
+    """)
+    body = payload(result)
+    assert result.status == "failed"
+    assert result.error_type == "ValueError"
+    assert body["errorType"] == "ValueError" and body["errorMessage"] == "kaboom"
+    assert any("app.py" in line and "handler" in line for line in body["stackTrace"])
+    assert "bootstrap" not in "".join(body["stackTrace"])
+
+
+def test_an_import_error_is_reported_on_every_invoke_of_the_environment(executor, tmp_path):
+    spec = make_spec(make_code(tmp_path, "import not_a_module\ndef handler(e, c): return 1\n"))
+    for _ in range(2):
+        result = executor.invoke(spec, make_request())
+        assert result.status == "failed"
+        assert result.error_type == "Runtime.ImportModuleError"
+        assert payload(result)["errorMessage"] == ("Unable to import module 'app': No module named 'not_a_module'")
+
+
+def test_a_syntax_error_is_reported_as_user_code_syntax_error(run):
+    result = run("def handler(event, context)\n    return 1\n")
+    assert result.error_type == "Runtime.UserCodeSyntaxError"
+    assert payload(result)["errorMessage"].startswith("Syntax error in module 'app'")
+
+
+def test_a_missing_handler_function_is_reported_as_handler_not_found(run):
+    result = run("def other(event, context):\n    return 1\n")
+    assert result.error_type == "Runtime.HandlerNotFound"
+
+
+def test_a_nested_handler_path_is_imported(executor, tmp_path):
+    code = make_code(tmp_path, "def go(event, context):\n    return 'nested'\n", module="pkg.mod")
+    for handler in ("pkg/mod.go", "pkg.mod.go"):
+        result = executor.invoke(make_spec(code, handler=handler, environment_key=handler), make_request())
+        assert payload(result) == "nested"
+
+
+def test_a_result_that_is_not_json_is_a_marshal_error(run):
+    result = run("def handler(event, context):\n    return object()\n")
+    assert result.error_type == "Runtime.MarshalError"
+
+
+def test_the_context_has_lambdas_fields_and_types(run):
+    source = """
+        import time
+        def handler(event, context):
+            first = context.get_remaining_time_in_millis()
+            time.sleep(0.05)
+            return {
+                "first": first,
+                "second": context.get_remaining_time_in_millis(),
+                "memory": context.memory_limit_in_mb,
+                "name": context.function_name,
+                "version": context.function_version,
+                "arn": context.invoked_function_arn,
+                "request_id": context.aws_request_id,
+                "group": context.log_group_name,
+                "stream": context.log_stream_name,
+                "attempt": context.attempt,
+                "event": event,
+            }
+    """
+    request = make_request({"k": "v"}, request_id="abc-123", attempt=2)
+    result = run(source, request=request, timeout_s=3.0, function_name="orders", function_version="7")
+    body = payload(result)
+    assert body["memory"] == "128"
+    assert 2500 < body["first"] <= 3000
+    assert body["second"] < body["first"]
+    assert (body["name"], body["version"], body["request_id"], body["attempt"]) == ("orders", "7", "abc-123", 2)
+    assert body["arn"] == "arn:aws:lambda:us-east-1:000000000000:function:fn"
+    assert body["group"] == "/aws/lambda/orders"
+    assert re.fullmatch(r"\d{4}/\d{2}/\d{2}/\[7\][0-9a-f]{32}", body["stream"])
+    assert body["event"] == {"k": "v"}
+
+
+def test_the_handler_sees_only_its_variables_and_lambdas_reserved_ones(run, monkeypatch):
+    monkeypatch.setenv("EPHEMERA_TEST_SECRET", "s3cr3t-marker")
+    source = """
+        import glob, os
+        def handler(event, context):
+            leaked = []
+            for path in glob.glob("/proc/*/environ"):
+                try:
+                    if b"s3cr3t-marker" in open(path, "rb").read():
+                        leaked.append(path)
+                except OSError:
+                    pass
+            return {"env": dict(os.environ), "leaked": leaked}
+    """
+    body = payload(run(source, env={"GREETING": "hi"}))
+    env = body["env"]
+    assert body["leaked"] == []
+    assert "EPHEMERA_TEST_SECRET" not in env
+    assert env["GREETING"] == "hi"
+    assert env["LAMBDA_TASK_ROOT"] == "/var/task"
+    assert env["_HANDLER"] == "app.handler"
+    assert env["TZ"] == ":UTC"
+    assert env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] == "128"
+    assert {"AWS_REGION", "PATH", "AWS_LAMBDA_LOG_STREAM_NAME"} <= set(env)
+
+
+def test_stdout_and_stderr_of_the_handler_and_its_children_are_the_log(run):
+    result = run("""
+        import subprocess, sys
+        def handler(event, context):
+            print("to stdout")
+            print("to stderr", file=sys.stderr)
+            subprocess.run(["/usr/bin/echo", "from a child"], check=True)
+            return 1
+    """)
+    assert "to stdout" in result.log
+    assert "to stderr" in result.log
+    assert "from a child" in result.log
+
+
+def test_an_output_flood_is_truncated_with_a_marker(run):
+    result = run("""
+        import sys
+        def handler(event, context):
+            for _ in range(300):
+                sys.stdout.write("x" * 10000 + "\\n")
+            return "done"
+    """)
+    assert result.status == "succeeded"
+    assert result.log.endswith(f"\n... [log truncated at {64 * 1024} bytes]\n")
+    assert len(result.log) < 70 * 1024
+
+
+def test_large_events_and_results_cross_the_pipes_intact(run):
+    event = {"blob": "e" * (1 << 20)}
+    result = run(
+        "def handler(event, context):\n    return {'len': len(event['blob']), 'out': 'r' * (5 << 20)}\n", event
+    )
+    body = payload(result)
+    assert body["len"] == 1 << 20
+    assert len(body["out"]) == 5 << 20
+
+
+def test_a_background_writer_cannot_hold_an_invocation_open(executor, tmp_path):
+    source = """
+        import sys, threading
+        def spam():
+            while True:
+                sys.stdout.write("spam\\n")
+        def handler(event, context):
+            threading.Thread(target=spam, daemon=True).start()
+            return "returned"
+    """
+    spec = make_spec(make_code(tmp_path, source))
+    t0 = time.monotonic()
+    assert payload(executor.invoke(spec, make_request())) == "returned"
+    assert executor.invoke(spec, make_request()).status == "succeeded"
+    assert time.monotonic() - t0 < 2.5
+
+
+def test_metering_fields_are_filled(run):
+    result = run("def handler(event, context):\n    return sum(range(200000))\n")
+    assert result.duration_ms > 0
+    assert result.cpu_ms >= 0
+    assert result.peak_memory_mb > 0
+
+
+# ---------------------------------------------------------------- limits
+
+
+def test_a_handler_past_its_timeout_is_killed_with_its_whole_tree_and_the_next_call_is_cold(executor, tmp_path):
+    source = """
+        import subprocess, time
+        def handler(event, context):
+            subprocess.Popen(["/usr/bin/sleep", "60"])
+            time.sleep(60)
+    """
+    spec = make_spec(make_code(tmp_path, source), timeout_s=1.0)
+    t0 = time.monotonic()
+    result = executor.invoke(spec, make_request())
+    elapsed = time.monotonic() - t0
+    assert result.status == "timed_out"
+    assert result.error_type == "Sandbox.Timedout"
+    assert payload(result)["errorMessage"] == "Task timed out after 1.00 seconds"
+    assert elapsed < 2.0
+    assert wait_for(lambda: not sandbox_processes(), timeout_s=1.0)
+    assert executor.health()["warm_environments"] == 0
+    assert executor.invoke(spec, make_request()).is_cold
+
+
+def test_a_slow_init_is_cut_at_the_init_timeout(tmp_path):
+    config = RuntimeConfig(work_dir=str(tmp_path / "w"), preload=(), sandbox_uid=SANDBOX_UID, init_timeout_s=0.5)
+    ex = Executor(config)
+    try:
+        spec = make_spec(make_code(tmp_path, "import time\ntime.sleep(30)\ndef handler(e, c):\n    return 1\n"))
+        t0 = time.monotonic()
+        result = ex.invoke(spec, make_request())
+        assert result.status == "timed_out"
+        assert result.error_type == "Sandbox.Timedout"
+        assert time.monotonic() - t0 < 1.5
+        assert ex.health()["warm_environments"] == 0
+    finally:
+        ex.shutdown()
+
+
+def test_a_crash_mid_invocation_is_an_exit_error_and_the_next_call_is_cold(executor, tmp_path):
+    source = """
+        import os
+        def handler(event, context):
+            if event.get("crash"):
+                print("about to exit")
+                os._exit(3)
+            return "fine"
+    """
+    spec = make_spec(make_code(tmp_path, source))
+    first = executor.invoke(spec, make_request())
+    result = executor.invoke(spec, make_request({"crash": True}))
+    assert result.status == "crashed"
+    assert result.error_type == "Runtime.ExitError"
+    assert "about to exit" in result.log
+    after = executor.invoke(spec, make_request())
+    assert after.is_cold and after.environment_id != first.environment_id
+
+
+def test_a_module_that_exits_during_import_fails_fast(executor, tmp_path):
+    spec = make_spec(make_code(tmp_path, "import os\nos._exit(1)\n"))
+    t0 = time.monotonic()
+    result = executor.invoke(spec, make_request())
+    assert result.status == "crashed"
+    assert result.error_type == "Runtime.ExitError"
+    assert time.monotonic() - t0 < 2.0
+    assert executor.health()["warm_environments"] == 0
+
+
+def test_a_memory_hog_is_out_of_memory_and_the_executor_stays_healthy(executor, tmp_path):
+    hog = make_spec(make_code(tmp_path, "def handler(e, c):\n    return len(bytearray(400 << 20))\n"))
+    result = executor.invoke(hog, make_request())
+    assert result.status == "out_of_memory"
+    assert result.error_type == "Runtime.OutOfMemory"
+    assert wait_for(lambda: not sandbox_processes())
+    ok = executor.invoke(make_spec(make_code(tmp_path, COUNTER)), make_request())
+    assert ok.status == "succeeded"
+
+
+def test_a_fork_bomb_is_contained_and_leaves_nothing_behind(executor, tmp_path):
+    source = """
+        import os, time
+        def handler(event, context):
+            forked = 0
+            try:
+                while forked < 10000:
+                    if os.fork() == 0:
+                        time.sleep(60)
+                        os._exit(0)
+                    forked += 1
+            except OSError as exc:
+                return {"forked": forked, "errno": exc.errno}
+            return {"forked": forked}
+    """
+    spec = make_spec(make_code(tmp_path, source))
+    body = payload(executor.invoke(spec, make_request()))
+    assert body["forked"] < 64
+    assert body["errno"] == 11  # EAGAIN from pids.max
+    executor.shutdown()
+    assert wait_for(lambda: not sandbox_processes())
+
+
+def test_a_daemonised_child_does_not_survive_its_environment(executor, tmp_path):
+    source = """
+        import os, time
+        def handler(event, context):
+            if os.fork() == 0:
+                os.setsid()
+                if os.fork() == 0:
+                    time.sleep(60)
+                os._exit(0)
+            time.sleep(0.1)
+            return "daemonised"
+    """
+    spec = make_spec(make_code(tmp_path, source))
+    assert payload(executor.invoke(spec, make_request())) == "daemonised"
+    assert len(sandbox_processes()) >= 2  # the handler process and the daemon
+    executor.shutdown()
+    assert wait_for(lambda: not sandbox_processes())
+
+
+def test_tmp_is_size_capped(run):
+    result = run(
+        """
+        def handler(event, context):
+            try:
+                with open("/tmp/big", "wb") as f:
+                    f.write(b"x" * (4 << 20))
+            except OSError as exc:
+                return exc.errno
+    """,
+        tmp_mb=2,
+    )
+    assert payload(result) == 28  # ENOSPC
+
+
+# ---------------------------------------------------------------- escapes
+
+
+def test_the_network_is_off_by_default(run):
+    result = run("""
+        import socket
+        def handler(event, context):
+            try:
+                socket.create_connection(("1.1.1.1", 80), timeout=1)
+            except OSError as exc:
+                return exc.errno
+    """)
+    assert payload(result) == 97  # EAFNOSUPPORT from seccomp
+
+
+def test_a_function_can_opt_into_the_network(run):
+    result = run(
+        """
+        import socket
+        def handler(event, context):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.close()
+            return "ok"
+    """,
+        network=True,
+    )
+    assert payload(result) == "ok"
+
+
+def test_host_secrets_and_other_paths_are_not_in_the_sandbox(run, tmp_path):
+    secrets = tmp_path / "console"
+    secrets.mkdir()
+    secret = secrets / "db.sqlite3"
+    secret.write_text("SECRET_KEY=do-not-leak")
+    secret.chmod(0o600)
+    result = run(
+        """
+        import os
+        def handler(event, context):
+            return {p: os.path.exists(p) for p in event["paths"]}
+        """,
+        event={"paths": [str(secret), str(secrets), "/work", "/root", "/etc/shadow", "/home", "/var/lib"]},
+    )
+    assert payload(result) == {p: False for p in payload(result)}
+    assert len(payload(result)) == 7
+
+
+def test_the_sandbox_has_its_own_passwd_not_the_hosts(run):
+    result = run("""
+        import getpass
+        def handler(event, context):
+            return {"user": getpass.getuser(), "passwd": open("/etc/passwd").read()}
+    """)
+    body = payload(result)
+    assert body["user"] == "sbx_user"
+    assert [line.split(":")[0] for line in body["passwd"].splitlines()] == ["root", "sbx_user"]
+
+
+def test_another_functions_code_is_not_reachable(executor, tmp_path):
+    other = make_code(tmp_path / "other", "TOKEN = 'other-function'\ndef handler(e, c): return 1\n")
+    source = """
+        import os
+        def handler(event, context):
+            return {"other": os.path.exists(event["other"]), "task": sorted(os.listdir("/var/task"))}
+    """
+    spec = make_spec(make_code(tmp_path / "mine", source))
+    body = payload(executor.invoke(spec, make_request({"other": other})))
+    assert body == {"other": False, "task": ["app.py"]}
+
+
+def test_only_tmp_is_writable(run):
+    result = run("""
+        def handler(event, context):
+            outcome = {}
+            for path in ("/var/task/x", "/usr/x", "/x", "/etc/x", "/tmp/x"):
+                try:
+                    open(path, "w").close()
+                    outcome[path] = "written"
+                except OSError as exc:
+                    outcome[path] = exc.errno
+            return outcome
+    """)
+    body = payload(result)
+    assert body.pop("/tmp/x") == "written"
+    assert set(body.values()) <= {30, 13}  # EROFS or EACCES
+
+
+def test_the_handler_runs_unprivileged_and_dangerous_syscalls_are_denied(run):
+    result = run("""
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        def handler(event, context):
+            status = dict(l.split(":\\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\\t" in l)
+            def errno_of(rc):
+                return ctypes.get_errno() if rc == -1 else 0
+            return {
+                "uid": os.getuid(),
+                "cap_eff": status["CapEff"].strip(),
+                "no_new_privs": status["NoNewPrivs"].strip(),
+                "seccomp": status["Seccomp"].strip(),
+                "pid": os.getpid(),
+                "unshare_user": errno_of(libc.unshare(0x10000000)),
+                "ptrace": errno_of(libc.ptrace(16, 1, 0, 0)),
+            }
+    """)
+    body = payload(result)
+    assert body["uid"] == SANDBOX_UID
+    assert body["cap_eff"] == "0000000000000000"
+    assert body["no_new_privs"] == "1"
+    assert body["seccomp"] == "2"
+    assert body["pid"] == 1  # the handler process is pid 1 of its own namespace
+    assert body["unshare_user"] == 1 and body["ptrace"] == 1  # EPERM
+
+
+# ---------------------------------------------------------------- boto3 layer
+
+
+def test_a_handler_importing_boto3_cold_starts_from_the_layer(tmp_path, boto3_layer):
+    config = RuntimeConfig(
+        work_dir=str(tmp_path / "w"), layer_dirs=(boto3_layer,), preload=("json", "boto3"), sandbox_uid=SANDBOX_UID
+    )
+    ex = Executor(config)
+    try:
+        assert "boto3" in ex.health()["preloaded"]
+        source = """
+            import boto3
+            def handler(event, context):
+                client = boto3.client("s3", region_name="us-east-1")
+                return {"version": boto3.__version__, "service": client.meta.service_model.service_name}
+        """
+        result = ex.invoke(make_spec(make_code(tmp_path, source), memory_mb=256), make_request())
+        assert result.status == "succeeded", result.payload
+        assert payload(result)["service"] == "s3"
+        print(f"boto3 handler cold start: init {result.init_ms:.1f} ms")
+    finally:
+        ex.shutdown()
