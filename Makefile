@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint format bench install system-deps
+.PHONY: run test lint format bench chaos install system-deps
 
 run: install
 	$(BIN)/python manage.py standalone
@@ -24,6 +24,11 @@ format: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# A seeded soak on a fresh embedded platform under var/chaos; prints the history checker's counts.
+chaos: install
+	rm -rf var/chaos
+	env -u DATABASE_URL -u REDIS_URL EPHEMERA_VAR_DIR=var/chaos $(BIN)/python manage.py chaos $(CHAOS_ARGS)
 
 install: system-deps $(STAMP)
 

@@ -203,6 +203,22 @@ ErrorSerializer = inline_serializer(
         "details": serializers.JSONField(help_text="Per-field problems or extra facts."),
     },
 )
+
+
+def paginated_of(serializer_class: type[serializers.Serializer]) -> serializers.Serializer:
+    """The schema of a page of results (LimitOffsetPagination's envelope)."""
+    name = serializer_class.__name__.removesuffix("Serializer").removesuffix("Output")
+    return inline_serializer(
+        f"Paginated{name}List",
+        fields={
+            "count": serializers.IntegerField(),
+            "next": serializers.URLField(allow_null=True),
+            "previous": serializers.URLField(allow_null=True),
+            "results": serializer_class(many=True),
+        },
+    )
+
+
 ERRORS = {code: ErrorSerializer for code in (400, 401, 403, 404, 409, 412, 413, 415)}
 
 
@@ -222,7 +238,7 @@ class FunctionListApi(APIView):
             OpenApiParameter("search", str, description="Substring of the name or description."),
             OpenApiParameter("runtime", str, description="Only functions with this runtime."),
         ],
-        responses={200: FunctionOutputSerializer(many=True), **ERRORS},
+        responses={200: paginated_of(FunctionOutputSerializer), **ERRORS},
     )
     def get(self, request: Request) -> Response:
         functions = selectors.function_list(
@@ -305,7 +321,7 @@ class FunctionCodeApi(APIView):
 
 
 class VersionListApi(APIView):
-    @extend_schema(operation_id="versions_list", responses={200: VersionOutputSerializer(many=True), **ERRORS})
+    @extend_schema(operation_id="versions_list", responses={200: paginated_of(VersionOutputSerializer), **ERRORS})
     def get(self, request: Request, name: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
         return paginated(request, self, selectors.version_list(function=function), VersionOutputSerializer)
@@ -332,7 +348,7 @@ class VersionDetailApi(APIView):
 
 
 class AliasListApi(APIView):
-    @extend_schema(operation_id="aliases_list", responses={200: AliasOutputSerializer(many=True), **ERRORS})
+    @extend_schema(operation_id="aliases_list", responses={200: paginated_of(AliasOutputSerializer), **ERRORS})
     def get(self, request: Request, name: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
         return paginated(request, self, selectors.alias_list(function=function), AliasOutputSerializer)
@@ -369,7 +385,7 @@ class AliasDetailApi(APIView):
 
 
 class TestEventListApi(APIView):
-    @extend_schema(operation_id="test_events_list", responses={200: TestEventOutputSerializer(many=True), **ERRORS})
+    @extend_schema(operation_id="test_events_list", responses={200: paginated_of(TestEventOutputSerializer), **ERRORS})
     def get(self, request: Request, name: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
         return paginated(request, self, selectors.test_event_list(function=function), TestEventOutputSerializer)

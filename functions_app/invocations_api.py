@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 
 from console.exceptions import ServiceError, error_body
 from functions_app import selectors
-from functions_app.api import ERRORS, paginated
+from functions_app.api import ERRORS, paginated, paginated_of
 from functions_app.invocations import (
     DRY_RUN,
     WORKER_LOST,
@@ -207,7 +207,7 @@ class InvocationListApi(APIView):
             OpenApiParameter("status", str, enum=InvocationStatus.values),
             OpenApiParameter("cold", bool, description="Only cold (true) or warm (false) starts."),
         ],
-        responses={200: InvocationOutputSerializer(many=True), **ERRORS},
+        responses={200: paginated_of(InvocationOutputSerializer), **ERRORS},
     )
     def get(self, request: Request) -> Response:
         params = request.query_params
@@ -249,7 +249,7 @@ class DeadLetterListApi(APIView):
             OpenApiParameter("condition", str, enum=DeadLetterCondition.values),
             OpenApiParameter("replayed", bool, description="Only replayed (true) or not yet replayed (false)."),
         ],
-        responses={200: DeadLetterOutputSerializer(many=True), **ERRORS},
+        responses={200: paginated_of(DeadLetterOutputSerializer), **ERRORS},
     )
     def get(self, request: Request) -> Response:
         params = request.query_params

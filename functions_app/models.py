@@ -208,6 +208,8 @@ class Invocation(models.Model):
     function = models.ForeignKey(Function, on_delete=models.CASCADE, related_name="invocations")
     version = models.ForeignKey(Version, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     qualifier = models.CharField(max_length=128, default=LATEST)
+    # The function's revision when accepted: lets a worker reuse its cached copy of the configuration.
+    config_revision = models.UUIDField(null=True, blank=True)
     executed_version = models.CharField(max_length=16, default=LATEST)
     invocation_type = models.CharField(max_length=8, choices=InvocationType.choices, default=InvocationType.SYNC)
     status = models.CharField(max_length=16, choices=InvocationStatus.choices, default=InvocationStatus.QUEUED)
