@@ -18,7 +18,31 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 BENCHMARKS = [
     ("P1 + P5: zygote cold start, idle warm environment memory", ["bench/bench_cold_start.py"]),
     ("P2: warm synchronous invoke through HTTP", ["bench/bench_sync_invoke.py"]),
+    ("P3 + P4: async completions per second and scaling", ["bench/bench_async_throughput.py"]),
 ]
+
+
+def summary_rows(results: dict[str, dict]) -> list[str]:
+    """One line per goal of DESIGN.md §7: the figure, its baseline from the same run, and the goal."""
+    cold = results["P1 + P5: zygote cold start, idle warm environment memory"]
+    sync = results["P2: warm synchronous invoke through HTTP"]
+    flow = results["P3 + P4: async completions per second and scaling"]
+    p1 = cold["P1"]
+    return [
+        "| # | figure | baseline (same run) | ratio | goal |",
+        "|---|---|---|---|---|",
+        f"| P1 | cold start (zygote, boto3 handler, isolation on): init p50 {p1['cold_init_ms']['p50']} ms, "
+        f"end to end {p1['cold_invoke_end_to_end_ms']['p50']} ms | fresh `python3 -I -S` + `import boto3`: "
+        f"{p1['baseline_fresh_python_import_boto3_ms']['p50']} ms | {p1['ratio_init_p50_to_baseline_p50']}x | "
+        "p50 <= 10 ms and <= 0.1x |",
+        f"| P2 | warm sync invoke via HTTP: p50 {sync['P2_warm_sync_invoke_http_ms']['p50']} ms | Celery "
+        f"`delay().get()` no-op: {sync['baseline_celery_delay_get_ms']['p50']} ms | {sync['ratio_p50']}x | <= 1.0x |",
+        f"| P3 | async completions: {flow['P3_async_completions_per_s']}/s | stock Celery prefork -c 2 with a "
+        f"result backend: {flow['baseline_stock_celery_prefork2_per_s']}/s | {flow['ratio_P3']}x | >= 1.5x |",
+        f"| P4 | completions/s by executor processes: {flow['P4_completions_per_s_by_executor_processes']} | "
+        f"1 process | 2 vs 1: {flow['P4_ratio_2_vs_1']}x, 8 vs 2: {flow['P4_ratio_8_vs_2']}x | >= 1.6x; no collapse |",
+        f"| P5 | idle warm environment: {cold['P5']} | | | <= 20 MB PSS |",
+    ]
 
 
 def machine() -> str:
@@ -49,6 +73,7 @@ def run(command: list[str]) -> dict:
 
 def main() -> None:
     results = [(title, run(command)) for title, command in BENCHMARKS]
+    by_title = dict(results)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Benchmarks",
@@ -56,7 +81,9 @@ def main() -> None:
         f"Latest run: **{stamp}** on {machine()}.",
         "",
         "Produced by `make bench` (`python -m bench`); every figure is measured against its baseline in the same run.",
-        "Goals are DESIGN.md §7. Raw JSON of each benchmark follows its heading.",
+        "Goals are DESIGN.md §7. Raw JSON of each benchmark follows the summary.",
+        "",
+        *summary_rows(by_title),
         "",
     ]
     for title, result in results:

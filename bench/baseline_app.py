@@ -6,7 +6,10 @@ import os
 
 from celery import Celery
 
-app = Celery("baseline", broker=os.environ.get("BENCH_BROKER"), backend=os.environ.get("BENCH_BACKEND"))
+# Not the current app: the Ephemera tasks published from the same process must keep going to Ephemera.
+app = Celery(
+    "baseline", broker=os.environ.get("BENCH_BROKER"), backend=os.environ.get("BENCH_BACKEND"), set_as_current=False
+)
 app.conf.update(
     task_serializer="json",
     result_serializer="json",
@@ -20,3 +23,11 @@ app.conf.update(
 @app.task(name="bench.noop")
 def noop() -> None:
     return None
+
+
+@app.task(name="bench.stamp")
+def stamp() -> float:
+    """A no-op that reports when it ran, for completions per second from the results themselves."""
+    import time
+
+    return time.time()

@@ -5,7 +5,10 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from console import views
+from functions_app.page_urls import page_urlpatterns as function_pages
 from functions_app.urls import api_urlpatterns
+from metrics_app.urls import api_urlpatterns as metrics_api
+from metrics_app.urls import page_urlpatterns as metrics_pages
 
 handler404 = "console.exceptions.json_not_found"
 handler500 = "console.exceptions.json_server_error"
@@ -15,6 +18,9 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_urlpatterns)),
+    path("api/v1/", include(metrics_api)),
+    path("", include(function_pages)),
+    path("", include(metrics_pages)),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),

@@ -45,7 +45,7 @@ from functions_app.models import (
 from functions_app.runtime import FunctionSpec, InvokeRequest, InvokeResult
 from functions_app.secrets import env_decrypt
 from functions_app.selectors import qualifier_resolve
-from metrics_app.services import invocation_meter
+from metrics_app.services import invocation_finished, invocation_meter, invocation_throttled
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +195,7 @@ def _admit_or_throttle(function: Function, owner_id: int, member: str, timeout_s
         account_limit=settings.ACCOUNT_CONCURRENCY_LIMIT,
     )
     if not admission.admitted:
+        invocation_throttled(function=function, reason=admission.reason)
         raise TooManyRequests(
             f"Rate exceeded: {admission.reason}.",
             details={"reason": admission.reason, "retry_after_s": 1},
@@ -331,7 +332,8 @@ def invocation_claim(*, invocation_id: str, host: str) -> Invocation | None:
 
     Of two deliveries racing for the same row exactly one compare-and-set on ``attempt`` matches.
     """
-    invocation = Invocation.objects.filter(pk=invocation_id).first()
+    # order_by() drops the model's default ordering: this is the hot path, and one row has no order.
+    invocation = Invocation.objects.filter(pk=invocation_id).order_by().first()
     now = timezone.now()
     if invocation is None or not _claimable(invocation, now):
         return None
@@ -394,6 +396,7 @@ def _admitted_for_run(invocation: Invocation, now: datetime) -> bool:
     )
     if admission.admitted:
         return True
+    invocation_throttled(function=invocation.function, reason=admission.reason)
     retry_at = now + timedelta(seconds=settings.THROTTLE_RETRY_S)
     requeued = Invocation.objects.filter(pk=invocation.pk, attempt=invocation.attempt, status=invocation.status).update(
         status=InvocationStatus.QUEUED,
@@ -515,6 +518,7 @@ def _finished(invocation: Invocation, failure_condition: str) -> None:
     """After a terminal write: answer the sync caller, or route the async event to its destination."""
     if settings.RECORD_HISTORY:
         redis_client().hincrby(TERMINAL_WRITES_KEY, str(invocation.id), 1)
+    invocation_finished(invocation=invocation)
     if invocation.invocation_type == InvocationType.SYNC:
         invocation_reply(invocation=invocation)
         return

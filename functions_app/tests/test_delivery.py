@@ -15,7 +15,7 @@ import time
 import pytest
 
 from console.redis import redis_client
-from functions_app import invocations
+from functions_app import concurrency, invocations
 from functions_app.models import DeadLetter, Invocation
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -123,6 +123,9 @@ def test_the_dead_letter_inbox_lists_filters_and_replays(api, other_api, worker)
     assert api.get("/api/v1/dead-letters/?condition=EventAgeExceeded").json()["count"] == 0
     assert other_api.get("/api/v1/dead-letters/").json()["count"] == 0
     assert other_api.post(f"/api/v1/dead-letters/{letters[0]['id']}/replay").status_code == 404
+    assert other_api.get(f"/api/v1/dead-letters/{letters[0]['id']}/").status_code == 404
+    assert other_api.delete(f"/api/v1/dead-letters/{letters[0]['id']}/").status_code == 404
+    assert other_api.get(f"/api/v1/invocations/{failed}/").status_code == 404
 
     api.put(
         "/api/v1/functions/fn/code", {"files": {"app.py": "def handler(e, c):\n    return 'fixed'\n"}}, format="json"
@@ -312,6 +315,7 @@ def test_when_one_of_two_workers_dies_the_other_finishes_its_work(api, cluster):
     final = terminal(invocation_id, timeout_s=40)
     assert final.status == "succeeded" and final.attempt == 2
     assert final.worker_host.rsplit(":", 1)[1] != holder_pid
+    assert concurrency.slots_in_use(function_id=final.function_id) == 0  # the dead worker's slot did not leak
 
 
 def test_a_redelivery_while_the_first_attempt_runs_is_skipped(api, cluster):
@@ -391,4 +395,6 @@ def test_a_sync_caller_whose_worker_dies_gets_worker_lost_quickly(api, cluster):
     response = holder["r"]
     assert response.status_code == 502 and response.json()["type"] == "Platform.WorkerLost"
     assert time.monotonic() - started < 15
-    assert Invocation.objects.get(pk=invocation_id).attempt == 1
+    row = Invocation.objects.get(pk=invocation_id)
+    assert row.attempt == 1 and row.status == "failed" and row.error_type == "Platform.WorkerLost"
+    assert concurrency.slots_in_use(function_id=row.function_id) == 0

@@ -1,0 +1,156 @@
+"""P3 (async completions/s, records persisted) and P4 (scaling over executor processes), as JSON.
+
+Usage: .venv/bin/python bench/bench_async_throughput.py [--invocations 1000]
+
+The queue is filled while no worker runs; then the workers start and drain it. Throughput is counted between
+the first and the last completion as the records themselves report them, for Ephemera (rows in the database)
+and for the baseline (stock Celery, prefork -c 2, a Redis result backend, tasks that return their time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE_DIR))
+VAR_DIR = Path(tempfile.mkdtemp(prefix="ephemera-bench-"))
+os.environ["EPHEMERA_VAR_DIR"] = str(VAR_DIR)
+if not os.environ.get("BENCH_USE_ENV"):
+    for name in ("DATABASE_URL", "REDIS_URL"):
+        os.environ.pop(name, None)
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+
+from console.embedded import redis_start  # noqa: E402
+from console.processes import die_with_parent, stop_all  # noqa: E402
+from console.redis import redis_client  # noqa: E402
+
+THREADS = os.environ.get("BENCH_THREADS", "8")  # invocation slots per executor process
+NOOP = "def handler(event, context):\n    return None\n"
+WORKER_ARGS = ["--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "WARNING"]
+
+
+def spawn(arguments: list[str], **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", *arguments],
+        cwd=BASE_DIR,
+        env={**os.environ, **env},
+        preexec_fn=die_with_parent,
+        stdout=subprocess.DEVNULL,
+        stderr=open(VAR_DIR / "celery.log", "ab"),
+    )
+
+
+def rate(stamps: list[float]) -> float:
+    return round((len(stamps) - 1) / (max(stamps) - min(stamps)), 1)
+
+
+def ephemera_run(user: object, processes: int, count: int) -> float:
+    """Fill the queue with ``count`` async no-op events, start ``processes`` executors, wait for the drain."""
+    from functions_app import services
+    from functions_app.invocations import invocation_accept
+    from functions_app.models import Invocation
+
+    function = services.function_create(
+        owner=user,
+        name=f"noop-{processes}-{time.time_ns()}",
+        handler="app.handler",
+        code=services.CodeUpload(files={"app.py": NOOP}),
+    )
+    ids = [
+        invocation_accept(owner=user, function=function, qualifier="", raw_payload=b"{}", invocation_type="async").pk
+        for _ in range(count)
+    ]
+    workers = [
+        spawn(
+            [
+                "-A",
+                "console",
+                "worker",
+                "--pool",
+                "threads",
+                "-c",
+                THREADS,
+                "-n",
+                f"p{i}-{time.time_ns()}@%h",
+                *WORKER_ARGS,
+            ]
+        )
+        for i in range(processes)
+    ]
+    try:
+        deadline = time.monotonic() + float(os.environ.get("BENCH_DRAIN_TIMEOUT_S", 600))
+        while Invocation.objects.filter(pk__in=ids, finished_at__isnull=False).count() < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the queue did not drain; see {VAR_DIR / 'celery.log'}")
+            time.sleep(0.2)
+    finally:
+        stop_all(workers)
+    stamps = [t.timestamp() for t in Invocation.objects.filter(pk__in=ids).values_list("finished_at", flat=True)]
+    assert Invocation.objects.filter(pk__in=ids, status="succeeded").count() == count
+    return rate(stamps)
+
+
+def baseline_run(count: int) -> float:
+    socket_url = f"redis+socket://{settings.REDIS_SOCKET}"
+    env = {"BENCH_BROKER": f"{socket_url}?virtual_host=2", "BENCH_BACKEND": f"{socket_url}?db=3"}
+    os.environ.update(env)
+    from bench.baseline_app import stamp
+
+    results = [stamp.delay() for _ in range(count)]
+    worker = spawn(["-A", "bench.baseline_app", "worker", "--pool", "prefork", "-c", "2", *WORKER_ARGS], **env)
+    try:
+        stamps = [result.get(timeout=600) for result in results]
+    finally:
+        stop_all([worker])
+    return rate(stamps)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--invocations", type=int, default=1000)
+    args = parser.parse_args()
+    redis = redis_start(VAR_DIR, settings.REDIS_SOCKET)
+    try:
+        call_command("migrate", verbosity=0)
+        from django.contrib.auth import get_user_model
+
+        user = get_user_model().objects.create_user("bench")
+        redis_client().ping()
+        baseline = baseline_run(args.invocations)
+        scaling = {n: ephemera_run(user, n, args.invocations) for n in (1, 2, 4, 8)}
+        p3 = scaling[2]
+        result = {
+            "P3_async_completions_per_s": p3,
+            "baseline_stock_celery_prefork2_per_s": baseline,
+            "ratio_P3": round(p3 / baseline, 3),
+            "P4_completions_per_s_by_executor_processes": scaling,
+            "P4_ratio_2_vs_1": round(scaling[2] / scaling[1], 3),
+            "P4_ratio_8_vs_2": round(scaling[8] / scaling[2], 3),
+            "goals": "P3 ratio >= 1.5 (>= 1000/s); P4 2-vs-1 >= 1.6, no collapse at 8",
+            "setup": f"{args.invocations} no-op async events pre-queued per run; executors: threads c={THREADS} each; "
+            f"{'SQLite + embedded Redis' if settings.EMBEDDED_REDIS else 'DATABASE_URL + REDIS_URL'}",
+            "median_note": statistics.median([1.0]),
+        }
+        result.pop("median_note")
+        print(json.dumps(result, indent=2))
+    finally:
+        stop_all([redis])
+
+
+if __name__ == "__main__":
+    main()
