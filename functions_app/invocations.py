@@ -634,6 +634,9 @@ def invocation_expire(*, invocation: Invocation) -> bool:
             now,
             "EventAgeExceeded",
         )
+        if settings.RECORD_HISTORY:
+            redis_client().hincrby(TERMINAL_WRITES_KEY, str(invocation.id), 1)
+        invocation_finished(invocation=invocation)
         destination_deliver(
             invocation=invocation,
             destination=invocation.function.on_failure_destination,
