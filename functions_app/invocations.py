@@ -416,8 +416,28 @@ def function_spec(invocation: Invocation) -> FunctionSpec:
     identity = (
         f"v{config.number}:{config.config_sha256[:16]}" if invocation.version else f"latest:{function.revision_id}"
     )
+    key = f"{function.pk}:{identity}"
+    with _specs_lock:
+        spec = _specs.get(key)
+    if spec is None:
+        spec = _spec_build(invocation, key)
+        with _specs_lock:
+            _specs[key] = spec
+            while len(_specs) > 512:
+                _specs.popitem(last=False)
+    return spec
+
+
+# Built specs by environment key (which changes with every configuration change): a warm call decrypts nothing.
+_specs: OrderedDict[str, FunctionSpec] = OrderedDict()
+_specs_lock = threading.Lock()
+
+
+def _spec_build(invocation: Invocation, key: str) -> FunctionSpec:
+    function = invocation.function
+    config = invocation.version or function
     return FunctionSpec(
-        environment_key=f"{function.pk}:{identity}",
+        environment_key=key,
         function_name=function.name,
         function_version=invocation.executed_version,
         code_dir=str(code_extracted_dir(config.code.sha256)),

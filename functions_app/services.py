@@ -38,7 +38,7 @@ from functions_app.models import (
     TestEvent,
     Version,
 )
-from functions_app.secrets import env_decrypt, env_encrypt
+from functions_app.secrets import env_decrypt, env_encrypt, env_reencrypt
 
 FUNCTION_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 ALIAS_NAME_RE = re.compile(r"^(?!\d+$)[A-Za-z0-9_-]{1,128}$")
@@ -464,3 +464,20 @@ def test_event_delete(*, test_event: TestEvent) -> None:
 test_event_create.__test__ = False  # type: ignore[attr-defined]
 test_event_update.__test__ = False  # type: ignore[attr-defined]
 test_event_delete.__test__ = False  # type: ignore[attr-defined]
+
+
+# ---- key rotation -------------------------------------------------------------------------------------------
+
+
+def environments_reencrypt(*, progress: Any = None, batch: int = 500) -> dict[str, int]:
+    """Re-encrypt every environment with the newest key (MultiFernet.rotate); old keys may then be retired."""
+    counts = {}
+    for name, model in (("functions", Function), ("versions", Version)):
+        done = 0
+        for row in model.objects.exclude(environment_ciphertext="").only("pk", "environment_ciphertext").iterator():
+            model.objects.filter(pk=row.pk).update(environment_ciphertext=env_reencrypt(row.environment_ciphertext))
+            done += 1
+            if progress and done % batch == 0:
+                progress(done)
+        counts[name] = done
+    return counts

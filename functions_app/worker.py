@@ -28,6 +28,21 @@ _executor: Executor | None = None
 _lock = threading.Lock()
 
 
+def sandbox_tier() -> str:
+    """The configured tier; in development "auto" falls back to insecure-dev (loudly) where no secure tier
+    exists, so `make run` works on a laptop. Production never falls back: the executor refuses to start."""
+    if settings.SANDBOX_TIER != "auto" or settings.PRODUCTION:
+        return settings.SANDBOX_TIER
+    report = sandbox_doctor()
+    if report.get("secure"):
+        return "auto"
+    logger.warning(
+        "NO SECURE SANDBOX ON THIS HOST (%s). Development mode: running user code in the INSECURE-DEV tier.",
+        "; ".join(report.get("reasons", [])),
+    )
+    return "insecure-dev"
+
+
 def runtime_config() -> RuntimeConfig:
     settings.RUNTIME_WORK_DIR.mkdir(parents=True, exist_ok=True)
     return RuntimeConfig(
@@ -37,7 +52,7 @@ def runtime_config() -> RuntimeConfig:
         idle_ttl_s=settings.RUNTIME_IDLE_TTL_S,
         memory_budget_mb=settings.RUNTIME_MEMORY_BUDGET_MB,
         log_cap_bytes=settings.RUNTIME_LOG_CAP_BYTES,
-        tier=settings.SANDBOX_TIER,
+        tier=sandbox_tier(),
         sandbox_uid=settings.SANDBOX_UID,
         region=settings.AWS_REGION,
     )

@@ -231,3 +231,21 @@ def test_deleting_a_function_removes_its_versions_and_aliases(make_function):
     services.alias_create(function=function, name="live", version=1)
     services.function_delete(function=function)
     assert not Version.objects.exists()
+
+
+def test_rotating_keys_re_encrypts_every_environment_so_the_old_key_can_go(make_function, settings):
+    from io import StringIO
+
+    from cryptography.fernet import Fernet
+    from django.core.management import call_command
+
+    function = make_function(environment={"TOKEN": "abc"})
+    services.version_publish(function=function)
+    old_key = settings.FERNET_KEYS[0]
+    settings.FERNET_KEYS = [Fernet.generate_key().decode(), old_key]
+    out = StringIO()
+    call_command("rotate_env_keys", stdout=out, stderr=StringIO())
+    assert "1 functions and 1 versions" in out.getvalue()
+    settings.FERNET_KEYS = settings.FERNET_KEYS[:1]  # the old key is retired
+    assert env_decrypt(Function.objects.get(pk=function.pk).environment_ciphertext) == {"TOKEN": "abc"}
+    assert env_decrypt(Version.objects.get(function=function).environment_ciphertext) == {"TOKEN": "abc"}

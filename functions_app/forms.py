@@ -1,0 +1,210 @@
+"""Forms of the browser console. They only parse text into Python values; every rule on those values lives in
+``functions_app.services`` and comes back as a ``ServiceError`` whose ``details`` name the fields (see
+``form_add_service_error``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+
+from console.exceptions import ServiceError
+from functions_app.models import DEAD_LETTER, EVENT_AGE_MAX_S, LATEST, RETRIES_MAX, InvocationStatus
+
+DEFAULT_HANDLER = "lambda_function.lambda_handler"
+DEFAULT_SOURCE = (
+    "import json\n\n\ndef lambda_handler(event, context):\n"
+    '    print("event:", json.dumps(event))\n'
+    '    return {"statusCode": 200, "body": "Hello from Ephemera"}\n'
+)
+# Service detail keys that name a differently called form field.
+_FIELD_ALIASES = {"zip_base64": "zip_file", "files": "source", "code": "source", "version": "version"}
+TIME_RANGES = {"1h": 1, "24h": 24, "7d": 24 * 7, "30d": 24 * 30}
+
+
+def form_add_service_error(form: forms.Form, error: ServiceError, fallback: str | None = None) -> None:
+    """Put a service's complaint next to the field it names; what names no field goes to ``fallback`` (or the
+    form's top-level errors) so that nothing is lost and nothing becomes a 500."""
+    placed = False
+    if isinstance(error.details, dict):
+        for key, messages in error.details.items():
+            field = _FIELD_ALIASES.get(key, key)
+            if field in form.fields:
+                for message in messages if isinstance(messages, list) else [messages]:
+                    form.add_error(field, str(message))
+                placed = True
+    if not placed:
+        form.add_error(fallback if fallback in form.fields else None, error.message)
+
+
+def environment_parse(text: str) -> dict[str, str]:
+    """`NAME=value` lines (blank lines and `#` comments skipped) into a map; the service checks the names."""
+    variables: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep:
+            raise forms.ValidationError(f"Line {number}: expected NAME=value.")
+        variables[name.strip()] = value
+    return variables
+
+
+class _IntegerOrBlank(forms.IntegerField):
+    """An integer field that leaves range checks to the service, so the console and the API say the same."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("widget", forms.NumberInput(attrs={"step": 1}))
+        super().__init__(**kwargs)
+
+
+class _ConfigFields(forms.Form):
+    description = forms.CharField(required=False, widget=forms.TextInput(attrs={"size": 60}))
+    handler = forms.CharField(initial=DEFAULT_HANDLER, help_text="module.function")
+    memory_mb = _IntegerOrBlank(label="Memory (MB)", initial=128, help_text="128 to 10240")
+    timeout_s = _IntegerOrBlank(label="Timeout (s)", initial=3, help_text="1 to 900")
+    reserved_concurrency = _IntegerOrBlank(
+        required=False, label="Reserved concurrency", help_text="Blank: unreserved; 0 throttles every invocation."
+    )
+    network_enabled = forms.BooleanField(required=False, label="Allow outbound network")
+    max_retry_attempts = _IntegerOrBlank(label="Async max retries", initial=RETRIES_MAX, help_text="0 to 2")
+    max_event_age_s = _IntegerOrBlank(label="Async max event age (s)", initial=EVENT_AGE_MAX_S, help_text="60 to 21600")
+    on_success_destination = forms.CharField(
+        required=False, label="On success", help_text='Blank, "dead-letter" or "function:<name>"'
+    )
+    on_failure_destination = forms.CharField(
+        required=False, label="On failure", initial=DEAD_LETTER, help_text='Blank, "dead-letter" or "function:<name>"'
+    )
+    environment = forms.CharField(
+        required=False,
+        label="Set environment variables",
+        widget=forms.Textarea(attrs={"rows": 3, "autocomplete": "off", "spellcheck": "false"}),
+        help_text="NAME=value, one per line. Values are write-only: they are never shown again.",
+    )
+
+    def clean_environment(self) -> dict[str, str]:
+        return environment_parse(self.cleaned_data.get("environment", ""))
+
+    def config(self) -> dict[str, Any]:
+        """The cleaned values as the service's keyword arguments (environment handled by the caller)."""
+        return {
+            name: value for name, value in self.cleaned_data.items() if name not in ("environment", "env_remove", "name")
+        }
+
+
+class _CodeFields(forms.Form):
+    source = forms.CharField(
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 18, "class": "code-editor", "spellcheck": "false"}),
+        help_text="The handler's module. Ignored when a zip is uploaded.",
+    )
+    zip_file = forms.FileField(required=False, label="Or upload a .zip")
+
+    def code_bytes(self) -> bytes | None:
+        upload = self.cleaned_data.get("zip_file")
+        return upload.read() if upload else None
+
+
+class FunctionCreateForm(_CodeFields, _ConfigFields):
+    name = forms.CharField(max_length=64, help_text="Letters, digits, hyphens and underscores.")
+    field_order = ["name", "description", "handler", "source", "zip_file"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if not cleaned.get("zip_file") and not (cleaned.get("source") or "").strip():
+            self.add_error("source", "Write the handler's code or upload a zip.")
+        return cleaned
+
+
+class FunctionConfigurationForm(_ConfigFields):
+    revision_id = forms.CharField(widget=forms.HiddenInput, required=False)
+    env_remove = forms.MultipleChoiceField(
+        required=False, label="Remove variables", widget=forms.CheckboxSelectMultiple
+    )
+
+    def __init__(self, *args: Any, environment_keys: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["env_remove"].choices = [(name, name) for name in environment_keys]
+
+    def config(self) -> dict[str, Any]:
+        values = super().config()
+        values.pop("revision_id", None)
+        return values
+
+
+class CodeForm(_CodeFields):
+    revision_id = forms.CharField(widget=forms.HiddenInput, required=False)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if not cleaned.get("zip_file") and not (cleaned.get("source") or "").strip():
+            self.add_error("source", "The code cannot be empty.")
+        return cleaned
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text or "{}")
+    except ValueError as exc:
+        raise forms.ValidationError(f"Not valid JSON: {exc}") from None
+
+
+class TestEventForm(forms.Form):
+    __test__ = False  # not a pytest test class despite the name
+
+    name = forms.CharField(max_length=25, help_text="Letters, digits, hyphens and underscores.")
+    event = forms.CharField(
+        strip=False, initial="{}", widget=forms.Textarea(attrs={"rows": 8, "class": "json", "spellcheck": "false"})
+    )
+
+    def clean_event(self) -> Any:
+        return _json_value(self.cleaned_data["event"])
+
+
+class InvokeForm(forms.Form):
+    event = forms.CharField(
+        strip=False,
+        required=False,
+        initial="{}",
+        widget=forms.Textarea(attrs={"rows": 8, "class": "json", "spellcheck": "false"}),
+    )
+    qualifier = forms.CharField(required=False, initial=LATEST, help_text="$LATEST, a version number or an alias.")
+
+    def clean_event(self) -> str:
+        text = self.cleaned_data.get("event") or "{}"
+        _json_value(text)
+        return text
+
+
+class PublishForm(forms.Form):
+    description = forms.CharField(required=False, max_length=256)
+
+
+class AliasForm(forms.Form):
+    name = forms.CharField(max_length=128)
+    description = forms.CharField(required=False, max_length=256)
+    version = forms.IntegerField(min_value=1)
+    additional_version = forms.IntegerField(required=False, min_value=1, label="Canary version")
+    additional_weight = forms.FloatField(required=False, label="Canary weight", help_text="0.0 to 1.0")
+
+
+class AliasUpdateForm(AliasForm):
+    revision_id = forms.CharField(widget=forms.HiddenInput, required=False)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["name"].required = False
+
+
+class InvocationFilterForm(forms.Form):
+    status = forms.ChoiceField(required=False, choices=[("", "Any status"), *InvocationStatus.choices])
+    cold = forms.ChoiceField(required=False, choices=[("", "Cold or warm"), ("true", "Cold"), ("false", "Warm")])
+    version = forms.CharField(required=False, max_length=16, help_text="$LATEST or a number")
+    since = forms.ChoiceField(
+        required=False, choices=[("", "Any time"), *((key, f"Last {key}") for key in TIME_RANGES)]
+    )
+
+    def is_cold(self) -> bool | None:
+        return {"true": True, "false": False}.get(self.cleaned_data.get("cold", ""))
