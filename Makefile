@@ -6,12 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint format bench chaos install system-deps
+.PHONY: run test lint format bench chaos install system-deps browser-deps
 
 run: install
 	$(BIN)/python manage.py standalone
 
-test: install
+test: install browser-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
@@ -48,5 +48,16 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 bubblewrap >/dev/null; \
 	  else \
 	    echo "NOTE: /usr/bin/python3 or bubblewrap is missing and cannot be installed here (not root or no apt)."; \
+	  fi; \
+	fi
+
+# The browser test drives the distribution's headless Chromium through Playwright (no browser download).
+browser-deps:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing chromium with apt-get (for the browser test)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "NOTE: /usr/bin/chromium is missing and cannot be installed here; the browser test will be skipped."; \
 	  fi; \
 	fi

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def redis_server() -> Iterator[str]:
     """The embedded redis-server on a socket under var/test, or the server REDIS_URL names (as on CI)."""
     from django.conf import settings
@@ -26,6 +26,15 @@ def redis_server() -> Iterator[str]:
     process = redis_start(settings.VAR_DIR, settings.REDIS_SOCKET)
     yield settings.REDIS_URL
     stop_all([process])
+
+
+@pytest.fixture(autouse=True)
+def clean_redis(redis_server: str) -> None:
+    """Each test starts with an empty Redis database: no pending metering, slots or messages of earlier tests
+    (database ids are reused after a flush, so their leftovers would land on this test's objects)."""
+    from console.redis import redis_client
+
+    redis_client().flushdb()
 
 
 @pytest.fixture(autouse=True)
@@ -213,9 +222,6 @@ class Cluster:
 def cluster(transactional_db, redis_server, code_storage_dir, settings) -> Iterator[Cluster]:
     from django.db import connection
 
-    from console.redis import redis_client
-
-    redis_client().flushdb()  # slots, replies and stray messages from earlier tests
     for name, value in FAST_DELIVERY.items():
         setattr(settings, name, float(value))
     env = dict(os.environ)

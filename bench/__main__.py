@@ -19,6 +19,7 @@ BENCHMARKS = [
     ("P1 + P5: zygote cold start, idle warm environment memory", ["bench/bench_cold_start.py"]),
     ("P2: warm synchronous invoke through HTTP", ["bench/bench_sync_invoke.py"]),
     ("P3 + P4: async completions per second and scaling", ["bench/bench_async_throughput.py"]),
+    ("P6: monitoring page over one million invocation rows", ["bench/bench_monitor_page.py"]),
 ]
 
 
@@ -27,6 +28,7 @@ def summary_rows(results: dict[str, dict]) -> list[str]:
     cold = results["P1 + P5: zygote cold start, idle warm environment memory"]
     sync = results["P2: warm synchronous invoke through HTTP"]
     flow = results["P3 + P4: async completions per second and scaling"]
+    page = results["P6: monitoring page over one million invocation rows"]
     p1 = cold["P1"]
     return [
         "| # | figure | baseline (same run) | ratio | goal |",
@@ -42,6 +44,10 @@ def summary_rows(results: dict[str, dict]) -> list[str]:
         f"| P4 | completions/s by executor processes: {flow['P4_completions_per_s_by_executor_processes']} | "
         f"1 process | 2 vs 1: {flow['P4_ratio_2_vs_1']}x, 8 vs 2: {flow['P4_ratio_8_vs_2']}x | >= 1.6x; no collapse |",
         f"| P5 | idle warm environment: {cold['P5']} | | | <= 20 MB PSS |",
+        f"| P6 | Monitor page with {page['rows']:,} invocation rows, worst p50 over 1h/24h/7d/30d: "
+        f"{page['worst_p50_ms']} ms | one hourly GROUP BY over the raw rows: "
+        f"{page['baseline_raw_scan_30d_hourly_aggregate_ms']['p50']} ms | {page['ratio_worst_p50_to_raw_scan_p50']}x | "
+        "< 500 ms |",
     ]
 
 

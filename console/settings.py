@@ -156,7 +156,9 @@ CELERY_BROKER_URL = REDIS_URL.replace("unix://", "redis+socket://", 1) if REDIS_
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
-CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Messages reserved per invocation slot. More than 1 saves broker round trips for short invocations; what is
+# reserved but not started when a worker dies comes back through the sweeper (by lease), never lost.
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("WORKER_PREFETCH_MULTIPLIER", 1)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
@@ -212,6 +214,30 @@ CELERY_BEAT_SCHEDULE["sweep-invocations"] = {
     "task": "ephemera.invocations_sweep",
     "schedule": SWEEP_INTERVAL_S,
     "options": {"expires": SWEEP_INTERVAL_S * 2},
+}
+
+# Metering (metrics_app). Finished invocations queue their contribution in Redis; beat flushes it into the
+# per-minute/hour/day roll-ups every METERING_FLUSH_INTERVAL_S, so charts lag by about that much.
+METERING_FLUSH_INTERVAL_S = env_float("METERING_FLUSH_INTERVAL_S", 1.0)
+# Operator price table, JSON (format in metrics_app/pricing.py); empty = Lambda us-east-1 with GB-s tiers.
+PRICING_TABLE_JSON = env_str("PRICING_TABLE_JSON", "")
+# Bearer token for /metrics (Prometheus); empty = staff sessions only.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+# Retention in days (beat: ephemera.metrics_retention, hourly). Running totals are kept forever; raw rows with
+# a dead letter are kept.
+INVOCATION_RETENTION_DAYS = env_int("INVOCATION_RETENTION_DAYS", 30)
+ROLLUP_MINUTE_RETENTION_DAYS = env_int("ROLLUP_MINUTE_RETENTION_DAYS", 2)
+ROLLUP_HOUR_RETENTION_DAYS = env_int("ROLLUP_HOUR_RETENTION_DAYS", 90)
+ROLLUP_DAY_RETENTION_DAYS = env_int("ROLLUP_DAY_RETENTION_DAYS", 800)
+CELERY_BEAT_SCHEDULE["metering-flush"] = {
+    "task": "ephemera.metering_flush",
+    "schedule": METERING_FLUSH_INTERVAL_S,
+    "options": {"expires": METERING_FLUSH_INTERVAL_S * 5},
+}
+CELERY_BEAT_SCHEDULE["metrics-retention"] = {
+    "task": "ephemera.metrics_retention",
+    "schedule": 3600.0,
+    "options": {"expires": 3600},
 }
 
 # Function code: content-addressed artifacts on the filesystem, or in an S3-compatible bucket when

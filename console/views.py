@@ -2,14 +2,14 @@ from __future__ import annotations
 
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
+from django.shortcuts import redirect
 
 from console.redis import redis_client
 from functions_app.selectors import executor_hosts
 
 
 def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "home.html")
+    return redirect("function_list")
 
 
 def healthz(request: HttpRequest) -> JsonResponse:

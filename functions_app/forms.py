@@ -23,9 +23,12 @@ _FIELD_ALIASES = {"zip_base64": "zip_file", "files": "source", "code": "source",
 TIME_RANGES = {"1h": 1, "24h": 24, "7d": 24 * 7, "30d": 24 * 30}
 
 
-def form_add_service_error(form: forms.Form, error: ServiceError, fallback: str | None = None) -> None:
-    """Put a service's complaint next to the field it names; what names no field goes to ``fallback`` (or the
-    form's top-level errors) so that nothing is lost and nothing becomes a 500."""
+def form_add_service_error(form: forms.Form, error: ServiceError, fallback: str | dict[str, str] | None = None) -> None:
+    """Put a service's complaint next to the field it names; what names no field goes to ``fallback`` (a field,
+    or a field per error type with "*" for the rest) or else to the form's top-level errors, so that nothing is
+    lost and nothing becomes a 500."""
+    if isinstance(fallback, dict):
+        fallback = fallback.get(error.type, fallback.get("*"))
     placed = False
     if isinstance(error.details, dict):
         for key, messages in error.details.items():
@@ -88,9 +91,8 @@ class _ConfigFields(forms.Form):
 
     def config(self) -> dict[str, Any]:
         """The cleaned values as the service's keyword arguments (environment handled by the caller)."""
-        return {
-            name: value for name, value in self.cleaned_data.items() if name not in ("environment", "env_remove", "name")
-        }
+        names = set(_ConfigFields.base_fields) - {"environment"}
+        return {name: value for name, value in self.cleaned_data.items() if name in names}
 
 
 class _CodeFields(forms.Form):
@@ -127,11 +129,6 @@ class FunctionConfigurationForm(_ConfigFields):
     def __init__(self, *args: Any, environment_keys: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["env_remove"].choices = [(name, name) for name in environment_keys]
-
-    def config(self) -> dict[str, Any]:
-        values = super().config()
-        values.pop("revision_id", None)
-        return values
 
 
 class CodeForm(_CodeFields):

@@ -45,7 +45,12 @@ from functions_app.models import (
 from functions_app.runtime import FunctionSpec, InvokeRequest, InvokeResult
 from functions_app.secrets import env_decrypt
 from functions_app.selectors import qualifier_resolve
-from metrics_app.services import invocation_finished, invocation_meter, invocation_throttled
+from metrics_app.services import (
+    invocation_attempt_failed,
+    invocation_finished,
+    invocation_meter,
+    invocation_throttled,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -529,18 +534,22 @@ def invocation_complete(*, invocation: Invocation, result: InvokeResult) -> bool
     concurrency.slot_release(
         function_id=invocation.function_id, owner_id=invocation.owner_id, member=str(invocation.id)
     )
-    if not retry:
+    if retry:
+        invocation_attempt_failed(invocation=invocation)  # Lambda bills every attempt, not only the last
+        invocation_publish(invocation_id=str(invocation.id), countdown=backoff)
+    else:
         _finished(invocation, DeadLetterCondition.RETRIES_EXHAUSTED)
     return True
 
 
 def _finished(invocation: Invocation, failure_condition: str) -> None:
-    """After a terminal write: answer the sync caller, or route the async event to its destination."""
+    """After a terminal write: answer the sync caller (before metering: it is waiting), or route the async
+    event to its destination."""
     if settings.RECORD_HISTORY:
         redis_client().hincrby(TERMINAL_WRITES_KEY, str(invocation.id), 1)
-    invocation_finished(invocation=invocation)
     if invocation.invocation_type == InvocationType.SYNC:
         invocation_reply(invocation=invocation)
+        invocation_finished(invocation=invocation)
         return
     destination = (
         invocation.function.on_success_destination
@@ -549,6 +558,7 @@ def _finished(invocation: Invocation, failure_condition: str) -> None:
     )
     condition = "Success" if invocation.status == InvocationStatus.SUCCEEDED else failure_condition
     destination_deliver(invocation=invocation, destination=destination, condition=condition)
+    invocation_finished(invocation=invocation)
 
 
 def invocation_reply(*, invocation: Invocation) -> None:

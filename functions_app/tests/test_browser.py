@@ -1,0 +1,209 @@
+"""The console in a real browser: headless Chromium (Playwright) against a live server and a real worker.
+
+Needs the system's Chromium at /usr/bin/chromium (Debian package ``chromium``); ``playwright install`` is not
+used. Screenshots of the main pages go to docs/screenshots/.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.urls import Resolver404, resolve
+
+from functions_app.invocations import invocation_accept
+from functions_app.models import DeadLetter
+from functions_app.services import CodeUpload
+from metrics_app.models import Rollup
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = Path(settings.BASE_DIR) / "docs" / "screenshots"
+# Generous because two cores are shared with other test runs; these bound waits, they do not measure anything.
+WAIT_MS = 60_000
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"needs the system Chromium at {CHROMIUM}"),
+]
+
+HANDLER = """import os
+
+
+def lambda_handler(event, context):
+    print("greeting", event["name"])
+    return {"message": f"{os.environ['GREETING']}, {event['name']}!"}
+"""
+
+
+FAILING = "def handler(event, context):\n    raise ValueError('always fails')\n"
+
+
+def wait_for(condition, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def page(live_server, monkeypatch) -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are still synchronous.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1360, "height": 900}, accept_downloads=True)
+        context.set_default_timeout(WAIT_MS)
+        # The console must work offline: any request that leaves the live server fails the test.
+        outside: list[str] = []
+        context.route(
+            re.compile(r"^(?!" + re.escape(live_server.url) + ")"),
+            lambda route: (outside.append(route.request.url), route.abort()),
+        )
+        yield context.new_page()
+        browser.close()
+    assert not outside, f"the console fetched from outside the server: {outside}"
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def reports_exist() -> bool:
+    try:
+        resolve("/reports/")
+    except Resolver404:
+        return False
+    return True
+
+
+def test_a_user_creates_tests_and_monitors_a_function_in_the_browser(page, live_server, user, make_function, worker):
+    from playwright.sync_api import expect
+
+    base = live_server.url
+    page.goto(f"{base}/functions/")
+    expect(page).to_have_url(re.compile(r"/login/\?next=/functions/$"))
+    shot(page, "01-sign-in")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", "pw-for-tests-only")
+    page.click("button[type=submit]")
+    expect(page).to_have_url(f"{base}/functions/")
+    expect(page.locator("nav.topbar")).to_contain_text("alice")
+
+    # Create a function in the editor: CodeMirror highlights Python, and a bad memory size is shown in place.
+    page.click("a.button.primary")
+    editor = page.locator(".CodeMirror")
+    expect(editor).to_be_visible()
+    expect(editor.locator(".cm-keyword").first).to_be_visible()
+    page.fill("#id_name", "greeter")
+    page.evaluate("source => document.querySelector('.CodeMirror').CodeMirror.setValue(source)", HANDLER)
+    page.fill("#id_environment", "GREETING=Hello")
+    page.fill("#id_memory_mb", "64")
+    page.click("button:has-text('Create function')")
+    expect(page.locator("#field-memory_mb .errorlist")).to_contain_text("128 to 10240")
+    shot(page, "02-create-function-error")
+    page.fill("#id_memory_mb", "256")
+    page.evaluate("source => document.querySelector('.CodeMirror').CodeMirror.setValue(source)", HANDLER)
+    page.click("button:has-text('Create function')")
+    expect(page).to_have_url(f"{base}/functions/greeter/")
+    expect(page.locator(".CodeMirror")).to_contain_text("lambda_handler")
+    shot(page, "03-code-tab")
+
+    # Save a test event, load it into the invoke box and invoke: result, log, duration and cold flag appear.
+    page.click("nav.tabs >> text=Test")
+    page.fill("#new_name", "ada")
+    page.fill("#new_event", '{"name": "Ada"}')
+    page.click("button:has-text('Save test event')")
+    expect(page.locator("details.event summary")).to_contain_text("ada")
+    page.select_option("#event-picker", "ada")
+    expect(page.locator("#invoke-form #id_event")).to_have_value('{"name": "Ada"}')
+    page.click("#invoke-form button[type=submit]")
+    expect(page.locator("#result-status")).to_have_text("succeeded")
+    expect(page.locator("#result-body")).to_contain_text('"message": "Hello, Ada!"')
+    expect(page.locator("#result-log")).to_contain_text("greeting Ada")
+    expect(page.locator("#result-cold")).to_be_visible()
+    expect(page.locator("#result-duration")).to_contain_text("ms")
+    shot(page, "04-test-tab-result")
+
+    # The invocation's own page: status, timeline and log.
+    page.click("#result-panel dd a")
+    expect(page.locator("#invocation-body .badge").first).to_have_text("Succeeded")
+    expect(page.locator(".timeline .phase")).to_have_count(3)
+    expect(page.locator("#invocation-log")).to_contain_text("greeting Ada")
+    shot(page, "05-invocation")
+
+    page.goto(f"{base}/functions/greeter/invocations/?status=succeeded")
+    expect(page.locator("#invocations tbody tr")).to_have_count(1)
+    shot(page, "06-invocations-tab")
+
+    # Monitor draws the metrics engineer's figures with the vendored plotly.js, once beat has flushed metering,
+    # and ends with the memory right-sizing of the one invocation so far.
+    wait_for(lambda: Rollup.objects.filter(function_name="greeter").exists())
+    page.goto(f"{base}/functions/greeter/monitor/?range=1h")
+    expect(page.locator("#rightsizing-table tbody tr").first).to_be_visible()
+    expect(page.locator("#plot-rightsizing .main-svg").first).to_be_visible()
+    expect(page.locator(".plot .main-svg").first).to_be_visible()
+    expect(page.locator("#plot-invocations .main-svg").first).to_be_visible()
+    shot(page, "07-monitor-tab")
+
+    page.click("nav.tabs >> text=Versions and aliases")
+    page.click("button:has-text('Publish new version')")
+    expect(page.locator("#versions tbody tr")).to_have_count(2)
+    page.fill("#alias-form #id_name", "live")
+    page.fill("#alias-form #id_version", "1")
+    page.click("button:has-text('Create alias')")
+    expect(page.locator("details.alias summary")).to_contain_text("live → version 1")
+    shot(page, "08-versions-tab")
+
+    page.click("nav.tabs >> text=Configuration")
+    expect(page.locator("code.env-name")).to_have_text("GREETING")
+    expect(page.locator("body")).not_to_contain_text("Hello,")  # the value is write-only
+    shot(page, "09-configuration-tab")
+
+    # An async event that fails lands in the dead-letter inbox; replaying it is followed live on its page.
+    flaky = make_function(name="flaky", code=CodeUpload(files={"app.py": FAILING}), max_retry_attempts=0)
+    invocation_accept(owner=user, function=flaky, qualifier="", raw_payload=b'{"n": 1}', invocation_type="async")
+    wait_for(lambda: DeadLetter.objects.filter(function=flaky).exists())
+    page.goto(f"{base}/functions/")
+    expect(page.locator("table.table tbody tr")).to_have_count(2)
+    shot(page, "10-function-list")
+    page.click("nav.topbar >> text=Dead letters")
+    expect(page.locator("#dead-letters tbody tr")).to_contain_text("Retries exhausted")
+    shot(page, "11-dead-letters")
+    page.click("#dead-letters button:has-text('Replay')")
+    expect(page).to_have_url(re.compile(r"/invocations/[0-9a-f-]{36}/$"))
+    expect(page.locator("#invocation-body [data-status]")).to_have_text("Failed")  # htmx polled it to the end
+    expect(page.locator("#invocation-result")).to_contain_text("ValueError")
+
+    if reports_exist():  # the metrics engineer's report page and its CSV download
+        page.click("nav.topbar >> text=Reports")
+        expect(page.locator("#report tbody")).to_contain_text("greeter")
+        expect(page.locator("#plot-report .main-svg").first).to_be_visible()
+        shot(page, "12-report")
+        with page.expect_download() as download:
+            page.locator("a[href*='csv' i], a:has-text('CSV')").first.click()
+        rows = list(csv.reader(io.StringIO(Path(download.value.path()).read_text())))
+        assert len(rows) >= 2 and any("greeter" in cell for row in rows for cell in row)
+
+    page.click("nav.topbar button:has-text('Sign out')")
+    expect(page).to_have_url(f"{base}/login/")

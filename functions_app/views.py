@@ -1,0 +1,576 @@
+"""The browser console's function pages. Views parse a form, call one service or selector (the same ones the
+REST API uses) and render; a ``ServiceError`` lands next to the form field it names, never as a 500."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Callable
+from datetime import timedelta
+from functools import wraps
+from typing import Any
+
+import plotly.io
+from django.contrib.auth.decorators import login_required
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.safestring import SafeString, mark_safe
+from django.views.decorators.http import require_POST
+
+from console.exceptions import ResourceNotFound, ServiceError
+from functions_app import forms, selectors, services
+from functions_app.code import handler_module_candidates, zip_read_member
+from functions_app.code_storage import code_store
+from functions_app.invocations import (
+    dead_letter_delete,
+    dead_letter_replay,
+    invocation_accept,
+    invocation_wait,
+    sync_wait_budget,
+)
+from functions_app.models import LATEST, DeadLetter, Function, Invocation, InvocationStatus, InvocationType
+from functions_app.secrets import env_decrypt
+from metrics_app.charts import monitor_figures, rightsizing_figure
+from metrics_app.rightsizing import function_rightsizing
+from metrics_app.selectors import function_summaries
+
+TABS = [
+    ("code", "Code"),
+    ("test", "Test"),
+    ("monitor", "Monitor"),
+    ("versions", "Versions and aliases"),
+    ("invocations", "Invocations"),
+    ("configuration", "Configuration"),
+]
+INVOCATION_PAGE_SIZE = 100
+PRETTY_JSON_MAX_CHARS = 256 * 1024
+_FAILED: Any = object()
+# Below this many invocations in the right-sizing window the what-if figures rest on too few samples to trust.
+RIGHTSIZING_FEW_INVOCATIONS = 100
+
+
+def console_page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Sign-in required; a selector's ResourceNotFound (missing, or another tenant's) is the page's 404."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            return view(request, *args, **kwargs)
+        except ResourceNotFound as error:
+            raise Http404(error.message) from None
+
+    return login_required(wrapper)
+
+
+def _attempt(form: Any, call: Callable[[], Any], fallback: str | dict[str, str] | None = None) -> Any:
+    """Run a service call; on a ServiceError put it on the form and return ``_FAILED``."""
+    try:
+        return call()
+    except ServiceError as error:
+        forms.form_add_service_error(form, error, fallback)
+        return _FAILED
+
+
+def _is_htmx(request: HttpRequest) -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+def _pretty_json(text: str) -> str:
+    """JSON text indented for reading; anything else (or anything large) as it is."""
+    if not text or len(text) > PRETTY_JSON_MAX_CHARS:
+        return text
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        return text
+
+
+def _tab(
+    request: HttpRequest, function: Function, tab: str, context: dict[str, Any], status: int = 200
+) -> HttpResponse:
+    context = {"function": function, "tabs": TABS, "tab": tab, **context}
+    return render(request, f"functions_app/tab_{tab}.html", context, status=status)
+
+
+# ---- the function list ------------------------------------------------------------------------------------------
+
+
+@console_page
+def function_list(request: HttpRequest) -> HttpResponse:
+    search = request.GET.get("q", "").strip()
+    functions = list(selectors.function_list(owner=request.user, search=search))
+    summaries = function_summaries(owner=request.user, since=timezone.now() - timedelta(hours=24))
+    rows = [(function, summaries.get(function.pk)) for function in functions]
+    return render(request, "functions_app/function_list.html", {"rows": rows, "search": search})
+
+
+# ---- create -----------------------------------------------------------------------------------------------------
+
+
+@console_page
+def function_create(request: HttpRequest) -> HttpResponse:
+    form = forms.FunctionCreateForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        function = _attempt(
+            form,
+            lambda: services.function_create(
+                owner=request.user,
+                name=data["name"],
+                code=_code_upload(form, data["handler"]),
+                environment=data["environment"],
+                **form.config(),
+            ),
+            fallback={"ResourceConflict": "name", "*": "source"},
+        )
+        if function is not _FAILED:
+            return redirect("function_code", name=function.name)
+    if request.method == "GET":
+        form.initial["source"] = forms.DEFAULT_SOURCE
+    return render(request, "functions_app/function_create.html", {"form": form})
+
+
+def _code_upload(form: forms.FunctionCreateForm | forms.CodeForm, handler: str) -> services.CodeUpload:
+    zip_bytes = form.code_bytes()
+    if zip_bytes is not None:
+        return services.CodeUpload(zip_bytes=zip_bytes)
+    return services.CodeUpload(files={handler_module_candidates(handler)[0]: form.cleaned_data["source"]})
+
+
+# ---- Code tab ---------------------------------------------------------------------------------------------------
+
+
+@console_page
+def function_code(request: HttpRequest, name: str) -> HttpResponse:
+    function = selectors.function_get(owner=request.user, name=name)
+    module, source, members = _handler_source(function)
+    form = forms.CodeForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        updated = _attempt(
+            form,
+            lambda: services.function_update_code(
+                function=function,
+                code=_code_replacing(function, module, form),
+                revision_id=form.cleaned_data["revision_id"] or None,
+            ),
+            fallback="source",
+        )
+        if updated is not _FAILED:
+            return redirect("function_code", name=function.name)
+    if request.method == "GET":
+        form.initial = {"source": source or "", "revision_id": str(function.revision_id)}
+    context = {"form": form, "module": module, "editable": source is not None, "members": members}
+    return _tab(request, function, "code", context)
+
+
+def _handler_source(function: Function) -> tuple[str, str | None, list[str]]:
+    """The handler module's path and text (None when it is not editable text), and the package's file names.
+
+    A private helper that belongs in selectors (``function_code_get``)."""
+    zip_bytes = code_store().get(function.code.sha256)
+    with zipfile.ZipFile(io.BytesIO(zip_bytes)) as archive:
+        members = sorted(archive.namelist())
+    module = next((name for name in handler_module_candidates(function.handler) if name in members), "")
+    if not module:
+        return handler_module_candidates(function.handler)[0], None, members
+    try:
+        return module, zip_read_member(zip_bytes, module).decode("utf-8"), members
+    except (ServiceError, UnicodeDecodeError):
+        return module, None, members
+
+
+def _code_replacing(function: Function, module: str, form: forms.CodeForm) -> services.CodeUpload:
+    """An uploaded zip as it is, or the current package with the handler module's text replaced (the other
+    files kept byte for byte). A private helper that belongs in services next to CodeUpload."""
+    uploaded = form.code_bytes()
+    if uploaded is not None:
+        return services.CodeUpload(zip_bytes=uploaded)
+    current = code_store().get(function.code.sha256)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(current)) as source, zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in source.infolist():
+            if info.filename != module:
+                out.writestr(info, source.read(info))
+        out.writestr(module, form.cleaned_data["source"])
+    return services.CodeUpload(zip_bytes=buffer.getvalue())
+
+
+# ---- Test tab ---------------------------------------------------------------------------------------------------
+
+
+def _test_context(function: Function, **overrides: Any) -> dict[str, Any]:
+    events = list(selectors.test_event_list(function=function))
+    context: dict[str, Any] = {
+        "events": events,
+        "event_forms": [
+            (event, forms.TestEventForm(initial={"name": event.name, "event": event.event_json}, prefix=event.name))
+            for event in events
+        ],
+        "invoke_form": forms.InvokeForm(initial={"event": events[0].event_json if events else "{}"}),
+        "new_form": forms.TestEventForm(auto_id="new_%s"),
+        "saved_events": {event.name: event.event_json for event in events},
+        "outcome": None,
+    }
+    return {**context, **overrides}
+
+
+@console_page
+def function_test(request: HttpRequest, name: str) -> HttpResponse:
+    function = selectors.function_get(owner=request.user, name=name)
+    return _tab(request, function, "test", _test_context(function))
+
+
+@console_page
+@require_POST
+def function_invoke(request: HttpRequest, name: str) -> HttpResponse:
+    """A synchronous invoke, as the API's: accept, then wait on the reply key within the function's budget."""
+    function = selectors.function_get(owner=request.user, name=name)
+    form = forms.InvokeForm(request.POST)
+    outcome = None
+    if form.is_valid():
+        invocation = _attempt(
+            form,
+            lambda: invocation_accept(
+                owner=request.user,
+                function=function,
+                qualifier=form.cleaned_data["qualifier"] or LATEST,
+                raw_payload=form.cleaned_data["event"].encode(),
+                invocation_type=InvocationType.SYNC,
+            ),
+            fallback={"ResourceNotFound": "qualifier"},
+        )
+        if invocation is not _FAILED:
+            outcome = invocation_wait(invocation=invocation, wait_s=sync_wait_budget(invocation))
+    result = {"outcome": outcome, "invoke_form": form, "result_pretty": _pretty_json(outcome.result) if outcome else ""}
+    if _is_htmx(request):
+        return render(request, "functions_app/_invoke_result.html", result)
+    return _tab(request, function, "test", _test_context(function, **result))
+
+
+@console_page
+@require_POST
+def test_event_create(request: HttpRequest, name: str) -> HttpResponse:
+    function = selectors.function_get(owner=request.user, name=name)
+    form = forms.TestEventForm(request.POST, auto_id="new_%s")
+    if form.is_valid():
+        data = form.cleaned_data
+        created = _attempt(
+            form, lambda: services.test_event_create(function=function, name=data["name"], event=data["event"])
+        )
+        if created is not _FAILED:
+            return redirect("function_test", name=function.name)
+    return _tab(request, function, "test", _test_context(function, new_form=form), status=400)
+
+
+@console_page
+@require_POST
+def test_event_update(request: HttpRequest, name: str, event_name: str) -> HttpResponse:
+    function = selectors.function_get(owner=request.user, name=name)
+    test_event = selectors.test_event_get(function=function, name=event_name)
+    form = forms.TestEventForm(request.POST, prefix=event_name)
+    form.fields["name"].required = False
+    if form.is_valid():
+        updated = _attempt(
+            form, lambda: services.test_event_update(test_event=test_event, event=form.cleaned_data["event"])
+        )
+        if updated is not _FAILED:
+            return redirect("function_test", name=function.name)
+    context = _test_context(function)
+    context["event_forms"] = [
+        (event, form if event.pk == test_event.pk else other) for event, other in context["event_forms"]
+    ]
+    return _tab(request, function, "test", context, status=400)
+
+
+@console_page
+@require_POST
+def test_event_delete(request: HttpRequest, name: str, event_name: str) -> HttpResponse:
+    function = selectors.function_get(owner=request.user, name=name)
+    services.test_event_delete(test_event=selectors.test_event_get(function=function, name=event_name))
+    return redirect("function_test", name=function.name)
+
+
+# ---- Monitor tab ------------------------------------------------------------------------------------------------
+
+
+@console_page
+def function_monitor(request: HttpRequest, name: str) -> HttpResponse:
+    function = selectors.function_get(owner=request.user, name=name)
+    window = request.GET.get("range", "24h")
+    if window not in forms.TIME_RANGES:
+        window = "24h"
+    end = timezone.now()
+    start = end - timedelta(hours=forms.TIME_RANGES[window])
+    figures = [
+        {"id": chart["id"], "title": chart["title"], "json": _figure_json(chart["figure"])}
+        for chart in monitor_figures(function=function, start=start, end=end)
+    ]
+    analysis = function_rightsizing(function=function)
+    context = {
+        "ranges": list(forms.TIME_RANGES),
+        "range": window,
+        "figures": figures,
+        "rightsizing": analysis,
+        "rightsizing_figure": _figure_json(rightsizing_figure(analysis)) if analysis.rows else None,
+        "rightsizing_few": analysis.invocations_observed < RIGHTSIZING_FEW_INVOCATIONS,
+    }
+    return _tab(request, function, "monitor", context)
+
+
+def _figure_json(figure: Any) -> SafeString:
+    """A plotly figure (dict or Figure) as JSON safe inside a <script type="application/json"> element."""
+    text = plotly.io.to_json(figure, validate=False)
+    return mark_safe(text.replace("<", "\\u003C").replace(">", "\\u003E").replace("&", "\\u0026"))  # noqa: S308
+
+
+# ---- Versions and aliases tab -----------------------------------------------------------------------------------
+
+
+def _versions_context(function: Function, **overrides: Any) -> dict[str, Any]:
+    aliases = list(selectors.alias_list(function=function))
+    context: dict[str, Any] = {
+        "versions": selectors.version_list(function=function),
+        "publish_form": forms.PublishForm(),
+        "alias_form": forms.AliasForm(),
+        "alias_forms": [(alias, _alias_update_form(alias)) for alias in aliases],
+        "published": None,
+    }
+    return {**context, **overrides}
+
+
+def _alias_update_form(alias: Any, data: Any = None) -> forms.AliasUpdateForm:
+    initial = {
+        "name": alias.name,
+        "description": alias.description,
+        "version": alias.version.number,
+        "additional_version": alias.additional_version.number if alias.additional_version else None,
+        "additional_weight": alias.additional_weight if alias.additional_version else None,
+        "revision_id": str(alias.revision_id),
+    }
+    return forms.AliasUpdateForm(data, initial=initial, prefix=f"alias-{alias.name}")
+
+
+@console_page
+def function_versions(request: HttpRequest, name: str) -> HttpResponse:
+    function = selectors.function_get(owner=request.user, name=name)
+    return _tab(request, function, "versions", _versions_context(function))
+
+
+@console_page
+@require_POST
+def version_publish(request: HttpRequest, name: str) -> HttpResponse:
+    function = selectors.function_get(owner=request.user, name=name)
+    form = forms.PublishForm(request.POST)
+    if form.is_valid():
+        description = form.cleaned_data["description"] or None
+        published = _attempt(form, lambda: services.version_publish(function=function, description=description))
+        if published is not _FAILED:
+            return redirect(f"{reverse('function_versions', args=[function.name])}?published={published[0].number}")
+    return _tab(request, function, "versions", _versions_context(function, publish_form=form), status=400)
+
+
+@console_page
+@require_POST
+def alias_create(request: HttpRequest, name: str) -> HttpResponse:
+    function = selectors.function_get(owner=request.user, name=name)
+    form = forms.AliasForm(request.POST)
+    if form.is_valid():
+        data = form.cleaned_data
+        created = _attempt(
+            form,
+            lambda: services.alias_create(
+                function=function,
+                name=data["name"],
+                version=data["version"],
+                description=data["description"],
+                additional_version=data["additional_version"],
+                additional_weight=data["additional_weight"],
+            ),
+        )
+        if created is not _FAILED:
+            return redirect("function_versions", name=function.name)
+    return _tab(request, function, "versions", _versions_context(function, alias_form=form), status=400)
+
+
+@console_page
+@require_POST
+def alias_update(request: HttpRequest, name: str, alias_name: str) -> HttpResponse:
+    function = selectors.function_get(owner=request.user, name=name)
+    alias = selectors.alias_get(function=function, name=alias_name)
+    form = _alias_update_form(alias, request.POST)
+    if form.is_valid():
+        data = form.cleaned_data
+        # A blank canary version removes the canary (and its weight) — the service's explicit None.
+        updated = _attempt(
+            form,
+            lambda: services.alias_update(
+                alias=alias,
+                version=data["version"],
+                description=data["description"],
+                additional_version=data["additional_version"],
+                additional_weight=data["additional_weight"] if data["additional_version"] else None,
+                revision_id=data["revision_id"] or None,
+            ),
+        )
+        if updated is not _FAILED:
+            return redirect("function_versions", name=function.name)
+    context = _versions_context(function)
+    context["alias_forms"] = [(a, form if a.pk == alias.pk else f) for a, f in context["alias_forms"]]
+    return _tab(request, function, "versions", context, status=400)
+
+
+@console_page
+@require_POST
+def alias_delete(request: HttpRequest, name: str, alias_name: str) -> HttpResponse:
+    function = selectors.function_get(owner=request.user, name=name)
+    services.alias_delete(alias=selectors.alias_get(function=function, name=alias_name))
+    return redirect("function_versions", name=function.name)
+
+
+# ---- Invocations tab and page -----------------------------------------------------------------------------------
+
+
+def _with_colours(invocations: list[Invocation]) -> list[Invocation]:
+    for invocation in invocations:
+        invocation.status_colour = InvocationStatus(invocation.status).colour  # type: ignore[attr-defined]
+    return invocations
+
+
+def _invocations_filtered(function: Function, form: forms.InvocationFilterForm, owner: Any) -> QuerySet[Invocation]:
+    """The API's selector plus the version and time filters it lacks (a helper to move into
+    ``selectors.invocation_list`` as ``executed_version=`` and ``since=``)."""
+    data = form.cleaned_data if form.is_valid() else {}
+    invocations = selectors.invocation_list(
+        owner=owner,
+        function_name=function.name,
+        status=data.get("status", ""),
+        is_cold=form.is_cold() if data else None,
+    )
+    if data.get("version"):
+        invocations = invocations.filter(executed_version=data["version"])
+    if data.get("since"):
+        invocations = invocations.filter(
+            queued_at__gte=timezone.now() - timedelta(hours=forms.TIME_RANGES[data["since"]])
+        )
+    return invocations
+
+
+@console_page
+def function_invocations(request: HttpRequest, name: str) -> HttpResponse:
+    function = selectors.function_get(owner=request.user, name=name)
+    form = forms.InvocationFilterForm(request.GET)
+    invocations = _with_colours(list(_invocations_filtered(function, form, request.user)[:INVOCATION_PAGE_SIZE]))
+    context = {"filter_form": form, "invocations": invocations, "page_size": INVOCATION_PAGE_SIZE}
+    return _tab(request, function, "invocations", context)
+
+
+@console_page
+def invocation_row(request: HttpRequest, invocation_id: str) -> HttpResponse:
+    """One row of the Invocations tab; it polls itself every second until the invocation is terminal."""
+    invocation = selectors.invocation_get(owner=request.user, invocation_id=invocation_id)
+    return render(request, "functions_app/_invocation_row.html", {"invocation": _with_colours([invocation])[0]})
+
+
+def _timeline(invocation: Invocation) -> list[dict[str, Any]]:
+    phases = [
+        ("Queue wait", invocation.queue_wait_ms, "grey"),
+        ("Init", invocation.init_ms if invocation.is_cold else None, "orange"),
+        ("Run", invocation.duration_ms, "blue"),
+    ]
+    total = sum(ms for _, ms, _ in phases if ms) or 1.0
+    return [
+        {"label": label, "ms": ms, "colour": colour, "percent": max(ms / total * 100, 0.5)}
+        for label, ms, colour in phases
+        if ms is not None
+    ]
+
+
+def _invocation_context(invocation: Invocation) -> dict[str, Any]:
+    return {
+        "invocation": _with_colours([invocation])[0],
+        "timeline": _timeline(invocation),
+        "payload_pretty": _pretty_json(invocation.payload),
+        "result_pretty": _pretty_json(invocation.result),
+    }
+
+
+@console_page
+def invocation_detail(request: HttpRequest, invocation_id: str) -> HttpResponse:
+    invocation = selectors.invocation_get(owner=request.user, invocation_id=invocation_id)
+    template = "functions_app/_invocation_body.html" if _is_htmx(request) else "functions_app/invocation_detail.html"
+    return render(request, template, _invocation_context(invocation))
+
+
+# ---- Configuration tab ------------------------------------------------------------------------------------------
+
+
+def _configuration_form(function: Function, data: Any = None) -> forms.FunctionConfigurationForm:
+    fields = ("description", "handler", "memory_mb", "timeout_s", "reserved_concurrency", "network_enabled")
+    fields += ("max_retry_attempts", "max_event_age_s", "on_success_destination", "on_failure_destination")
+    initial = {field: getattr(function, field) for field in fields} | {"revision_id": str(function.revision_id)}
+    return forms.FunctionConfigurationForm(data, initial=initial, environment_keys=function.environment_keys)
+
+
+@console_page
+def function_configuration(request: HttpRequest, name: str) -> HttpResponse:
+    function = selectors.function_get(owner=request.user, name=name)
+    form = _configuration_form(function, request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        updated = _attempt(
+            form,
+            lambda: services.function_update_configuration(
+                function=function,
+                revision_id=data["revision_id"] or None,
+                environment=_environment_merged(function, data["env_remove"], data["environment"]),
+                **form.config(),
+            ),
+        )
+        if updated is not _FAILED:
+            return redirect(f"{reverse('function_configuration', args=[function.name])}?saved=1")
+    return _tab(request, function, "configuration", {"form": form, "saved": "saved" in request.GET})
+
+
+def _environment_merged(function: Function, remove: list[str], changes: dict[str, str]) -> dict[str, str] | None:
+    """The variables after removing and setting some, or None for "unchanged". Values are write-only in the
+    console, so a page can only add, replace or remove them; a helper that belongs in services."""
+    if not remove and not changes:
+        return None
+    current = env_decrypt(function.environment_ciphertext)
+    return {name: value for name, value in current.items() if name not in remove} | changes
+
+
+@console_page
+@require_POST
+def function_delete(request: HttpRequest, name: str) -> HttpResponse:
+    services.function_delete(function=selectors.function_get(owner=request.user, name=name))
+    return redirect("function_list")
+
+
+# ---- dead letters -----------------------------------------------------------------------------------------------
+
+
+@console_page
+def dead_letter_list(request: HttpRequest) -> HttpResponse:
+    function_name = request.GET.get("function", "")
+    letters = selectors.dead_letter_list(owner=request.user, function_name=function_name)[:INVOCATION_PAGE_SIZE]
+    return render(request, "functions_app/dead_letters.html", {"letters": letters, "function_name": function_name})
+
+
+@console_page
+@require_POST
+def dead_letter_replay_view(request: HttpRequest, letter_id: int) -> HttpResponse:
+    letter: DeadLetter = selectors.dead_letter_get(owner=request.user, pk=letter_id)
+    replayed = dead_letter_replay(dead_letter=letter)
+    return redirect("invocation_detail", invocation_id=replayed.pk)
+
+
+@console_page
+@require_POST
+def dead_letter_delete_view(request: HttpRequest, letter_id: int) -> HttpResponse:
+    dead_letter_delete(dead_letter=selectors.dead_letter_get(owner=request.user, pk=letter_id))
+    return redirect("dead_letter_list")

@@ -1,0 +1,311 @@
+"""Reads over roll-ups (never raw invocation rows): one aggregate query per question, summed in the database,
+turned into ``Usage`` values whose derived figures (rates, averages, percentiles) are plain properties."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import F, Max, Q, QuerySet, Sum
+from django.utils import timezone
+
+from metrics_app.histograms import DURATION, INIT, MEMORY, percentile, percentile_upper
+from metrics_app.models import ADDITIVE_FIELDS, MAX_FIELDS, UNRESOLVED, Granularity, Rollup
+from metrics_app.services import bucket_start
+
+STEP = {
+    Granularity.MINUTE: timedelta(minutes=1),
+    Granularity.HOUR: timedelta(hours=1),
+    Granularity.DAY: timedelta(days=1),
+}
+# Charts pick the finest granularity that keeps a range to a few hundred points and is still retained.
+MINUTE_RANGE_MAX = timedelta(hours=6)
+HOUR_RANGE_MAX = timedelta(days=14)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Sums over any set of roll-up rows, with the figures derived from them."""
+
+    invocations: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    throttles: int = 0
+    cold_starts: int = 0
+    runs: int = 0
+    duration_ms_sum: float = 0.0
+    init_ms_sum: float = 0.0
+    queue_wait_ms_sum: float = 0.0
+    cpu_ms_sum: float = 0.0
+    billed_ms_sum: int = 0
+    mb_ms_sum: float = 0.0  # sum of billed ms x memory MB: GB-seconds x 1,024,000
+    request_usd: Decimal = Decimal(0)
+    run_usd: Decimal = Decimal(0)
+    init_usd: Decimal = Decimal(0)
+    duration_ms_max: float = 0.0
+    peak_memory_mb_max: float = 0.0
+    duration_hist: tuple[int, ...] = (0,) * DURATION.count
+    init_hist: tuple[int, ...] = (0,) * INIT.count
+    memory_hist: tuple[int, ...] = (0,) * MEMORY.count
+
+    @property
+    def total_usd(self) -> Decimal:
+        return self.request_usd + self.run_usd + self.init_usd
+
+    @property
+    def gb_seconds(self) -> float:
+        return self.mb_ms_sum / 1024 / 1000
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.invocations if self.invocations else 0.0
+
+    @property
+    def cold_rate(self) -> float:
+        return self.cold_starts / self.runs if self.runs else 0.0
+
+    @property
+    def avg_duration_ms(self) -> float:
+        return self.duration_ms_sum / self.runs if self.runs else 0.0
+
+    @property
+    def avg_init_ms(self) -> float:
+        """Init time per invocation that ran (the cold starts' cost spread over all calls)."""
+        return self.init_ms_sum / self.runs if self.runs else 0.0
+
+    @property
+    def avg_queue_wait_ms(self) -> float:
+        return self.queue_wait_ms_sum / self.invocations if self.invocations else 0.0
+
+    @property
+    def avg_cpu_ms(self) -> float:
+        return self.cpu_ms_sum / self.runs if self.runs else 0.0
+
+    def duration_p(self, q: float) -> float | None:
+        return percentile(DURATION, self.duration_hist, q)
+
+    def init_p(self, q: float) -> float | None:
+        return percentile(INIT, self.init_hist, q)
+
+    def memory_p_upper(self, q: float) -> float | None:
+        """A safe upper bound of the q-th percentile of peak memory (its bucket's upper edge)."""
+        return percentile_upper(MEMORY, self.memory_hist, q)
+
+
+_SCALAR_FIELDS = [f.name for f in fields(Usage) if not f.name.endswith("_hist")]
+
+
+def _annotations() -> dict[str, Any]:
+    # Aliased (agg_*): an annotation may not share a model field's name.
+    sums: dict[str, Any] = {f"agg_{name}": Sum(name) for name in ADDITIVE_FIELDS}
+    sums["agg_mb_ms_sum"] = Sum(F("billed_ms_sum") * F("memory_mb"))
+    sums.update({f"agg_{name}": Max(name) for name in MAX_FIELDS})
+    return sums
+
+
+def usage_from(aggregates: dict[str, Any]) -> Usage:
+    row = {name.removeprefix("agg_"): value for name, value in aggregates.items()}
+    scalars = {name: row.get(name) or 0 for name in _SCALAR_FIELDS}
+    for name in ("request_usd", "run_usd", "init_usd"):
+        scalars[name] = Decimal(str(scalars[name]))
+    return Usage(
+        **scalars,
+        duration_hist=tuple(row.get(name) or 0 for name in DURATION.columns),
+        init_hist=tuple(row.get(name) or 0 for name in INIT.columns),
+        memory_hist=tuple(row.get(name) or 0 for name in MEMORY.columns),
+    )
+
+
+def usage_merge(items: Iterable[Usage]) -> Usage:
+    merged: dict[str, Any] = {}
+    for item in items:
+        for f in fields(Usage):
+            value = getattr(item, f.name)
+            if f.name not in merged:
+                merged[f.name] = value
+            elif f.name.endswith("_hist"):
+                merged[f.name] = tuple(a + b for a, b in zip(merged[f.name], value, strict=True))
+            elif f.name in MAX_FIELDS:
+                merged[f.name] = max(merged[f.name], value)
+            else:
+                merged[f.name] += value
+    return Usage(**merged)
+
+
+def _grouped(queryset: QuerySet[Rollup], *group_by: str) -> list[dict[str, Any]]:
+    if not group_by:
+        return [queryset.aggregate(**_annotations())]
+    return list(queryset.order_by().values(*group_by).annotate(**_annotations()))
+
+
+def granularity_for(*, start: datetime, end: datetime, now: datetime | None = None) -> str:
+    """Minute up to 6 hours, hour up to 14 days, else day; coarser when the finer rows are past retention."""
+    now = now or timezone.now()
+    span = end - start
+    minute_kept = now - timedelta(days=getattr(settings, "ROLLUP_MINUTE_RETENTION_DAYS", 2))
+    hour_kept = now - timedelta(days=getattr(settings, "ROLLUP_HOUR_RETENTION_DAYS", 90))
+    if span <= MINUTE_RANGE_MAX and start >= minute_kept:
+        return Granularity.MINUTE
+    if span <= HOUR_RANGE_MAX and start >= hour_kept:
+        return Granularity.HOUR
+    return Granularity.DAY
+
+
+def _rollups(granularity: str, start: datetime, end: datetime) -> QuerySet[Rollup]:
+    return Rollup.objects.filter(
+        granularity=granularity, bucket_start__gte=bucket_start(start, granularity), bucket_start__lt=end
+    )
+
+
+@dataclass(frozen=True)
+class Timeseries:
+    granularity: str
+    step: timedelta
+    buckets: list[datetime]
+    points: list[Usage]
+
+    def __len__(self) -> int:
+        return len(self.buckets)
+
+
+def function_timeseries(*, function: Any, start: datetime, end: datetime, granularity: str | None = None) -> Timeseries:
+    """The function's roll-ups per minute, hour or day over [start, end), all versions together, gaps as zero."""
+    granularity = granularity or granularity_for(start=start, end=end)
+    rows = _grouped(_rollups(granularity, start, end).filter(function=function), "bucket_start")
+    by_time = {row["bucket_start"]: usage_from(row) for row in rows}
+    step = STEP[granularity]
+    buckets, moment = [], bucket_start(start, granularity)
+    while moment < end:
+        buckets.append(moment)
+        moment += step
+    return Timeseries(granularity, step, buckets, [by_time.get(moment, Usage()) for moment in buckets])
+
+
+def function_versions(*, function: Any, start: datetime, end: datetime) -> dict[str, Usage]:
+    """Usage per executed version over the range (throttles, which have no version, left out)."""
+    granularity = granularity_for(start=start, end=end)
+    rows = _grouped(_rollups(granularity, start, end).filter(function=function).exclude(version=UNRESOLVED), "version")
+    return dict(sorted(((row["version"], usage_from(row)) for row in rows), key=lambda item: _version_order(item[0])))
+
+
+def _version_order(label: str) -> tuple[int, int]:
+    return (1, int(label)) if label.isdigit() else (0, 0)
+
+
+def function_overview(*, function: Any, start: datetime, end: datetime) -> dict[str, Any]:
+    """Headline figures of a function over [start, end) for the top of its Monitor page."""
+    usage = usage_merge(function_versions(function=function, start=start, end=end).values())
+    throttles = sum(p.throttles for p in function_timeseries(function=function, start=start, end=end).points)
+    percentiles = {f"p{q}_ms": _rounded(usage.duration_p(q)) for q in (50, 90, 99)}
+    compute = usage.run_usd + usage.init_usd
+    return {
+        "invocations": usage.invocations,
+        "errors": usage.errors,
+        "throttles": throttles,
+        "error_rate": round(usage.error_rate, 4),
+        "cold_rate": round(usage.cold_rate, 4),
+        "init_p50_ms": _rounded(usage.init_p(50)),
+        **percentiles,
+        "peak_memory_max_mb": round(usage.peak_memory_mb_max, 1),
+        "cost_usd": usage.total_usd,
+        "cold_start_cost_share": round(float(usage.init_usd / compute), 4) if compute else 0.0,
+    }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def function_memory_profile(*, function: Any, since: datetime) -> dict[int, Usage]:
+    """Usage per configured memory size since a moment (day roll-ups, plus today's hours): for right-sizing."""
+    rows = _grouped(
+        Rollup.objects.filter(
+            function=function, granularity=Granularity.DAY, bucket_start__gte=bucket_start(since, Granularity.DAY)
+        ).exclude(version=UNRESOLVED),
+        "memory_mb",
+    )
+    return {row["memory_mb"]: usage_from(row) for row in rows}
+
+
+def function_summaries(*, owner: AbstractBaseUser, since: datetime) -> dict[int, dict]:
+    """For the function list: per function id, its invocations, error rate, p50 duration (ms), cold-start rate
+    and cost (USD) since a moment, from one aggregate query over the owner's roll-ups."""
+    now = timezone.now()
+    granularity = granularity_for(start=since, end=now, now=now)
+    rows = _grouped(_rollups(granularity, since, now + timedelta(days=1)).filter(owner=owner), "function_id")
+    out: dict[int, dict] = {}
+    for row in rows:
+        if row["function_id"] is None:
+            continue
+        usage = usage_from(row)
+        p50 = usage.duration_p(50)
+        out[row["function_id"]] = {
+            "invocations": usage.invocations,
+            "error_rate": round(usage.error_rate, 4),
+            "p50_ms": None if p50 is None else round(p50, 1),
+            "cold_rate": round(usage.cold_rate, 4),
+            "cost_usd": usage.total_usd,
+        }
+    return out
+
+
+def _ceil(moment: datetime, granularity: str) -> datetime:
+    floor = bucket_start(moment, granularity)
+    return floor if floor == moment else floor + STEP[granularity]
+
+
+def period_segments(*, start: datetime, end: datetime) -> list[tuple[str, datetime, datetime]]:
+    """[start, end) as the fewest whole roll-up buckets: minutes up to the first whole hour, hours up to the first
+    whole day, days, then hours and minutes to the end. Ends are taken to the minute."""
+    start, end = bucket_start(start, Granularity.MINUTE), bucket_start(end, Granularity.MINUTE)
+    first_hour, last_hour = _ceil(start, Granularity.HOUR), bucket_start(end, Granularity.HOUR)
+    first_day, last_day = _ceil(first_hour, Granularity.DAY), bucket_start(end, Granularity.DAY)
+    if first_day <= last_day:
+        segments = [
+            (Granularity.MINUTE, start, first_hour),
+            (Granularity.HOUR, first_hour, first_day),
+            (Granularity.DAY, first_day, last_day),
+            (Granularity.HOUR, last_day, last_hour),
+            (Granularity.MINUTE, last_hour, end),
+        ]
+    elif first_hour <= last_hour:
+        segments = [
+            (Granularity.MINUTE, start, first_hour),
+            (Granularity.HOUR, first_hour, last_hour),
+            (Granularity.MINUTE, last_hour, end),
+        ]
+    else:
+        segments = [(Granularity.MINUTE, start, end)]
+    return [(granularity, low, high) for granularity, low, high in segments if low < high]
+
+
+def usage_by(
+    *, owner: AbstractBaseUser | None, start: datetime, end: datetime, group_by: tuple[str, ...]
+) -> list[tuple[dict[str, Any], Usage]]:
+    """Usage over [start, end) grouped by roll-up fields (e.g. function_name, version, owner__username), summed
+    in one query over day rows for whole days and hour or minute rows at the ragged ends. ``owner=None`` means
+    every owner (staff). Minute rows past their retention leave the ragged ends short."""
+    period = Q(pk__in=[])
+    for granularity, low, high in period_segments(start=start, end=end):
+        period |= Q(granularity=granularity, bucket_start__gte=low, bucket_start__lt=high)
+    rollups = Rollup.objects.filter(period)
+    if owner is not None:
+        rollups = rollups.filter(owner=owner)
+    rows = _grouped(rollups, *group_by)
+    return [({name: row[name] for name in group_by}, usage_from(row)) for row in rows]
+
+
+def owner_totals(*, granularity: str = Granularity.TOTAL) -> list[dict[str, Any]]:
+    """Per function, version and owner: the running totals (for /metrics)."""
+    rows = _grouped(
+        Rollup.objects.filter(granularity=granularity),
+        "function_name",
+        "owner__username",
+        "version",
+    )
+    return [{**row, "usage": usage_from(row)} for row in rows]

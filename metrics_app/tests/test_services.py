@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from functions_app.models import Invocation, InvocationStatus
+from metrics_app.histograms import DURATION, INIT, MEMORY, percentile
+from metrics_app.models import ADDITIVE_FIELDS, Granularity, Rollup
+from metrics_app.services import invocation_throttled, metering_flush, metrics_retention, rollups_rebuild
+from metrics_app.tests.factories import T0, finish
+
+pytestmark = pytest.mark.django_db
+
+
+def counts(row, scale):
+    return [getattr(row, name) for name in scale.columns]
+
+
+def row_of(function, granularity, **filters):
+    return Rollup.objects.get(function=function, granularity=granularity, **filters)
+
+
+def test_a_finished_invocation_adds_to_its_minute_hour_day_and_total(make_function):
+    function = make_function()
+    finish(function, at=T0 + timedelta(seconds=30))
+    finish(function, at=T0 + timedelta(minutes=1, seconds=5), status=InvocationStatus.FAILED)
+    minutes = Rollup.objects.filter(function=function, granularity=Granularity.MINUTE).order_by("bucket_start")
+    assert [(row.bucket_start.minute, row.invocations, row.errors) for row in minutes] == [(0, 1, 0), (1, 1, 1)]
+    for granularity in (Granularity.HOUR, Granularity.DAY, Granularity.TOTAL):
+        row = row_of(function, granularity)
+        assert (row.invocations, row.errors, row.runs, row.version) == (2, 1, 2, "$LATEST")
+        assert row.duration_ms_sum == 200.0 and row.queue_wait_ms_sum == 4.0
+
+
+def test_cold_starts_count_their_init_time_and_cost_split_adds_up_to_the_row_cost(make_function):
+    function = make_function(memory_mb=1024)
+    cold = finish(function, is_cold=True, init_ms=100.0, duration_ms=300.0)
+    warm = finish(function, duration_ms=50.0)
+    row = row_of(function, Granularity.DAY)
+    assert (row.cold_starts, row.init_ms_sum, row.billed_ms_sum) == (1, 100.0, 450)
+    assert sum(counts(row, INIT)) == 1 and sum(counts(row, DURATION)) == 2
+    total = row.request_usd + row.run_usd + row.init_usd
+    assert total.quantize(Decimal("1e-10")) == (cold.cost_usd + warm.cost_usd).quantize(Decimal("1e-10"))
+    # The init part is a quarter of the cold call's compute: 100 ms of its 400 ms.
+    compute = Decimal(1) * Decimal("0.4") * Decimal("0.0000166667")
+    assert row.init_usd.quantize(Decimal("1e-12")) == (compute / 4).quantize(Decimal("1e-12"))
+    assert row.gb_seconds == pytest.approx(0.45)
+
+
+def test_percentiles_merged_from_histograms_are_within_the_bucket_error(make_function):
+    function = make_function()
+    durations = [float(ms) for ms in range(1, 1001)]
+    for ms in durations:
+        finish(function, duration_ms=ms, at=T0 + timedelta(minutes=ms % 7))
+    merged = [0] * DURATION.count
+    for row in Rollup.objects.filter(function=function, granularity=Granularity.MINUTE):
+        merged = [a + b for a, b in zip(merged, counts(row, DURATION), strict=True)]
+    for q, exact in ((50, 500), (90, 900), (99, 990)):
+        assert percentile(DURATION, merged, q) == pytest.approx(exact, rel=2 * DURATION.relative_error)
+    assert merged == counts(row_of(function, Granularity.DAY), DURATION)
+
+
+def test_peak_memory_is_kept_as_a_maximum_and_a_histogram(make_function):
+    function = make_function()
+    for peak in (30.0, 90.0, 60.0):
+        finish(function, peak_memory_mb=peak)
+    row = row_of(function, Granularity.TOTAL)
+    assert row.peak_memory_mb_max == 90.0 and row.duration_ms_max == 100.0
+    assert sum(counts(row, MEMORY)) == 3
+
+
+def test_an_expired_event_counts_as_an_error_without_cost(make_function):
+    function = make_function()
+    finish(function, status=InvocationStatus.EXPIRED, duration_ms=None, queue_wait_ms=None, peak_memory_mb=None)
+    row = row_of(function, Granularity.DAY)
+    assert (row.invocations, row.errors, row.runs, row.billed_ms_sum) == (1, 1, 0, 0)
+    assert row.request_usd + row.run_usd + row.init_usd == 0
+
+
+def test_versions_and_memory_sizes_are_kept_apart(make_function):
+    function = make_function()
+    finish(function)
+    finish(function, executed_version="1")
+    finish(function, executed_version="1", memory_mb=512)
+    keys = set(
+        Rollup.objects.filter(function=function, granularity=Granularity.DAY).values_list("version", "memory_mb")
+    )
+    assert keys == {("$LATEST", 128), ("1", 128), ("1", 512)}
+
+
+def test_throttles_are_counted_under_the_unresolved_version(make_function):
+    function = make_function()
+    invocation_throttled(function=function, reason="ReservedFunctionConcurrentInvocationLimitExceeded")
+    metering_flush()
+    invocation_throttled(function=function, reason="ConcurrentInvocationLimitExceeded")
+    metering_flush()
+    row = row_of(function, Granularity.TOTAL)
+    assert (row.version, row.throttles, row.invocations) == ("-", 2, 0)
+
+
+def test_rebuilding_from_raw_rows_reproduces_the_live_roll_ups_and_keeps_throttles(make_function):
+    function = make_function()
+    for minute in range(5):
+        finish(function, at=T0 + timedelta(minutes=minute), is_cold=minute == 0, init_ms=80.0 * (minute == 0))
+        finish(function, at=T0 + timedelta(minutes=minute, seconds=9), status=InvocationStatus.TIMED_OUT)
+    invocation_throttled(function=function, reason="x")
+    metering_flush()
+    fields = ["granularity", "bucket_start", "version", *ADDITIVE_FIELDS]
+    live = sorted(map(repr, Rollup.objects.filter(function=function).exclude(version="-").values_list(*fields)))
+    report = rollups_rebuild(function_ids=[function.pk], start=T0, end=T0)
+    rebuilt = sorted(map(repr, Rollup.objects.filter(function=function).exclude(version="-").values_list(*fields)))
+    assert report["invocations_read"] == 10
+    assert _without_money(rebuilt) == _without_money(live)
+    assert row_of(function, Granularity.TOTAL, version="$LATEST").invocations == 10
+    assert row_of(function, Granularity.TOTAL, version="-").throttles == 1
+    assert row_of(function, Granularity.DAY, version="-").throttles == 1
+    cost = row_of(function, Granularity.DAY, version="$LATEST")
+    assert float(cost.request_usd + cost.run_usd + cost.init_usd) == pytest.approx(
+        float(sum(i.cost_usd for i in Invocation.objects.filter(function=function))), rel=1e-5
+    )
+
+
+def _without_money(rows):
+    return [row.split("Decimal")[0] for row in rows]
+
+
+def test_rebuilding_rows_that_were_never_metered_fills_the_totals(make_function):
+    function = make_function()
+    for _ in range(3):
+        finish(function, metered=False)
+    rollups_rebuild()
+    assert row_of(function, Granularity.TOTAL).invocations == 3
+    assert row_of(function, Granularity.MINUTE).invocations == 3
+
+
+def test_retention_deletes_old_minute_rows_and_raw_rows_but_keeps_totals(make_function, settings):
+    settings.INVOCATION_RETENTION_DAYS = 30
+    function = make_function()
+    finish(function, at=T0 - timedelta(days=40))
+    finish(function, at=T0)
+    deleted = metrics_retention(now=T0 + timedelta(minutes=1))
+    assert deleted["invocations"] == 1 and deleted["minute"] == 1 and deleted["hour"] == 0
+    assert Invocation.objects.count() == 1
+    assert row_of(function, Granularity.TOTAL).invocations == 2
+
+
+def test_a_deleted_function_keeps_its_cost_history_by_name(make_function):
+    function = make_function()
+    finish(function)
+    function.delete()
+    row = Rollup.objects.get(granularity=Granularity.TOTAL)
+    assert (row.function_id, row.function_name, row.invocations) == (None, "hello", 1)
+
+
+def test_a_rebuild_writes_no_minute_rows_that_retention_would_delete_at_once(make_function):
+    function = make_function()
+    finish(function, at=T0 - timedelta(days=10), metered=False)
+    finish(function, at=T0, metered=False)
+    rollups_rebuild()
+    minutes = Rollup.objects.filter(function=function, granularity=Granularity.MINUTE)
+    assert [row.bucket_start for row in minutes] == [T0]
+    assert Rollup.objects.filter(function=function, granularity=Granularity.HOUR).count() == 2
+    assert row_of(function, Granularity.TOTAL).invocations == 2
+
+
+def test_a_retried_attempt_adds_its_cost_but_not_an_invocation(make_function):
+    from metrics_app.services import invocation_attempt_failed
+
+    function = make_function()
+    first = finish(function, status=InvocationStatus.QUEUED, metered=False, finished_at=None)
+    invocation_attempt_failed(invocation=first)
+    metering_flush()
+    row = Rollup.objects.get(function=function, granularity=Granularity.TOTAL)
+    assert (row.invocations, row.runs, row.billed_ms_sum) == (0, 1, 100) and row.run_usd > 0
