@@ -15,22 +15,13 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(BASE_DIR))
-VAR_DIR = Path(tempfile.mkdtemp(prefix="ephemera-bench-"))
-os.environ["EPHEMERA_VAR_DIR"] = str(VAR_DIR)
-if not os.environ.get("BENCH_USE_ENV"):
-    for name in ("DATABASE_URL", "REDIS_URL"):
-        os.environ.pop(name, None)
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.django_env import BASE_DIR, django_setup_in_temp_var_dir
 
-import django  # noqa: E402
-
-django.setup()
+VAR_DIR = django_setup_in_temp_var_dir()
 
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402

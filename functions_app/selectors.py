@@ -3,14 +3,19 @@ indistinguishable from a missing one (404), in lists and lookups alike."""
 
 from __future__ import annotations
 
+import io
 import random
+import zipfile
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db.models import Q, QuerySet
 
-from console.exceptions import ResourceNotFound
+from console.exceptions import ResourceNotFound, ServiceError
+from functions_app.code import handler_module_candidates, zip_read_member
+from functions_app.code_storage import code_store
 from functions_app.models import LATEST, Alias, DeadLetter, Function, Invocation, TestEvent, Version
 
 
@@ -68,6 +73,29 @@ test_event_get.__test__ = False  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
+class FunctionCode:
+    """The handler module of `$LATEST` as editable text (None when it is not UTF-8 text) and the package's files."""
+
+    module: str
+    source: str | None
+    files: list[str]
+
+
+def function_code_get(*, function: Function) -> FunctionCode:
+    zip_bytes = code_store().get(function.code.sha256)
+    with zipfile.ZipFile(io.BytesIO(zip_bytes)) as archive:
+        files = sorted(archive.namelist())
+    candidates = handler_module_candidates(function.handler)
+    module = next((name for name in candidates if name in files), "")
+    if not module:
+        return FunctionCode(candidates[0], None, files)
+    try:
+        return FunctionCode(module, zip_read_member(zip_bytes, module).decode("utf-8"), files)
+    except (ServiceError, UnicodeDecodeError):
+        return FunctionCode(module, None, files)
+
+
+@dataclass(frozen=True)
 class ResolvedTarget:
     """What an invocation runs: `$LATEST` (version None) or a published version, and how it was named."""
 
@@ -96,7 +124,13 @@ def qualifier_resolve(
 
 
 def invocation_list(
-    *, owner: AbstractBaseUser, function_name: str = "", status: str = "", is_cold: bool | None = None
+    *,
+    owner: AbstractBaseUser,
+    function_name: str = "",
+    status: str = "",
+    is_cold: bool | None = None,
+    executed_version: str = "",
+    since: datetime | None = None,
 ) -> QuerySet[Invocation]:
     invocations = Invocation.objects.filter(owner=owner).select_related("function")
     if function_name:
@@ -105,6 +139,10 @@ def invocation_list(
         invocations = invocations.filter(status=status)
     if is_cold is not None:
         invocations = invocations.filter(is_cold=is_cold)
+    if executed_version:
+        invocations = invocations.filter(executed_version=executed_version)
+    if since is not None:
+        invocations = invocations.filter(queued_at__gte=since)
     return invocations
 
 

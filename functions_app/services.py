@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import re
 import uuid
+import zipfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,6 +209,19 @@ def _artifact_check_handler(artifact: CodeArtifact, handler: str) -> None:
     code_pkg.syntax_check(code_pkg.zip_read_member(zip_bytes, module_path), module_path)
 
 
+def code_with_module_replaced(*, function: Function, module: str, source: str) -> CodeUpload:
+    """`$LATEST`'s package with one module's text replaced and every other file kept byte for byte (the
+    console's editor saves this way)."""
+    current = code_store().get(function.code.sha256)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(current)) as package, zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in package.infolist():
+            if info.filename != module:
+                out.writestr(info, package.read(info))
+        out.writestr(module, source)
+    return CodeUpload(zip_bytes=buffer.getvalue())
+
+
 # ---- functions ----------------------------------------------------------------------------------------------
 
 
@@ -260,6 +275,15 @@ def function_update_configuration(
     function.revision_id = uuid.uuid4()
     function.save()
     return function
+
+
+def environment_edited(*, function: Function, remove: list[str], changes: dict[str, str]) -> dict[str, str] | None:
+    """The variables after removing and setting some, or None for "unchanged": values are write-only in the
+    console, so a page can add, replace or remove a variable but never sees the others' values."""
+    if not remove and not changes:
+        return None
+    current = env_decrypt(function.environment_ciphertext)
+    return {name: value for name, value in current.items() if name not in remove} | changes
 
 
 def function_update_code(*, function: Function, code: CodeUpload, revision_id: str | None = None) -> Function:

@@ -3,9 +3,7 @@ REST API uses) and render; a ``ServiceError`` lands next to the form field it na
 
 from __future__ import annotations
 
-import io
 import json
-import zipfile
 from collections.abc import Callable
 from datetime import timedelta
 from functools import wraps
@@ -23,8 +21,7 @@ from django.views.decorators.http import require_POST
 
 from console.exceptions import ResourceNotFound, ServiceError
 from functions_app import forms, selectors, services
-from functions_app.code import handler_module_candidates, zip_read_member
-from functions_app.code_storage import code_store
+from functions_app.code import handler_module_candidates
 from functions_app.invocations import (
     dead_letter_delete,
     dead_letter_replay,
@@ -33,7 +30,6 @@ from functions_app.invocations import (
     sync_wait_budget,
 )
 from functions_app.models import LATEST, DeadLetter, Function, Invocation, InvocationStatus, InvocationType
-from functions_app.secrets import env_decrypt
 from metrics_app.charts import monitor_figures, rightsizing_figure
 from metrics_app.rightsizing import function_rightsizing
 from metrics_app.selectors import function_summaries
@@ -147,14 +143,15 @@ def _code_upload(form: forms.FunctionCreateForm | forms.CodeForm, handler: str) 
 @console_page
 def function_code(request: HttpRequest, name: str) -> HttpResponse:
     function = selectors.function_get(owner=request.user, name=name)
-    module, source, members = _handler_source(function)
+    code = selectors.function_code_get(function=function)
+    module, source, members = code.module, code.source, code.files
     form = forms.CodeForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
         updated = _attempt(
             form,
             lambda: services.function_update_code(
                 function=function,
-                code=_code_replacing(function, module, form),
+                code=_code_from(function, module, form),
                 revision_id=form.cleaned_data["revision_id"] or None,
             ),
             fallback="source",
@@ -167,36 +164,12 @@ def function_code(request: HttpRequest, name: str) -> HttpResponse:
     return _tab(request, function, "code", context)
 
 
-def _handler_source(function: Function) -> tuple[str, str | None, list[str]]:
-    """The handler module's path and text (None when it is not editable text), and the package's file names.
-
-    A private helper that belongs in selectors (``function_code_get``)."""
-    zip_bytes = code_store().get(function.code.sha256)
-    with zipfile.ZipFile(io.BytesIO(zip_bytes)) as archive:
-        members = sorted(archive.namelist())
-    module = next((name for name in handler_module_candidates(function.handler) if name in members), "")
-    if not module:
-        return handler_module_candidates(function.handler)[0], None, members
-    try:
-        return module, zip_read_member(zip_bytes, module).decode("utf-8"), members
-    except (ServiceError, UnicodeDecodeError):
-        return module, None, members
-
-
-def _code_replacing(function: Function, module: str, form: forms.CodeForm) -> services.CodeUpload:
-    """An uploaded zip as it is, or the current package with the handler module's text replaced (the other
-    files kept byte for byte). A private helper that belongs in services next to CodeUpload."""
+def _code_from(function: Function, module: str, form: forms.CodeForm) -> services.CodeUpload:
+    """An uploaded zip as it is, else the current package with the edited handler module."""
     uploaded = form.code_bytes()
     if uploaded is not None:
         return services.CodeUpload(zip_bytes=uploaded)
-    current = code_store().get(function.code.sha256)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(current)) as source, zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as out:
-        for info in source.infolist():
-            if info.filename != module:
-                out.writestr(info, source.read(info))
-        out.writestr(module, form.cleaned_data["source"])
-    return services.CodeUpload(zip_bytes=buffer.getvalue())
+    return services.code_with_module_replaced(function=function, module=module, source=form.cleaned_data["source"])
 
 
 # ---- Test tab ---------------------------------------------------------------------------------------------------
@@ -441,22 +414,16 @@ def _with_colours(invocations: list[Invocation]) -> list[Invocation]:
 
 
 def _invocations_filtered(function: Function, form: forms.InvocationFilterForm, owner: Any) -> QuerySet[Invocation]:
-    """The API's selector plus the version and time filters it lacks (a helper to move into
-    ``selectors.invocation_list`` as ``executed_version=`` and ``since=``)."""
     data = form.cleaned_data if form.is_valid() else {}
-    invocations = selectors.invocation_list(
+    since = timezone.now() - timedelta(hours=forms.TIME_RANGES[data["since"]]) if data.get("since") else None
+    return selectors.invocation_list(
         owner=owner,
         function_name=function.name,
         status=data.get("status", ""),
         is_cold=form.is_cold() if data else None,
+        executed_version=data.get("version", ""),
+        since=since,
     )
-    if data.get("version"):
-        invocations = invocations.filter(executed_version=data["version"])
-    if data.get("since"):
-        invocations = invocations.filter(
-            queued_at__gte=timezone.now() - timedelta(hours=forms.TIME_RANGES[data["since"]])
-        )
-    return invocations
 
 
 @console_page
@@ -526,22 +493,15 @@ def function_configuration(request: HttpRequest, name: str) -> HttpResponse:
             lambda: services.function_update_configuration(
                 function=function,
                 revision_id=data["revision_id"] or None,
-                environment=_environment_merged(function, data["env_remove"], data["environment"]),
+                environment=services.environment_edited(
+                    function=function, remove=data["env_remove"], changes=data["environment"]
+                ),
                 **form.config(),
             ),
         )
         if updated is not _FAILED:
             return redirect(f"{reverse('function_configuration', args=[function.name])}?saved=1")
     return _tab(request, function, "configuration", {"form": form, "saved": "saved" in request.GET})
-
-
-def _environment_merged(function: Function, remove: list[str], changes: dict[str, str]) -> dict[str, str] | None:
-    """The variables after removing and setting some, or None for "unchanged". Values are write-only in the
-    console, so a page can only add, replace or remove them; a helper that belongs in services."""
-    if not remove and not changes:
-        return None
-    current = env_decrypt(function.environment_ciphertext)
-    return {name: value for name, value in current.items() if name not in remove} | changes
 
 
 @console_page
