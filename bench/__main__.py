@@ -44,7 +44,7 @@ def summary_rows(results: dict[str, dict]) -> list[str]:
         f"| P4 | completions/s by executor processes: {flow['P4_completions_per_s_by_executor_processes']} | "
         f"1 process | 2 vs 1: {flow['P4_ratio_2_vs_1']}x, 8 vs 2: {flow['P4_ratio_8_vs_2']}x | >= 1.6x; no collapse |",
         f"| P5 | idle warm environment: {cold['P5']} | | | <= 20 MB PSS |",
-        f"| P6 | Monitor page with {page['rows']:,} invocation rows, worst p50 over 1h/24h/7d/30d: "
+        f"| P6 | Monitor page (1h/24h/7d/30d) and report page with {page['rows']:,} invocation rows, worst p50: "
         f"{page['worst_p50_ms']} ms | one hourly GROUP BY over the raw rows: "
         f"{page['baseline_raw_scan_30d_hourly_aggregate_ms']['p50']} ms | {page['ratio_worst_p50_to_raw_scan_p50']}x | "
         "< 500 ms |",

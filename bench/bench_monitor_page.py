@@ -215,17 +215,23 @@ def main() -> None:
         ),
         args.runs,
     )
+    report_pages = {}
+    for group_by in ("function", "version"):
+        url = f"/reports/?month={now:%Y-%m}&group_by={group_by}"
+        page_status[f"report-{group_by}"] = client.get(url).status_code
+        report_pages[group_by] = timed(lambda url=url: client.get(url), args.runs)
     baseline = timed(lambda: raw_scan(function, now - timedelta(days=30)), 1)
-    worst_page = max((v["p50"] for v in (page or figures).values()), default=0.0)
+    worst_page = max((v["p50"] for v in [*(page or figures).values(), *report_pages.values()]), default=0.0)
     result = {
         "P6_monitor_page_ms": page,
         "monitor_page_status": page_status,
         "monitor_figures_json_ms": figures,
         "usage_report_json_ms": report,
+        "P6_report_page_ms": report_pages,
         "baseline_raw_scan_30d_hourly_aggregate_ms": baseline,
         "worst_p50_ms": worst_page,
         "ratio_worst_p50_to_raw_scan_p50": round(worst_page / baseline["p50"], 4) if baseline["p50"] else None,
-        "goal": f"worst_p50_ms < {GOAL_MS}",
+        "goal": f"worst_p50_ms (Monitor page over 1h/24h/7d/30d and the report page) < {GOAL_MS}",
         "goal_met": worst_page < GOAL_MS,
         "rows": args.rows,
         "rollup_rows": Rollup.objects.count(),

@@ -207,8 +207,6 @@ THROTTLE_RETRY_S = env_float("THROTTLE_RETRY_S", 1.0)
 # Lambda's default account concurrency; per owner here. Reserved concurrency per function is set on it.
 ACCOUNT_CONCURRENCY_LIMIT = env_int("ACCOUNT_CONCURRENCY_LIMIT", 1000)
 IDEMPOTENCY_TTL_S = env_int("IDEMPOTENCY_TTL_S", 24 * 3600)
-# Count terminal writes per invocation in Redis, for the chaos soak's history checker (off in production).
-RECORD_HISTORY = env_bool("RECORD_HISTORY", False)
 # Sweeps expire rather than pile up in the queue while no worker is there to run them.
 CELERY_BEAT_SCHEDULE["sweep-invocations"] = {
     "task": "ephemera.invocations_sweep",

@@ -24,7 +24,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from console.exceptions import RequestTooLarge, ResourceConflict, ServiceError, TooManyRequests
@@ -62,9 +62,6 @@ REPLY_TTL_S = 120
 INIT_GRACE_S = 10  # Lambda's init phase limit
 SWEEP_BATCH = 500
 WORKER_LOST = "Platform.WorkerLost"
-# With RECORD_HISTORY on (the chaos soak), every terminal write is counted per id, so a checker can prove from
-# the server's own history that no invocation got two visible results.
-TERMINAL_WRITES_KEY = "ephemera:history:terminal_writes"
 # Deliveries the claim turned away (duplicates, late redeliveries): a counter for operators and tests.
 SKIPPED_DELIVERIES_KEY = "ephemera:stats:skipped_deliveries"
 DRY_RUN = "DryRun"
@@ -512,53 +509,69 @@ def invocation_complete(*, invocation: Invocation, result: InvokeResult) -> bool
         "cpu_ms": result.cpu_ms,
         "environment_id": result.environment_id,
         "cost_usd": cost.total_usd,
+        "cost_request_usd": cost.request_usd,
+        "cost_run_usd": cost.run_usd,
+        "cost_init_usd": cost.init_usd,
         "lease_until": None,
     }
-    backoff = settings.RETRY_BACKOFF_S * 2 ** (invocation.attempt - 1)
-    if retry:
+    fenced = {"pk": invocation.pk, "status": InvocationStatus.RUNNING, "attempt": invocation.attempt}
+    if not retry:
+        fields.update(status=_STATUS_BY_RESULT.get(result.status, InvocationStatus.FAILED), finished_at=now)
+        written = _terminal_write(invocation, fenced, fields, DeadLetterCondition.RETRIES_EXHAUSTED)
+    else:
         # Published now with a countdown; should that message be lost, the sweeper publishes it once stale.
+        backoff = settings.RETRY_BACKOFF_S * 2 ** (invocation.attempt - 1)
         retry_at = now + timedelta(seconds=backoff)
         fields.update(status=InvocationStatus.QUEUED, available_at=retry_at, published_at=retry_at)
-    else:
-        fields.update(status=_STATUS_BY_RESULT.get(result.status, InvocationStatus.FAILED), finished_at=now)
-    written = Invocation.objects.filter(
-        pk=invocation.pk, status=InvocationStatus.RUNNING, attempt=invocation.attempt
-    ).update(**fields)
+        written = bool(Invocation.objects.filter(**fenced).update(**fields))
+        if written:
+            for name, value in fields.items():
+                setattr(invocation, name, value)
+            _release(invocation)
+            invocation_attempt_failed(invocation=invocation)  # Lambda bills every attempt, not only the last
+            invocation_publish(invocation_id=str(invocation.id), countdown=backoff)
     if not written:
         logger.warning(
             "Invocation %s attempt %s lost its lease; its result is discarded", invocation.pk, invocation.attempt
         )
-        return False
-    for name, value in fields.items():
-        setattr(invocation, name, value)
+    return written
+
+
+def _release(invocation: Invocation) -> None:
     concurrency.slot_release(
         function_id=invocation.function_id, owner_id=invocation.owner_id, member=str(invocation.id)
     )
-    if retry:
-        invocation_attempt_failed(invocation=invocation)  # Lambda bills every attempt, not only the last
-        invocation_publish(invocation_id=str(invocation.id), countdown=backoff)
-    else:
-        _finished(invocation, DeadLetterCondition.RETRIES_EXHAUSTED)
-    return True
 
 
-def _finished(invocation: Invocation, failure_condition: str) -> None:
-    """After a terminal write: answer the sync caller (before metering: it is waiting), or route the async
-    event to its destination."""
-    if settings.RECORD_HISTORY:
-        redis_client().hincrby(TERMINAL_WRITES_KEY, str(invocation.id), 1)
+def _terminal_write(
+    invocation: Invocation, fenced: dict[str, Any], fields: dict[str, Any], failure_condition: str
+) -> bool:
+    """Make the invocation terminal, if ``fenced`` still matches, together with its destination in one
+    transaction: a worker dying in between can leave neither a result without its dead letter nor the reverse.
+    ``terminal_writes`` counts these writes so that the chaos checker can prove there was exactly one.
+
+    Then, after the commit: free the concurrency slot, answer a sync caller, and queue the metering (a crash
+    between the commit and these loses at most one roll-up contribution, which rollups_rebuild repairs).
+    """
+    with transaction.atomic():
+        written = Invocation.objects.filter(**fenced).update(**fields, terminal_writes=F("terminal_writes") + 1)
+        if not written:
+            return False
+        for name, value in fields.items():
+            setattr(invocation, name, value)
+        if invocation.invocation_type == InvocationType.ASYNC:
+            succeeded = invocation.status == InvocationStatus.SUCCEEDED
+            function = invocation.function
+            destination_deliver(
+                invocation=invocation,
+                destination=function.on_success_destination if succeeded else function.on_failure_destination,
+                condition="Success" if succeeded else failure_condition,
+            )
+    _release(invocation)
     if invocation.invocation_type == InvocationType.SYNC:
         invocation_reply(invocation=invocation)
-        invocation_finished(invocation=invocation)
-        return
-    destination = (
-        invocation.function.on_success_destination
-        if invocation.status == InvocationStatus.SUCCEEDED
-        else invocation.function.on_failure_destination
-    )
-    condition = "Success" if invocation.status == InvocationStatus.SUCCEEDED else failure_condition
-    destination_deliver(invocation=invocation, destination=destination, condition=condition)
     invocation_finished(invocation=invocation)
+    return True
 
 
 def invocation_reply(*, invocation: Invocation) -> None:
@@ -654,48 +667,28 @@ def dead_letter_delete(*, dead_letter: DeadLetter) -> None:
 
 def invocation_expire(*, invocation: Invocation) -> bool:
     """An async event past its maximum age: EXPIRED without running, then to its failure destination."""
-    now = timezone.now()
-    expired = Invocation.objects.filter(pk=invocation.pk, status=InvocationStatus.QUEUED).update(
-        status=InvocationStatus.EXPIRED, finished_at=now, error_type="EventAgeExceeded", lease_until=None
-    )
-    if expired:
-        invocation.status, invocation.finished_at, invocation.error_type = (
-            InvocationStatus.EXPIRED,
-            now,
-            "EventAgeExceeded",
-        )
-        if settings.RECORD_HISTORY:
-            redis_client().hincrby(TERMINAL_WRITES_KEY, str(invocation.id), 1)
-        invocation_finished(invocation=invocation)
-        destination_deliver(
-            invocation=invocation,
-            destination=invocation.function.on_failure_destination,
-            condition=DeadLetterCondition.EVENT_AGE_EXCEEDED,
-        )
-    return bool(expired)
+    fields = {
+        "status": InvocationStatus.EXPIRED,
+        "finished_at": timezone.now(),
+        "error_type": "EventAgeExceeded",
+        "lease_until": None,
+    }
+    fenced = {"pk": invocation.pk, "status": InvocationStatus.QUEUED}
+    return _terminal_write(invocation, fenced, fields, DeadLetterCondition.EVENT_AGE_EXCEEDED)
 
 
 def _finish_worker_lost(invocation: Invocation) -> bool:
-    now = timezone.now()
-    body = json.dumps(
-        {"errorType": WORKER_LOST, "errorMessage": "The worker running this invocation was lost.", "stackTrace": []}
-    )
-    written = Invocation.objects.filter(pk=invocation.pk, status=invocation.status, attempt=invocation.attempt).update(
-        status=InvocationStatus.FAILED,
-        finished_at=now,
-        error_type=WORKER_LOST,
-        result=body,
-        function_error=True,
-        lease_until=None,
-    )
-    if written:
-        invocation.status, invocation.finished_at, invocation.error_type = InvocationStatus.FAILED, now, WORKER_LOST
-        invocation.result, invocation.function_error = body, True
-        concurrency.slot_release(
-            function_id=invocation.function_id, owner_id=invocation.owner_id, member=str(invocation.id)
-        )
-        _finished(invocation, DeadLetterCondition.RETRIES_EXHAUSTED)
-    return bool(written)
+    body = {"errorType": WORKER_LOST, "errorMessage": "The worker running this invocation was lost.", "stackTrace": []}
+    fields = {
+        "status": InvocationStatus.FAILED,
+        "finished_at": timezone.now(),
+        "error_type": WORKER_LOST,
+        "result": json.dumps(body),
+        "function_error": True,
+        "lease_until": None,
+    }
+    fenced = {"pk": invocation.pk, "status": invocation.status, "attempt": invocation.attempt}
+    return _terminal_write(invocation, fenced, fields, DeadLetterCondition.RETRIES_EXHAUSTED)
 
 
 def _reclaim(invocation: Invocation, now: datetime) -> str:

@@ -189,6 +189,9 @@ class InvocationOutputSerializer(serializers.Serializer):
     peak_memory_mb = serializers.FloatField(allow_null=True)
     cpu_ms = serializers.FloatField(allow_null=True)
     cost_usd = serializers.DecimalField(max_digits=20, decimal_places=12, allow_null=True)
+    cost_request_usd = serializers.DecimalField(max_digits=20, decimal_places=12, allow_null=True)
+    cost_run_usd = serializers.DecimalField(max_digits=20, decimal_places=12, allow_null=True)
+    cost_init_usd = serializers.DecimalField(max_digits=20, decimal_places=12, allow_null=True)
     worker_host = serializers.CharField()
     environment_id = serializers.CharField()
 

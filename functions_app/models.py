@@ -220,6 +220,8 @@ class Invocation(models.Model):
     log = models.TextField(blank=True)
 
     attempt = models.PositiveIntegerField(default=0)
+    # Incremented by the (fenced) write that makes the row terminal: exactly 1 for every finished invocation.
+    terminal_writes = models.PositiveSmallIntegerField(default=0)
     # Sync calls get one attempt (no platform retries); async get 1 + the function's maximum retry attempts.
     max_attempts = models.PositiveSmallIntegerField(default=1)
     # Not before this time (retry backoff, throttled async events); the sweeper publishes what is due.
@@ -245,6 +247,10 @@ class Invocation(models.Model):
     peak_memory_mb = models.FloatField(null=True, blank=True)
     cpu_ms = models.FloatField(null=True, blank=True)
     cost_usd = models.DecimalField(max_digits=20, decimal_places=12, null=True, blank=True)
+    # The same cost in Lambda's parts: the request charge, the run's compute, and the cold start's (init) compute.
+    cost_request_usd = models.DecimalField(max_digits=20, decimal_places=12, null=True, blank=True)
+    cost_run_usd = models.DecimalField(max_digits=20, decimal_places=12, null=True, blank=True)
+    cost_init_usd = models.DecimalField(max_digits=20, decimal_places=12, null=True, blank=True)
 
     class Meta:
         ordering = ["-queued_at"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from decimal import Decimal
 
 import pytest
 
@@ -64,6 +65,9 @@ def test_the_first_call_is_cold_and_the_second_warm_in_the_same_environment(api,
     assert cold.environment_id == warm.environment_id
     assert warm.status == "succeeded" and warm.attempt == 1 and warm.worker_host
     assert warm.billed_ms >= 1 and warm.cost_usd > 0 and warm.queue_wait_ms >= 0 and warm.duration_ms > 0
+    assert cold.cost_init_usd > 0 and warm.cost_init_usd == 0
+    parts = cold.cost_request_usd + cold.cost_run_usd + cold.cost_init_usd
+    assert abs(parts - cold.cost_usd) <= Decimal("3e-12")  # each part is rounded to 12 places
 
 
 def test_a_new_version_or_another_function_never_shares_an_environment(api, worker):
