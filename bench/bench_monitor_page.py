@@ -83,6 +83,7 @@ def seed(rows: int, now: datetime) -> tuple:
         "peak_memory_mb",
         "cpu_ms",
         "cost_usd",
+        "terminal_writes",
     ]
     # Identifiers from the model and our own column list, never from input.
     sql = f"INSERT INTO {Invocation._meta.db_table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608
@@ -137,6 +138,7 @@ def seed(rows: int, now: datetime) -> tuple:
                     rng.gauss(60, 8),
                     duration * 0.4,
                     str(round(0.0000002 + 0.5 * billed / 1000 * 0.0000166667, 12)),
+                    1,
                 )
             )
         with transaction.atomic():
