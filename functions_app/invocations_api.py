@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -202,6 +203,19 @@ class InvocationDetailSerializer(InvocationOutputSerializer):
     log = serializers.CharField()
 
 
+def _choice_param(params: Any, name: str, choices: list[str]) -> str:
+    """A filter that must be one of ``choices`` (empty means no filter)."""
+    value = params.get(name, "")
+    if value and value not in choices:
+        raise ServiceError(f"Unknown {name} {value!r}.", details={name: choices})
+    return value
+
+
+def _bool_param(params: Any, name: str) -> bool | None:
+    """``true`` / ``false`` filters; anything else means no filter."""
+    return {"true": True, "false": False}.get(params.get(name, "").lower())
+
+
 class InvocationListApi(APIView):
     @extend_schema(
         operation_id="invocations_list",
@@ -214,12 +228,11 @@ class InvocationListApi(APIView):
     )
     def get(self, request: Request) -> Response:
         params = request.query_params
-        status = params.get("status", "")
-        if status and status not in InvocationStatus.values:
-            raise ServiceError(f"Unknown status {status!r}.", details={"status": InvocationStatus.values})
-        cold = {"true": True, "false": False}.get(params.get("cold", "").lower())
         invocations = selectors.invocation_list(
-            owner=request.user, function_name=params.get("function", ""), status=status, is_cold=cold
+            owner=request.user,
+            function_name=params.get("function", ""),
+            status=_choice_param(params, "status", InvocationStatus.values),
+            is_cold=_bool_param(params, "cold"),
         )
         return paginated(request, self, invocations, InvocationOutputSerializer)
 
@@ -256,12 +269,11 @@ class DeadLetterListApi(APIView):
     )
     def get(self, request: Request) -> Response:
         params = request.query_params
-        condition = params.get("condition", "")
-        if condition and condition not in DeadLetterCondition.values:
-            raise ServiceError(f"Unknown condition {condition!r}.", details={"condition": DeadLetterCondition.values})
-        replayed = {"true": True, "false": False}.get(params.get("replayed", "").lower())
         letters = selectors.dead_letter_list(
-            owner=request.user, function_name=params.get("function", ""), condition=condition, replayed=replayed
+            owner=request.user,
+            function_name=params.get("function", ""),
+            condition=_choice_param(params, "condition", DeadLetterCondition.values),
+            replayed=_bool_param(params, "replayed"),
         )
         return paginated(request, self, letters, DeadLetterOutputSerializer)
 

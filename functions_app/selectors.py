@@ -4,6 +4,7 @@ indistinguishable from a missing one (404), in lists and lookups alike."""
 from __future__ import annotations
 
 import io
+import json
 import random
 import zipfile
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import Q, QuerySet
 
 from console.exceptions import ResourceNotFound, ServiceError
+from console.redis import redis_client
 from functions_app.code import handler_module_candidates, zip_read_member
 from functions_app.code_storage import code_store
 from functions_app.models import LATEST, Alias, DeadLetter, Function, Invocation, TestEvent, Version
@@ -155,10 +157,6 @@ def invocation_get(*, owner: AbstractBaseUser, invocation_id: str) -> Invocation
 
 def executor_hosts() -> list[dict]:
     """The live executor hosts as their heartbeats describe them (sandbox tier, warm environments)."""
-    import json
-
-    from console.redis import redis_client
-
     client = redis_client()
     keys = sorted(client.scan_iter(match="ephemera:hosts:*", count=100))
     return [json.loads(raw) for raw in client.mget(keys) if raw] if keys else []

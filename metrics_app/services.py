@@ -117,7 +117,9 @@ def _contribution(invocation: Any) -> tuple[dict[str, Any], dict[str, float]]:
         return adds, maxes
     init_ms = float(invocation.init_ms or 0.0) if invocation.is_cold else 0.0
     duration = float(invocation.duration_ms)
-    cost = invocation_meter(memory_mb=invocation.memory_mb, init_ms=init_ms, duration_ms=duration)
+    cost = _stored_cost(invocation) or invocation_meter(
+        memory_mb=invocation.memory_mb, init_ms=init_ms, duration_ms=duration
+    )
     adds.update(
         runs=1,
         duration_ms_sum=duration,
@@ -136,6 +138,14 @@ def _contribution(invocation: Any) -> tuple[dict[str, Any], dict[str, float]]:
         adds[MEMORY.column(float(invocation.peak_memory_mb))] = 1
         maxes["peak_memory_mb_max"] = float(invocation.peak_memory_mb)
     return adds, maxes
+
+
+def _stored_cost(invocation: Any) -> InvocationCost | None:
+    """The cost the completion already computed and wrote on the row, so metering does not price it again."""
+    parts = (invocation.cost_request_usd, invocation.cost_run_usd, invocation.cost_init_usd)
+    if invocation.billed_ms is None or any(part is None for part in parts):
+        return None
+    return InvocationCost(invocation.billed_ms, *parts)
 
 
 def _add_everywhere(
