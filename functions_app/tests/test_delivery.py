@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from django.conf import settings
 
 from console.redis import redis_client
 from functions_app import concurrency, invocations
@@ -279,7 +280,9 @@ def test_a_sandbox_killed_mid_run_is_a_clean_error_and_the_worker_stays_healthy(
     time.sleep(0.5)
     import psutil
 
-    sandboxes = [p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == 65534]
+    sandboxes = [
+        p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == settings.SANDBOX_UID
+    ]
     assert sandboxes, "no sandbox process found"
     for process in sandboxes:
         process.kill()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -29,7 +30,8 @@ from functions_app.runtime import (
     sandbox_doctor,
 )
 
-SANDBOX_UID = 61234  # unused on the host, so every process with it is ours
+# This run's own uid (console/pytest_env.py): every process with it is ours.
+SANDBOX_UID = int(os.environ["SANDBOX_UID"])
 DOCTOR = sandbox_doctor()
 pytestmark = pytest.mark.skipif(
     DOCTOR["tier"] != "namespaces", reason="needs the namespaces tier: " + "; ".join(DOCTOR["reasons"])
