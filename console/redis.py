@@ -1,4 +1,10 @@
-"""One Redis client per process, for the platform's own keys (reply channels, counters, host health)."""
+"""Redis clients for the platform's own keys (reply channels, counters, host health), one of each per process.
+
+redis-py gives every read a socket timeout (5 s by default). A blocking pop waits on the server for up to its
+own timeout before the server answers, so it must never go through a client whose socket gives up first: that
+turned every synchronous call longer than 5 s into a ``TimeoutError``. Ordinary commands use ``redis_client()``;
+blocking pops go through ``blocking_pop``, whose client's socket outlasts the longest wait it ever asks for.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,30 @@ from functools import lru_cache
 import redis
 from django.conf import settings
 
+# Ordinary commands answer in milliseconds; a socket silent this long means the server or the network is gone.
+COMMAND_TIMEOUT_S = 5.0
+# One blocking pop waits at most this long on the server; callers that wait longer loop (and look around
+# between pops). The blocking client's socket allows this plus COMMAND_TIMEOUT_S for the answer to arrive.
+BLOCKING_POP_MAX_S = 10.0
+
 
 @lru_cache(maxsize=1)
 def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30)
+    return _client(COMMAND_TIMEOUT_S)
+
+
+@lru_cache(maxsize=1)
+def _blocking_client() -> redis.Redis:
+    return _client(BLOCKING_POP_MAX_S + COMMAND_TIMEOUT_S)
+
+
+def _client(socket_timeout_s: float) -> redis.Redis:
+    return redis.Redis.from_url(
+        settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=socket_timeout_s, health_check_interval=30
+    )
+
+
+def blocking_pop(keys: list[str], timeout_s: float) -> tuple[bytes, bytes] | None:
+    """BLPOP for at most ``min(timeout_s, BLOCKING_POP_MAX_S)`` seconds: (key, value), or None on timeout."""
+    wait_s = min(max(timeout_s, 0.01), BLOCKING_POP_MAX_S)
+    return _blocking_client().blpop(keys, timeout=wait_s)

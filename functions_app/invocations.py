@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -27,8 +28,14 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from console.exceptions import RequestTooLarge, ResourceConflict, ServiceError, TooManyRequests
-from console.redis import redis_client
+from console.exceptions import (
+    RequestTooLarge,
+    ResourceConflict,
+    ResourceNotFound,
+    ServiceError,
+    TooManyRequests,
+)
+from console.redis import blocking_pop, redis_client
 from functions_app import concurrency
 from functions_app.code_storage import code_extracted_dir
 from functions_app.models import (
@@ -42,7 +49,7 @@ from functions_app.models import (
     InvocationType,
     Version,
 )
-from functions_app.runtime import FunctionSpec, InvokeRequest, InvokeResult
+from functions_app.runtime import CapacityError, FunctionSpec, InvokeRequest, InvokeResult
 from functions_app.secrets import env_decrypt
 from functions_app.selectors import qualifier_resolve
 from metrics_app.services import (
@@ -125,10 +132,12 @@ def invocation_accept(
     raw_payload: bytes,
     invocation_type: str,
     idempotency_key: str = "",
+    chain_depth: int = 0,
 ) -> Invocation | None:
     """Validate, admit and persist an invocation, publishing its id after commit. None for a dry run.
 
     A repeated ``idempotency_key`` returns the invocation it first created (409 if the payload differs).
+    ``chain_depth`` counts the destination hops that led to this call (see ``destination_deliver``).
     """
     is_async = invocation_type == InvocationType.ASYNC
     payload = payload_validate(raw_payload, limit=ASYNC_PAYLOAD_MAX_BYTES if is_async else SYNC_PAYLOAD_MAX_BYTES)
@@ -158,6 +167,8 @@ def invocation_accept(
         "payload_sha256": payload_sha,
         "idempotency_key": idempotency_key,
         "memory_mb": config.memory_mb,
+        "timeout_s": config.timeout_s,
+        "chain_depth": chain_depth,
         "max_attempts": 1 + function.max_retry_attempts if is_async else 1,
         "expires_at": now + timedelta(seconds=function.max_event_age_s) if is_async else None,
         "queued_at": now,
@@ -223,20 +234,31 @@ def invocation_wait(*, invocation: Invocation, wait_s: float) -> InvocationOutco
     deadline = time.monotonic() + wait_s
     key = REPLY_KEY.format(id=invocation.id)
     while not invocation.is_terminal and (remaining := deadline - time.monotonic()) > 0:
-        reply = redis_client().blpop([key], timeout=min(remaining, max(settings.LEASE_S, 0.5)))
+        reply = blocking_pop([key], min(remaining, max(settings.LEASE_S, 0.5)))
         if reply is not None:
             return InvocationOutcome(**json.loads(reply[1]))
-        invocation.refresh_from_db()
+        _refresh_or_gone(invocation)
         now = timezone.now()
         if invocation.status == InvocationStatus.RUNNING and invocation.lease_until and invocation.lease_until < now:
             _reclaim(invocation, now)
-            invocation.refresh_from_db()
+            _refresh_or_gone(invocation)
     return outcome_from_row(invocation)
 
 
+def _refresh_or_gone(invocation: Invocation) -> None:
+    try:
+        invocation.refresh_from_db()
+    except Invocation.DoesNotExist:
+        # Deleting a function deletes its invocations, this one included.
+        raise ResourceNotFound(
+            f"The function was deleted while invocation {invocation.pk} was running; it has no result."
+        ) from None
+
+
 def sync_wait_budget(invocation: Invocation) -> float:
-    timeout_s = (invocation.version or invocation.function).timeout_s
-    return min(timeout_s + INIT_GRACE_S + settings.LEASE_S + settings.SWEEP_INTERVAL_S, settings.SYNC_WAIT_MAX_S)
+    return min(
+        invocation.timeout_s + INIT_GRACE_S + settings.LEASE_S + settings.SWEEP_INTERVAL_S, settings.SYNC_WAIT_MAX_S
+    )
 
 
 def outcome_from_row(invocation: Invocation) -> InvocationOutcome:
@@ -257,10 +279,11 @@ def outcome_from_row(invocation: Invocation) -> InvocationOutcome:
 
 
 class _ConfigCache:
-    """Function and version rows by (function, version, revision): a warm invocation needs no join to run.
+    """Function and version rows by (function, version, current revision): a warm invocation needs no join to run.
 
-    Every configuration change gives the function a new revision_id, so an entry is never stale; a miss (or an
-    invocation accepted before a change) loads the current rows.
+    Every configuration change gives the function a new revision_id, and the claim reads the function's current
+    revision with the row, so an entry is never stale: a change made while an event waits in the queue (reserved
+    concurrency raised, say) applies to it at once.
     """
 
     def __init__(self, size: int = 512) -> None:
@@ -268,8 +291,8 @@ class _ConfigCache:
         self._size = size
         self._lock = threading.Lock()
 
-    def attach(self, invocation: Invocation) -> None:
-        key = (invocation.function_id, invocation.version_id, invocation.config_revision)
+    def attach(self, invocation: Invocation, revision: Any) -> None:
+        key = (invocation.function_id, invocation.version_id, revision)
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
@@ -335,11 +358,16 @@ def invocation_claim(*, invocation_id: str, host: str) -> Invocation | None:
     Of two deliveries racing for the same row exactly one compare-and-set on ``attempt`` matches.
     """
     # order_by() drops the model's default ordering: this is the hot path, and one row has no order.
-    invocation = Invocation.objects.filter(pk=invocation_id).order_by().first()
+    invocation = (
+        Invocation.objects.filter(pk=invocation_id)
+        .annotate(current_revision=F("function__revision_id"))
+        .order_by()
+        .first()
+    )
     now = timezone.now()
     if invocation is None or not _claimable(invocation, now):
         return None
-    configs.attach(invocation)
+    configs.attach(invocation, invocation.current_revision)
     if invocation.expires_at and invocation.expires_at < now:
         invocation_expire(invocation=invocation)
         return None
@@ -387,38 +415,50 @@ def _admitted_for_run(invocation: Invocation, now: datetime) -> bool:
     is_sync = invocation.invocation_type == InvocationType.SYNC
     if is_sync and (now - invocation.queued_at).total_seconds() < INIT_GRACE_S:
         return True  # the slot taken at the door still covers the whole run
-    config = invocation.version or invocation.function
     admission = concurrency.slot_acquire(
         function_id=invocation.function_id,
         owner_id=invocation.owner_id,
         member=str(invocation.id),
-        hold_s=config.timeout_s + INIT_GRACE_S + settings.LEASE_S,
+        hold_s=invocation.timeout_s + INIT_GRACE_S + settings.LEASE_S,
         reserved=None if is_sync else invocation.function.reserved_concurrency,
         account_limit=1 << 30 if is_sync else settings.ACCOUNT_CONCURRENCY_LIMIT,
     )
     if admission.admitted:
         return True
     invocation_throttled(function=invocation.function, reason=admission.reason)
-    retry_at = now + timedelta(seconds=settings.THROTTLE_RETRY_S)
-    requeued = Invocation.objects.filter(pk=invocation.pk, attempt=invocation.attempt, status=invocation.status).update(
-        status=InvocationStatus.QUEUED,
-        available_at=retry_at,
-        published_at=retry_at,
-        error_type=f"Throttled.{admission.reason}",
-    )
-    if requeued:
-        invocation_publish(invocation_id=str(invocation.id), countdown=settings.THROTTLE_RETRY_S)
+    fenced = {"pk": invocation.pk, "attempt": invocation.attempt, "status": invocation.status}
+    _requeue(invocation, fenced, delay_s=settings.THROTTLE_RETRY_S, error_type=f"Throttled.{admission.reason}")
     return False
 
 
+def _requeue(invocation: Invocation, fenced: dict[str, Any], *, delay_s: float, **fields: Any) -> bool:
+    """Put the invocation back in the queue, due in ``delay_s``, if ``fenced`` still matches its row.
+
+    Published at once with a countdown; should that message be lost, the sweeper publishes it once it is stale.
+    """
+    due = timezone.now() + timedelta(seconds=delay_s)
+    requeued = bool(
+        Invocation.objects.filter(**fenced).update(
+            status=InvocationStatus.QUEUED, available_at=due, published_at=due, lease_until=None, **fields
+        )
+    )
+    if requeued:
+        invocation_publish(invocation_id=str(invocation.id), countdown=delay_s)
+    return requeued
+
+
 def function_spec(invocation: Invocation) -> FunctionSpec:
-    """The sandbox's view of what to run: never shared across versions, configurations or tenants."""
+    """The sandbox's view of what to run: never shared across versions, configurations or tenants.
+
+    Memory and timeout come from the invocation row (what was configured when it was accepted, and what it is
+    billed for); code, handler and environment from the version, or from `$LATEST` as it is now.
+    """
     function = invocation.function
     config = invocation.version or function
     identity = (
         f"v{config.number}:{config.config_sha256[:16]}" if invocation.version else f"latest:{function.revision_id}"
     )
-    key = f"{function.pk}:{identity}"
+    key = f"{function.pk}:{identity}:{invocation.memory_mb}mb:{invocation.timeout_s}s"
     with _specs_lock:
         spec = _specs.get(key)
     if spec is None:
@@ -444,8 +484,8 @@ def _spec_build(invocation: Invocation, key: str) -> FunctionSpec:
         function_version=invocation.executed_version,
         code_dir=str(code_extracted_dir(config.code.sha256)),
         handler=config.handler,
-        memory_mb=config.memory_mb,
-        timeout_s=float(config.timeout_s),
+        memory_mb=invocation.memory_mb,
+        timeout_s=float(invocation.timeout_s),
         env=env_decrypt(config.environment_ciphertext),
         network=config.network_enabled,
         tmp_mb=config.ephemeral_storage_mb,
@@ -466,6 +506,7 @@ def invocation_run(*, invocation_id: str, executor: Any) -> Invocation | None:
         logger.info("Invocation %s is not ours to run now (duplicate, finished or not due); skipped", invocation_id)
         redis_client().incr(SKIPPED_DELIVERIES_KEY)
         return None
+    claimed_at = time.perf_counter()
     leases.add(str(invocation.id), invocation.attempt)
     try:
         request = InvokeRequest(
@@ -474,11 +515,46 @@ def invocation_run(*, invocation_id: str, executor: Any) -> Invocation | None:
             invoked_function_arn=function_arn(invocation),
             attempt=invocation.attempt,
         )
-        result = executor.invoke(function_spec(invocation), request)
+        spec = function_spec(invocation)  # on a host's first call of new code: its download and extraction
+        invocation.prepare_ms = (time.perf_counter() - claimed_at) * 1000
+        try:
+            result = executor.invoke(spec, request)
+        except CapacityError as exc:
+            invocation_refuse_for_capacity(invocation=invocation, reason=str(exc))
+            return invocation
         invocation_complete(invocation=invocation, result=result)
     finally:
         leases.remove(str(invocation.id))
     return invocation
+
+
+CAPACITY_EXCEEDED = "Throttled.ExecutorCapacityExceeded"
+
+
+def invocation_refuse_for_capacity(*, invocation: Invocation, reason: str) -> None:
+    """The host had no room for another environment (every one busy): nothing ran. A sync caller hears it at
+    once as a throttle it may retry; an async event goes back to the queue without using up an attempt."""
+    fenced = {"pk": invocation.pk, "status": InvocationStatus.RUNNING, "attempt": invocation.attempt}
+    invocation_throttled(function=invocation.function, reason=CAPACITY_EXCEEDED.removeprefix("Throttled."))
+    if invocation.invocation_type == InvocationType.ASYNC:
+        if _requeue(
+            invocation,
+            fenced,
+            delay_s=settings.THROTTLE_RETRY_S,
+            error_type=CAPACITY_EXCEEDED,
+            max_attempts=F("max_attempts") + 1,  # the attempt number moves on (fencing); the budget does not
+        ):
+            _release(invocation)
+        return
+    body = {"errorType": CAPACITY_EXCEEDED, "errorMessage": f"No executor capacity: {reason}.", "stackTrace": []}
+    fields = {
+        "status": InvocationStatus.FAILED,
+        "finished_at": timezone.now(),
+        "error_type": CAPACITY_EXCEEDED,
+        "result": json.dumps(body),
+        "lease_until": None,
+    }
+    _terminal_write(invocation, fenced, fields, DeadLetterCondition.RETRIES_EXHAUSTED, metered=False)
 
 
 def invocation_complete(*, invocation: Invocation, result: InvokeResult) -> bool:
@@ -499,9 +575,10 @@ def invocation_complete(*, invocation: Invocation, result: InvokeResult) -> bool
         "result": result.payload.decode("utf-8", errors="replace"),
         "function_error": not succeeded,
         "error_type": result.error_type or "",
-        "log": result.log,
+        "log": invocation_log(invocation=invocation, result=result, billed_ms=cost.billed_ms),
         "is_cold": result.is_cold,
         "queue_wait_ms": (invocation.started_at - invocation.queued_at).total_seconds() * 1000,
+        "prepare_ms": invocation.prepare_ms,
         "init_ms": result.init_ms,
         "duration_ms": result.duration_ms,
         "billed_ms": cost.billed_ms,
@@ -519,22 +596,46 @@ def invocation_complete(*, invocation: Invocation, result: InvokeResult) -> bool
         fields.update(status=_STATUS_BY_RESULT.get(result.status, InvocationStatus.FAILED), finished_at=now)
         written = _terminal_write(invocation, fenced, fields, DeadLetterCondition.RETRIES_EXHAUSTED)
     else:
-        # Published now with a countdown; should that message be lost, the sweeper publishes it once stale.
         backoff = settings.RETRY_BACKOFF_S * 2 ** (invocation.attempt - 1)
-        retry_at = now + timedelta(seconds=backoff)
-        fields.update(status=InvocationStatus.QUEUED, available_at=retry_at, published_at=retry_at)
-        written = bool(Invocation.objects.filter(**fenced).update(**fields))
+        written = _requeue(invocation, fenced, delay_s=backoff, **_without(fields, "lease_until"))
         if written:
             for name, value in fields.items():
                 setattr(invocation, name, value)
             _release(invocation)
             invocation_attempt_failed(invocation=invocation)  # Lambda bills every attempt, not only the last
-            invocation_publish(invocation_id=str(invocation.id), countdown=backoff)
     if not written:
         logger.warning(
             "Invocation %s attempt %s lost its lease; its result is discarded", invocation.pk, invocation.attempt
         )
     return written
+
+
+def _without(fields: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {name: value for name, value in fields.items() if name not in names}
+
+
+def invocation_log(*, invocation: Invocation, result: InvokeResult, billed_ms: int) -> str:
+    """The sandbox's output between Lambda's START, END and REPORT lines (what `?log=tail` shows the end of)."""
+    request_id = invocation.pk
+    lines = [f"START RequestId: {request_id} Version: {invocation.executed_version}\n", result.log]
+    if result.log and not result.log.endswith("\n"):
+        lines.append("\n")
+    if result.status == "timed_out":
+        lines.append(
+            f"{timezone.now():%Y-%m-%dT%H:%M:%S.%fZ} {request_id} Task timed out after "
+            f"{invocation.timeout_s:.2f} seconds\n"
+        )
+    report = [
+        f"REPORT RequestId: {request_id}",
+        f"Duration: {result.duration_ms:.2f} ms",
+        f"Billed Duration: {billed_ms} ms",
+        f"Memory Size: {invocation.memory_mb} MB",
+        f"Max Memory Used: {math.ceil(result.peak_memory_mb or 0)} MB",
+    ]
+    if result.is_cold:
+        report.append(f"Init Duration: {result.init_ms:.2f} ms")
+    lines += [f"END RequestId: {request_id}\n", "\t".join(report) + "\n"]
+    return "".join(lines)
 
 
 def _release(invocation: Invocation) -> None:
@@ -544,7 +645,12 @@ def _release(invocation: Invocation) -> None:
 
 
 def _terminal_write(
-    invocation: Invocation, fenced: dict[str, Any], fields: dict[str, Any], failure_condition: str
+    invocation: Invocation,
+    fenced: dict[str, Any],
+    fields: dict[str, Any],
+    failure_condition: str,
+    *,
+    metered: bool = True,
 ) -> bool:
     """Make the invocation terminal, if ``fenced`` still matches, together with its destination in one
     transaction: a worker dying in between can leave neither a result without its dead letter nor the reverse.
@@ -570,7 +676,8 @@ def _terminal_write(
     _release(invocation)
     if invocation.invocation_type == InvocationType.SYNC:
         invocation_reply(invocation=invocation)
-    invocation_finished(invocation=invocation)
+    if metered:
+        invocation_finished(invocation=invocation)
     return True
 
 
@@ -611,37 +718,71 @@ def destination_record(invocation: Invocation, condition: str) -> dict[str, Any]
     }
 
 
+def destination_payload(record: dict[str, Any]) -> bytes:
+    """The record as an async payload: within the 1 MB limit and always valid JSON. A record too large keeps its
+    contexts and says which payload it left out (the response first, then the request)."""
+    encoded = json.dumps(record).encode()
+    for part in ("responsePayload", "requestPayload"):
+        if len(encoded) <= ASYNC_PAYLOAD_MAX_BYTES:
+            break
+        size = len(json.dumps(record[part]).encode())
+        record = {**record, part: None, f"{part}Omitted": f"{size} bytes, over the async payload limit"}
+        encoded = json.dumps(record).encode()
+    return encoded
+
+
+# Lambda stops a loop after about 16 calls in one chain; a destination hop beyond this is not made.
+CHAIN_DEPTH_MAX = 16
+
+
 def destination_deliver(*, invocation: Invocation, destination: str, condition: str) -> None:
     """Send the event on: to another function of the same owner, or to the dead-letter inbox.
 
-    A failure with a destination that no longer exists lands in the inbox, so nothing is dropped silently.
+    A failure with a destination that no longer exists lands in the inbox, so nothing is dropped silently. A
+    chain of destinations (a function naming itself, or A -> B -> A) stops after CHAIN_DEPTH_MAX hops: the record
+    that would have been sent waits in the dead-letter inbox, addressed to the function it was meant for.
     """
     if destination.startswith("function:"):
         target = Function.objects.filter(owner_id=invocation.owner_id, name=destination.split(":", 1)[1]).first()
         if target is not None:
-            record = json.dumps(destination_record(invocation, condition)).encode()
+            record = destination_payload(destination_record(invocation, condition))
+            if invocation.chain_depth >= CHAIN_DEPTH_MAX:
+                _dead_letter(
+                    invocation,
+                    function_id=target.pk,
+                    condition=DeadLetterCondition.RECURSIVE_LOOP,
+                    payload=record.decode(),
+                    error_type="RecursiveInvocationDropped",
+                )
+                return
             invocation_accept(
                 owner=invocation.owner,
                 function=target,
                 qualifier=LATEST,
-                raw_payload=record[:ASYNC_PAYLOAD_MAX_BYTES],
+                raw_payload=record,
                 invocation_type=InvocationType.ASYNC,
+                chain_depth=invocation.chain_depth + 1,
             )
             return
         destination = DEAD_LETTER if condition != "Success" else ""
     if destination == DEAD_LETTER and condition != "Success":
-        DeadLetter.objects.get_or_create(
-            invocation=invocation,
-            defaults={
-                "owner_id": invocation.owner_id,
-                "function_id": invocation.function_id,
-                "condition": condition,
-                "request_payload": invocation.payload,
-                "error_type": invocation.error_type,
-                "error_result": invocation.result,
-                "attempts": invocation.attempt,
-            },
-        )
+        _dead_letter(invocation, function_id=invocation.function_id, condition=condition, payload=invocation.payload)
+
+
+def _dead_letter(invocation: Invocation, *, function_id: int, condition: str, payload: str, **extra: Any) -> None:
+    DeadLetter.objects.get_or_create(
+        invocation=invocation,
+        defaults={
+            "owner_id": invocation.owner_id,
+            "function_id": function_id,
+            "condition": condition,
+            "request_payload": payload,
+            "error_type": invocation.error_type,
+            "error_result": invocation.result,
+            "attempts": invocation.attempt,
+            **extra,
+        },
+    )
 
 
 def dead_letter_replay(*, dead_letter: DeadLetter) -> Invocation:
@@ -694,10 +835,13 @@ def _finish_worker_lost(invocation: Invocation) -> bool:
 def _reclaim(invocation: Invocation, now: datetime) -> str:
     """A lease ran out: its worker died or stalled. Sync calls fail (no platform retries); async retry."""
     if invocation.invocation_type == InvocationType.ASYNC and invocation.attempt < invocation.max_attempts:
-        requeued = Invocation.objects.filter(
-            pk=invocation.pk, status=InvocationStatus.RUNNING, attempt=invocation.attempt, lease_until__lt=now
-        ).update(status=InvocationStatus.QUEUED, available_at=now, published_at=None, lease_until=None)
-        return "requeued" if requeued else "raced"
+        fenced = {
+            "pk": invocation.pk,
+            "status": InvocationStatus.RUNNING,
+            "attempt": invocation.attempt,
+            "lease_until__lt": now,
+        }
+        return "requeued" if _requeue(invocation, fenced, delay_s=0) else "raced"
     return "lost" if _finish_worker_lost(invocation) else "raced"
 
 

@@ -18,6 +18,7 @@ from console.exceptions import ServiceError, error_body
 from functions_app import selectors
 from functions_app.api import ERRORS, paginated, paginated_of
 from functions_app.invocations import (
+    CAPACITY_EXCEEDED,
     DRY_RUN,
     WORKER_LOST,
     InvocationOutcome,
@@ -156,6 +157,12 @@ def _invoke_response(outcome: InvocationOutcome, *, with_log: bool) -> HttpRespo
     if outcome.worker_lost:
         body = error_body(WORKER_LOST, "The worker running this invocation was lost; it was not retried.")
         response = Response({**body, "details": {"invocation_id": outcome.invocation_id}}, status=502)
+    elif outcome.error_type == CAPACITY_EXCEEDED:
+        message = "Rate exceeded: no executor has room for another environment now; nothing ran. Retry shortly."
+        reason = CAPACITY_EXCEEDED.removeprefix("Throttled.")
+        details = {"reason": reason, "retry_after_s": 1, "invocation_id": outcome.invocation_id}
+        response = Response({**error_body("TooManyRequests", message), "details": details}, status=429)
+        response["Retry-After"] = "1"
     else:
         response = HttpResponse(outcome.result, content_type="application/json", status=200)
         if outcome.function_error:

@@ -230,6 +230,8 @@ class Invocation(models.Model):
     # Async only: past this an event is EXPIRED without running (Lambda's maximum event age).
     expires_at = models.DateTimeField(null=True, blank=True)
     idempotency_key = models.CharField(max_length=128, blank=True)
+    # How many destination hops led here (0 for a call from outside): a loop of destinations stops at a limit.
+    chain_depth = models.PositiveSmallIntegerField(default=0)
     payload_sha256 = models.CharField(max_length=64, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
     worker_host = models.CharField(max_length=255, blank=True)
@@ -238,9 +240,13 @@ class Invocation(models.Model):
     queued_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # The configuration's limits when accepted: the run is sized, timed and billed by these, never by a later edit.
     memory_mb = models.PositiveIntegerField()
+    timeout_s = models.PositiveIntegerField(default=3)
     is_cold = models.BooleanField(default=False)
     queue_wait_ms = models.FloatField(null=True, blank=True)
+    # From the claim to the call into the sandbox, outside init: configuration, code download and extraction.
+    prepare_ms = models.FloatField(null=True, blank=True)
     init_ms = models.FloatField(default=0.0)
     duration_ms = models.FloatField(null=True, blank=True)
     billed_ms = models.PositiveIntegerField(null=True, blank=True)
@@ -279,6 +285,8 @@ class Invocation(models.Model):
 class DeadLetterCondition(models.TextChoices):
     RETRIES_EXHAUSTED = "RetriesExhausted", "Retries exhausted"
     EVENT_AGE_EXCEEDED = "EventAgeExceeded", "Event age exceeded"
+    # A destination chain reached the hop limit: the record it would have sent is kept here instead.
+    RECURSIVE_LOOP = "RecursiveLoopDetected", "Recursive loop detected"
 
 
 class DeadLetter(models.Model):

@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import F, FloatField, Q, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -168,9 +168,13 @@ def _add_everywhere(
 
 
 def metering_flush(*, limit: int = 20_000) -> int:
-    """Apply up to ``limit`` pending contributions to the roll-ups; returns how many were applied.
+    """Apply up to ``limit`` pending contributions to the roll-ups; returns how many were taken off the queue.
 
-    The batch is taken off the list atomically; should the database refuse it, it goes back for the next flush.
+    The batch is taken off the list atomically and applied in one transaction. Records of functions deleted
+    since they were queued land on a tombstone row (function NULL, name and owner kept), as their earlier
+    history does. Should the database refuse the batch for what is in it, the records are applied one by one
+    and those it still refuses are set aside under REJECTED_KEY, so one bad record never blocks the others;
+    should the database be unreachable, the batch goes back for the next flush.
     """
     client = redis_client()
     pipeline = client.pipeline()
@@ -179,16 +183,74 @@ def metering_flush(*, limit: int = 20_000) -> int:
     raw, _ = pipeline.execute()
     if not raw:
         return 0
-    merged = _merge_pending(json.loads(item) for item in raw)
     try:
-        with transaction.atomic():
-            for (row_key, _), (names, adds, maxes) in sorted(merged.items(), key=lambda item: item[0][1]):
-                rollup_add(key=dict(row_key), names=names, adds=adds, maxes=maxes)
-    except DatabaseError:
+        _apply_records(_readable_records(raw))
+    except (OperationalError, InterfaceError):
         logger.exception("Metering flush failed; %d contributions go back to the queue", len(raw))
         client.rpush(PENDING_KEY, *raw)
         return 0
+    except Exception:
+        logger.exception("The database refused a metering batch; applying its %d records one by one", len(raw))
+        _apply_one_by_one(client, raw)
     return len(raw)
+
+
+# Contributions the database refused even alone (kept for an operator to inspect; the newest REJECTED_KEEP).
+REJECTED_KEY = "ephemera:metering:rejected"
+REJECTED_KEEP = 10_000
+
+
+def _readable_records(raw: list[bytes]) -> list[dict[str, Any]]:
+    records = [json.loads(item) for item in raw]
+    return _with_living_owners(records)
+
+
+def _apply_records(records: list[dict[str, Any]]) -> None:
+    merged = _merge_pending(records)
+    with transaction.atomic():
+        for (row_key, _), (names, adds, maxes) in sorted(merged.items(), key=lambda item: item[0][1]):
+            rollup_add(key=dict(row_key), names=names, adds=adds, maxes=maxes)
+
+
+def _apply_one_by_one(client: Any, raw: list[bytes]) -> None:
+    rejected = []
+    for position, item in enumerate(raw):
+        try:
+            _apply_records(_readable_records([item]))
+        except (OperationalError, InterfaceError):
+            logger.exception("Metering flush failed; %d contributions go back to the queue", len(raw) - position)
+            client.rpush(PENDING_KEY, *raw[position:])
+            break
+        except Exception:  # this record is the bad one (logged with its traceback)
+            logger.exception("A metering record was refused and set aside under %s", REJECTED_KEY)
+            rejected.append(item)
+    if rejected:
+        pipeline = client.pipeline()
+        pipeline.rpush(REJECTED_KEY, *rejected)
+        pipeline.ltrim(REJECTED_KEY, -REJECTED_KEEP, -1)
+        pipeline.execute()
+
+
+def _with_living_owners(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Point records of deleted functions at their tombstone rows; drop those of deleted owners (whose
+    roll-ups were deleted with them)."""
+    from django.contrib.auth import get_user_model
+
+    from functions_app.models import Function
+
+    function_ids = {record["key"]["function_id"] for record in records}
+    owner_ids = {record["names"]["owner_id"] for record in records}
+    living_functions = set(Function.objects.filter(pk__in=function_ids).values_list("pk", flat=True))
+    living_owners = set(get_user_model().objects.filter(pk__in=owner_ids).values_list("pk", flat=True))
+    kept = []
+    for record in records:
+        if record["names"]["owner_id"] not in living_owners:
+            continue
+        if record["key"]["function_id"] not in living_functions:
+            # NULL never matches NULL in the unique key, so the name and owner identify the tombstone row.
+            record = {**record, "key": {**record["key"], "function_id": None, **record["names"]}, "names": {}}
+        kept.append(record)
+    return kept
 
 
 def _merge_pending(records: Iterable[dict[str, Any]]) -> dict[tuple, tuple[dict, dict, dict]]:

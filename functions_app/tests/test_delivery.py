@@ -266,6 +266,47 @@ def test_async_events_over_the_limit_wait_in_the_queue_and_all_run(api, worker):
     assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(spans))
 
 
+def test_an_event_throttled_while_concurrency_is_zero_runs_as_soon_as_it_is_raised(api, worker):
+    create(api, reserved_concurrency=0)
+    invocation_id = invoke_async(api, event={"n": 1})
+    wait_for(lambda: Invocation.objects.get(pk=invocation_id).error_type.startswith("Throttled."))
+    assert api.patch("/api/v1/functions/fn/", {"reserved_concurrency": None}, format="json").status_code == 200
+    assert terminal(invocation_id, timeout_s=15).status == "succeeded"
+
+
+def test_a_call_finding_no_executor_capacity_is_throttled_at_once_not_lost(api, cluster):
+    cluster.start_worker(RUNTIME_MEMORY_BUDGET_MB="256")
+    cluster.start_beat()
+    create(api, memory_mb=256, timeout_s=10)
+    slow = threading.Thread(target=invoke, args=(api,), kwargs={"event": {"sleep": 4}})
+    slow.start()
+    running(wait_for(lambda: Invocation.objects.first()).pk)
+    started = time.monotonic()
+    refused = invoke(api)
+    elapsed = time.monotonic() - started
+    slow.join(30)
+    assert refused.status_code == 429 and refused["Retry-After"] == "1", refused.content
+    assert refused.json()["details"]["reason"] == "ExecutorCapacityExceeded"
+    assert elapsed < 3  # not a lease expiry later
+    event = invoke_async(api)  # an event waits for room instead, and runs
+    assert terminal(event).status == "succeeded"
+
+
+def test_a_function_naming_itself_as_destination_stops_after_the_hop_limit(api, worker):
+    create(api, name="loop", source="def handler(event, context):\n    return {'hop': True}\n")
+    patched = api.patch("/api/v1/functions/loop/", {"on_success_destination": "function:loop"}, format="json")
+    assert patched.status_code == 200
+    invoke_async(api, name="loop", event={"start": True})
+    letter = wait_for(lambda: DeadLetter.objects.filter(condition="RecursiveLoopDetected").first(), timeout_s=60)
+    time.sleep(1)  # a loop that did not stop would go on meanwhile
+    rows = Invocation.objects.filter(function__name="loop")
+    assert rows.count() == invocations.CHAIN_DEPTH_MAX + 1
+    assert sorted(rows.values_list("chain_depth", flat=True)) == list(range(invocations.CHAIN_DEPTH_MAX + 1))
+    assert letter.function.name == "loop" and letter.error_type == "RecursiveInvocationDropped"
+    listed = api.get("/api/v1/dead-letters/?condition=RecursiveLoopDetected").json()
+    assert listed["count"] == 1
+
+
 # ---- faults ---------------------------------------------------------------------------------------------------
 
 
@@ -338,12 +379,17 @@ def test_a_publish_lost_after_commit_is_republished_by_the_sweeper(api, cluster,
     create(api)
     cluster.start_worker()
     cluster.start_beat()
+    lost_publishes = []
 
     def lost(*args, **kwargs):
+        lost_publishes.append(args)
         raise ConnectionError("the broker vanished")
 
-    monkeypatch.setattr(tasks.invocation_execute, "delay", lost)
+    # The accept's own publish is lost (in this process); the sweeper runs in beat's process, unpatched.
+    monkeypatch.setattr(tasks.invocation_execute, "apply_async", lost)
     invocation_id = invoke_async(api, event={"x": 1})
+    assert len(lost_publishes) == 1
+    assert Invocation.objects.get(pk=invocation_id).status == "queued"  # nobody was told of it
     assert terminal(invocation_id, timeout_s=30).status == "succeeded"
 
 

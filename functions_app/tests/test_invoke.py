@@ -186,3 +186,20 @@ def test_a_handler_cannot_reach_the_consoles_secrets_database_redis_or_other_cod
     assert max(results["proc_pids"]) < 10  # only the sandbox's own processes are visible
     assert not {"SECRET_KEY", "FERNET_KEYS", "DATABASE_URL", "REDIS_URL", "EPHEMERA_VAR_DIR"} & set(results["environ"])
     assert theirs["name"] == "theirs"
+
+
+SLEEPER = """import time
+
+def handler(event, context):
+    time.sleep(event.get("s", 0))
+    return {"slept": event.get("s", 0)}
+"""
+
+
+def test_a_sync_call_longer_than_the_redis_socket_timeout_gets_its_result(api, worker, settings):
+    # The waiting side uses the production lease, so one blocking pop outlasts redis-py's 5 s socket timeout.
+    settings.LEASE_S = 10.0
+    create(api, name="slow", source=SLEEPER, timeout_s=10)
+    response = invoke(api, name="slow", event={"s": 7})
+    assert response.status_code == 200, response.content
+    assert response.json() == {"slept": 7}

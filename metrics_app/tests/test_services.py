@@ -8,7 +8,13 @@ import pytest
 from functions_app.models import Invocation, InvocationStatus
 from metrics_app.histograms import DURATION, INIT, MEMORY, percentile
 from metrics_app.models import ADDITIVE_FIELDS, Granularity, Rollup
-from metrics_app.services import invocation_throttled, metering_flush, metrics_retention, rollups_rebuild
+from metrics_app.services import (
+    invocation_finished,
+    invocation_throttled,
+    metering_flush,
+    metrics_retention,
+    rollups_rebuild,
+)
 from metrics_app.tests.factories import T0, finish
 
 pytestmark = pytest.mark.django_db
@@ -174,3 +180,39 @@ def test_a_retried_attempt_adds_its_cost_but_not_an_invocation(make_function):
     metering_flush()
     row = Rollup.objects.get(function=function, granularity=Granularity.TOTAL)
     assert (row.invocations, row.runs, row.billed_ms_sum) == (0, 1, 100) and row.run_usd > 0
+
+
+def test_a_function_deleted_before_its_last_record_is_flushed_never_blocks_metering(make_function):
+    from metrics_app.services import PENDING_KEY
+
+    doomed = make_function(name="doomed")
+    kept = make_function(name="kept")
+    finish(doomed, metered=False)
+    invocation_finished(invocation=Invocation.objects.get(function=doomed))
+    doomed.delete()  # its record is still pending in Redis
+    finish(kept)  # flushes both
+    from console.redis import redis_client
+
+    assert redis_client().llen(PENDING_KEY) == 0
+    assert row_of(kept, Granularity.TOTAL).invocations == 1
+    tombstone = Rollup.objects.get(function=None, function_name="doomed", granularity=Granularity.TOTAL)
+    assert tombstone.invocations == 1 and tombstone.run_usd > 0
+    finish(kept)
+    assert row_of(kept, Granularity.TOTAL).invocations == 2
+
+
+def test_a_record_the_database_refuses_is_set_aside_and_the_rest_of_the_batch_lands(make_function):
+    import json
+
+    from console.redis import redis_client
+    from metrics_app.services import PENDING_KEY, REJECTED_KEY
+
+    function = make_function()
+    finish(function, metered=False)
+    invocation_finished(invocation=Invocation.objects.get())
+    bad = json.loads(redis_client().lindex(PENDING_KEY, 0))
+    bad["adds"]["invocations"] = "not a number"
+    redis_client().rpush(PENDING_KEY, json.dumps(bad))
+    assert metering_flush() == 2
+    assert row_of(function, Granularity.TOTAL).invocations == 1
+    assert redis_client().llen(PENDING_KEY) == 0 and redis_client().llen(REJECTED_KEY) == 1

@@ -1,0 +1,173 @@
+"""The invocation state machine in process: accept, claim, run through a fake executor, complete.
+
+No worker process and no sandbox: these tests drive the services directly, so they are fast and exact about
+what the rows hold. End-to-end behaviour through real workers is in test_invoke.py and test_delivery.py.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from functions_app import services
+from functions_app.invocations import (
+    CAPACITY_EXCEEDED,
+    CHAIN_DEPTH_MAX,
+    destination_payload,
+    function_spec,
+    invocation_accept,
+    invocation_claim,
+    invocation_run,
+    invocation_wait,
+)
+from functions_app.models import DeadLetter, Invocation, InvocationStatus, InvocationType
+from functions_app.runtime import CapacityError, InvokeResult
+
+pytestmark = pytest.mark.django_db
+
+
+def accept(function: Any, *, kind: str = InvocationType.ASYNC, payload: bytes = b"{}", **extra: Any) -> Invocation:
+    return invocation_accept(
+        owner=function.owner, function=function, qualifier="", raw_payload=payload, invocation_type=kind, **extra
+    )
+
+
+def claim(invocation: Invocation) -> Invocation | None:
+    return invocation_claim(invocation_id=str(invocation.pk), host="test:1")
+
+
+def result(**overrides: Any) -> InvokeResult:
+    fields = {
+        "status": "succeeded",
+        "payload": b'{"ok": true}',
+        "error_type": None,
+        "is_cold": False,
+        "init_ms": 0.0,
+        "duration_ms": 12.3,
+        "peak_memory_mb": 30.0,
+        "cpu_ms": 5.0,
+        "log": "hello\n",
+        "environment_id": "env-1",
+    }
+    fields.update(overrides)
+    return InvokeResult(**fields)
+
+
+class FakeExecutor:
+    """Answers every call with ``answer`` (an InvokeResult, or an exception to raise)."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+        self.specs: list[Any] = []
+
+    def invoke(self, spec: Any, request: Any) -> InvokeResult:
+        self.specs.append(spec)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def test_an_event_throttled_at_reserved_concurrency_zero_runs_once_concurrency_is_raised(make_function):
+    function = make_function(reserved_concurrency=0)
+    event = accept(function)
+    assert claim(event) is None  # throttled: back in the queue
+    services.function_update_configuration(function=function, reserved_concurrency=None)
+    Invocation.objects.filter(pk=event.pk).update(available_at=timezone.now())  # its retry is due
+    claimed = claim(event)
+    assert claimed is not None and claimed.status == InvocationStatus.RUNNING
+
+
+def test_the_run_is_sized_and_timed_by_the_configuration_it_was_accepted_with(make_function):
+    function = make_function(memory_mb=128, timeout_s=3)
+    call = accept(function, kind=InvocationType.SYNC)
+    services.function_update_configuration(function=function, memory_mb=1024, timeout_s=30)
+    spec = function_spec(claim(call))
+    assert (spec.memory_mb, spec.timeout_s) == (128, 3.0)
+    assert (call.memory_mb, call.timeout_s) == (128, 3)
+    later = function_spec(claim(accept(function, kind=InvocationType.SYNC)))
+    assert (later.memory_mb, later.timeout_s) == (1024, 30.0)
+    assert later.environment_key != spec.environment_key
+
+
+def test_a_sync_call_refused_for_executor_capacity_is_answered_at_once_and_nothing_ran(make_function):
+    function = make_function()
+    call = accept(function, kind=InvocationType.SYNC)
+    invocation_run(invocation_id=str(call.pk), executor=FakeExecutor(CapacityError("memory budget taken")))
+    outcome = invocation_wait(invocation=call, wait_s=1)
+    assert outcome.finished and outcome.error_type == CAPACITY_EXCEEDED and not outcome.function_error
+    row = Invocation.objects.get(pk=call.pk)
+    assert row.status == InvocationStatus.FAILED and row.duration_ms is None and row.terminal_writes == 1
+
+
+def test_an_event_refused_for_executor_capacity_waits_in_the_queue_without_losing_an_attempt(make_function):
+    function = make_function()
+    event = accept(function)
+    invocation_run(invocation_id=str(event.pk), executor=FakeExecutor(CapacityError("memory budget taken")))
+    row = Invocation.objects.get(pk=event.pk)
+    assert row.status == InvocationStatus.QUEUED and row.error_type == CAPACITY_EXCEEDED
+    assert row.max_attempts - row.attempt == 3  # all three attempts are still ahead of it
+    Invocation.objects.filter(pk=event.pk).update(available_at=timezone.now())
+    invocation_run(invocation_id=str(event.pk), executor=FakeExecutor(result()))
+    assert Invocation.objects.get(pk=event.pk).status == InvocationStatus.SUCCEEDED
+
+
+def test_the_log_carries_lambdas_start_end_and_report_lines(make_function):
+    function = make_function(memory_mb=256)
+    call = accept(function, kind=InvocationType.SYNC)
+    invocation_run(invocation_id=str(call.pk), executor=FakeExecutor(result(is_cold=True, init_ms=4.56, log="hello\n")))
+    log = Invocation.objects.get(pk=call.pk).log.splitlines()
+    assert log[0] == f"START RequestId: {call.pk} Version: $LATEST"
+    assert log[1] == "hello" and log[2] == f"END RequestId: {call.pk}"
+    report = log[3].split("\t")
+    assert report[0] == f"REPORT RequestId: {call.pk}" and report[1] == "Duration: 12.30 ms"
+    assert report[2] == "Billed Duration: 17 ms"  # init is billed too: ceil(12.30 + 4.56)
+    assert report[3:] == ["Memory Size: 256 MB", "Max Memory Used: 30 MB", "Init Duration: 4.56 ms"]
+
+
+def test_a_timeout_is_written_to_the_log_as_lambda_words_it(make_function):
+    function = make_function(timeout_s=2)
+    call = accept(function, kind=InvocationType.SYNC)
+    timed_out = result(status="timed_out", error_type="Sandbox.Timedout", duration_ms=2000.0, log="")
+    invocation_run(invocation_id=str(call.pk), executor=FakeExecutor(timed_out))
+    assert "Task timed out after 2.00 seconds" in Invocation.objects.get(pk=call.pk).log
+
+
+def test_every_phase_from_claim_to_finish_is_recorded(make_function):
+    function = make_function()
+    call = accept(function, kind=InvocationType.SYNC)
+    invocation_run(invocation_id=str(call.pk), executor=FakeExecutor(result()))
+    row = Invocation.objects.get(pk=call.pk)
+    assert row.prepare_ms is not None and row.prepare_ms >= 0
+    assert row.queue_wait_ms is not None and row.duration_ms == 12.3
+
+
+def test_a_destination_loop_stops_at_the_hop_limit_and_keeps_the_record_as_a_dead_letter(make_function):
+    function = make_function(name="loop")
+    services.function_update_configuration(function=function, on_success_destination="function:loop")
+    event = accept(function, chain_depth=CHAIN_DEPTH_MAX)
+    invocation_run(invocation_id=str(event.pk), executor=FakeExecutor(result()))
+    assert Invocation.objects.count() == 1  # no further hop
+    letter = DeadLetter.objects.get()
+    assert letter.condition == "RecursiveLoopDetected" and letter.function_id == function.pk
+    record = json.loads(letter.request_payload)
+    assert record["requestContext"]["requestId"] == str(event.pk) and record["responsePayload"] == {"ok": True}
+
+
+def test_a_destination_hop_below_the_limit_carries_the_chain_on(make_function):
+    function = make_function(name="loop")
+    services.function_update_configuration(function=function, on_success_destination="function:loop")
+    event = accept(function, chain_depth=3)
+    invocation_run(invocation_id=str(event.pk), executor=FakeExecutor(result()))
+    follow_up = Invocation.objects.exclude(pk=event.pk).get()
+    assert follow_up.chain_depth == 4 and not DeadLetter.objects.exists()
+
+
+def test_a_destination_record_over_the_async_limit_stays_valid_json(make_function):
+    big = "x" * (900 * 1024)
+    record = {"requestContext": {"requestId": "r"}, "requestPayload": big, "responsePayload": big}
+    payload = json.loads(destination_payload(record))
+    assert payload["responsePayload"] is None and "responsePayloadOmitted" in payload
+    assert payload["requestPayload"] == big and payload["requestContext"] == {"requestId": "r"}
