@@ -69,6 +69,7 @@ REPLY_TTL_S = 120
 INIT_GRACE_S = 10  # Lambda's init phase limit
 SWEEP_BATCH = 500
 WORKER_LOST = "Platform.WorkerLost"
+EXECUTOR_FAILED = "Platform.ExecutorError"
 # Deliveries the claim turned away (duplicates, late redeliveries): a counter for operators and tests.
 SKIPPED_DELIVERIES_KEY = "ephemera:stats:skipped_deliveries"
 DRY_RUN = "DryRun"
@@ -103,8 +104,9 @@ class InvocationOutcome:
         return self.status not in (InvocationStatus.QUEUED, InvocationStatus.RUNNING)
 
     @property
-    def worker_lost(self) -> bool:
-        return self.error_type == WORKER_LOST
+    def platform_error(self) -> bool:
+        """The platform failed the call (the worker was lost, the executor broke): not the function's error."""
+        return self.error_type.startswith("Platform.")
 
 
 # ---- accepting ----------------------------------------------------------------------------------------------
@@ -121,6 +123,8 @@ def payload_validate(raw: bytes, *, limit: int) -> str:
         json.loads(text)
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidRequestContent(f"The payload is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequestContent("The payload is nested too deeply to be read as JSON.") from None
     return text
 
 
@@ -458,7 +462,7 @@ def function_spec(invocation: Invocation) -> FunctionSpec:
     identity = (
         f"v{config.number}:{config.config_sha256[:16]}" if invocation.version else f"latest:{function.revision_id}"
     )
-    key = f"{function.pk}:{identity}:{invocation.memory_mb}mb:{invocation.timeout_s}s"
+    key = f"{function.pk}:{identity}:{invocation.memory_mb}mb:{invocation.timeout_s}s"  # see environment_key_owner
     with _specs_lock:
         spec = _specs.get(key)
     if spec is None:
@@ -468,6 +472,13 @@ def function_spec(invocation: Invocation) -> FunctionSpec:
             while len(_specs) > 512:
                 _specs.popitem(last=False)
     return spec
+
+
+def environment_key_owner(key: str) -> tuple[int, str | None]:
+    """(function id, the `$LATEST` revision it was built from, or None for a published version) of a key that
+    ``function_spec`` made: versions never change, `$LATEST` environments go stale with every change."""
+    function_id, kind, detail, *_ = key.split(":")
+    return int(function_id), detail if kind == "latest" else None
 
 
 # Built specs by environment key (which changes with every configuration change): a warm call decrypts nothing.
@@ -521,6 +532,10 @@ def invocation_run(*, invocation_id: str, executor: Any) -> Invocation | None:
             result = executor.invoke(spec, request)
         except CapacityError as exc:
             invocation_refuse_for_capacity(invocation=invocation, reason=str(exc))
+            return invocation
+        except Exception as exc:
+            logger.exception("The executor failed invocation %s", invocation.pk)
+            invocation_fail_for_executor(invocation=invocation, error=exc)
             return invocation
         invocation_complete(invocation=invocation, result=result)
     finally:
@@ -579,6 +594,7 @@ def invocation_complete(*, invocation: Invocation, result: InvokeResult) -> bool
         "is_cold": result.is_cold,
         "queue_wait_ms": (invocation.started_at - invocation.queued_at).total_seconds() * 1000,
         "prepare_ms": invocation.prepare_ms,
+        "overhead_ms": _overhead_ms(invocation, now, result),
         "init_ms": result.init_ms,
         "duration_ms": result.duration_ms,
         "billed_ms": cost.billed_ms,
@@ -608,6 +624,11 @@ def invocation_complete(*, invocation: Invocation, result: InvokeResult) -> bool
             "Invocation %s attempt %s lost its lease; its result is discarded", invocation.pk, invocation.attempt
         )
     return written
+
+
+def _overhead_ms(invocation: Invocation, now: datetime, result: InvokeResult) -> float:
+    elapsed_ms = (now - invocation.started_at).total_seconds() * 1000
+    return max(elapsed_ms - (invocation.prepare_ms or 0.0) - result.init_ms - result.duration_ms, 0.0)
 
 
 def _without(fields: dict[str, Any], *names: str) -> dict[str, Any]:
@@ -819,17 +840,35 @@ def invocation_expire(*, invocation: Invocation) -> bool:
 
 
 def _finish_worker_lost(invocation: Invocation) -> bool:
-    body = {"errorType": WORKER_LOST, "errorMessage": "The worker running this invocation was lost.", "stackTrace": []}
+    return _finish_platform_failure(invocation, WORKER_LOST, "The worker running this invocation was lost.")
+
+
+def _finish_platform_failure(invocation: Invocation, error_type: str, message: str) -> bool:
+    """The platform, not the function, failed this attempt: a terminal error the caller can tell apart."""
+    body = {"errorType": error_type, "errorMessage": message, "stackTrace": []}
     fields = {
         "status": InvocationStatus.FAILED,
         "finished_at": timezone.now(),
-        "error_type": WORKER_LOST,
+        "error_type": error_type,
         "result": json.dumps(body),
         "function_error": True,
         "lease_until": None,
     }
     fenced = {"pk": invocation.pk, "status": invocation.status, "attempt": invocation.attempt}
     return _terminal_write(invocation, fenced, fields, DeadLetterCondition.RETRIES_EXHAUSTED)
+
+
+def invocation_fail_for_executor(*, invocation: Invocation, error: Exception) -> None:
+    """The executor raised instead of answering (a bug, or the host out of a resource): the caller hears it now
+    rather than at the end of the lease. An async event with attempts left is retried after the usual backoff."""
+    message = f"The executor could not run this invocation: {error!r}"
+    if invocation.invocation_type == InvocationType.ASYNC and invocation.attempt < invocation.max_attempts:
+        fenced = {"pk": invocation.pk, "status": InvocationStatus.RUNNING, "attempt": invocation.attempt}
+        backoff = settings.RETRY_BACKOFF_S * 2 ** (invocation.attempt - 1)
+        if _requeue(invocation, fenced, delay_s=backoff, error_type=EXECUTOR_FAILED):
+            _release(invocation)
+        return
+    _finish_platform_failure(invocation, EXECUTOR_FAILED, message)
 
 
 def _reclaim(invocation: Invocation, now: datetime) -> str:

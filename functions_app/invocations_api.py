@@ -20,6 +20,7 @@ from functions_app.api import ERRORS, paginated, paginated_of
 from functions_app.invocations import (
     CAPACITY_EXCEEDED,
     DRY_RUN,
+    EXECUTOR_FAILED,
     WORKER_LOST,
     InvocationOutcome,
     dead_letter_delete,
@@ -57,6 +58,11 @@ RESPONSE_HEADERS = [
     ),
 ]
 
+
+PLATFORM_ERROR_MESSAGES = {
+    WORKER_LOST: "The worker running this invocation was lost; it was not retried.",
+    EXECUTOR_FAILED: "The executor could not run this invocation (see the worker's log); it was not retried.",
+}
 
 INVOCATION_TYPES = {
     "RequestResponse": InvocationType.SYNC,
@@ -154,8 +160,9 @@ def _accepted(invocation_id: str, status: str) -> Response:
 def _invoke_response(outcome: InvocationOutcome, *, with_log: bool) -> HttpResponse:
     if not outcome.finished:
         return _accepted(outcome.invocation_id, outcome.status)
-    if outcome.worker_lost:
-        body = error_body(WORKER_LOST, "The worker running this invocation was lost; it was not retried.")
+    if outcome.platform_error:
+        message = PLATFORM_ERROR_MESSAGES.get(outcome.error_type, "The platform failed this call; it was not retried.")
+        body = error_body(outcome.error_type, message)
         response = Response({**body, "details": {"invocation_id": outcome.invocation_id}}, status=502)
     elif outcome.error_type == CAPACITY_EXCEEDED:
         message = "Rate exceeded: no executor has room for another environment now; nothing ran. Retry shortly."

@@ -247,6 +247,9 @@ class Invocation(models.Model):
     queue_wait_ms = models.FloatField(null=True, blank=True)
     # From the claim to the call into the sandbox, outside init: configuration, code download and extraction.
     prepare_ms = models.FloatField(null=True, blank=True)
+    # What is left of started..finished after prepare, init and run: handing the event over and the answer back.
+    # queue wait + prepare + init + duration + overhead = finished_at - queued_at, to the millisecond.
+    overhead_ms = models.FloatField(null=True, blank=True)
     init_ms = models.FloatField(default=0.0)
     duration_ms = models.FloatField(null=True, blank=True)
     billed_ms = models.PositiveIntegerField(null=True, blank=True)

@@ -48,6 +48,9 @@ class Rollup(models.Model):
     duration_ms_max = models.FloatField(default=0.0)
     init_ms_sum = models.FloatField(default=0.0)
     queue_wait_ms_sum = models.FloatField(default=0.0)
+    # The other phases of an invocation's time (functions_app.models.Invocation): summed over runs.
+    prepare_ms_sum = models.FloatField(default=0.0)
+    overhead_ms_sum = models.FloatField(default=0.0)
     cpu_ms_sum = models.FloatField(default=0.0)
     peak_memory_mb_max = models.FloatField(default=0.0)
     billed_ms_sum = models.BigIntegerField(default=0)
@@ -91,6 +94,8 @@ ADDITIVE_FIELDS = [
     "duration_ms_sum",
     "init_ms_sum",
     "queue_wait_ms_sum",
+    "prepare_ms_sum",
+    "overhead_ms_sum",
     "cpu_ms_sum",
     "billed_ms_sum",
     "request_usd",

@@ -113,6 +113,9 @@ def _contribution(invocation: Any) -> tuple[dict[str, Any], dict[str, float]]:
     maxes: dict[str, float] = {}
     if invocation.queue_wait_ms is not None:
         adds["queue_wait_ms_sum"] = float(invocation.queue_wait_ms)
+    for phase in ("prepare_ms", "overhead_ms"):
+        if getattr(invocation, phase, None) is not None:
+            adds[f"{phase}_sum"] = float(getattr(invocation, phase))
     if invocation.duration_ms is None:  # expired or lost before it ran: nothing was billed
         return adds, maxes
     init_ms = float(invocation.init_ms or 0.0) if invocation.is_cold else 0.0
@@ -308,6 +311,8 @@ _RAW_FIELDS = (
     "init_ms",
     "duration_ms",
     "queue_wait_ms",
+    "prepare_ms",
+    "overhead_ms",
     "cpu_ms",
     "peak_memory_mb",
 )
@@ -371,7 +376,8 @@ def _accumulate(rows: Iterable[tuple], minutes_from: datetime) -> tuple[dict[tup
     meta: dict[int, dict] = {}
     count = 0
     idx = _INDEX
-    for fid, fname, owner, version, memory, finished, status, cold, init, duration, wait, cpu, peak in rows:
+    for row in rows:
+        fid, fname, owner, version, memory, finished, status, cold, init, duration, wait, prepare, over, cpu, peak = row
         count += 1
         if fid not in meta:
             meta[fid] = {"function_name": fname, "owner_id": owner}
@@ -388,6 +394,8 @@ def _accumulate(rows: Iterable[tuple], minutes_from: datetime) -> tuple[dict[tup
             sums[2] += status == "timed_out"
         if wait is not None:
             sums[idx["queue_wait_ms_sum"]] += wait
+        sums[idx["prepare_ms_sum"]] += prepare or 0.0
+        sums[idx["overhead_ms_sum"]] += over or 0.0
         if duration is None:
             continue
         init = (init or 0.0) if cold else 0.0

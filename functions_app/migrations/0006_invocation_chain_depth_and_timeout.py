@@ -30,6 +30,11 @@ class Migration(migrations.Migration):
         ),
         migrations.AddField(
             model_name='invocation',
+            name='overhead_ms',
+            field=models.FloatField(blank=True, null=True),
+        ),
+        migrations.AddField(
+            model_name='invocation',
             name='prepare_ms',
             field=models.FloatField(blank=True, null=True),
         ),

@@ -16,6 +16,7 @@ from functions_app import services
 from functions_app.invocations import (
     CAPACITY_EXCEEDED,
     CHAIN_DEPTH_MAX,
+    EXECUTOR_FAILED,
     destination_payload,
     function_spec,
     invocation_accept,
@@ -171,3 +172,28 @@ def test_a_destination_record_over_the_async_limit_stays_valid_json(make_functio
     payload = json.loads(destination_payload(record))
     assert payload["responsePayload"] is None and "responsePayloadOmitted" in payload
     assert payload["requestPayload"] == big and payload["requestContext"] == {"requestId": "r"}
+
+
+def test_an_executor_that_raises_fails_a_sync_call_at_once_as_a_platform_error(make_function):
+    function = make_function()
+    call = accept(function, kind=InvocationType.SYNC)
+    invocation_run(invocation_id=str(call.pk), executor=FakeExecutor(OSError(28, "No space left on device")))
+    outcome = invocation_wait(invocation=call, wait_s=1)
+    assert outcome.finished and outcome.platform_error and outcome.error_type == EXECUTOR_FAILED
+    assert Invocation.objects.get(pk=call.pk).terminal_writes == 1
+
+
+def test_an_executor_that_raises_on_an_event_uses_up_an_attempt_and_retries(make_function):
+    function = make_function()
+    event = accept(function)
+    invocation_run(invocation_id=str(event.pk), executor=FakeExecutor(RuntimeError("bug")))
+    row = Invocation.objects.get(pk=event.pk)
+    assert row.status == InvocationStatus.QUEUED and row.attempt == 1 and row.max_attempts == 3
+
+
+def test_a_payload_nested_too_deeply_is_refused_as_invalid_content(make_function):
+    from console.exceptions import ServiceError
+
+    with pytest.raises(ServiceError) as refused:
+        accept(make_function(), payload=b"[" * 100_000 + b"]" * 100_000)
+    assert refused.value.type == "InvalidRequestContent" and refused.value.status == 400
