@@ -189,16 +189,16 @@ def test_it_deletes_a_function(api, echo):
 def test_it_updates_code_from_a_multipart_zip(api, echo):
     upload = io.BytesIO(make_zip({"app.py": "def handler(event, context):\n    return 2\n"}))
     upload.name = "code.zip"
-    response = api.put("/api/v1/functions/echo/code", {"zip": upload}, format="multipart")
+    response = api.put("/api/v1/functions/echo/code/", {"zip": upload}, format="multipart")
     assert response.status_code == 200, response.content
     assert response.json()["code_sha256"] != echo["code_sha256"]
 
 
 def test_it_updates_code_from_base64_and_inline_source(api, echo):
     encoded = base64.b64encode(make_zip({"app.py": "def handler(e, c):\n    return 3\n"})).decode()
-    first = api.put("/api/v1/functions/echo/code", {"zip_base64": encoded}, format="json")
+    first = api.put("/api/v1/functions/echo/code/", {"zip_base64": encoded}, format="json")
     second = api.put(
-        "/api/v1/functions/echo/code", {"files": {"app.py": "def handler(e, c):\n    return 4\n"}}, format="json"
+        "/api/v1/functions/echo/code/", {"files": {"app.py": "def handler(e, c):\n    return 4\n"}}, format="json"
     )
     assert first.status_code == second.status_code == 200
     assert first.json()["code_sha256"] != second.json()["code_sha256"]
@@ -215,19 +215,19 @@ def test_it_updates_code_from_base64_and_inline_source(api, echo):
 def test_code_update_rejects_bad_zips(api, echo, files, type_):
     upload = io.BytesIO(make_zip(files))
     upload.name = "code.zip"
-    assert_error(api.put("/api/v1/functions/echo/code", {"zip": upload}, format="multipart"), 400, type_)
+    assert_error(api.put("/api/v1/functions/echo/code/", {"zip": upload}, format="multipart"), 400, type_)
     assert api.get("/api/v1/functions/echo/").json()["code_sha256"] == echo["code_sha256"]
 
 
 def test_code_update_rejects_a_zip_with_a_link(api, echo):
     upload = io.BytesIO(make_zip({"app.py": SOURCE}, symlinks={"link": "/etc/passwd"}))
     upload.name = "code.zip"
-    assert_error(api.put("/api/v1/functions/echo/code", {"zip": upload}, format="multipart"), 400, "InvalidZipFile")
+    assert_error(api.put("/api/v1/functions/echo/code/", {"zip": upload}, format="multipart"), 400, "InvalidZipFile")
 
 
 def test_code_update_rejects_unknown_fields(api, echo):
     assert_error(
-        api.put("/api/v1/functions/echo/code", {"files": {"app.py": SOURCE}, "x": 1}, format="json"),
+        api.put("/api/v1/functions/echo/code/", {"files": {"app.py": SOURCE}, "x": 1}, format="json"),
         400,
         "InvalidParameterValue",
     )
@@ -251,7 +251,7 @@ def test_it_publishes_and_lists_versions(api, echo):
 def test_a_published_version_does_not_follow_latest(api, echo):
     api.post("/api/v1/functions/echo/versions/", {}, format="json")
     api.patch("/api/v1/functions/echo/", {"memory_mb": 2048, "handler": "app.handler"}, format="json")
-    api.put("/api/v1/functions/echo/code", {"files": {"app.py": "def handler(e, c):\n    return 9\n"}}, format="json")
+    api.put("/api/v1/functions/echo/code/", {"files": {"app.py": "def handler(e, c):\n    return 9\n"}}, format="json")
     version = api.get("/api/v1/functions/echo/versions/1/").json()
     assert version["memory_mb"] == 128 and version["code_sha256"] == echo["code_sha256"]
 
@@ -364,7 +364,7 @@ CROSS_TENANT_REQUESTS = [
     ("get", "/api/v1/functions/theirs/", None),
     ("patch", "/api/v1/functions/theirs/", {"memory_mb": 256}),
     ("delete", "/api/v1/functions/theirs/", None),
-    ("put", "/api/v1/functions/theirs/code", {"files": {"app.py": SOURCE}}),
+    ("put", "/api/v1/functions/theirs/code/", {"files": {"app.py": SOURCE}}),
     ("get", "/api/v1/functions/theirs/versions/", None),
     ("post", "/api/v1/functions/theirs/versions/", {}),
     ("get", "/api/v1/functions/theirs/versions/1/", None),
@@ -412,7 +412,7 @@ def test_the_openapi_schema_documents_every_endpoint(api):
     for path in [
         "/api/v1/functions/",
         "/api/v1/functions/{name}/",
-        "/api/v1/functions/{name}/code",
+        "/api/v1/functions/{name}/code/",
         "/api/v1/functions/{name}/versions/",
         "/api/v1/functions/{name}/aliases/{alias}/",
         "/api/v1/functions/{name}/test-events/{event}/",
@@ -431,3 +431,47 @@ def test_the_docs_page_loads_its_assets_locally(api, client, user):
 
 def test_an_unknown_api_path_is_a_json_404(api):
     assert_error(api.get("/api/v1/nothing-here/"), 404, "ResourceNotFound")
+
+
+# ---- paths and the error format -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body", "status"),
+    [
+        ("post", "/api/v1/functions", create_body(name="other"), 201),
+        ("patch", "/api/v1/functions/echo", {"timeout_s": 9}, 200),
+        ("put", "/api/v1/functions/echo/code", {"files": {"app.py": SOURCE + "\n"}}, 200),
+        ("delete", "/api/v1/functions/echo", None, 204),
+    ],
+)
+def test_a_path_without_its_trailing_slash_is_served_like_the_path_with_it(
+    api, echo, settings, method, url, body, status
+):
+    settings.DEBUG = True  # as in development, where APPEND_SLASH cannot redirect a POST
+    response = getattr(api, method)(url, body, format="json") if body is not None else getattr(api, method)(url)
+    assert response.status_code == status, response.content
+
+
+def test_every_api_path_ends_with_a_slash(api):
+    paths = api.get("/api/v1/schema/?format=json").json()["paths"]
+    assert [path for path in paths if not path.endswith("/")] == []
+
+
+def test_an_unknown_api_path_is_a_json_404_even_in_debug_mode(api, settings):
+    settings.DEBUG = True
+    body = assert_error(api.post("/api/v1/nothing-here", {}, format="json"), 404, "ResourceNotFound")
+    assert "/api/v1/nothing-here" in body["message"]
+    assert_error(api.get("/api/v1/functions/echo/versions/latest/"), 404, "ResourceNotFound")
+
+
+def test_an_error_django_raises_before_the_api_sees_the_request_is_in_the_error_format(api):
+    assert_error(api.get("/api/v1/functions/", HTTP_HOST="evil.example"), 400, "InvalidRequest")
+
+
+def test_a_bug_behind_the_api_is_a_json_500_without_the_debug_page(api, settings, monkeypatch):
+    settings.DEBUG = True
+    monkeypatch.setattr("functions_app.selectors.function_list", lambda **kwargs: 1 / 0)
+    api.raise_request_exception = False
+    body = assert_error(api.get("/api/v1/functions/"), 500, "InternalError")
+    assert "ZeroDivisionError" not in body["message"]
