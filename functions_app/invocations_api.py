@@ -22,7 +22,7 @@ from functions_app.invocations import (
     WORKER_LOST,
     InvocationOutcome,
     dead_letter_delete,
-    dead_letter_replay,
+    dead_letter_replay_once,
     invocation_accept,
     invocation_wait,
     sync_wait_budget,
@@ -143,8 +143,8 @@ def _idempotency_key(request: Request) -> str:
     return key
 
 
-def _accepted(invocation_id: str, status: str) -> Response:
-    response = Response({"invocation_id": invocation_id, "status": status}, status=202)
+def _accepted(invocation_id: str, invocation_status: str, status: int = 202) -> Response:
+    response = Response({"invocation_id": invocation_id, "status": invocation_status}, status=status)
     response["Location"] = f"/api/v1/invocations/{invocation_id}/"
     response["X-Invocation-Id"] = invocation_id
     return response
@@ -293,9 +293,17 @@ class DeadLetterReplayApi(APIView):
     @extend_schema(
         operation_id="dead_letters_replay",
         request=None,
-        responses={202: OpenApiResponse(OpenApiTypes.OBJECT, description="`{invocation_id, status}`"), **ERRORS},
-        description="Run the stored event again as a new async invocation of the function's `$LATEST`.",
+        responses={
+            202: OpenApiResponse(OpenApiTypes.OBJECT, description="Replayed: `{invocation_id, status}`."),
+            200: OpenApiResponse(
+                OpenApiTypes.OBJECT, description="Replayed before: the first replay's `{invocation_id, status}`."
+            ),
+            **ERRORS,
+        },
+        description="Run the stored event again as a new async invocation of the function's `$LATEST`. A letter "
+        "runs once: replaying it again answers 200 with the invocation of its first replay (`replayed_as`).",
     )
     def post(self, request: Request, letter_id: int) -> Response:
-        invocation = dead_letter_replay(dead_letter=selectors.dead_letter_get(owner=request.user, pk=letter_id))
-        return _accepted(str(invocation.id), invocation.status)
+        letter = selectors.dead_letter_get(owner=request.user, pk=letter_id)
+        invocation, created = dead_letter_replay_once(dead_letter=letter)
+        return _accepted(str(invocation.id), invocation.status, status=202 if created else 200)

@@ -7,7 +7,8 @@ import pytest
 from rest_framework.test import APIClient
 
 from functions_app import services
-from functions_app.models import Function, TestEvent
+from functions_app.invocations import dead_letter_replay
+from functions_app.models import DeadLetter, Function, Invocation, TestEvent
 from functions_app.tests.zips import make_zip
 
 pytestmark = pytest.mark.django_db
@@ -475,3 +476,53 @@ def test_a_bug_behind_the_api_is_a_json_500_without_the_debug_page(api, settings
     api.raise_request_exception = False
     body = assert_error(api.get("/api/v1/functions/"), 500, "InternalError")
     assert "ZeroDivisionError" not in body["message"]
+
+
+# ---- dead letters -------------------------------------------------------------------------------------------
+
+
+def make_dead_letter(owner, payload='{"n": 1}', result='{"errorType": "Boom"}'):
+    function = services.function_create(
+        owner=owner, name="failing", handler="app.handler", code=services.CodeUpload(files={"app.py": SOURCE})
+    )
+    failed = Invocation.objects.create(
+        owner=owner,
+        function=function,
+        invocation_type="async",
+        status="failed",
+        payload=payload,
+        result=result,
+        memory_mb=128,
+    )
+    return DeadLetter.objects.create(
+        owner=owner,
+        function=function,
+        invocation=failed,
+        condition="RetriesExhausted",
+        request_payload=payload,
+        error_type="Boom",
+        error_result=result,
+        attempts=3,
+    )
+
+
+def test_replaying_a_dead_letter_twice_runs_it_once_and_returns_the_first_replay(api, user):
+    letter = make_dead_letter(user)
+    first = api.post(f"/api/v1/dead-letters/{letter.pk}/replay/")
+    assert first.status_code == 202, first.content
+    again = api.post(f"/api/v1/dead-letters/{letter.pk}/replay/")
+    assert again.status_code == 200, again.content
+    assert again.json()["invocation_id"] == first.json()["invocation_id"]
+    assert again["Location"] == first["Location"]
+    assert Invocation.objects.count() == 2
+    assert str(DeadLetter.objects.get(pk=letter.pk).replayed_as_id) == first.json()["invocation_id"]
+
+
+def test_two_racing_replays_of_one_dead_letter_run_it_once(user):
+    letter = make_dead_letter(user)
+    read_by_the_other_request = DeadLetter.objects.get(pk=letter.pk)
+    first = dead_letter_replay(dead_letter=letter)
+    second = dead_letter_replay(dead_letter=read_by_the_other_request)
+    assert second.pk == first.pk
+    assert Invocation.objects.count() == 2
+    assert DeadLetter.objects.get(pk=letter.pk).replayed_as_id == first.pk
