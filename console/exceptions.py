@@ -97,9 +97,22 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, DjangoValidationError):
         details = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         return Response(error_body("InvalidParameterValue", _first_message(details), details), status=400)
+    if isinstance(exc, drf.UnsupportedMediaType):
+        return _unsupported_media_type(context)
     if isinstance(exc, drf.APIException):
         return _drf_response(exc)
     return None
+
+
+def _unsupported_media_type(context: dict[str, Any]) -> Response:
+    # `curl -d '{...}'` labels JSON as a form: say what to send instead of what went wrong in parsing.
+    got = context["request"].content_type
+    expected = [parser.media_type for parser in context["view"].get_parsers()]
+    message = (
+        f"This endpoint takes {' or '.join(expected)}, not {got or 'a body without a Content-Type'}. Send JSON "
+        "with the header Content-Type: application/json (with curl: --json, or -H 'Content-Type: application/json')."
+    )
+    return Response(error_body("UnsupportedMediaType", message, {"content_type": got, "expected": expected}), 415)
 
 
 def _drf_response(exc: drf.APIException) -> Response:

@@ -207,13 +207,14 @@ def _choice_param(params: Any, name: str, choices: list[str]) -> str:
     """A filter that must be one of ``choices`` (empty means no filter)."""
     value = params.get(name, "")
     if value and value not in choices:
-        raise ServiceError(f"Unknown {name} {value!r}.", details={name: choices})
+        raise ServiceError(f"{name}: {value!r} is not one of {', '.join(choices)}.", details={name: choices})
     return value
 
 
 def _bool_param(params: Any, name: str) -> bool | None:
-    """``true`` / ``false`` filters; anything else means no filter."""
-    return {"true": True, "false": False}.get(params.get(name, "").lower())
+    """``true`` / ``false`` filters; absent or empty means no filter, anything else is refused."""
+    value = _choice_param(params, name, ["true", "false"])
+    return {"true": True, "false": False}.get(value)
 
 
 class InvocationListApi(APIView):

@@ -131,13 +131,25 @@ def config_validate(fields: dict[str, Any]) -> None:
 
 
 def _destination_validate(field: str, value: Any) -> None:
-    """ "" (none), "dead-letter" (the inbox) or "function:<name>"; the function is looked up at delivery, and a
-    failure whose destination function is gone lands in the inbox."""
+    """ "" (none), "dead-letter" (the inbox) or "function:<name>" (see ``_destinations_check``)."""
     if value in ("", DEAD_LETTER):
         return
     if isinstance(value, str) and value.startswith("function:") and FUNCTION_NAME_RE.match(value[len("function:") :]):
         return
     raise _invalid(field, 'Use "", "dead-letter" or "function:<name>".')
+
+
+def _destinations_check(*, owner_id: int, name: str, fields: dict[str, Any], current: Function | None = None) -> None:
+    """A destination being set must name a function of the same owner, or the function itself (recursion is
+    bounded at delivery). One that stays as it was is not checked again: the function it names may have been
+    deleted since, which is allowed; a failure sent there then lands in the dead-letter inbox."""
+    for field in ("on_success_destination", "on_failure_destination"):
+        value = fields.get(field, "")
+        if not value.startswith("function:") or (current is not None and getattr(current, field) == value):
+            continue
+        target = value.removeprefix("function:")
+        if target != name and not Function.objects.filter(owner_id=owner_id, name=target).exists():
+            raise _invalid(field, f"There is no function named {target!r} to send events to.")
 
 
 def _runtime_validate(value: Any) -> None:
@@ -276,6 +288,7 @@ def function_create(
         raise ServiceError(f"Unknown configuration fields: {', '.join(sorted(unknown))}.")
     environment = environment or {}
     config_validate({**config, "environment": environment})
+    _destinations_check(owner_id=owner.pk, name=name, fields=config)
     if Function.objects.filter(owner=owner, name=name).exists():
         raise ResourceConflict(f"A function named {name!r} already exists.", type="ResourceConflict")
     artifact = artifact_store(zip_bytes=code.to_zip(), handler=handler)
@@ -304,6 +317,7 @@ def function_update_configuration(
     fields = {**changes, **(_environment(environment) if environment is not None else {})}
 
     def changes_for(current: Function) -> dict[str, Any]:
+        _destinations_check(owner_id=current.owner_id, name=current.name, fields=changes, current=current)
         if "handler" in changes and changes["handler"] != current.handler:
             _artifact_check_handler(current.code, changes["handler"])
         return fields

@@ -526,3 +526,127 @@ def test_two_racing_replays_of_one_dead_letter_run_it_once(user):
     assert second.pk == first.pk
     assert Invocation.objects.count() == 2
     assert DeadLetter.objects.get(pk=letter.pk).replayed_as_id == first.pk
+
+
+# ---- strict JSON input --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "kind"),
+    [
+        (create_body(network_enabled="yes"), "network_enabled", "boolean"),
+        (create_body(network_enabled=1), "network_enabled", "boolean"),
+        (create_body(memory_mb="256"), "memory_mb", "integer"),
+        (create_body(memory_mb=256.0), "memory_mb", "integer"),
+        (create_body(timeout_s=True), "timeout_s", "integer"),
+        (create_body(reserved_concurrency="5"), "reserved_concurrency", "integer"),
+        (create_body(code={"files": {"app.py": 123}}), "code", "string"),
+        (create_body(code={"zip_base64": 5}), "code", "string"),
+        (create_body(environment={"KEY": 1}), "environment", "string"),
+        (create_body(description=5), "description", "string"),
+        (create_body(handler=["app.handler"]), "handler", "string"),
+        (create_body(name=12), "name", "string"),
+        (create_body(on_failure_destination=False), "on_failure_destination", "string"),
+    ],
+)
+def test_create_takes_only_the_json_type_of_each_field(api, body, field, kind):
+    error = assert_error(api.post("/api/v1/functions/", body, format="json"), 400, "InvalidParameterValue")
+    assert field in error["details"]
+    assert error["message"].startswith(field) and f"Must be a JSON {kind}" in error["message"]
+    assert not Function.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "field"),
+    [
+        ("/api/v1/functions/echo/", {"max_retry_attempts": "1"}, "max_retry_attempts"),
+        ("/api/v1/functions/echo/", {"revision_id": 5}, "revision_id"),
+        ("/api/v1/functions/echo/versions/", {"description": 1}, "description"),
+        ("/api/v1/functions/echo/code/", {"files": {"app.py": SOURCE}, "revision_id": 5}, "revision_id"),
+        ("/api/v1/functions/echo/test-events/", {"name": 1, "event": {}}, "name"),
+    ],
+)
+def test_every_write_takes_only_the_json_type_of_each_field(api, echo, url, body, field):
+    method = api.put if url.endswith("/code/") else api.patch if url.endswith("echo/") else api.post
+    error = assert_error(method(url, body, format="json"), 400, "InvalidParameterValue")
+    assert field in error["details"]
+    assert api.get("/api/v1/functions/echo/").json()["revision_id"] == echo["revision_id"]
+
+
+def test_text_is_taken_as_sent_without_trimming(api):
+    body = create_body(environment={"PADDED": "  x  "}, description=" d ")
+    assert api.post("/api/v1/functions/", body, format="json").status_code == 201
+    function = Function.objects.get()
+    assert function.description == " d "
+    assert services.env_decrypt(function.environment_ciphertext) == {"PADDED": "  x  "}
+
+
+def test_a_destination_must_name_an_existing_function_of_the_same_owner(api, other_api, echo):
+    other_api.post("/api/v1/functions/", create_body(name="theirs"), format="json")
+    for destination in ["function:nosuch", "function:theirs"]:
+        body = create_body(name="next", on_failure_destination=destination)
+        error = assert_error(api.post("/api/v1/functions/", body, format="json"), 400, "InvalidParameterValue")
+        assert "on_failure_destination" in error["details"] and destination[9:] in error["message"]
+        response = api.patch("/api/v1/functions/echo/", {"on_success_destination": destination}, format="json")
+        assert_error(response, 400, "InvalidParameterValue")
+    assert Function.objects.filter(name="next").count() == 0
+    assert api.get("/api/v1/functions/echo/").json()["on_success_destination"] == ""
+
+
+def test_a_destination_may_name_another_function_or_the_function_itself(api, echo):
+    body = create_body(name="self", on_success_destination="function:self", on_failure_destination="function:echo")
+    assert api.post("/api/v1/functions/", body, format="json").status_code == 201
+    response = api.patch("/api/v1/functions/echo/", {"on_failure_destination": "function:self"}, format="json")
+    assert response.status_code == 200, response.content
+
+
+def test_a_function_named_as_a_destination_can_be_deleted_and_the_dangling_name_blocks_no_other_change(api, echo):
+    api.post("/api/v1/functions/", create_body(name="next", on_failure_destination="function:echo"), format="json")
+    assert api.delete("/api/v1/functions/echo/").status_code == 204
+    response = api.patch("/api/v1/functions/next/", {"memory_mb": 256}, format="json")
+    assert response.status_code == 200 and response.json()["on_failure_destination"] == "function:echo"
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "content_type", "expected"),
+    [
+        ("post", "/api/v1/functions/", "application/x-www-form-urlencoded", ["application/json"]),
+        ("patch", "/api/v1/functions/echo/", "application/x-www-form-urlencoded", ["application/json"]),
+        ("post", "/api/v1/functions/echo/versions/", "text/plain", ["application/json"]),
+        ("put", "/api/v1/functions/echo/code/", "text/plain", ["application/json", "multipart/form-data"]),
+    ],
+)
+def test_a_body_that_is_not_json_is_refused_with_the_content_type_to_send(
+    api, echo, method, url, content_type, expected
+):
+    # What `curl -d '{...}'` sends: JSON text labelled as a form.
+    response = getattr(api, method)(url, '{"memory_mb": 256}', content_type=content_type)
+    error = assert_error(response, 415, "UnsupportedMediaType")
+    assert "application/json" in error["message"] and content_type in error["message"]
+    assert error["details"] == {"content_type": content_type, "expected": expected}
+
+
+def test_the_invoke_endpoint_takes_the_event_whatever_its_content_type(api, echo):
+    response = api.post(
+        "/api/v1/functions/echo/invoke/",
+        '{"a": 1}',
+        content_type="application/x-www-form-urlencoded",
+        HTTP_X_INVOCATION_TYPE="DryRun",
+    )
+    assert response.status_code == 204, response.content
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/v1/invocations/?cold=yes",
+        "/api/v1/dead-letters/?replayed=1",
+        "/api/v1/functions/?limit=ten",
+        "/api/v1/functions/?offset=-1",
+        "/api/v1/invocations/?limit=0",
+    ],
+)
+def test_a_query_parameter_of_the_wrong_type_is_refused_not_ignored(api, url):
+    parameter = url.split("?")[1].split("=")[0]
+    error = assert_error(api.get(url), 400, "InvalidParameterValue")
+    assert parameter in error["details"]
