@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+import re
 from typing import Any
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
@@ -17,7 +19,7 @@ from rest_framework.views import APIView
 from console.exceptions import ServiceError
 from console.pagination import Pagination
 from functions_app import selectors, services
-from functions_app.models import Alias, Function, TestEvent, Version
+from functions_app.models import LATEST, Alias, Function, TestEvent, Version
 from functions_app.secrets import env_masked
 
 # ---- strict JSON input --------------------------------------------------------------------------------------
@@ -30,6 +32,9 @@ def _json_kind(value: Any) -> str:
         return "null" if value is None else "boolean"
     kinds = [(int, "integer"), (float, "number"), (str, "string"), (list, "array"), (dict, "object")]
     return next((name for cls, name in kinds if isinstance(value, cls)), type(value).__name__)
+
+
+VERSION_LABEL_RE = re.compile(r"^[1-9][0-9]*$")
 
 
 class _JsonTyped:
@@ -64,6 +69,23 @@ class Text(_JsonTyped, serializers.CharField):
 
 class Uuid(_JsonTyped, serializers.UUIDField):
     kinds = ("string",)
+
+
+@extend_schema_field({"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": "^[1-9][0-9]*$"}]})
+class VersionNumber(serializers.Field):
+    """A published version as output shows it, the label "1", or as the number 1; `$LATEST` is not one."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, str) and VERSION_LABEL_RE.match(data):
+            return int(data)
+        if isinstance(data, int) and not isinstance(data, bool) and data >= 1:
+            return data
+        if data == LATEST:
+            raise serializers.ValidationError("An alias points at a published version, not $LATEST; publish one.")
+        raise serializers.ValidationError('Must be a published version: its label ("1") or its number (1).')
+
+    def to_representation(self, value: int) -> str:
+        return str(value)
 
 
 class JsonApi(APIView):
@@ -188,7 +210,7 @@ class FunctionOutputSerializer(serializers.Serializer):
 
 
 class VersionOutputSerializer(serializers.Serializer):
-    version = serializers.CharField(source="number")
+    version = serializers.CharField(source="number", help_text='The label, e.g. "1" (as in aliases and invocations).')
     description = serializers.CharField()
     runtime = serializers.CharField()
     handler = serializers.CharField()
@@ -212,16 +234,16 @@ class PublishSerializer(StrictSerializer):
 
 class AliasCreateSerializer(StrictSerializer):
     name = Text(max_length=128)
-    version = Integer()
+    version = VersionNumber()
     description = Text(required=False, allow_blank=True, max_length=256)
-    additional_version = Integer(required=False, allow_null=True)
+    additional_version = VersionNumber(required=False, allow_null=True)
     additional_weight = Number(required=False, allow_null=True)
 
 
 class AliasUpdateSerializer(StrictSerializer):
-    version = Integer(required=False)
+    version = VersionNumber(required=False)
     description = Text(required=False, allow_blank=True, max_length=256)
-    additional_version = Integer(required=False, allow_null=True)
+    additional_version = VersionNumber(required=False, allow_null=True)
     additional_weight = Number(required=False, allow_null=True)
     revision_id = Uuid(required=False)
 
@@ -229,8 +251,8 @@ class AliasUpdateSerializer(StrictSerializer):
 class AliasOutputSerializer(serializers.Serializer):
     name = serializers.CharField()
     description = serializers.CharField()
-    version = serializers.IntegerField(source="version.number")
-    additional_version = serializers.IntegerField(source="additional_version.number", allow_null=True, default=None)
+    version = serializers.CharField(source="version.number", help_text='The version\'s label, e.g. "1".')
+    additional_version = serializers.CharField(source="additional_version.number", allow_null=True, default=None)
     additional_weight = serializers.FloatField()
     revision_id = serializers.UUIDField()
     created_at = serializers.DateTimeField()
@@ -256,8 +278,6 @@ class TestEventOutputSerializer(serializers.Serializer):
     updated_at = serializers.DateTimeField()
 
     def get_event(self, test_event: TestEvent) -> Any:
-        import json
-
         return json.loads(test_event.event_json)
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.parsers import BaseParser
 from rest_framework.request import Request
@@ -57,6 +58,14 @@ RESPONSE_HEADERS = [
 ]
 
 
+ACCEPTED = inline_serializer(
+    "Accepted",
+    fields={
+        "invocation_id": serializers.UUIDField(),
+        "status": serializers.ChoiceField(choices=InvocationStatus.values, help_text="Its status at this moment."),
+    },
+)
+
 INVOCATION_TYPES = {
     "RequestResponse": InvocationType.SYNC,
     "Event": InvocationType.ASYNC,
@@ -92,7 +101,7 @@ class InvokeApi(APIView):
         responses={
             200: OpenApiResponse(OpenApiTypes.ANY, description="The function's result (or its error object)."),
             202: OpenApiResponse(
-                OpenApiTypes.OBJECT,
+                ACCEPTED,
                 description="`Event` accepted, or a sync call still running past the wait budget: "
                 "`{invocation_id, status}` to poll.",
             ),
@@ -197,10 +206,46 @@ class InvocationOutputSerializer(serializers.Serializer):
     environment_id = serializers.CharField()
 
 
-class InvocationDetailSerializer(InvocationOutputSerializer):
-    payload = serializers.CharField()
-    result = serializers.CharField()
+class JsonTextSerializer(serializers.Serializer):
+    # Renders ``json_text_fields`` (stored as JSON text) as the JSON values they hold, not as strings of JSON.
+    # Text that is not valid JSON (a record cut short, say) is never a 500: the field is then null and the text
+    # goes under ``unparsed``, by field name. Empty text (no result yet) is null. Subclasses declare ``unparsed``
+    # last, with ``unparsed_field()``, so that it comes last in the output.
+
+    json_text_fields: tuple[str, ...] = ()
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        for name in self.json_text_fields:
+            text = data[name]
+            try:
+                data[name] = json.loads(text) if text else None
+            except ValueError:
+                data[name] = None
+                data["unparsed"][name] = text
+        return data
+
+    def get_unparsed(self, instance: Any) -> dict[str, str]:
+        return {}  # filled by to_representation, which parses each text once
+
+
+def unparsed_field() -> serializers.SerializerMethodField:
+    return serializers.SerializerMethodField(
+        help_text="The fields whose stored text is not valid JSON (e.g. a record cut short), with that text; "
+        "those fields are then null. Normally empty."
+    )
+
+
+class InvocationDetailSerializer(JsonTextSerializer, InvocationOutputSerializer):
+    """An invocation with its event, result and log. `payload` and `result` are JSON values, not JSON text."""
+
+    json_text_fields = ("payload", "result")
+    payload = serializers.JSONField(help_text="The event.")
+    result = serializers.JSONField(
+        help_text="The handler's return value, or Lambda's error object when `function_error`; null until finished."
+    )
     log = serializers.CharField()
+    unparsed = unparsed_field()
 
 
 def _choice_param(params: Any, name: str, choices: list[str]) -> str:
@@ -245,17 +290,21 @@ class InvocationDetailApi(APIView):
         return Response(InvocationDetailSerializer(invocation).data)
 
 
-class DeadLetterOutputSerializer(serializers.Serializer):
+class DeadLetterOutputSerializer(JsonTextSerializer):
+    """An event that was not delivered. `request_payload` and `error_result` are JSON values, not JSON text."""
+
+    json_text_fields = ("request_payload", "error_result")
     id = serializers.IntegerField()
     function = serializers.CharField(source="function.name")
     invocation_id = serializers.UUIDField()
     condition = serializers.CharField()
-    request_payload = serializers.CharField()
+    request_payload = serializers.JSONField(help_text="The event.")
     error_type = serializers.CharField()
-    error_result = serializers.CharField()
+    error_result = serializers.JSONField(help_text="The last attempt's error object; null if it never ran.")
     attempts = serializers.IntegerField()
     created_at = serializers.DateTimeField()
     replayed_as = serializers.UUIDField(source="replayed_as_id", allow_null=True)
+    unparsed = unparsed_field()
 
 
 class DeadLetterListApi(APIView):
@@ -295,10 +344,8 @@ class DeadLetterReplayApi(APIView):
         operation_id="dead_letters_replay",
         request=None,
         responses={
-            202: OpenApiResponse(OpenApiTypes.OBJECT, description="Replayed: `{invocation_id, status}`."),
-            200: OpenApiResponse(
-                OpenApiTypes.OBJECT, description="Replayed before: the first replay's `{invocation_id, status}`."
-            ),
+            202: OpenApiResponse(ACCEPTED, description="Replayed: the new invocation."),
+            200: OpenApiResponse(ACCEPTED, description="Replayed before: the invocation of the first replay."),
             **ERRORS,
         },
         description="Run the stored event again as a new async invocation of the function's `$LATEST`. A letter "

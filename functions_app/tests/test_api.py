@@ -281,12 +281,12 @@ def test_it_manages_an_alias_with_weights(api, published):
         format="json",
     )
     assert created.status_code == 201
-    assert created.json()["additional_version"] == 2
+    assert created.json()["additional_version"] == "2"
     moved = api.patch("/api/v1/functions/echo/aliases/live/", {"version": 2, "additional_version": None}, format="json")
     assert moved.status_code == 200
-    assert (moved.json()["version"], moved.json()["additional_version"]) == (2, None)
+    assert (moved.json()["version"], moved.json()["additional_version"]) == ("2", None)
     assert api.get("/api/v1/functions/echo/aliases/").json()["count"] == 1
-    assert api.get("/api/v1/functions/echo/aliases/live/").json()["version"] == 2
+    assert api.get("/api/v1/functions/echo/aliases/live/").json()["version"] == "2"
     assert api.delete("/api/v1/functions/echo/aliases/live/").status_code == 204
     assert_error(api.get("/api/v1/functions/echo/aliases/live/"), 404, "ResourceNotFound")
 
@@ -481,18 +481,19 @@ def test_a_bug_behind_the_api_is_a_json_500_without_the_debug_page(api, settings
 # ---- dead letters -------------------------------------------------------------------------------------------
 
 
+def make_invocation(owner, function=None, **fields):
+    function = function or Function.objects.get(owner=owner)
+    return Invocation.objects.create(
+        **{"owner": owner, "function": function, "payload": "{}", "memory_mb": 128, **fields}
+    )
+
+
 def make_dead_letter(owner, payload='{"n": 1}', result='{"errorType": "Boom"}'):
     function = services.function_create(
         owner=owner, name="failing", handler="app.handler", code=services.CodeUpload(files={"app.py": SOURCE})
     )
-    failed = Invocation.objects.create(
-        owner=owner,
-        function=function,
-        invocation_type="async",
-        status="failed",
-        payload=payload,
-        result=result,
-        memory_mb=128,
+    failed = make_invocation(
+        owner, function=function, invocation_type="async", status="failed", payload=payload, result=result
     )
     return DeadLetter.objects.create(
         owner=owner,
@@ -626,13 +627,14 @@ def test_a_body_that_is_not_json_is_refused_with_the_content_type_to_send(
     assert error["details"] == {"content_type": content_type, "expected": expected}
 
 
+def dry_run(api, query="", body="{}", content_type="application/json"):
+    """An invoke that checks the request and runs nothing (no worker needed)."""
+    url = f"/api/v1/functions/echo/invoke/{query}"
+    return api.post(url, body, content_type=content_type, HTTP_X_INVOCATION_TYPE="DryRun")
+
+
 def test_the_invoke_endpoint_takes_the_event_whatever_its_content_type(api, echo):
-    response = api.post(
-        "/api/v1/functions/echo/invoke/",
-        '{"a": 1}',
-        content_type="application/x-www-form-urlencoded",
-        HTTP_X_INVOCATION_TYPE="DryRun",
-    )
+    response = dry_run(api, body='{"a": 1}', content_type="application/x-www-form-urlencoded")
     assert response.status_code == 204, response.content
 
 
@@ -650,3 +652,66 @@ def test_a_query_parameter_of_the_wrong_type_is_refused_not_ignored(api, url):
     parameter = url.split("?")[1].split("=")[0]
     error = assert_error(api.get(url), 400, "InvalidParameterValue")
     assert parameter in error["details"]
+
+
+# ---- response shapes ----------------------------------------------------------------------------------------
+
+
+def test_version_labels_are_strings_everywhere_in_output(api, published, user):
+    api.post(
+        "/api/v1/functions/echo/aliases/",
+        {"name": "live", "version": 1, "additional_version": 2, "additional_weight": 0.5},
+        format="json",
+    )
+    alias = api.get("/api/v1/functions/echo/aliases/live/").json()
+    assert (alias["version"], alias["additional_version"]) == ("1", "2")
+    assert [v["version"] for v in api.get("/api/v1/functions/echo/versions/").json()["results"]] == ["1", "2"]
+    assert api.get("/api/v1/functions/echo/").json()["version"] == "$LATEST"
+    make_invocation(user, executed_version="2")
+    assert api.get("/api/v1/invocations/").json()["results"][0]["executed_version"] == "2"
+
+
+def test_an_alias_takes_a_version_as_its_label_or_its_number(api, published):
+    body = {"name": "live", "version": "1", "additional_version": "2", "additional_weight": 0.5}
+    created = api.post("/api/v1/functions/echo/aliases/", body, format="json")
+    assert created.status_code == 201, created.content
+    assert (created.json()["version"], created.json()["additional_version"]) == ("1", "2")
+    moved = api.patch("/api/v1/functions/echo/aliases/live/", {"version": 2, "additional_version": 1}, format="json")
+    assert (moved.json()["version"], moved.json()["additional_version"]) == ("2", "1")
+
+
+@pytest.mark.parametrize("version", ["$LATEST", "1.0", "01", "one", True, 1.5, 0, -1, None])
+def test_an_alias_refuses_what_is_not_a_published_version_label(api, published, version):
+    body = {"name": "live", "version": version}
+    error = assert_error(api.post("/api/v1/functions/echo/aliases/", body, format="json"), 400, "InvalidParameterValue")
+    assert "version" in error["details"]
+
+
+def test_a_qualifier_that_is_not_a_plain_number_is_taken_as_an_alias_name(api, echo):
+    assert_error(dry_run(api, "?qualifier=%C2%B2"), 404, "ResourceNotFound")  # "²", which int() refuses
+
+
+def test_an_invocations_payload_and_result_are_json_values_not_json_text(api, user, echo):
+    invocation = make_invocation(user, payload='{"a": [1, 2]}', result='"ok"')
+    body = api.get(f"/api/v1/invocations/{invocation.pk}/").json()
+    assert (body["payload"], body["result"], body["unparsed"]) == ({"a": [1, 2]}, "ok", {})
+
+
+def test_an_invocation_not_finished_has_a_null_result(api, user, echo):
+    invocation = make_invocation(user)
+    body = api.get(f"/api/v1/invocations/{invocation.pk}/").json()
+    assert (body["payload"], body["result"], body["unparsed"]) == ({}, None, {})
+
+
+def test_a_stored_text_that_is_not_json_is_null_with_its_text_under_unparsed(api, user, echo):
+    invocation = make_invocation(user, result='{"cut short')
+    body = api.get(f"/api/v1/invocations/{invocation.pk}/").json()
+    assert (body["result"], body["unparsed"]) == (None, {"result": '{"cut short'})
+
+
+def test_a_dead_letters_payload_and_error_are_json_values_not_json_text(api, user):
+    letter = make_dead_letter(user, payload='{"n": 1}', result='{"errorType": "Boom"}')
+    body = api.get(f"/api/v1/dead-letters/{letter.pk}/").json()
+    assert (body["request_payload"], body["error_result"], body["unparsed"]) == ({"n": 1}, {"errorType": "Boom"}, {})
+    listed = api.get("/api/v1/dead-letters/").json()["results"][0]
+    assert listed["request_payload"] == {"n": 1}
