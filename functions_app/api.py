@@ -11,6 +11,7 @@ from typing import Any
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
+from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -19,7 +20,7 @@ from rest_framework.views import APIView
 from console.exceptions import ServiceError
 from console.pagination import Pagination
 from functions_app import selectors, services
-from functions_app.models import LATEST, Alias, Function, TestEvent, Version
+from functions_app.models import LATEST, Alias, Function, Version
 from functions_app.secrets import env_masked
 
 # ---- strict JSON input --------------------------------------------------------------------------------------
@@ -88,10 +89,73 @@ class VersionNumber(serializers.Field):
         return str(value)
 
 
+# "\ud800" is valid JSON but decodes to a lone surrogate, which no UTF-8 text (a zip entry, a response) can carry.
+_SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _is_unicode(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class StrictJSONParser(JSONParser):
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        data = super().parse(stream, media_type, parser_context)
+        if not _is_unicode(data):
+            raise ParseError("JSON parse error - the body holds a lone surrogate (e.g. \\ud800), which is not text.")
+        return data
+
+
 class JsonApi(APIView):
     """Request bodies are JSON; any other content type is 415 naming the one to send (see console.exceptions)."""
 
-    parser_classes = [JSONParser]
+    parser_classes = [StrictJSONParser]
+
+
+_UNPARSED: Any = object()
+
+
+def _json_value(text: str) -> Any:
+    """The value the JSON ``text`` holds (None for no text), or ``_UNPARSED``."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return _UNPARSED
+    return _UNPARSED if _SURROGATE_ESCAPE_RE.search(text) and not _is_unicode(value) else value
+
+
+class JsonTextSerializer(serializers.Serializer):
+    # Renders ``json_text_fields`` (stored as JSON text) as the JSON values they hold, not as strings of JSON.
+    # Text that is not valid JSON (a record cut short, say), or whose value is not text UTF-8 can carry (a lone
+    # surrogate), is never a 500: the field is then null and the text goes under ``unparsed``, by field name.
+    # Empty text (no result yet) is null. Subclasses declare ``unparsed`` last, with ``unparsed_field()``, so
+    # that it comes last in the output.
+
+    json_text_fields: tuple[str, ...] = ()
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        for name in self.json_text_fields:
+            value = _json_value(data[name])
+            if value is _UNPARSED:
+                data["unparsed"][name], value = data[name], None
+            data[name] = value
+        return data
+
+    def get_unparsed(self, instance: Any) -> dict[str, str]:
+        return {}  # filled by to_representation, which parses each text once
+
+
+def unparsed_field() -> serializers.SerializerMethodField:
+    return serializers.SerializerMethodField(
+        help_text="The fields whose stored text is not valid JSON (e.g. a record cut short) or holds a lone "
+        "surrogate (\\ud800), with that text; those fields are then null. Normally empty."
+    )
 
 
 class StrictSerializer(serializers.Serializer):
@@ -270,15 +334,14 @@ class TestEventUpdateSerializer(StrictSerializer):
     event = serializers.JSONField()
 
 
-class TestEventOutputSerializer(serializers.Serializer):
+class TestEventOutputSerializer(JsonTextSerializer):
     __test__ = False
+    json_text_fields = ("event",)
     name = serializers.CharField()
-    event = serializers.SerializerMethodField()
+    event = serializers.JSONField(source="event_json", help_text="The event, any JSON value.")
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
-
-    def get_event(self, test_event: TestEvent) -> Any:
-        return json.loads(test_event.event_json)
+    unparsed = unparsed_field()
 
 
 ErrorSerializer = inline_serializer(
@@ -370,7 +433,7 @@ class FunctionDetailApi(JsonApi):
 
 
 class FunctionCodeApi(JsonApi):
-    parser_classes = [JSONParser, MultiPartParser]
+    parser_classes = [StrictJSONParser, MultiPartParser]
 
     @extend_schema(
         operation_id="functions_update_code",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 from django.http import HttpResponse
@@ -17,7 +16,7 @@ from rest_framework.views import APIView
 
 from console.exceptions import ServiceError, error_body
 from functions_app import selectors
-from functions_app.api import ERRORS, paginated, paginated_of
+from functions_app.api import ERRORS, JsonTextSerializer, paginated, paginated_of, unparsed_field
 from functions_app.invocations import (
     DRY_RUN,
     WORKER_LOST,
@@ -204,36 +203,6 @@ class InvocationOutputSerializer(serializers.Serializer):
     cost_init_usd = serializers.DecimalField(max_digits=20, decimal_places=12, allow_null=True)
     worker_host = serializers.CharField()
     environment_id = serializers.CharField()
-
-
-class JsonTextSerializer(serializers.Serializer):
-    # Renders ``json_text_fields`` (stored as JSON text) as the JSON values they hold, not as strings of JSON.
-    # Text that is not valid JSON (a record cut short, say) is never a 500: the field is then null and the text
-    # goes under ``unparsed``, by field name. Empty text (no result yet) is null. Subclasses declare ``unparsed``
-    # last, with ``unparsed_field()``, so that it comes last in the output.
-
-    json_text_fields: tuple[str, ...] = ()
-
-    def to_representation(self, instance: Any) -> dict[str, Any]:
-        data = super().to_representation(instance)
-        for name in self.json_text_fields:
-            text = data[name]
-            try:
-                data[name] = json.loads(text) if text else None
-            except ValueError:
-                data[name] = None
-                data["unparsed"][name] = text
-        return data
-
-    def get_unparsed(self, instance: Any) -> dict[str, str]:
-        return {}  # filled by to_representation, which parses each text once
-
-
-def unparsed_field() -> serializers.SerializerMethodField:
-    return serializers.SerializerMethodField(
-        help_text="The fields whose stored text is not valid JSON (e.g. a record cut short), with that text; "
-        "those fields are then null. Normally empty."
-    )
 
 
 class InvocationDetailSerializer(JsonTextSerializer, InvocationOutputSerializer):

@@ -715,3 +715,32 @@ def test_a_dead_letters_payload_and_error_are_json_values_not_json_text(api, use
     assert (body["request_payload"], body["error_result"], body["unparsed"]) == ({"n": 1}, {"errorType": "Boom"}, {})
     listed = api.get("/api/v1/dead-letters/").json()["results"][0]
     assert listed["request_payload"] == {"n": 1}
+
+
+# A lone surrogate ("\ud800") is valid JSON but not text that UTF-8 can carry: taken in, it used to end in a 500.
+LONE_SURROGATE = '"\\ud800"'
+
+
+@pytest.mark.parametrize(
+    ("url", "body"),
+    [
+        (
+            "/api/v1/functions/",
+            f'{{"name": "e", "handler": "app.handler", "code": {{"files": {{{LONE_SURROGATE}: ""}}}}}}',
+        ),
+        ("/api/v1/functions/", f"{{{LONE_SURROGATE}: 1}}"),
+        ("/api/v1/functions/echo/test-events/", f'{{"name": "e", "event": {{"a": {LONE_SURROGATE}}}}}'),
+    ],
+)
+def test_a_body_holding_a_lone_surrogate_is_refused_as_invalid_content(api, echo, url, body):
+    assert_error(api.post(url, body, content_type="application/json"), 400, "InvalidRequestContent")
+
+
+def test_stored_json_holding_a_lone_surrogate_is_shown_under_unparsed(api, user, echo):
+    invocation = make_invocation(user, payload=f'{{"a": {LONE_SURROGATE}}}', result=LONE_SURROGATE)
+    body = api.get(f"/api/v1/invocations/{invocation.pk}/").json()
+    assert (body["payload"], body["result"]) == (None, None)
+    assert body["unparsed"] == {"payload": f'{{"a": {LONE_SURROGATE}}}', "result": LONE_SURROGATE}
+    TestEvent.objects.create(function=Function.objects.get(), name="odd", event_json=LONE_SURROGATE)
+    event = api.get("/api/v1/functions/echo/test-events/odd/").json()
+    assert (event["event"], event["unparsed"]) == (None, {"event": LONE_SURROGATE})
