@@ -680,7 +680,7 @@ def test_an_alias_takes_a_version_as_its_label_or_its_number(api, published):
     assert (moved.json()["version"], moved.json()["additional_version"]) == ("2", "1")
 
 
-@pytest.mark.parametrize("version", ["$LATEST", "1.0", "01", "one", True, 1.5, 0, -1, None])
+@pytest.mark.parametrize("version", ["$LATEST", "1.0", "01", "1\n", " 1", "one", True, 1.5, 0, -1, None])
 def test_an_alias_refuses_what_is_not_a_published_version_label(api, published, version):
     body = {"name": "live", "version": version}
     error = assert_error(api.post("/api/v1/functions/echo/aliases/", body, format="json"), 400, "InvalidParameterValue")
