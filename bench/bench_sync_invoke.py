@@ -67,7 +67,9 @@ def spawn(command: list[str], **env: str) -> subprocess.Popen:
 def invoke_http(port: int, token: str) -> float:
     started = time.perf_counter()
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    connection.request("POST", "/api/v1/functions/noop/invoke", body=b"{}", headers={"Authorization": f"Token {token}"})
+    connection.request(
+        "POST", "/api/v1/functions/noop/invoke/", body=b"{}", headers={"Authorization": f"Token {token}"}
+    )
     response = connection.getresponse()
     response.read()
     connection.close()

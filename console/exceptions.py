@@ -13,7 +13,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpResponse, JsonResponse
-from django.views import defaults
+from django.urls import is_valid_path
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
@@ -97,9 +97,22 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, DjangoValidationError):
         details = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         return Response(error_body("InvalidParameterValue", _first_message(details), details), status=400)
+    if isinstance(exc, drf.UnsupportedMediaType):
+        return _unsupported_media_type(context)
     if isinstance(exc, drf.APIException):
         return _drf_response(exc)
     return None
+
+
+def _unsupported_media_type(context: dict[str, Any]) -> Response:
+    # `curl -d '{...}'` labels JSON as a form: say what to send instead of what went wrong in parsing.
+    got = context["request"].content_type
+    expected = [parser.media_type for parser in context["view"].get_parsers()]
+    message = (
+        f"This endpoint takes {' or '.join(expected)}, not {got or 'a body without a Content-Type'}. Send JSON "
+        "with the header Content-Type: application/json (with curl: --json, or -H 'Content-Type: application/json')."
+    )
+    return Response(error_body("UnsupportedMediaType", message, {"content_type": got, "expected": expected}), 415)
 
 
 def _drf_response(exc: drf.APIException) -> Response:
@@ -125,14 +138,64 @@ def _first_message(details: Any, path: str = "") -> str:
     return f"{path}: {text}" if path else text
 
 
-def json_not_found(request: Any, exception: Exception | None = None) -> HttpResponse:
-    if not request.path.startswith("/api/"):
-        return defaults.page_not_found(request, exception)
-    return JsonResponse(error_body("ResourceNotFound", "No such page or resource."), status=404)
+API_PREFIX = "/api/"
+
+# What an error response Django made itself (not the API) means, by status.
+_STATUS_ERRORS = {
+    400: ("InvalidRequest", "The request is malformed."),
+    401: ("NotAuthenticated", "Authentication credentials were not provided."),
+    403: ("AccessDenied", "You may not do that."),
+    405: ("MethodNotAllowed", "This method is not allowed here."),
+    413: ("RequestTooLarge", "The request body is too large."),
+}
 
 
-def json_server_error(request: Any) -> HttpResponse:
-    # Reached only on a bug: the message stays generic, the traceback goes to the log.
-    if not request.path.startswith("/api/"):
-        return defaults.server_error(request)
-    return JsonResponse(error_body("InternalError", "Something went wrong on our side."), status=500)
+class ApiMiddleware:
+    """Under /api/, before anything else sees the request:
+
+    - a path without its trailing slash is served as the path with it. Every API path ends with a slash, and
+      Django's APPEND_SLASH would answer with a redirect (which drops a POST's body) or, in development, a 500.
+    - an error response that Django made, not the API (an unknown path, a disallowed host, the debug pages of
+      DEBUG=True, a crash), is replaced by the error format, so a client never parses HTML.
+    """
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> HttpResponse:
+        if not request.path_info.startswith(API_PREFIX):
+            return self.get_response(request)
+        _slash_append(request)
+        response = self.get_response(request)
+        if response.status_code >= 400 and not response.get("Content-Type", "").startswith("application/json"):
+            return _as_error_format(request, response)
+        return response
+
+
+def _slash_append(request: Any) -> None:
+    urlconf = getattr(request, "urlconf", None)
+    path = request.path_info
+    if not path.endswith("/") and not is_valid_path(path, urlconf) and is_valid_path(f"{path}/", urlconf):
+        request.path_info, request.path = f"{path}/", f"{request.path}/"
+
+
+def _as_error_format(request: Any, response: HttpResponse) -> JsonResponse:
+    """The error as JSON: the API's own error (rendered as HTML for a browser) keeps its type and message."""
+    data = getattr(response, "data", None)
+    body = data if isinstance(data, dict) and "type" in data else _error_for_status(request, response.status_code)
+    replacement = JsonResponse(body, status=response.status_code)
+    for header in ("Allow", "Retry-After", "WWW-Authenticate"):
+        if header in response:
+            replacement[header] = response[header]
+    return replacement
+
+
+def _error_for_status(request: Any, status: int) -> dict[str, Any]:
+    if status == 404:
+        return error_body(
+            "ResourceNotFound", f"No API endpoint at {request.path}; the API is described at /api/v1/docs/."
+        )
+    if status >= 500:
+        # Reached only on a bug: the message stays generic, the traceback is in the log (django.request).
+        return error_body("InternalError", "Something went wrong on our side.")
+    return error_body(*_STATUS_ERRORS.get(status, ("InvalidRequest", "The request cannot be served.")))

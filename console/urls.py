@@ -10,9 +10,6 @@ from functions_app.urls import api_urlpatterns
 from metrics_app.urls import api_urlpatterns as metrics_api
 from metrics_app.urls import page_urlpatterns as metrics_pages
 
-handler404 = "console.exceptions.json_not_found"
-handler500 = "console.exceptions.json_server_error"
-
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),

@@ -4,32 +4,53 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Any
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from console.exceptions import ServiceError
+from console.json_api import (
+    Boolean,
+    Integer,
+    JsonApi,
+    JsonTextSerializer,
+    Number,
+    StrictJSONParser,
+    StrictSerializer,
+    Text,
+    Uuid,
+    unparsed_field,
+)
 from console.pagination import Pagination
 from functions_app import selectors, services
-from functions_app.models import Alias, Function, TestEvent, Version
+from functions_app.models import LATEST, Alias, Function, Version
 from functions_app.secrets import env_masked
 
+VERSION_LABEL = "^[1-9][0-9]*$"
 
-class StrictSerializer(serializers.Serializer):
-    """Unknown fields are an error, not silently dropped: a typo must not look like success."""
 
-    def to_internal_value(self, data: Any) -> dict[str, Any]:
-        if isinstance(data, dict):
-            unknown = set(data) - set(self.fields)
-            if unknown:
-                raise serializers.ValidationError({name: ["Unknown field."] for name in sorted(unknown)})
-        return super().to_internal_value(data)
+@extend_schema_field({"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": VERSION_LABEL}]})
+class VersionNumber(serializers.Field):
+    """A published version as output shows it, the label "1", or as the number 1; `$LATEST` is not one."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, str) and re.fullmatch(VERSION_LABEL, data):
+            return int(data)
+        if isinstance(data, int) and not isinstance(data, bool) and data >= 1:
+            return data
+        if data == LATEST:
+            raise serializers.ValidationError("An alias points at a published version, not $LATEST; publish one.")
+        raise serializers.ValidationError('Must be a published version: its label ("1") or its number (1).')
+
+    def to_representation(self, value: int) -> str:
+        return str(value)
 
 
 def _body(serializer_class: type[serializers.Serializer], request: Request, **kwargs: Any) -> dict[str, Any]:
@@ -44,9 +65,9 @@ def _body(serializer_class: type[serializers.Serializer], request: Request, **kw
 
 
 class CodeInputSerializer(StrictSerializer):
-    zip_base64 = serializers.CharField(required=False, trim_whitespace=False, help_text="A .zip, base64-encoded.")
+    zip_base64 = Text(required=False, help_text="A .zip, base64-encoded.")
     files = serializers.DictField(
-        child=serializers.CharField(allow_blank=True, trim_whitespace=False),
+        child=Text(allow_blank=True),
         required=False,
         help_text='Inline source by file name, e.g. {"lambda_function.py": "def lambda_handler(event, context): ..."}.',
     )
@@ -66,30 +87,45 @@ def code_upload_from(data: dict[str, Any]) -> services.CodeUpload:
         raise ServiceError("zip_base64 is not valid base64.", details={"zip_base64": ["Invalid base64."]}) from None
 
 
+class CodeUpdateSerializer(CodeInputSerializer):
+    revision_id = Uuid(required=False)
+
+
+class CodeUploadSerializer(StrictSerializer):
+    """A multipart upload: form fields are text by nature, so revision_id is taken as text here."""
+
+    zip = serializers.FileField()
+    revision_id = serializers.UUIDField(required=False)
+
+
 class ConfigFieldsSerializer(StrictSerializer):
-    description = serializers.CharField(required=False, allow_blank=True, max_length=256)
-    runtime = serializers.CharField(required=False)
-    handler = serializers.CharField(required=False, max_length=128)
-    memory_mb = serializers.IntegerField(required=False)
-    timeout_s = serializers.IntegerField(required=False)
-    ephemeral_storage_mb = serializers.IntegerField(required=False)
-    network_enabled = serializers.BooleanField(required=False)
-    environment = serializers.DictField(child=serializers.CharField(allow_blank=True), required=False)
-    reserved_concurrency = serializers.IntegerField(required=False, allow_null=True)
-    max_retry_attempts = serializers.IntegerField(required=False)
-    max_event_age_s = serializers.IntegerField(required=False)
-    on_success_destination = serializers.CharField(required=False, allow_blank=True)
-    on_failure_destination = serializers.CharField(required=False, allow_blank=True)
+    description = Text(required=False, allow_blank=True, max_length=256)
+    runtime = Text(required=False)
+    handler = Text(required=False, max_length=128)
+    memory_mb = Integer(required=False)
+    timeout_s = Integer(required=False)
+    ephemeral_storage_mb = Integer(required=False)
+    network_enabled = Boolean(required=False)
+    environment = serializers.DictField(child=Text(allow_blank=True), required=False)
+    reserved_concurrency = Integer(required=False, allow_null=True)
+    max_retry_attempts = Integer(required=False)
+    max_event_age_s = Integer(required=False)
+    on_success_destination = Text(
+        required=False, allow_blank=True, help_text='"", "dead-letter" or "function:<name>" (an existing function).'
+    )
+    on_failure_destination = Text(
+        required=False, allow_blank=True, help_text='"", "dead-letter" or "function:<name>" (an existing function).'
+    )
 
 
 class FunctionCreateSerializer(ConfigFieldsSerializer):
-    name = serializers.CharField(max_length=64)
-    handler = serializers.CharField(max_length=128)
+    name = Text(max_length=64)
+    handler = Text(max_length=128)
     code = CodeInputSerializer()
 
 
 class FunctionUpdateSerializer(ConfigFieldsSerializer):
-    revision_id = serializers.UUIDField(required=False)
+    revision_id = Uuid(required=False)
 
 
 class FunctionOutputSerializer(serializers.Serializer):
@@ -122,7 +158,7 @@ class FunctionOutputSerializer(serializers.Serializer):
 
 
 class VersionOutputSerializer(serializers.Serializer):
-    version = serializers.CharField(source="number")
+    version = serializers.CharField(source="number", help_text='The label, e.g. "1" (as in aliases and invocations).')
     description = serializers.CharField()
     runtime = serializers.CharField()
     handler = serializers.CharField()
@@ -140,31 +176,31 @@ class VersionOutputSerializer(serializers.Serializer):
 
 
 class PublishSerializer(StrictSerializer):
-    description = serializers.CharField(required=False, allow_blank=True, max_length=256)
-    revision_id = serializers.UUIDField(required=False)
+    description = Text(required=False, allow_blank=True, max_length=256)
+    revision_id = Uuid(required=False)
 
 
 class AliasCreateSerializer(StrictSerializer):
-    name = serializers.CharField(max_length=128)
-    version = serializers.IntegerField()
-    description = serializers.CharField(required=False, allow_blank=True, max_length=256)
-    additional_version = serializers.IntegerField(required=False, allow_null=True)
-    additional_weight = serializers.FloatField(required=False, allow_null=True)
+    name = Text(max_length=128)
+    version = VersionNumber()
+    description = Text(required=False, allow_blank=True, max_length=256)
+    additional_version = VersionNumber(required=False, allow_null=True)
+    additional_weight = Number(required=False, allow_null=True)
 
 
 class AliasUpdateSerializer(StrictSerializer):
-    version = serializers.IntegerField(required=False)
-    description = serializers.CharField(required=False, allow_blank=True, max_length=256)
-    additional_version = serializers.IntegerField(required=False, allow_null=True)
-    additional_weight = serializers.FloatField(required=False, allow_null=True)
-    revision_id = serializers.UUIDField(required=False)
+    version = VersionNumber(required=False)
+    description = Text(required=False, allow_blank=True, max_length=256)
+    additional_version = VersionNumber(required=False, allow_null=True)
+    additional_weight = Number(required=False, allow_null=True)
+    revision_id = Uuid(required=False)
 
 
 class AliasOutputSerializer(serializers.Serializer):
     name = serializers.CharField()
     description = serializers.CharField()
-    version = serializers.IntegerField(source="version.number")
-    additional_version = serializers.IntegerField(source="additional_version.number", allow_null=True, default=None)
+    version = serializers.CharField(source="version.number", help_text='The version\'s label, e.g. "1".')
+    additional_version = serializers.CharField(source="additional_version.number", allow_null=True, default=None)
     additional_weight = serializers.FloatField()
     revision_id = serializers.UUIDField()
     created_at = serializers.DateTimeField()
@@ -173,7 +209,7 @@ class AliasOutputSerializer(serializers.Serializer):
 
 class TestEventCreateSerializer(StrictSerializer):
     __test__ = False
-    name = serializers.CharField(max_length=25)
+    name = Text(max_length=25)
     event = serializers.JSONField()
 
 
@@ -182,17 +218,14 @@ class TestEventUpdateSerializer(StrictSerializer):
     event = serializers.JSONField()
 
 
-class TestEventOutputSerializer(serializers.Serializer):
+class TestEventOutputSerializer(JsonTextSerializer):
     __test__ = False
+    json_text_fields = ("event",)
     name = serializers.CharField()
-    event = serializers.SerializerMethodField()
+    event = serializers.JSONField(source="event_json", help_text="The event, any JSON value.")
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
-
-    def get_event(self, test_event: TestEvent) -> Any:
-        import json
-
-        return json.loads(test_event.event_json)
+    unparsed = unparsed_field()
 
 
 ErrorSerializer = inline_serializer(
@@ -231,7 +264,7 @@ def paginated(request: Request, view: APIView, items: QuerySet, output: type[ser
 # ---- views --------------------------------------------------------------------------------------------------
 
 
-class FunctionListApi(APIView):
+class FunctionListApi(JsonApi):
     @extend_schema(
         operation_id="functions_list",
         parameters=[
@@ -260,7 +293,7 @@ class FunctionListApi(APIView):
         return Response(FunctionOutputSerializer(function).data, status=status.HTTP_201_CREATED)
 
 
-class FunctionDetailApi(APIView):
+class FunctionDetailApi(JsonApi):
     @extend_schema(operation_id="functions_retrieve", responses={200: FunctionOutputSerializer, **ERRORS})
     def get(self, request: Request, name: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
@@ -283,18 +316,12 @@ class FunctionDetailApi(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class FunctionCodeApi(APIView):
-    parser_classes = [JSONParser, MultiPartParser]
+class FunctionCodeApi(JsonApi):
+    parser_classes = [StrictJSONParser, MultiPartParser]
 
     @extend_schema(
         operation_id="functions_update_code",
-        request={
-            "application/json": CodeInputSerializer,
-            "multipart/form-data": inline_serializer(
-                "CodeUpload",
-                fields={"zip": serializers.FileField(), "revision_id": serializers.UUIDField(required=False)},
-            ),
-        },
+        request={"application/json": CodeUpdateSerializer, "multipart/form-data": CodeUploadSerializer},
         responses={200: FunctionOutputSerializer, **ERRORS},
         description="Replace the code of `$LATEST`: a multipart `zip` file, base64 zip in JSON, or inline files.",
     )
@@ -305,22 +332,17 @@ class FunctionCodeApi(APIView):
         return Response(FunctionOutputSerializer(function).data)
 
     def _code_from(self, request: Request) -> tuple[services.CodeUpload, str | None]:
-        if "zip" in request.FILES:
-            unknown = set(request.data) - {"zip", "revision_id"}
-            if unknown:
-                raise ServiceError("Unknown fields.", details={name: ["Unknown field."] for name in sorted(unknown)})
-            upload = request.FILES["zip"]
+        if request.content_type.startswith("multipart/"):
+            data = _body(CodeUploadSerializer, request)
+            upload = data["zip"]
             if upload.size > services.code_pkg.ZIPPED_MAX_BYTES:
                 raise services.RequestTooLarge(f"The zip is {upload.size} bytes; the limit is 50 MB.")
-            return services.CodeUpload(zip_bytes=upload.read()), request.data.get("revision_id") or None
-        data = dict(request.data) if isinstance(request.data, dict) else request.data
-        revision_id = data.pop("revision_id", None) if isinstance(data, dict) else None
-        serializer = CodeInputSerializer(data=data)
-        serializer.is_valid(raise_exception=True)
-        return code_upload_from(serializer.validated_data), revision_id
+            return services.CodeUpload(zip_bytes=upload.read()), data.get("revision_id")
+        data = _body(CodeUpdateSerializer, request)
+        return code_upload_from(data), data.get("revision_id")
 
 
-class VersionListApi(APIView):
+class VersionListApi(JsonApi):
     @extend_schema(operation_id="versions_list", responses={200: paginated_of(VersionOutputSerializer), **ERRORS})
     def get(self, request: Request, name: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
@@ -340,14 +362,14 @@ class VersionListApi(APIView):
         return Response(VersionOutputSerializer(version).data, status=201 if created else 200)
 
 
-class VersionDetailApi(APIView):
+class VersionDetailApi(JsonApi):
     @extend_schema(operation_id="versions_retrieve", responses={200: VersionOutputSerializer, **ERRORS})
     def get(self, request: Request, name: str, number: int) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
         return Response(VersionOutputSerializer(selectors.version_get(function=function, number=number)).data)
 
 
-class AliasListApi(APIView):
+class AliasListApi(JsonApi):
     @extend_schema(operation_id="aliases_list", responses={200: paginated_of(AliasOutputSerializer), **ERRORS})
     def get(self, request: Request, name: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
@@ -362,7 +384,7 @@ class AliasListApi(APIView):
         return Response(AliasOutputSerializer(alias).data, status=status.HTTP_201_CREATED)
 
 
-class AliasDetailApi(APIView):
+class AliasDetailApi(JsonApi):
     @extend_schema(operation_id="aliases_retrieve", responses={200: AliasOutputSerializer, **ERRORS})
     def get(self, request: Request, name: str, alias: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
@@ -384,7 +406,7 @@ class AliasDetailApi(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class TestEventListApi(APIView):
+class TestEventListApi(JsonApi):
     @extend_schema(operation_id="test_events_list", responses={200: paginated_of(TestEventOutputSerializer), **ERRORS})
     def get(self, request: Request, name: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
@@ -401,7 +423,7 @@ class TestEventListApi(APIView):
         return Response(TestEventOutputSerializer(test_event).data, status=status.HTTP_201_CREATED)
 
 
-class TestEventDetailApi(APIView):
+class TestEventDetailApi(JsonApi):
     @extend_schema(operation_id="test_events_retrieve", responses={200: TestEventOutputSerializer, **ERRORS})
     def get(self, request: Request, name: str, event: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)

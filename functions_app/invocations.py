@@ -807,17 +807,36 @@ def _dead_letter(invocation: Invocation, *, function_id: int, condition: str, pa
 
 
 def dead_letter_replay(*, dead_letter: DeadLetter) -> Invocation:
-    """Run the stored event again as a new async invocation of the function's `$LATEST`."""
-    replayed = invocation_accept(
-        owner=dead_letter.owner,
-        function=dead_letter.function,
-        qualifier=LATEST,
-        raw_payload=dead_letter.request_payload.encode(),
-        invocation_type=InvocationType.ASYNC,
-    )
-    dead_letter.replayed_as = replayed
-    dead_letter.save(update_fields=["replayed_as"])
-    return replayed
+    """Run the stored event again as a new async invocation of the function's `$LATEST`, once: a letter that was
+    replayed already answers with the invocation of its first replay."""
+    return dead_letter_replay_once(dead_letter=dead_letter)[0]
+
+
+def dead_letter_replay_once(*, dead_letter: DeadLetter) -> tuple[Invocation, bool]:
+    """The replay's invocation, and whether this call created it. The letter is claimed by a conditional update
+    on ``replayed_as IS NULL`` in the transaction that creates the invocation: of two racing replays one claims
+    it, the other rolls back its invocation (and so its publish) and answers with the winner's."""
+    if dead_letter.replayed_as_id is None:
+        with transaction.atomic():
+            replayed = invocation_accept(
+                owner=dead_letter.owner,
+                function=dead_letter.function,
+                qualifier=LATEST,
+                raw_payload=dead_letter.request_payload.encode(),
+                invocation_type=InvocationType.ASYNC,
+            )
+            claimed = DeadLetter.objects.filter(pk=dead_letter.pk, replayed_as__isnull=True).update(
+                replayed_as=replayed
+            )
+            if not claimed:
+                transaction.set_rollback(True)
+        if claimed:
+            dead_letter.replayed_as = replayed
+            return replayed, True
+    current = DeadLetter.objects.select_related("replayed_as").filter(pk=dead_letter.pk).first()
+    if current is None or current.replayed_as is None:
+        raise ResourceConflict("The dead letter was deleted while it was being replayed.")
+    return current.replayed_as, False
 
 
 def dead_letter_delete(*, dead_letter: DeadLetter) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.parsers import BaseParser
 from rest_framework.request import Request
@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from console.exceptions import ServiceError, error_body
+from console.json_api import JsonTextSerializer, unparsed_field
 from functions_app import selectors
 from functions_app.api import ERRORS, paginated, paginated_of
 from functions_app.invocations import (
@@ -24,7 +25,7 @@ from functions_app.invocations import (
     WORKER_LOST,
     InvocationOutcome,
     dead_letter_delete,
-    dead_letter_replay,
+    dead_letter_replay_once,
     invocation_accept,
     invocation_wait,
     sync_wait_budget,
@@ -64,6 +65,14 @@ PLATFORM_ERROR_MESSAGES = {
     EXECUTOR_FAILED: "The executor could not run this invocation (see the worker's log); it was not retried.",
 }
 
+ACCEPTED = inline_serializer(
+    "Accepted",
+    fields={
+        "invocation_id": serializers.UUIDField(),
+        "status": serializers.ChoiceField(choices=InvocationStatus.values, help_text="Its status at this moment."),
+    },
+)
+
 INVOCATION_TYPES = {
     "RequestResponse": InvocationType.SYNC,
     "Event": InvocationType.ASYNC,
@@ -99,7 +108,7 @@ class InvokeApi(APIView):
         responses={
             200: OpenApiResponse(OpenApiTypes.ANY, description="The function's result (or its error object)."),
             202: OpenApiResponse(
-                OpenApiTypes.OBJECT,
+                ACCEPTED,
                 description="`Event` accepted, or a sync call still running past the wait budget: "
                 "`{invocation_id, status}` to poll.",
             ),
@@ -150,8 +159,8 @@ def _idempotency_key(request: Request) -> str:
     return key
 
 
-def _accepted(invocation_id: str, status: str) -> Response:
-    response = Response({"invocation_id": invocation_id, "status": status}, status=202)
+def _accepted(invocation_id: str, invocation_status: str, status: int = 202) -> Response:
+    response = Response({"invocation_id": invocation_id, "status": invocation_status}, status=status)
     response["Location"] = f"/api/v1/invocations/{invocation_id}/"
     response["X-Invocation-Id"] = invocation_id
     return response
@@ -211,23 +220,30 @@ class InvocationOutputSerializer(serializers.Serializer):
     environment_id = serializers.CharField()
 
 
-class InvocationDetailSerializer(InvocationOutputSerializer):
-    payload = serializers.CharField()
-    result = serializers.CharField()
+class InvocationDetailSerializer(JsonTextSerializer, InvocationOutputSerializer):
+    """An invocation with its event, result and log. `payload` and `result` are JSON values, not JSON text."""
+
+    json_text_fields = ("payload", "result")
+    payload = serializers.JSONField(help_text="The event.")
+    result = serializers.JSONField(
+        help_text="The handler's return value, or Lambda's error object when `function_error`; null until finished."
+    )
     log = serializers.CharField()
+    unparsed = unparsed_field()
 
 
 def _choice_param(params: Any, name: str, choices: list[str]) -> str:
     """A filter that must be one of ``choices`` (empty means no filter)."""
     value = params.get(name, "")
     if value and value not in choices:
-        raise ServiceError(f"Unknown {name} {value!r}.", details={name: choices})
+        raise ServiceError(f"{name}: {value!r} is not one of {', '.join(choices)}.", details={name: choices})
     return value
 
 
 def _bool_param(params: Any, name: str) -> bool | None:
-    """``true`` / ``false`` filters; anything else means no filter."""
-    return {"true": True, "false": False}.get(params.get(name, "").lower())
+    """``true`` / ``false`` filters; absent or empty means no filter, anything else is refused."""
+    value = _choice_param(params, name, ["true", "false"])
+    return {"true": True, "false": False}.get(value)
 
 
 class InvocationListApi(APIView):
@@ -258,17 +274,21 @@ class InvocationDetailApi(APIView):
         return Response(InvocationDetailSerializer(invocation).data)
 
 
-class DeadLetterOutputSerializer(serializers.Serializer):
+class DeadLetterOutputSerializer(JsonTextSerializer):
+    """An event that was not delivered. `request_payload` and `error_result` are JSON values, not JSON text."""
+
+    json_text_fields = ("request_payload", "error_result")
     id = serializers.IntegerField()
     function = serializers.CharField(source="function.name")
     invocation_id = serializers.UUIDField()
     condition = serializers.CharField()
-    request_payload = serializers.CharField()
+    request_payload = serializers.JSONField(help_text="The event.")
     error_type = serializers.CharField()
-    error_result = serializers.CharField()
+    error_result = serializers.JSONField(help_text="The last attempt's error object; null if it never ran.")
     attempts = serializers.IntegerField()
     created_at = serializers.DateTimeField()
     replayed_as = serializers.UUIDField(source="replayed_as_id", allow_null=True)
+    unparsed = unparsed_field()
 
 
 class DeadLetterListApi(APIView):
@@ -307,9 +327,15 @@ class DeadLetterReplayApi(APIView):
     @extend_schema(
         operation_id="dead_letters_replay",
         request=None,
-        responses={202: OpenApiResponse(OpenApiTypes.OBJECT, description="`{invocation_id, status}`"), **ERRORS},
-        description="Run the stored event again as a new async invocation of the function's `$LATEST`.",
+        responses={
+            202: OpenApiResponse(ACCEPTED, description="Replayed: the new invocation."),
+            200: OpenApiResponse(ACCEPTED, description="Replayed before: the invocation of the first replay."),
+            **ERRORS,
+        },
+        description="Run the stored event again as a new async invocation of the function's `$LATEST`. A letter "
+        "runs once: replaying it again answers 200 with the invocation of its first replay (`replayed_as`).",
     )
     def post(self, request: Request, letter_id: int) -> Response:
-        invocation = dead_letter_replay(dead_letter=selectors.dead_letter_get(owner=request.user, pk=letter_id))
-        return _accepted(str(invocation.id), invocation.status)
+        letter = selectors.dead_letter_get(owner=request.user, pk=letter_id)
+        invocation, created = dead_letter_replay_once(dead_letter=letter)
+        return _accepted(str(invocation.id), invocation.status, status=202 if created else 200)

@@ -116,7 +116,7 @@ def qualifier_resolve(
     """`$LATEST`, a version number, or an alias (whose weighted second version is picked at random)."""
     if qualifier in ("", LATEST):
         return ResolvedTarget(function, None, LATEST)
-    if qualifier.isdigit():
+    if qualifier.isascii() and qualifier.isdigit():  # str.isdigit() is also true of "²", which int() refuses
         return ResolvedTarget(function, version_get(function=function, number=int(qualifier)), qualifier)
     alias = alias_get(function=function, name=qualifier)
     draw = (rng or random).random()

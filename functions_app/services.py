@@ -10,13 +10,15 @@ import json
 import re
 import uuid
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import Max
+from django.utils import timezone
 
 from console.exceptions import PreconditionFailed, RequestTooLarge, ResourceConflict, ResourceNotFound, ServiceError
 from functions_app import code as code_pkg
@@ -129,13 +131,25 @@ def config_validate(fields: dict[str, Any]) -> None:
 
 
 def _destination_validate(field: str, value: Any) -> None:
-    """ "" (none), "dead-letter" (the inbox) or "function:<name>"; the function is looked up at delivery, and a
-    failure whose destination function is gone lands in the inbox."""
+    """ "" (none), "dead-letter" (the inbox) or "function:<name>" (see ``_destinations_check``)."""
     if value in ("", DEAD_LETTER):
         return
     if isinstance(value, str) and value.startswith("function:") and FUNCTION_NAME_RE.match(value[len("function:") :]):
         return
     raise _invalid(field, 'Use "", "dead-letter" or "function:<name>".')
+
+
+def _destinations_check(*, owner_id: int, name: str, fields: dict[str, Any], current: Function | None = None) -> None:
+    """A destination being set must name a function of the same owner, or the function itself (recursion is
+    bounded at delivery). One that stays as it was is not checked again: the function it names may have been
+    deleted since, which is allowed; a failure sent there then lands in the dead-letter inbox."""
+    for field in ("on_success_destination", "on_failure_destination"):
+        value = fields.get(field, "")
+        if not value.startswith("function:") or (current is not None and getattr(current, field) == value):
+            continue
+        target = value.removeprefix("function:")
+        if target != name and not Function.objects.filter(owner_id=owner_id, name=target).exists():
+            raise _invalid(field, f"There is no function named {target!r} to send events to.")
 
 
 def _runtime_validate(value: Any) -> None:
@@ -178,6 +192,40 @@ def _revision_check(current: uuid.UUID, expected: str | uuid.UUID | None) -> Non
         raise PreconditionFailed(
             "The resource changed since you read it (revision_id does not match). Read it again and retry."
         )
+
+
+# ---- revisions ----------------------------------------------------------------------------------------------
+
+REVISED_ATTEMPTS = 5
+Revised = TypeVar("Revised", Function, Alias)
+
+
+def _revised(row: Revised, revision_id: str | None, changes_for: Callable[[Revised], dict[str, Any]]) -> Revised:
+    """Write ``changes_for(row)`` and a new revision_id as one ``UPDATE … WHERE revision_id = <the revision the
+    changes were computed from>``. The database evaluates that condition atomically (PostgreSQL re-checks it on
+    the newest row after waiting for a concurrent writer), so of two concurrent edits of one revision only one
+    can win; a read-check-save would let both.
+
+    With the caller's ``revision_id`` the loser gets 412. Without one, the row is read again and the changes are
+    computed again from it (the checks too, e.g. a handler against the code now stored), so a concurrent
+    writer's change is never overwritten by a stale copy.
+    """
+    for _ in range(REVISED_ATTEMPTS):
+        _revision_check(row.revision_id, revision_id)
+        fields = {**changes_for(row), "revision_id": uuid.uuid4(), "updated_at": timezone.now()}
+        if type(row).objects.filter(pk=row.pk, revision_id=row.revision_id).update(**fields):
+            for name, value in fields.items():
+                setattr(row, name, value)
+            return row
+        row = _reread(row)
+    raise ResourceConflict(f"{row} is being changed by other requests at this moment; try again.")
+
+
+def _reread(row: Revised) -> Revised:
+    current = type(row).objects.filter(pk=row.pk).first()
+    if current is None:
+        raise ResourceNotFound(f"{row} no longer exists.")
+    return current
 
 
 # ---- code ---------------------------------------------------------------------------------------------------
@@ -240,11 +288,11 @@ def function_create(
         raise ServiceError(f"Unknown configuration fields: {', '.join(sorted(unknown))}.")
     environment = environment or {}
     config_validate({**config, "environment": environment})
+    _destinations_check(owner_id=owner.pk, name=name, fields=config)
     if Function.objects.filter(owner=owner, name=name).exists():
         raise ResourceConflict(f"A function named {name!r} already exists.", type="ResourceConflict")
     artifact = artifact_store(zip_bytes=code.to_zip(), handler=handler)
-    function = Function(owner=owner, name=name, handler=handler, code=artifact, **config)
-    _environment_set(function, environment)
+    function = Function(owner=owner, name=name, handler=handler, code=artifact, **config, **_environment(environment))
     try:
         with transaction.atomic():
             function.save()
@@ -253,28 +301,28 @@ def function_create(
     return function
 
 
-def _environment_set(target: Function, variables: dict[str, str]) -> None:
-    target.environment_ciphertext = env_encrypt(variables)
-    target.environment_keys = sorted(variables)
+def _environment(variables: dict[str, str]) -> dict[str, Any]:
+    """The stored fields of an environment: the values encrypted, the names in clear (to show them masked)."""
+    return {"environment_ciphertext": env_encrypt(variables), "environment_keys": sorted(variables)}
 
 
 def function_update_configuration(
     *, function: Function, revision_id: str | None = None, environment: dict[str, str] | None = None, **changes: Any
 ) -> Function:
-    _revision_check(function.revision_id, revision_id)
+    """Change the fields given, and only those: a concurrent change of the others is kept (see ``_revised``)."""
     unknown = set(changes) - set(CONFIG_FIELDS)
     if unknown:
         raise ServiceError(f"Unknown configuration fields: {', '.join(sorted(unknown))}.")
     config_validate({**changes, **({"environment": environment} if environment is not None else {})})
-    if "handler" in changes and changes["handler"] != function.handler:
-        _artifact_check_handler(function.code, changes["handler"])
-    for field, value in changes.items():
-        setattr(function, field, value)
-    if environment is not None:
-        _environment_set(function, environment)
-    function.revision_id = uuid.uuid4()
-    function.save()
-    return function
+    fields = {**changes, **(_environment(environment) if environment is not None else {})}
+
+    def changes_for(current: Function) -> dict[str, Any]:
+        _destinations_check(owner_id=current.owner_id, name=current.name, fields=changes, current=current)
+        if "handler" in changes and changes["handler"] != current.handler:
+            _artifact_check_handler(current.code, changes["handler"])
+        return fields
+
+    return _revised(function, revision_id, changes_for)
 
 
 def environment_edited(*, function: Function, remove: list[str], changes: dict[str, str]) -> dict[str, str] | None:
@@ -287,11 +335,15 @@ def environment_edited(*, function: Function, remove: list[str], changes: dict[s
 
 
 def function_update_code(*, function: Function, code: CodeUpload, revision_id: str | None = None) -> Function:
-    _revision_check(function.revision_id, revision_id)
-    function.code = artifact_store(zip_bytes=code.to_zip(), handler=function.handler)
-    function.revision_id = uuid.uuid4()
-    function.save(update_fields=["code", "revision_id", "updated_at"])
-    return function
+    zip_bytes = code.to_zip()
+    artifacts: dict[str, CodeArtifact] = {}  # by the handler they were checked against
+
+    def changes_for(current: Function) -> dict[str, Any]:
+        if current.handler not in artifacts:
+            artifacts[current.handler] = artifact_store(zip_bytes=zip_bytes, handler=current.handler)
+        return {"code": artifacts[current.handler]}
+
+    return _revised(function, revision_id, changes_for)
 
 
 def function_delete(*, function: Function) -> None:
@@ -338,17 +390,23 @@ def version_publish(
 ) -> tuple[Version, bool]:
     """Snapshot `$LATEST`; returns (version, created). Unchanged code and configuration return the latest
     version instead of a new one, as Lambda does."""
-    _revision_check(function.revision_id, revision_id)
     if description is not None:
         _text_validate("description", description, 256)
-    config_sha = _config_sha256(function)
     with transaction.atomic():
-        locked = Function.objects.select_for_update().get(pk=function.pk)
+        # The snapshot is of the row as it is, locked until the version exists: on PostgreSQL by FOR UPDATE (a
+        # concurrent UPDATE … WHERE revision_id waits, then sees its revision unchanged by a publish), on SQLite
+        # by the IMMEDIATE transaction's write lock. So the revision checked is the revision published, and two
+        # publishes cannot take one number.
+        locked = Function.objects.select_for_update().filter(pk=function.pk).first()
+        if locked is None:
+            raise ResourceNotFound(f"{function} no longer exists.")
+        _revision_check(locked.revision_id, revision_id)
+        config_sha = _config_sha256(locked)
         latest = locked.versions.order_by("-number").first()
         if latest and latest.config_sha256 == config_sha:
             return latest, False
         number = (locked.versions.aggregate(top=Max("number"))["top"] or 0) + 1
-        snapshot = {field: getattr(function, field) for field in _SNAPSHOT_FIELDS}
+        snapshot = {field: getattr(locked, field) for field in _SNAPSHOT_FIELDS}
         if description is not None:
             snapshot["description"] = description
         version = Version.objects.create(function=locked, number=number, config_sha256=config_sha, **snapshot)
@@ -423,26 +481,26 @@ def alias_update(
     revision_id: str | None = None,
 ) -> Alias:
     """Move an alias. Leaving the routing out keeps it; passing ``additional_version=None`` removes it."""
-    _revision_check(alias.revision_id, revision_id)
-    main = _version_of(alias.function, version, "version") if version is not None else alias.version
     if description is not None:
         _text_validate("description", description, 256)
-        alias.description = description
-    if additional_version is _UNSET and additional_weight is _UNSET:
-        other, weight = alias.additional_version, alias.additional_weight
-        if other is not None and other.pk == main.pk:
-            other, weight = None, 0.0
-    else:
-        current = alias.additional_version.number if alias.additional_version else None
-        wanted = current if additional_version is _UNSET else additional_version
-        weight_in = alias.additional_weight if additional_weight is _UNSET else additional_weight
-        if wanted is None and additional_weight is _UNSET:
-            weight_in = None  # removing the second version removes its share too
-        other, weight = _routing(alias.function, main, wanted, weight_in)
-    alias.version, alias.additional_version, alias.additional_weight = main, other, weight
-    alias.revision_id = uuid.uuid4()
-    alias.save()
-    return alias
+
+    def changes_for(current: Alias) -> dict[str, Any]:
+        main = _version_of(current.function, version, "version") if version is not None else current.version
+        if additional_version is _UNSET and additional_weight is _UNSET:
+            other, weight = current.additional_version, current.additional_weight
+            if other is not None and other.pk == main.pk:
+                other, weight = None, 0.0
+        else:
+            now = current.additional_version.number if current.additional_version else None
+            wanted = now if additional_version is _UNSET else additional_version
+            weight_in = current.additional_weight if additional_weight is _UNSET else additional_weight
+            if wanted is None and additional_weight is _UNSET:
+                weight_in = None  # removing the second version removes its share too
+            other, weight = _routing(current.function, main, wanted, weight_in)
+        fields = {"version": main, "additional_version": other, "additional_weight": weight}
+        return fields if description is None else {**fields, "description": description}
+
+    return _revised(alias, revision_id, changes_for)
 
 
 def alias_delete(*, alias: Alias) -> None:

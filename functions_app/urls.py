@@ -4,24 +4,25 @@ from django.urls import path
 
 from functions_app import api, invocations_api
 
+# Every path ends with a slash; console.exceptions.ApiMiddleware serves the same path without it too.
 # Function names, alias names and test event names never contain "/", so plain str converters are exact.
 api_urlpatterns = [
     path("functions/", api.FunctionListApi.as_view(), name="api-functions"),
     path("functions/<str:name>/", api.FunctionDetailApi.as_view(), name="api-function"),
-    path("functions/<str:name>/code", api.FunctionCodeApi.as_view(), name="api-function-code"),
+    path("functions/<str:name>/code/", api.FunctionCodeApi.as_view(), name="api-function-code"),
     path("functions/<str:name>/versions/", api.VersionListApi.as_view(), name="api-versions"),
     path("functions/<str:name>/versions/<int:number>/", api.VersionDetailApi.as_view(), name="api-version"),
     path("functions/<str:name>/aliases/", api.AliasListApi.as_view(), name="api-aliases"),
     path("functions/<str:name>/aliases/<str:alias>/", api.AliasDetailApi.as_view(), name="api-alias"),
     path("functions/<str:name>/test-events/", api.TestEventListApi.as_view(), name="api-test-events"),
     path("functions/<str:name>/test-events/<str:event>/", api.TestEventDetailApi.as_view(), name="api-test-event"),
-    path("functions/<str:name>/invoke", invocations_api.InvokeApi.as_view(), name="api-function-invoke"),
+    path("functions/<str:name>/invoke/", invocations_api.InvokeApi.as_view(), name="api-function-invoke"),
     path("invocations/", invocations_api.InvocationListApi.as_view(), name="api-invocations"),
     path("invocations/<str:invocation_id>/", invocations_api.InvocationDetailApi.as_view(), name="api-invocation"),
     path("dead-letters/", invocations_api.DeadLetterListApi.as_view(), name="api-dead-letters"),
     path("dead-letters/<int:letter_id>/", invocations_api.DeadLetterDetailApi.as_view(), name="api-dead-letter"),
     path(
-        "dead-letters/<int:letter_id>/replay",
+        "dead-letters/<int:letter_id>/replay/",
         invocations_api.DeadLetterReplayApi.as_view(),
         name="api-dead-letter-replay",
     ),

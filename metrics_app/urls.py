@@ -7,8 +7,8 @@ from django.urls import path
 from metrics_app import api, views
 
 api_urlpatterns = [
-    path("reports/usage", api.UsageReportApi.as_view(), name="api-reports-usage"),
-    path("functions/<str:name>/rightsizing", api.RightsizingApi.as_view(), name="api-function-rightsizing"),
+    path("reports/usage/", api.UsageReportApi.as_view(), name="api-reports-usage"),
+    path("functions/<str:name>/rightsizing/", api.RightsizingApi.as_view(), name="api-function-rightsizing"),
 ]
 page_urlpatterns = [
     path("metrics", views.metrics, name="metrics"),

@@ -7,7 +7,8 @@ import pytest
 from rest_framework.test import APIClient
 
 from functions_app import services
-from functions_app.models import Function, TestEvent
+from functions_app.invocations import dead_letter_replay
+from functions_app.models import DeadLetter, Function, Invocation, TestEvent
 from functions_app.tests.zips import make_zip
 
 pytestmark = pytest.mark.django_db
@@ -189,16 +190,16 @@ def test_it_deletes_a_function(api, echo):
 def test_it_updates_code_from_a_multipart_zip(api, echo):
     upload = io.BytesIO(make_zip({"app.py": "def handler(event, context):\n    return 2\n"}))
     upload.name = "code.zip"
-    response = api.put("/api/v1/functions/echo/code", {"zip": upload}, format="multipart")
+    response = api.put("/api/v1/functions/echo/code/", {"zip": upload}, format="multipart")
     assert response.status_code == 200, response.content
     assert response.json()["code_sha256"] != echo["code_sha256"]
 
 
 def test_it_updates_code_from_base64_and_inline_source(api, echo):
     encoded = base64.b64encode(make_zip({"app.py": "def handler(e, c):\n    return 3\n"})).decode()
-    first = api.put("/api/v1/functions/echo/code", {"zip_base64": encoded}, format="json")
+    first = api.put("/api/v1/functions/echo/code/", {"zip_base64": encoded}, format="json")
     second = api.put(
-        "/api/v1/functions/echo/code", {"files": {"app.py": "def handler(e, c):\n    return 4\n"}}, format="json"
+        "/api/v1/functions/echo/code/", {"files": {"app.py": "def handler(e, c):\n    return 4\n"}}, format="json"
     )
     assert first.status_code == second.status_code == 200
     assert first.json()["code_sha256"] != second.json()["code_sha256"]
@@ -215,19 +216,19 @@ def test_it_updates_code_from_base64_and_inline_source(api, echo):
 def test_code_update_rejects_bad_zips(api, echo, files, type_):
     upload = io.BytesIO(make_zip(files))
     upload.name = "code.zip"
-    assert_error(api.put("/api/v1/functions/echo/code", {"zip": upload}, format="multipart"), 400, type_)
+    assert_error(api.put("/api/v1/functions/echo/code/", {"zip": upload}, format="multipart"), 400, type_)
     assert api.get("/api/v1/functions/echo/").json()["code_sha256"] == echo["code_sha256"]
 
 
 def test_code_update_rejects_a_zip_with_a_link(api, echo):
     upload = io.BytesIO(make_zip({"app.py": SOURCE}, symlinks={"link": "/etc/passwd"}))
     upload.name = "code.zip"
-    assert_error(api.put("/api/v1/functions/echo/code", {"zip": upload}, format="multipart"), 400, "InvalidZipFile")
+    assert_error(api.put("/api/v1/functions/echo/code/", {"zip": upload}, format="multipart"), 400, "InvalidZipFile")
 
 
 def test_code_update_rejects_unknown_fields(api, echo):
     assert_error(
-        api.put("/api/v1/functions/echo/code", {"files": {"app.py": SOURCE}, "x": 1}, format="json"),
+        api.put("/api/v1/functions/echo/code/", {"files": {"app.py": SOURCE}, "x": 1}, format="json"),
         400,
         "InvalidParameterValue",
     )
@@ -251,7 +252,7 @@ def test_it_publishes_and_lists_versions(api, echo):
 def test_a_published_version_does_not_follow_latest(api, echo):
     api.post("/api/v1/functions/echo/versions/", {}, format="json")
     api.patch("/api/v1/functions/echo/", {"memory_mb": 2048, "handler": "app.handler"}, format="json")
-    api.put("/api/v1/functions/echo/code", {"files": {"app.py": "def handler(e, c):\n    return 9\n"}}, format="json")
+    api.put("/api/v1/functions/echo/code/", {"files": {"app.py": "def handler(e, c):\n    return 9\n"}}, format="json")
     version = api.get("/api/v1/functions/echo/versions/1/").json()
     assert version["memory_mb"] == 128 and version["code_sha256"] == echo["code_sha256"]
 
@@ -280,12 +281,12 @@ def test_it_manages_an_alias_with_weights(api, published):
         format="json",
     )
     assert created.status_code == 201
-    assert created.json()["additional_version"] == 2
+    assert created.json()["additional_version"] == "2"
     moved = api.patch("/api/v1/functions/echo/aliases/live/", {"version": 2, "additional_version": None}, format="json")
     assert moved.status_code == 200
-    assert (moved.json()["version"], moved.json()["additional_version"]) == (2, None)
+    assert (moved.json()["version"], moved.json()["additional_version"]) == ("2", None)
     assert api.get("/api/v1/functions/echo/aliases/").json()["count"] == 1
-    assert api.get("/api/v1/functions/echo/aliases/live/").json()["version"] == 2
+    assert api.get("/api/v1/functions/echo/aliases/live/").json()["version"] == "2"
     assert api.delete("/api/v1/functions/echo/aliases/live/").status_code == 204
     assert_error(api.get("/api/v1/functions/echo/aliases/live/"), 404, "ResourceNotFound")
 
@@ -364,7 +365,7 @@ CROSS_TENANT_REQUESTS = [
     ("get", "/api/v1/functions/theirs/", None),
     ("patch", "/api/v1/functions/theirs/", {"memory_mb": 256}),
     ("delete", "/api/v1/functions/theirs/", None),
-    ("put", "/api/v1/functions/theirs/code", {"files": {"app.py": SOURCE}}),
+    ("put", "/api/v1/functions/theirs/code/", {"files": {"app.py": SOURCE}}),
     ("get", "/api/v1/functions/theirs/versions/", None),
     ("post", "/api/v1/functions/theirs/versions/", {}),
     ("get", "/api/v1/functions/theirs/versions/1/", None),
@@ -412,7 +413,7 @@ def test_the_openapi_schema_documents_every_endpoint(api):
     for path in [
         "/api/v1/functions/",
         "/api/v1/functions/{name}/",
-        "/api/v1/functions/{name}/code",
+        "/api/v1/functions/{name}/code/",
         "/api/v1/functions/{name}/versions/",
         "/api/v1/functions/{name}/aliases/{alias}/",
         "/api/v1/functions/{name}/test-events/{event}/",
@@ -431,3 +432,315 @@ def test_the_docs_page_loads_its_assets_locally(api, client, user):
 
 def test_an_unknown_api_path_is_a_json_404(api):
     assert_error(api.get("/api/v1/nothing-here/"), 404, "ResourceNotFound")
+
+
+# ---- paths and the error format -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body", "status"),
+    [
+        ("post", "/api/v1/functions", create_body(name="other"), 201),
+        ("patch", "/api/v1/functions/echo", {"timeout_s": 9}, 200),
+        ("put", "/api/v1/functions/echo/code", {"files": {"app.py": SOURCE + "\n"}}, 200),
+        ("delete", "/api/v1/functions/echo", None, 204),
+    ],
+)
+def test_a_path_without_its_trailing_slash_is_served_like_the_path_with_it(
+    api, echo, settings, method, url, body, status
+):
+    settings.DEBUG = True  # as in development, where APPEND_SLASH cannot redirect a POST
+    response = getattr(api, method)(url, body, format="json") if body is not None else getattr(api, method)(url)
+    assert response.status_code == status, response.content
+
+
+def test_every_api_path_ends_with_a_slash(api):
+    paths = api.get("/api/v1/schema/?format=json").json()["paths"]
+    assert [path for path in paths if not path.endswith("/")] == []
+
+
+def test_an_unknown_api_path_is_a_json_404_even_in_debug_mode(api, settings):
+    settings.DEBUG = True
+    body = assert_error(api.post("/api/v1/nothing-here", {}, format="json"), 404, "ResourceNotFound")
+    assert "/api/v1/nothing-here" in body["message"]
+    assert_error(api.get("/api/v1/functions/echo/versions/latest/"), 404, "ResourceNotFound")
+
+
+def test_an_error_django_raises_before_the_api_sees_the_request_is_in_the_error_format(api):
+    assert_error(api.get("/api/v1/functions/", HTTP_HOST="evil.example"), 400, "InvalidRequest")
+
+
+def test_a_bug_behind_the_api_is_a_json_500_without_the_debug_page(api, settings, monkeypatch):
+    settings.DEBUG = True
+    monkeypatch.setattr("functions_app.selectors.function_list", lambda **kwargs: 1 / 0)
+    api.raise_request_exception = False
+    body = assert_error(api.get("/api/v1/functions/"), 500, "InternalError")
+    assert "ZeroDivisionError" not in body["message"]
+
+
+# ---- dead letters -------------------------------------------------------------------------------------------
+
+
+def make_invocation(owner, function=None, **fields):
+    function = function or Function.objects.get(owner=owner)
+    return Invocation.objects.create(
+        **{"owner": owner, "function": function, "payload": "{}", "memory_mb": 128, **fields}
+    )
+
+
+def make_dead_letter(owner, payload='{"n": 1}', result='{"errorType": "Boom"}'):
+    function = services.function_create(
+        owner=owner, name="failing", handler="app.handler", code=services.CodeUpload(files={"app.py": SOURCE})
+    )
+    failed = make_invocation(
+        owner, function=function, invocation_type="async", status="failed", payload=payload, result=result
+    )
+    return DeadLetter.objects.create(
+        owner=owner,
+        function=function,
+        invocation=failed,
+        condition="RetriesExhausted",
+        request_payload=payload,
+        error_type="Boom",
+        error_result=result,
+        attempts=3,
+    )
+
+
+def test_replaying_a_dead_letter_twice_runs_it_once_and_returns_the_first_replay(api, user):
+    letter = make_dead_letter(user)
+    first = api.post(f"/api/v1/dead-letters/{letter.pk}/replay/")
+    assert first.status_code == 202, first.content
+    again = api.post(f"/api/v1/dead-letters/{letter.pk}/replay/")
+    assert again.status_code == 200, again.content
+    assert again.json()["invocation_id"] == first.json()["invocation_id"]
+    assert again["Location"] == first["Location"]
+    assert Invocation.objects.count() == 2
+    assert str(DeadLetter.objects.get(pk=letter.pk).replayed_as_id) == first.json()["invocation_id"]
+
+
+def test_two_racing_replays_of_one_dead_letter_run_it_once(user):
+    letter = make_dead_letter(user)
+    read_by_the_other_request = DeadLetter.objects.get(pk=letter.pk)
+    first = dead_letter_replay(dead_letter=letter)
+    second = dead_letter_replay(dead_letter=read_by_the_other_request)
+    assert second.pk == first.pk
+    assert Invocation.objects.count() == 2
+    assert DeadLetter.objects.get(pk=letter.pk).replayed_as_id == first.pk
+
+
+# ---- strict JSON input --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "kind"),
+    [
+        (create_body(network_enabled="yes"), "network_enabled", "boolean"),
+        (create_body(network_enabled=1), "network_enabled", "boolean"),
+        (create_body(memory_mb="256"), "memory_mb", "integer"),
+        (create_body(memory_mb=256.0), "memory_mb", "integer"),
+        (create_body(timeout_s=True), "timeout_s", "integer"),
+        (create_body(reserved_concurrency="5"), "reserved_concurrency", "integer"),
+        (create_body(code={"files": {"app.py": 123}}), "code", "string"),
+        (create_body(code={"zip_base64": 5}), "code", "string"),
+        (create_body(environment={"KEY": 1}), "environment", "string"),
+        (create_body(description=5), "description", "string"),
+        (create_body(handler=["app.handler"]), "handler", "string"),
+        (create_body(name=12), "name", "string"),
+        (create_body(on_failure_destination=False), "on_failure_destination", "string"),
+    ],
+)
+def test_create_takes_only_the_json_type_of_each_field(api, body, field, kind):
+    error = assert_error(api.post("/api/v1/functions/", body, format="json"), 400, "InvalidParameterValue")
+    assert field in error["details"]
+    assert error["message"].startswith(field) and f"Must be a JSON {kind}" in error["message"]
+    assert not Function.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "field"),
+    [
+        ("/api/v1/functions/echo/", {"max_retry_attempts": "1"}, "max_retry_attempts"),
+        ("/api/v1/functions/echo/", {"revision_id": 5}, "revision_id"),
+        ("/api/v1/functions/echo/versions/", {"description": 1}, "description"),
+        ("/api/v1/functions/echo/code/", {"files": {"app.py": SOURCE}, "revision_id": 5}, "revision_id"),
+        ("/api/v1/functions/echo/test-events/", {"name": 1, "event": {}}, "name"),
+    ],
+)
+def test_every_write_takes_only_the_json_type_of_each_field(api, echo, url, body, field):
+    method = api.put if url.endswith("/code/") else api.patch if url.endswith("echo/") else api.post
+    error = assert_error(method(url, body, format="json"), 400, "InvalidParameterValue")
+    assert field in error["details"]
+    assert api.get("/api/v1/functions/echo/").json()["revision_id"] == echo["revision_id"]
+
+
+def test_text_is_taken_as_sent_without_trimming(api):
+    body = create_body(environment={"PADDED": "  x  "}, description=" d ")
+    assert api.post("/api/v1/functions/", body, format="json").status_code == 201
+    function = Function.objects.get()
+    assert function.description == " d "
+    assert services.env_decrypt(function.environment_ciphertext) == {"PADDED": "  x  "}
+
+
+def test_a_destination_must_name_an_existing_function_of_the_same_owner(api, other_api, echo):
+    other_api.post("/api/v1/functions/", create_body(name="theirs"), format="json")
+    for destination in ["function:nosuch", "function:theirs"]:
+        body = create_body(name="next", on_failure_destination=destination)
+        error = assert_error(api.post("/api/v1/functions/", body, format="json"), 400, "InvalidParameterValue")
+        assert "on_failure_destination" in error["details"] and destination[9:] in error["message"]
+        response = api.patch("/api/v1/functions/echo/", {"on_success_destination": destination}, format="json")
+        assert_error(response, 400, "InvalidParameterValue")
+    assert Function.objects.filter(name="next").count() == 0
+    assert api.get("/api/v1/functions/echo/").json()["on_success_destination"] == ""
+
+
+def test_a_destination_may_name_another_function_or_the_function_itself(api, echo):
+    body = create_body(name="self", on_success_destination="function:self", on_failure_destination="function:echo")
+    assert api.post("/api/v1/functions/", body, format="json").status_code == 201
+    response = api.patch("/api/v1/functions/echo/", {"on_failure_destination": "function:self"}, format="json")
+    assert response.status_code == 200, response.content
+
+
+def test_a_function_named_as_a_destination_can_be_deleted_and_the_dangling_name_blocks_no_other_change(api, echo):
+    api.post("/api/v1/functions/", create_body(name="next", on_failure_destination="function:echo"), format="json")
+    assert api.delete("/api/v1/functions/echo/").status_code == 204
+    response = api.patch("/api/v1/functions/next/", {"memory_mb": 256}, format="json")
+    assert response.status_code == 200 and response.json()["on_failure_destination"] == "function:echo"
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "content_type", "expected"),
+    [
+        ("post", "/api/v1/functions/", "application/x-www-form-urlencoded", ["application/json"]),
+        ("patch", "/api/v1/functions/echo/", "application/x-www-form-urlencoded", ["application/json"]),
+        ("post", "/api/v1/functions/echo/versions/", "text/plain", ["application/json"]),
+        ("put", "/api/v1/functions/echo/code/", "text/plain", ["application/json", "multipart/form-data"]),
+    ],
+)
+def test_a_body_that_is_not_json_is_refused_with_the_content_type_to_send(
+    api, echo, method, url, content_type, expected
+):
+    # What `curl -d '{...}'` sends: JSON text labelled as a form.
+    response = getattr(api, method)(url, '{"memory_mb": 256}', content_type=content_type)
+    error = assert_error(response, 415, "UnsupportedMediaType")
+    assert "application/json" in error["message"] and content_type in error["message"]
+    assert error["details"] == {"content_type": content_type, "expected": expected}
+
+
+def dry_run(api, query="", body="{}", content_type="application/json"):
+    """An invoke that checks the request and runs nothing (no worker needed)."""
+    url = f"/api/v1/functions/echo/invoke/{query}"
+    return api.post(url, body, content_type=content_type, HTTP_X_INVOCATION_TYPE="DryRun")
+
+
+def test_the_invoke_endpoint_takes_the_event_whatever_its_content_type(api, echo):
+    response = dry_run(api, body='{"a": 1}', content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 204, response.content
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/v1/invocations/?cold=yes",
+        "/api/v1/dead-letters/?replayed=1",
+        "/api/v1/functions/?limit=ten",
+        "/api/v1/functions/?offset=-1",
+        "/api/v1/invocations/?limit=0",
+    ],
+)
+def test_a_query_parameter_of_the_wrong_type_is_refused_not_ignored(api, url):
+    parameter = url.split("?")[1].split("=")[0]
+    error = assert_error(api.get(url), 400, "InvalidParameterValue")
+    assert parameter in error["details"]
+
+
+# ---- response shapes ----------------------------------------------------------------------------------------
+
+
+def test_version_labels_are_strings_everywhere_in_output(api, published, user):
+    api.post(
+        "/api/v1/functions/echo/aliases/",
+        {"name": "live", "version": 1, "additional_version": 2, "additional_weight": 0.5},
+        format="json",
+    )
+    alias = api.get("/api/v1/functions/echo/aliases/live/").json()
+    assert (alias["version"], alias["additional_version"]) == ("1", "2")
+    assert [v["version"] for v in api.get("/api/v1/functions/echo/versions/").json()["results"]] == ["1", "2"]
+    assert api.get("/api/v1/functions/echo/").json()["version"] == "$LATEST"
+    make_invocation(user, executed_version="2")
+    assert api.get("/api/v1/invocations/").json()["results"][0]["executed_version"] == "2"
+
+
+def test_an_alias_takes_a_version_as_its_label_or_its_number(api, published):
+    body = {"name": "live", "version": "1", "additional_version": "2", "additional_weight": 0.5}
+    created = api.post("/api/v1/functions/echo/aliases/", body, format="json")
+    assert created.status_code == 201, created.content
+    assert (created.json()["version"], created.json()["additional_version"]) == ("1", "2")
+    moved = api.patch("/api/v1/functions/echo/aliases/live/", {"version": 2, "additional_version": 1}, format="json")
+    assert (moved.json()["version"], moved.json()["additional_version"]) == ("2", "1")
+
+
+@pytest.mark.parametrize("version", ["$LATEST", "1.0", "01", "1\n", " 1", "one", True, 1.5, 0, -1, None])
+def test_an_alias_refuses_what_is_not_a_published_version_label(api, published, version):
+    body = {"name": "live", "version": version}
+    error = assert_error(api.post("/api/v1/functions/echo/aliases/", body, format="json"), 400, "InvalidParameterValue")
+    assert "version" in error["details"]
+
+
+def test_a_qualifier_that_is_not_a_plain_number_is_taken_as_an_alias_name(api, echo):
+    assert_error(dry_run(api, "?qualifier=%C2%B2"), 404, "ResourceNotFound")  # "²", which int() refuses
+
+
+def test_an_invocations_payload_and_result_are_json_values_not_json_text(api, user, echo):
+    invocation = make_invocation(user, payload='{"a": [1, 2]}', result='"ok"')
+    body = api.get(f"/api/v1/invocations/{invocation.pk}/").json()
+    assert (body["payload"], body["result"], body["unparsed"]) == ({"a": [1, 2]}, "ok", {})
+
+
+def test_an_invocation_not_finished_has_a_null_result(api, user, echo):
+    invocation = make_invocation(user)
+    body = api.get(f"/api/v1/invocations/{invocation.pk}/").json()
+    assert (body["payload"], body["result"], body["unparsed"]) == ({}, None, {})
+
+
+def test_a_stored_text_that_is_not_json_is_null_with_its_text_under_unparsed(api, user, echo):
+    invocation = make_invocation(user, result='{"cut short')
+    body = api.get(f"/api/v1/invocations/{invocation.pk}/").json()
+    assert (body["result"], body["unparsed"]) == (None, {"result": '{"cut short'})
+
+
+def test_a_dead_letters_payload_and_error_are_json_values_not_json_text(api, user):
+    letter = make_dead_letter(user, payload='{"n": 1}', result='{"errorType": "Boom"}')
+    body = api.get(f"/api/v1/dead-letters/{letter.pk}/").json()
+    assert (body["request_payload"], body["error_result"], body["unparsed"]) == ({"n": 1}, {"errorType": "Boom"}, {})
+    listed = api.get("/api/v1/dead-letters/").json()["results"][0]
+    assert listed["request_payload"] == {"n": 1}
+
+
+# A lone surrogate ("\ud800") is valid JSON but not text that UTF-8 can carry: taken in, it used to end in a 500.
+LONE_SURROGATE = '"\\ud800"'
+
+
+@pytest.mark.parametrize(
+    ("url", "body"),
+    [
+        (
+            "/api/v1/functions/",
+            f'{{"name": "e", "handler": "app.handler", "code": {{"files": {{{LONE_SURROGATE}: ""}}}}}}',
+        ),
+        ("/api/v1/functions/", f"{{{LONE_SURROGATE}: 1}}"),
+        ("/api/v1/functions/echo/test-events/", f'{{"name": "e", "event": {{"a": {LONE_SURROGATE}}}}}'),
+    ],
+)
+def test_a_body_holding_a_lone_surrogate_is_refused_as_invalid_content(api, echo, url, body):
+    assert_error(api.post(url, body, content_type="application/json"), 400, "InvalidRequestContent")
+
+
+def test_stored_json_holding_a_lone_surrogate_is_shown_under_unparsed(api, user, echo):
+    invocation = make_invocation(user, payload=f'{{"a": {LONE_SURROGATE}}}', result=LONE_SURROGATE)
+    body = api.get(f"/api/v1/invocations/{invocation.pk}/").json()
+    assert (body["payload"], body["result"]) == (None, None)
+    assert body["unparsed"] == {"payload": f'{{"a": {LONE_SURROGATE}}}', "result": LONE_SURROGATE}
+    TestEvent.objects.create(function=Function.objects.get(), name="odd", event_json=LONE_SURROGATE)
+    event = api.get("/api/v1/functions/echo/test-events/odd/").json()
+    assert (event["event"], event["unparsed"]) == (None, {"event": LONE_SURROGATE})

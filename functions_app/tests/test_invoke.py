@@ -43,7 +43,7 @@ def create(api, name="echo", source=ECHO, **config):
 def invoke(api, name="echo", event=None, **params):
     query = "&".join(f"{key}={value}" for key, value in params.items())
     return api.post(
-        f"/api/v1/functions/{name}/invoke?{query}", json.dumps(event or {}), content_type="application/json"
+        f"/api/v1/functions/{name}/invoke/?{query}", json.dumps(event or {}), content_type="application/json"
     )
 
 
@@ -119,10 +119,10 @@ def test_a_timeout_is_reported_and_the_next_call_is_cold(api, worker):
 
 def test_bad_payloads_are_refused_before_anything_runs(api, worker):
     create(api)
-    not_json = api.post("/api/v1/functions/echo/invoke", "{nope", content_type="application/json")
+    not_json = api.post("/api/v1/functions/echo/invoke/", "{nope", content_type="application/json")
     assert not_json.status_code == 400 and not_json.json()["type"] == "InvalidRequestContent"
     huge = api.post(
-        "/api/v1/functions/echo/invoke", b'"' + b"x" * (6 * 1024 * 1024) + b'"', content_type="application/json"
+        "/api/v1/functions/echo/invoke/", b'"' + b"x" * (6 * 1024 * 1024) + b'"', content_type="application/json"
     )
     assert huge.status_code == 413 and huge.json()["type"] == "RequestTooLarge"
     assert invoke(api, qualifier="nope").status_code == 404

@@ -1,17 +1,20 @@
 from __future__ import annotations
 
 import random
+import uuid
 
 import pytest
 from django.db import connection
 
 from console.exceptions import PreconditionFailed, ResourceConflict, ResourceNotFound, ServiceError
 from functions_app import selectors, services
-from functions_app.models import Function, Version
+from functions_app.models import Alias, Function, Version
 from functions_app.secrets import env_decrypt
 from functions_app.tests.zips import make_zip
 
 pytestmark = pytest.mark.django_db
+
+HELLO = "def handler(event, context):\n    return event\n"
 
 
 def test_it_creates_a_function_with_lambda_defaults(make_function):
@@ -249,3 +252,119 @@ def test_rotating_keys_re_encrypts_every_environment_so_the_old_key_can_go(make_
     settings.FERNET_KEYS = settings.FERNET_KEYS[:1]  # the old key is retired
     assert env_decrypt(Function.objects.get(pk=function.pk).environment_ciphertext) == {"TOKEN": "abc"}
     assert env_decrypt(Version.objects.get(function=function).environment_ciphertext) == {"TOKEN": "abc"}
+
+
+# ---- revisions: every change is a conditional update --------------------------------------------------------
+# Each test reads a row, then another writer changes it "behind the service's back" (between the service's read
+# and its write), as a concurrent request would.
+
+
+def _changed_behind_the_back(row, **fields):
+    type(row).objects.filter(pk=row.pk).update(revision_id=uuid.uuid4(), **fields)
+
+
+def test_a_configuration_update_with_a_revision_id_that_was_current_when_read_loses_to_a_concurrent_change(
+    make_function,
+):
+    function = make_function()
+    read = Function.objects.get(pk=function.pk)
+    _changed_behind_the_back(read, timeout_s=7)
+    with pytest.raises(PreconditionFailed):
+        services.function_update_configuration(function=read, memory_mb=512, revision_id=str(read.revision_id))
+    row = Function.objects.get(pk=function.pk)
+    assert (row.memory_mb, row.timeout_s) == (128, 7)
+
+
+def test_a_configuration_update_without_a_revision_id_keeps_a_concurrent_writers_change(make_function):
+    function = make_function()
+    read = Function.objects.get(pk=function.pk)
+    _changed_behind_the_back(read, timeout_s=7, description="theirs")
+    updated = services.function_update_configuration(function=read, memory_mb=512)
+    row = Function.objects.get(pk=function.pk)
+    assert (row.memory_mb, row.timeout_s, row.description) == (512, 7, "theirs")
+    assert updated.revision_id == row.revision_id and updated.timeout_s == 7
+
+
+def test_a_handler_change_is_checked_against_the_code_a_concurrent_upload_wrote(make_function):
+    function = make_function(code=services.CodeUpload(files={"app.py": HELLO, "b.py": "def go(e, c): pass\n"}))
+    read = Function.objects.get(pk=function.pk)
+    only_app = services.artifact_store(zip_bytes=make_zip({"app.py": HELLO}), handler="app.handler")
+    _changed_behind_the_back(read, code=only_app)
+    with pytest.raises(ServiceError) as caught:
+        services.function_update_configuration(function=read, handler="b.go")
+    assert caught.value.type == "HandlerModuleNotFound"
+    row = Function.objects.get(pk=function.pk)
+    assert (row.handler, row.code_id) == ("app.handler", only_app.pk)
+
+
+def test_a_code_update_is_checked_against_the_handler_a_concurrent_change_wrote(make_function):
+    function = make_function(code=services.CodeUpload(files={"app.py": HELLO, "b.py": "def go(e, c): pass\n"}))
+    read = Function.objects.get(pk=function.pk)
+    _changed_behind_the_back(read, handler="b.go")
+    with pytest.raises(ServiceError) as caught:
+        services.function_update_code(function=read, code=services.CodeUpload(files={"app.py": HELLO}))
+    assert caught.value.type == "HandlerModuleNotFound"
+    row = Function.objects.get(pk=function.pk)
+    assert (row.handler, row.code_id) == ("b.go", function.code_id)
+
+
+def test_a_code_update_with_a_stale_revision_id_is_refused(make_function):
+    function = make_function()
+    read = Function.objects.get(pk=function.pk)
+    _changed_behind_the_back(read, timeout_s=7)
+    with pytest.raises(PreconditionFailed):
+        services.function_update_code(
+            function=read, code=services.CodeUpload(files={"app.py": HELLO + "\n"}), revision_id=str(read.revision_id)
+        )
+    assert Function.objects.get(pk=function.pk).code_id == function.code_id
+
+
+def test_an_update_of_a_deleted_function_is_not_found(make_function):
+    function = make_function()
+    read = Function.objects.get(pk=function.pk)
+    Function.objects.filter(pk=function.pk).delete()
+    with pytest.raises(ResourceNotFound):
+        services.function_update_configuration(function=read, memory_mb=512)
+
+
+def test_publishing_with_a_revision_id_that_was_current_when_read_loses_to_a_concurrent_change(make_function):
+    function = make_function()
+    read = Function.objects.get(pk=function.pk)
+    _changed_behind_the_back(read, memory_mb=512)
+    with pytest.raises(PreconditionFailed):
+        services.version_publish(function=read, revision_id=str(read.revision_id))
+    assert not Version.objects.exists()
+
+
+def test_publishing_snapshots_the_function_as_it_is_not_as_it_was_read(make_function):
+    function = make_function()
+    read = Function.objects.get(pk=function.pk)
+    _changed_behind_the_back(read, memory_mb=512)
+    version, created = services.version_publish(function=read)
+    assert created and version.memory_mb == 512
+
+
+def test_an_alias_update_with_a_revision_id_that_was_current_when_read_loses_to_a_concurrent_change(make_function):
+    function = _published(make_function, 3)
+    alias = services.alias_create(function=function, name="live", version=1)
+    read = Alias.objects.get(pk=alias.pk)
+    _changed_behind_the_back(read, version=Version.objects.get(function=function, number=2))
+    with pytest.raises(PreconditionFailed):
+        services.alias_update(alias=read, version=3, revision_id=str(read.revision_id))
+    assert Alias.objects.get(pk=alias.pk).version.number == 2
+
+
+def test_an_alias_update_without_a_revision_id_keeps_a_concurrent_writers_change(make_function):
+    function = _published(make_function, 3)
+    alias = services.alias_create(function=function, name="live", version=1, description="first")
+    read = Alias.objects.get(pk=alias.pk)
+    second = Version.objects.get(function=function, number=2)
+    _changed_behind_the_back(read, additional_version=second, additional_weight=0.5)
+    services.alias_update(alias=read, description="second")
+    row = Alias.objects.get(pk=alias.pk)
+    assert (row.description, row.version.number, row.additional_version_id, row.additional_weight) == (
+        "second",
+        1,
+        second.pk,
+        0.5,
+    )

@@ -32,7 +32,7 @@ def error_type(response):
 
 
 def test_the_usage_report_is_json_with_the_callers_functions_only(api, used):
-    response = api.get(f"/api/v1/reports/usage?{PERIOD}&group_by=function")
+    response = api.get(f"/api/v1/reports/usage/?{PERIOD}&group_by=function")
     assert response.status_code == 200, response.content
     body = response.json()
     assert [(row["function"], row["invocations"]) for row in body["rows"]] == [("hello", 2)]
@@ -40,12 +40,12 @@ def test_the_usage_report_is_json_with_the_callers_functions_only(api, used):
 
 
 def test_another_owner_sees_only_their_own_usage(other_api, used):
-    body = other_api.get(f"/api/v1/reports/usage?{PERIOD}&group_by=version").json()
+    body = other_api.get(f"/api/v1/reports/usage/?{PERIOD}&group_by=version").json()
     assert [(row["function"], row["version"]) for row in body["rows"]] == [("theirs", "$LATEST")]
 
 
 def test_the_usage_report_comes_as_csv_on_request(api, used):
-    response = api.get(f"/api/v1/reports/usage?{PERIOD}&format=csv")
+    response = api.get(f"/api/v1/reports/usage/?{PERIOD}&format=csv")
     assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")
     assert "attachment" in response["Content-Disposition"]
     lines = list(csv.reader(io.StringIO(response.content.decode())))
@@ -53,19 +53,19 @@ def test_the_usage_report_comes_as_csv_on_request(api, used):
 
 
 def test_grouping_by_owner_shows_a_non_staff_caller_only_themselves(api, used):
-    body = api.get(f"/api/v1/reports/usage?{PERIOD}&group_by=owner").json()
+    body = api.get(f"/api/v1/reports/usage/?{PERIOD}&group_by=owner").json()
     assert [row["owner"] for row in body["rows"]] == ["alice"]
 
 
 def test_staff_grouping_by_owner_see_every_owner(api, user, used):
     user.is_staff = True
     user.save()
-    body = api.get(f"/api/v1/reports/usage?{PERIOD}&group_by=owner").json()
+    body = api.get(f"/api/v1/reports/usage/?{PERIOD}&group_by=owner").json()
     assert sorted(row["owner"] for row in body["rows"]) == ["alice", "mallory"] and body["scope"] == "all"
 
 
 def test_asking_for_every_owner_without_being_staff_is_403(api, used):
-    response = api.get(f"/api/v1/reports/usage?{PERIOD}&scope=all")
+    response = api.get(f"/api/v1/reports/usage/?{PERIOD}&scope=all")
     assert response.status_code == 403 and error_type(response) == "AccessDenied"
 
 
@@ -80,19 +80,19 @@ def test_asking_for_every_owner_without_being_staff_is_403(api, used):
     ],
 )
 def test_bad_report_parameters_are_400_with_a_stable_type(api, query, expected):
-    response = api.get(f"/api/v1/reports/usage?{query}")
+    response = api.get(f"/api/v1/reports/usage/?{query}")
     assert response.status_code == 400, response.content
     assert response["Content-Type"].startswith("application/json") and error_type(response) == expected
 
 
 def test_the_default_period_is_this_month_with_a_forecast(api, make_function):
     finish(make_function(), at=timezone.now() - timedelta(minutes=1))
-    body = api.get("/api/v1/reports/usage").json()
+    body = api.get("/api/v1/reports/usage/").json()
     assert body["totals"]["invocations"] == 1 and body["forecast"]["method"].startswith("linear")
 
 
 def test_reports_need_authentication(client):
-    response = client.get("/api/v1/reports/usage")
+    response = client.get("/api/v1/reports/usage/")
     assert response.status_code == 401 and error_type(response) == "NotAuthenticated"
 
 
@@ -100,7 +100,7 @@ def test_rightsizing_answers_for_the_callers_function(api, make_function):
     function = make_function(memory_mb=1024)
     for minutes in range(5):
         finish(function, at=timezone.now() - timedelta(minutes=minutes), cpu_ms=5.0)
-    response = api.get("/api/v1/functions/hello/rightsizing")
+    response = api.get("/api/v1/functions/hello/rightsizing/")
     assert response.status_code == 200, response.content
     body = response.json()
     assert body["function"] == "hello" and body["configured_memory_mb"] == 1024
@@ -109,20 +109,20 @@ def test_rightsizing_answers_for_the_callers_function(api, make_function):
 
 
 def test_rightsizing_of_another_owners_function_is_404(other_api, used):
-    response = other_api.get("/api/v1/functions/hello/rightsizing")
+    response = other_api.get("/api/v1/functions/hello/rightsizing/")
     assert response.status_code == 404 and error_type(response) == "ResourceNotFound"
 
 
 def test_rightsizing_of_a_missing_function_is_404(api):
-    assert api.get("/api/v1/functions/nope/rightsizing").status_code == 404
+    assert api.get("/api/v1/functions/nope/rightsizing/").status_code == 404
 
 
 def test_the_openapi_schema_documents_the_metrics_endpoints(api):
     response = api.get("/api/v1/schema/?format=json")
     assert response.status_code == 200
     paths = response.json()["paths"]
-    assert "/api/v1/reports/usage" in paths and "/api/v1/functions/{name}/rightsizing" in paths
-    assert paths["/api/v1/reports/usage"]["get"]["operationId"] == "reports_usage"
+    assert "/api/v1/reports/usage/" in paths and "/api/v1/functions/{name}/rightsizing/" in paths
+    assert paths["/api/v1/reports/usage/"]["get"]["operationId"] == "reports_usage"
 
 
 # ---- /metrics ------------------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def test_a_real_invoke_lands_in_the_roll_ups(api, worker):
     }
     assert api.post("/api/v1/functions/", body, format="json").status_code == 201
     for _ in range(2):
-        response = api.post("/api/v1/functions/echo/invoke", "{}", content_type="application/json")
+        response = api.post("/api/v1/functions/echo/invoke/", "{}", content_type="application/json")
         assert response.status_code == 200, response.content
     # Metering is flushed by beat about once a second, after the callers were answered.
     deadline = time.monotonic() + 10
