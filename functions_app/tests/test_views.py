@@ -134,7 +134,10 @@ def test_a_malformed_invocation_id_is_404(signed_in):
     assert signed_in.get("/invocations/not-a-uuid/").status_code == 404
 
 
-@pytest.mark.parametrize("url", ["/functions/", "/functions/hello/test/", "/dead-letters/", "/invocations/x/"])
+@pytest.mark.parametrize(
+    "url",
+    ["/functions/", "/functions/hello/test/", "/dead-letters/", "/invocations/x/", "/account/", "/account/password/"],
+)
 def test_anonymous_visitors_are_sent_to_sign_in(client, url):
     response = client.get(url)
     assert response.status_code == 302 and response["Location"].startswith(f"/login/?next={url}")
