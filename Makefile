@@ -8,8 +8,9 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 
 .PHONY: run test lint format bench chaos install system-deps browser-deps
 
+# RUN_ARGS passes options on: `make run RUN_ARGS=--verbose`, `make run RUN_ARGS=--reset-demo-password`.
 run: install
-	$(BIN)/python manage.py standalone
+	$(BIN)/python manage.py standalone $(RUN_ARGS)
 
 test: install browser-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

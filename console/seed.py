@@ -24,14 +24,24 @@ def lambda_handler(event, context):
 
 
 @transaction.atomic
-def demo_seed() -> dict[str, Any]:
-    """Create the demo user, their API token and a `hello` function once; later calls change nothing."""
+def demo_seed(*, reset_password: bool = False) -> dict[str, Any]:
+    """Create the demo user, their API token and a `hello` function once; later calls change nothing, except a
+    new password when ``reset_password`` is asked for (the way back in for an operator who lost it).
+
+    The demo user is staff: an embedded install has one operator, the person who ran it (and who can read every
+    file under var/ anyway), and staff is what opens /metrics to their session. It is not a superuser: the
+    admin site shows it nothing."""
     user_model = get_user_model()
     password = None
     user = user_model.objects.filter(username=DEMO_USERNAME).first()
+    created = user is None
     if user is None:
         password = secrets.token_urlsafe(12)
-        user = user_model.objects.create_user(DEMO_USERNAME, password=password, is_staff=False)
+        user = user_model.objects.create_user(DEMO_USERNAME, password=password, is_staff=True)
+    elif reset_password:
+        password = secrets.token_urlsafe(12)
+        user.set_password(password)
+        user.save(update_fields=["password"])
     token, _ = Token.objects.get_or_create(user=user)
     if not Function.objects.filter(owner=user, name="hello").exists():
         services.function_create(
@@ -41,4 +51,10 @@ def demo_seed() -> dict[str, Any]:
             description="The example function: returns a greeting.",
             code=services.CodeUpload(files={"lambda_function.py": EXAMPLE_SOURCE}),
         )
-    return {"created": password is not None, "username": DEMO_USERNAME, "password": password, "token": token.key}
+    return {
+        "created": created,
+        "username": DEMO_USERNAME,
+        "password": password,
+        "token": token.key,
+        "is_staff": user.is_staff,
+    }

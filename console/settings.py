@@ -309,10 +309,18 @@ if PRODUCTION:
 X_FRAME_OPTIONS = "DENY"
 SECURE_REFERRER_POLICY = "same-origin"
 
+# The detail every process logs (web, worker, beat). INFO by default; `manage.py standalone` (`make run`) gives
+# its processes WARNING unless LOG_LEVEL is set or it runs with --verbose, so an idle embedded platform prints
+# only problems and the sign-in banner stays on screen.
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # The development server's request lines are INFO (4xx WARNING, 5xx ERROR): they follow LOG_LEVEL too.
+        "django.server": {"level": LOG_LEVEL},
+    },
 }

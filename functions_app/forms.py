@@ -10,7 +10,15 @@ from typing import Any
 from django import forms
 
 from console.exceptions import ServiceError
-from functions_app.models import DEAD_LETTER, EVENT_AGE_MAX_S, LATEST, RETRIES_MAX, InvocationStatus
+from functions_app.models import (
+    DEAD_LETTER,
+    EVENT_AGE_MAX_S,
+    LATEST,
+    RETRIES_MAX,
+    DeadLetterCondition,
+    InvocationStatus,
+    Runtime,
+)
 
 DEFAULT_HANDLER = "lambda_function.lambda_handler"
 DEFAULT_SOURCE = (
@@ -134,6 +142,10 @@ class FunctionConfigurationForm(_ConfigFields):
 class CodeForm(_CodeFields):
     revision_id = forms.CharField(widget=forms.HiddenInput, required=False)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["source"].help_text = "The opened file. Ignored when a zip is uploaded."
+
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         if not cleaned.get("zip_file") and not (cleaned.get("source") or "").strip():
@@ -160,6 +172,18 @@ class TestEventForm(forms.Form):
         return _json_value(self.cleaned_data["event"])
 
 
+def qualifier_choices(*, versions: Any, aliases: Any) -> list[tuple[str, str]]:
+    """What an invoke can name: `$LATEST`, each published version and each alias (with where it points)."""
+    choices = [(LATEST, f"{LATEST} (unpublished)")]
+    choices += [(str(version.number), f"Version {version.number}") for version in versions]
+    for alias in aliases:
+        label = f"Alias {alias.name} → version {alias.version.number}"
+        if alias.additional_version:
+            label += f", {alias.additional_weight:.0%} to version {alias.additional_version.number}"
+        choices.append((alias.name, label))
+    return choices
+
+
 class InvokeForm(forms.Form):
     event = forms.CharField(
         strip=False,
@@ -167,7 +191,11 @@ class InvokeForm(forms.Form):
         initial="{}",
         widget=forms.Textarea(attrs={"rows": 8, "class": "json", "spellcheck": "false"}),
     )
-    qualifier = forms.CharField(required=False, initial=LATEST, help_text="$LATEST, a version number or an alias.")
+    qualifier = forms.ChoiceField(label="Version or alias", initial=LATEST, required=False)  # blank: $LATEST
+
+    def __init__(self, *args: Any, qualifiers: list[tuple[str, str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["qualifier"].choices = qualifiers
 
     def clean_event(self) -> str:
         text = self.cleaned_data.get("event") or "{}"
@@ -195,6 +223,32 @@ class AliasUpdateForm(AliasForm):
         self.fields["name"].required = False
 
 
+def _yes_no(text: str) -> bool | None:
+    return {"true": True, "false": False}.get(text)
+
+
+class FunctionFilterForm(forms.Form):
+    q = forms.CharField(
+        required=False,
+        max_length=64,
+        widget=forms.TextInput(attrs={"type": "search", "placeholder": "Search by name or description"}),
+    )
+    runtime = forms.ChoiceField(required=False, choices=[("", "Any runtime"), *Runtime.choices])
+
+
+class DeadLetterFilterForm(forms.Form):
+    function = forms.CharField(
+        required=False, max_length=64, widget=forms.TextInput(attrs={"type": "search", "placeholder": "Function name"})
+    )
+    condition = forms.ChoiceField(required=False, choices=[("", "Any condition"), *DeadLetterCondition.choices])
+    replayed = forms.ChoiceField(
+        required=False, choices=[("", "Replayed or not"), ("false", "Not replayed"), ("true", "Replayed")]
+    )
+
+    def is_replayed(self) -> bool | None:
+        return _yes_no(self.cleaned_data.get("replayed", ""))
+
+
 class InvocationFilterForm(forms.Form):
     status = forms.ChoiceField(required=False, choices=[("", "Any status"), *InvocationStatus.choices])
     cold = forms.ChoiceField(required=False, choices=[("", "Cold or warm"), ("true", "Cold"), ("false", "Warm")])
@@ -204,4 +258,4 @@ class InvocationFilterForm(forms.Form):
     )
 
     def is_cold(self) -> bool | None:
-        return {"true": True, "false": False}.get(self.cleaned_data.get("cold", ""))
+        return _yes_no(self.cleaned_data.get("cold", ""))

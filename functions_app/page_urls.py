@@ -1,34 +1,57 @@
-"""URLs of the browser console's function pages (included at the site root)."""
+"""URLs of the browser console's pages (included at the site root).
+
+A function's pages live under ``functions/<name>/``, and ``<fn:name>`` matches only what a function may be called
+(letters, digits, hyphens and underscores), so a page of the console that is not a function's own sits at a path
+no function name can take: the create page is ``functions/+new/``, never ``functions/new/`` (a function may be
+called "new"). Below a function every fixed segment follows its name, and aliases, test events and files are one
+level deeper than the actions on them, so no name of theirs can shadow another page either.
+"""
 
 from __future__ import annotations
 
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import path, register_converter
 
 from functions_app import views
+from functions_app.services import FUNCTION_NAME_RE
+
+
+class FunctionNameConverter:
+    regex = FUNCTION_NAME_RE.pattern.removeprefix("^").removesuffix("$")
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(FunctionNameConverter, "fn")
 
 page_urlpatterns = [
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("account/", views.account, name="account"),
+    path("account/token/", views.api_token_reset, name="api_token_reset"),
+    path("account/password/", views.PasswordChange.as_view(), name="password_change"),
     path("functions/", views.function_list, name="function_list"),
-    path("functions/new/", views.function_create, name="function_create"),
-    path("functions/<str:name>/", views.function_code, name="function_code"),
-    path("functions/<str:name>/test/", views.function_test, name="function_test"),
-    path("functions/<str:name>/test/invoke/", views.function_invoke, name="function_invoke"),
-    path("functions/<str:name>/test/events/", views.test_event_create, name="test_event_create"),
-    path("functions/<str:name>/test/events/<str:event_name>/", views.test_event_update, name="test_event_update"),
-    path(
-        "functions/<str:name>/test/events/<str:event_name>/delete/", views.test_event_delete, name="test_event_delete"
-    ),
-    path("functions/<str:name>/monitor/", views.function_monitor, name="function_monitor"),
-    path("functions/<str:name>/versions/", views.function_versions, name="function_versions"),
-    path("functions/<str:name>/versions/publish/", views.version_publish, name="version_publish"),
-    path("functions/<str:name>/aliases/", views.alias_create, name="alias_create"),
-    path("functions/<str:name>/aliases/<str:alias_name>/", views.alias_update, name="alias_update"),
-    path("functions/<str:name>/aliases/<str:alias_name>/delete/", views.alias_delete, name="alias_delete"),
-    path("functions/<str:name>/invocations/", views.function_invocations, name="function_invocations"),
-    path("functions/<str:name>/configuration/", views.function_configuration, name="function_configuration"),
-    path("functions/<str:name>/delete/", views.function_delete, name="function_delete"),
+    path("functions/+new/", views.function_create, name="function_create"),
+    path("functions/<fn:name>/", views.function_code, name="function_code"),
+    path("functions/<fn:name>/test/", views.function_test, name="function_test"),
+    path("functions/<fn:name>/test/invoke/", views.function_invoke, name="function_invoke"),
+    path("functions/<fn:name>/test/events/", views.test_event_create, name="test_event_create"),
+    path("functions/<fn:name>/test/events/<str:event_name>/", views.test_event_update, name="test_event_update"),
+    path("functions/<fn:name>/test/events/<str:event_name>/delete/", views.test_event_delete, name="test_event_delete"),
+    path("functions/<fn:name>/monitor/", views.function_monitor, name="function_monitor"),
+    path("functions/<fn:name>/versions/", views.function_versions, name="function_versions"),
+    path("functions/<fn:name>/versions/publish/", views.version_publish, name="version_publish"),
+    path("functions/<fn:name>/versions/<int:number>/", views.version_code, name="version_code"),
+    path("functions/<fn:name>/aliases/", views.alias_create, name="alias_create"),
+    path("functions/<fn:name>/aliases/<str:alias_name>/", views.alias_update, name="alias_update"),
+    path("functions/<fn:name>/aliases/<str:alias_name>/delete/", views.alias_delete, name="alias_delete"),
+    path("functions/<fn:name>/invocations/", views.function_invocations, name="function_invocations"),
+    path("functions/<fn:name>/configuration/", views.function_configuration, name="function_configuration"),
+    path("functions/<fn:name>/delete/", views.function_delete, name="function_delete"),
     path("invocations/<str:invocation_id>/", views.invocation_detail, name="invocation_detail"),
     path("invocations/<str:invocation_id>/row/", views.invocation_row, name="invocation_row"),
     path("dead-letters/", views.dead_letter_list, name="dead_letter_list"),

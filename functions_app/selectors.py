@@ -180,3 +180,55 @@ def dead_letter_get(*, owner: AbstractBaseUser, pk: int) -> DeadLetter:
         return DeadLetter.objects.select_related("function", "owner").get(owner=owner, pk=pk)
     except DeadLetter.DoesNotExist:
         raise ResourceNotFound(f"Dead letter not found: {pk}") from None
+
+
+# ---- the console's package browser ------------------------------------------------------------------------------
+
+# The largest file the console shows (and edits) in the browser's editor; larger ones are listed, not opened.
+FILE_VIEW_MAX_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PackageFile:
+    name: str
+    size: int
+
+
+@dataclass(frozen=True)
+class PackageView:
+    """The files of a deployment package and one of them opened: ``text`` is None when the file is binary or too
+    large to show. ``handler_module`` is the handler's module in the package ("" when it has none)."""
+
+    files: list[PackageFile]
+    name: str
+    text: str | None
+    handler_module: str
+
+
+def package_view(*, sha256: str, handler: str, name: str = "") -> PackageView:
+    """The file list of the package stored as ``sha256`` with one file opened (by default the handler's module);
+    a name that is not in the package is ResourceNotFound."""
+    zip_bytes = code_store().get(sha256)
+    with zipfile.ZipFile(io.BytesIO(zip_bytes)) as archive:
+        files = sorted(
+            (PackageFile(info.filename, info.file_size) for info in archive.infolist() if not info.is_dir()),
+            key=lambda file: file.name,
+        )
+    sizes = {file.name: file.size for file in files}
+    module = next((candidate for candidate in handler_module_candidates(handler) if candidate in sizes), "")
+    name = name or module
+    if not name:
+        return PackageView(files, "", None, module)
+    if name not in sizes:
+        raise ResourceNotFound(f"The package has no file {name!r}.")
+    return PackageView(files, name, _package_text(zip_bytes, name, sizes[name]), module)
+
+
+def _package_text(zip_bytes: bytes, name: str, size: int) -> str | None:
+    if size > FILE_VIEW_MAX_BYTES:
+        return None
+    try:
+        text = zip_read_member(zip_bytes, name, FILE_VIEW_MAX_BYTES).decode("utf-8")
+    except (ServiceError, UnicodeDecodeError):
+        return None
+    return None if "\x00" in text else text

@@ -5,20 +5,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import wraps
 from typing import Any
 
 import plotly.io
+from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import PasswordChangeView
+from django.contrib.messages.views import SuccessMessageMixin
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
-from django.urls import reverse
+from django.urls import reverse, reverse_lazy
 from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_POST
 
+from console import accounts
 from console.exceptions import ResourceNotFound, ServiceError
 from functions_app import forms, selectors, services
 from functions_app.code import handler_module_candidates
@@ -42,7 +49,15 @@ TABS = [
     ("invocations", "Invocations"),
     ("configuration", "Configuration"),
 ]
-INVOCATION_PAGE_SIZE = 100
+# Rows per page of the function list, the Invocations tab and the dead letters.
+PAGE_SIZE = 50
+# The phases of an invocation's timeline, in order: (label, Invocation field in ms, colour). A phase that did not
+# happen (None, or 0 ms like a warm start's init) is left out.
+TIMELINE_PHASES = [
+    ("Queue wait", "queue_wait_ms", "#8c959f"),
+    ("Init", "init_ms", "#e16f24"),
+    ("Run", "duration_ms", "#218bff"),
+]
 PRETTY_JSON_MAX_CHARS = 256 * 1024
 _FAILED: Any = object()
 # Below this many invocations in the right-sizing window the what-if figures rest on too few samples to trust.
@@ -86,10 +101,62 @@ def _pretty_json(text: str) -> str:
 
 
 def _tab(
-    request: HttpRequest, function: Function, tab: str, context: dict[str, Any], status: int = 200
+    request: HttpRequest,
+    function: Function,
+    tab: str,
+    context: dict[str, Any],
+    status: int = 200,
+    template: str = "",
 ) -> HttpResponse:
     context = {"function": function, "tabs": TABS, "tab": tab, **context}
-    return render(request, f"functions_app/tab_{tab}.html", context, status=status)
+    return render(request, template or f"functions_app/tab_{tab}.html", context, status=status)
+
+
+def _back(request: HttpRequest, default: str) -> HttpResponse:
+    """Back to the page a form came from (its ``next`` field, on this site only), else to ``default``."""
+    target = request.POST.get("next", "")
+    if url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        return redirect(target)
+    return redirect(default)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list, with the query strings of its neighbours (the other filters kept)."""
+
+    items: list[Any]
+    number: int
+    has_next: bool
+    query: QueryDict
+
+    @property
+    def has_previous(self) -> bool:
+        return self.number > 1
+
+    def _query(self, number: int) -> str:
+        query = self.query.copy()
+        query["page"] = str(number)
+        return query.urlencode()
+
+    @property
+    def previous_query(self) -> str:
+        return self._query(self.number - 1)
+
+    @property
+    def next_query(self) -> str:
+        return self._query(self.number + 1)
+
+
+def _page(request: HttpRequest, rows: QuerySet) -> Page:
+    """The ``?page=`` of a list. One row more than a page is read to tell whether another page follows, so no page
+    load counts the whole list (the Invocations tab can hold millions of rows)."""
+    text = request.GET.get("page", "1")
+    number = int(text) if text.isdigit() and int(text) > 0 else 1
+    start = (number - 1) * PAGE_SIZE
+    items = list(rows[start : start + PAGE_SIZE + 1])
+    query = request.GET.copy()
+    query.pop("page", None)
+    return Page(items[:PAGE_SIZE], number, len(items) > PAGE_SIZE, query)
 
 
 # ---- the function list ------------------------------------------------------------------------------------------
@@ -97,11 +164,20 @@ def _tab(
 
 @console_page
 def function_list(request: HttpRequest) -> HttpResponse:
-    search = request.GET.get("q", "").strip()
-    functions = list(selectors.function_list(owner=request.user, search=search))
-    summaries = function_summaries(owner=request.user, since=timezone.now() - timedelta(hours=24))
-    rows = [(function, summaries.get(function.pk)) for function in functions]
-    return render(request, "functions_app/function_list.html", {"rows": rows, "search": search})
+    form = forms.FunctionFilterForm(request.GET)
+    filters = form.cleaned_data if form.is_valid() else {}
+    functions = selectors.function_list(
+        owner=request.user, search=filters.get("q", "").strip(), runtime=filters.get("runtime", "")
+    )
+    page = _page(request, functions)
+    summaries = function_summaries(
+        owner=request.user,
+        since=timezone.now() - timedelta(hours=24),
+        function_ids=[function.pk for function in page.items],
+    )
+    rows = [(function, summaries.get(function.pk)) for function in page.items]
+    context = {"rows": rows, "page": page, "filter_form": form, "filtered": any(filters.values())}
+    return render(request, "functions_app/function_list.html", context)
 
 
 # ---- create -----------------------------------------------------------------------------------------------------
@@ -142,37 +218,59 @@ def _code_upload(form: forms.FunctionCreateForm | forms.CodeForm, handler: str) 
 
 @console_page
 def function_code(request: HttpRequest, name: str) -> HttpResponse:
+    """`$LATEST`'s package: its files, one opened in the editor (``?file=``, by default the handler's module)."""
     function = selectors.function_get(owner=request.user, name=name)
-    code = selectors.function_code_get(function=function)
-    module, source, members = code.module, code.source, code.files
+    package = selectors.package_view(
+        sha256=function.code.sha256, handler=function.handler, name=request.GET.get("file", "")
+    )
     form = forms.CodeForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
         updated = _attempt(
             form,
             lambda: services.function_update_code(
                 function=function,
-                code=_code_from(function, module, form),
+                code=_code_from(function, package.name, form),
                 revision_id=form.cleaned_data["revision_id"] or None,
             ),
             fallback="source",
         )
         if updated is not _FAILED:
-            return redirect("function_code", name=function.name)
+            return redirect(_code_url(function, package))
     if request.method == "GET":
-        form.initial = {"source": source or "", "revision_id": str(function.revision_id)}
-    context = {"form": form, "module": module, "editable": source is not None, "members": members}
+        form.initial = {"source": package.text or "", "revision_id": str(function.revision_id)}
+    context = {"form": form, "package": package, "editor_mode": _editor_mode(package.name)}
     return _tab(request, function, "code", context)
 
 
-def _code_from(function: Function, module: str, form: forms.CodeForm) -> services.CodeUpload:
-    """An uploaded zip as it is, else the current package with the edited handler module."""
+def _code_url(function: Function, package: selectors.PackageView) -> str:
+    """The Code tab with the same file open."""
+    url = reverse("function_code", args=[function.name])
+    if package.name and package.name != package.handler_module:
+        url += "?" + QueryDict.fromkeys(["file"], package.name).urlencode()
+    return url
+
+
+def _editor_mode(file_name: str) -> str:
+    """CodeMirror's mode for a file: Python highlighting for modules, plain text for the rest."""
+    return "python" if file_name.endswith(".py") else "text/plain"
+
+
+def _code_from(function: Function, file_name: str, form: forms.CodeForm) -> services.CodeUpload:
+    """An uploaded zip as it is, else the current package with the edited file replaced."""
     uploaded = form.code_bytes()
     if uploaded is not None:
         return services.CodeUpload(zip_bytes=uploaded)
-    return services.code_with_module_replaced(function=function, module=module, source=form.cleaned_data["source"])
+    return services.code_with_module_replaced(function=function, module=file_name, source=form.cleaned_data["source"])
 
 
 # ---- Test tab ---------------------------------------------------------------------------------------------------
+
+
+def _invoke_form(function: Function, data: Any = None, **kwargs: Any) -> forms.InvokeForm:
+    qualifiers = forms.qualifier_choices(
+        versions=selectors.version_list(function=function), aliases=selectors.alias_list(function=function)
+    )
+    return forms.InvokeForm(data, qualifiers=qualifiers, **kwargs)
 
 
 def _test_context(function: Function, **overrides: Any) -> dict[str, Any]:
@@ -183,7 +281,7 @@ def _test_context(function: Function, **overrides: Any) -> dict[str, Any]:
             (event, forms.TestEventForm(initial={"name": event.name, "event": event.event_json}, prefix=event.name))
             for event in events
         ],
-        "invoke_form": forms.InvokeForm(initial={"event": events[0].event_json if events else "{}"}),
+        "invoke_form": _invoke_form(function, initial={"event": events[0].event_json if events else "{}"}),
         "new_form": forms.TestEventForm(auto_id="new_%s"),
         "saved_events": {event.name: event.event_json for event in events},
         "outcome": None,
@@ -202,7 +300,7 @@ def function_test(request: HttpRequest, name: str) -> HttpResponse:
 def function_invoke(request: HttpRequest, name: str) -> HttpResponse:
     """A synchronous invoke, as the API's: accept, then wait on the reply key within the function's budget."""
     function = selectors.function_get(owner=request.user, name=name)
-    form = forms.InvokeForm(request.POST)
+    form = _invoke_form(function, request.POST)
     outcome = None
     if form.is_valid():
         invocation = _attempt(
@@ -334,6 +432,18 @@ def function_versions(request: HttpRequest, name: str) -> HttpResponse:
 
 
 @console_page
+def version_code(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    """A published version's package, read-only: its files, one opened (``?file=``)."""
+    function = selectors.function_get(owner=request.user, name=name)
+    version = selectors.version_get(function=function, number=number)
+    package = selectors.package_view(
+        sha256=version.code.sha256, handler=version.handler, name=request.GET.get("file", "")
+    )
+    context = {"version": version, "package": package, "editor_mode": _editor_mode(package.name)}
+    return _tab(request, function, "versions", context, template="functions_app/version_code.html")
+
+
+@console_page
 @require_POST
 def version_publish(request: HttpRequest, name: str) -> HttpResponse:
     function = selectors.function_get(owner=request.user, name=name)
@@ -430,8 +540,8 @@ def _invocations_filtered(function: Function, form: forms.InvocationFilterForm, 
 def function_invocations(request: HttpRequest, name: str) -> HttpResponse:
     function = selectors.function_get(owner=request.user, name=name)
     form = forms.InvocationFilterForm(request.GET)
-    invocations = _with_colours(list(_invocations_filtered(function, form, request.user)[:INVOCATION_PAGE_SIZE]))
-    context = {"filter_form": form, "invocations": invocations, "page_size": INVOCATION_PAGE_SIZE}
+    page = _page(request, _invocations_filtered(function, form, request.user))
+    context = {"filter_form": form, "invocations": _with_colours(page.items), "page": page}
     return _tab(request, function, "invocations", context)
 
 
@@ -443,16 +553,13 @@ def invocation_row(request: HttpRequest, invocation_id: str) -> HttpResponse:
 
 
 def _timeline(invocation: Invocation) -> list[dict[str, Any]]:
-    phases = [
-        ("Queue wait", invocation.queue_wait_ms, "grey"),
-        ("Init", invocation.init_ms if invocation.is_cold else None, "orange"),
-        ("Run", invocation.duration_ms, "blue"),
-    ]
-    total = sum(ms for _, ms, _ in phases if ms) or 1.0
+    """The phases of ``TIMELINE_PHASES`` that happened, each with its share of the whole (at least a sliver)."""
+    phases = [(label, getattr(invocation, field, None), colour) for label, field, colour in TIMELINE_PHASES]
+    phases = [(label, ms, colour) for label, ms, colour in phases if ms]
+    total = sum(ms for _, ms, _ in phases) or 1.0
     return [
         {"label": label, "ms": ms, "colour": colour, "percent": max(ms / total * 100, 0.5)}
         for label, ms, colour in phases
-        if ms is not None
     ]
 
 
@@ -508,7 +615,8 @@ def function_configuration(request: HttpRequest, name: str) -> HttpResponse:
 @require_POST
 def function_delete(request: HttpRequest, name: str) -> HttpResponse:
     services.function_delete(function=selectors.function_get(owner=request.user, name=name))
-    return redirect("function_list")
+    messages.success(request, f"Deleted {name} with its versions, aliases and invocations.")
+    return _back(request, reverse("function_list"))
 
 
 # ---- dead letters -----------------------------------------------------------------------------------------------
@@ -516,9 +624,17 @@ def function_delete(request: HttpRequest, name: str) -> HttpResponse:
 
 @console_page
 def dead_letter_list(request: HttpRequest) -> HttpResponse:
-    function_name = request.GET.get("function", "")
-    letters = selectors.dead_letter_list(owner=request.user, function_name=function_name)[:INVOCATION_PAGE_SIZE]
-    return render(request, "functions_app/dead_letters.html", {"letters": letters, "function_name": function_name})
+    form = forms.DeadLetterFilterForm(request.GET)
+    filters = form.cleaned_data if form.is_valid() else {}
+    letters = selectors.dead_letter_list(
+        owner=request.user,
+        function_name=filters.get("function", "").strip(),
+        condition=filters.get("condition", ""),
+        replayed=form.is_replayed() if filters else None,
+    )
+    page = _page(request, letters)
+    context = {"letters": page.items, "page": page, "filter_form": form, "filtered": any(filters.values())}
+    return render(request, "functions_app/dead_letters.html", context)
 
 
 @console_page
@@ -533,4 +649,34 @@ def dead_letter_replay_view(request: HttpRequest, letter_id: int) -> HttpRespons
 @require_POST
 def dead_letter_delete_view(request: HttpRequest, letter_id: int) -> HttpResponse:
     dead_letter_delete(dead_letter=selectors.dead_letter_get(owner=request.user, pk=letter_id))
-    return redirect("dead_letter_list")
+    return _back(request, reverse("dead_letter_list"))
+
+
+# ---- account: password and API token ----------------------------------------------------------------------------
+
+
+@console_page
+def account(request: HttpRequest) -> HttpResponse:
+    context = {
+        "token": accounts.api_token_get(user=request.user),
+        "api_url": request.build_absolute_uri(reverse("api-functions")),
+        "metrics_url": request.build_absolute_uri(reverse("metrics")),
+        "metrics_token_set": bool(settings.METRICS_TOKEN),
+    }
+    return render(request, "account.html", context)
+
+
+@console_page
+@require_POST
+def api_token_reset(request: HttpRequest) -> HttpResponse:
+    accounts.api_token_reset(user=request.user)
+    messages.success(request, "A new API token is issued; the old one no longer works.")
+    return redirect("account")
+
+
+class PasswordChange(SuccessMessageMixin, PasswordChangeView):
+    """Django's password change (the old password, then the new one twice), for any signed-in user."""
+
+    template_name = "registration/password_change_form.html"
+    success_url = reverse_lazy("account")
+    success_message = "Your password is changed."

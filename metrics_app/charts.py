@@ -31,17 +31,33 @@ COLOURS = {
 
 
 def _layout(title: str, y_title: str, **extra: Any) -> dict[str, Any]:
+    """A chart's layout. Every axis makes room for its own tick labels and title (``automargin``), so a right-hand
+    axis is never clipped at any width, and the legend sits at the foot of the figure, below the x axis's title."""
     layout: dict[str, Any] = {
         "title": {"text": title, "font": {"size": 14}},
-        "height": 300,
-        "margin": {"l": 55, "r": 20, "t": 40, "b": 40},
+        "height": 320,
+        "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
         "hovermode": "x unified",
-        "legend": {"orientation": "h", "y": -0.2},
-        "xaxis": {"type": "date"},
-        "yaxis": {"title": {"text": y_title}, "rangemode": "tozero"},
+        "legend": {"orientation": "h", "x": 0, "xanchor": "left", "y": 0, "yanchor": "bottom", "yref": "container"},
+        "xaxis": _x_axis(type="date"),
+        "yaxis": _axis(title={"text": y_title}, rangemode="tozero"),
     }
     layout.update(extra)
     return layout
+
+
+def _axis(**settings: Any) -> dict[str, Any]:
+    return {"automargin": True, **settings}
+
+
+def _x_axis(**settings: Any) -> dict[str, Any]:
+    """Outside ticks hold the x labels a little below the axis, clear of the y axes' "0" at either corner."""
+    return _axis(ticks="outside", ticklen=5, tickcolor="#d0d7de", **settings)
+
+
+def _right_axis(title: str) -> dict[str, Any]:
+    """A second y axis on the right, over the first: one chart, two units."""
+    return _axis(title={"text": title}, overlaying="y", side="right", rangemode="tozero")
 
 
 def _x(series: Timeseries) -> list[str]:
@@ -49,7 +65,17 @@ def _x(series: Timeseries) -> list[str]:
 
 
 def _line(name: str, x: list, y: list, colour: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "scatter", "mode": "lines", "name": name, "x": x, "y": y, "line": {"color": colour}, **extra}
+    """A line with a marker on every point: a series with one point (traffic in a single hour) still shows."""
+    return {
+        "type": "scatter",
+        "mode": "lines+markers",
+        "name": name,
+        "x": x,
+        "y": y,
+        "line": {"color": colour},
+        "marker": {"color": colour, "size": 5},
+        **extra,
+    }
 
 
 def _bar(name: str, x: list, y: list, colour: str, **extra: Any) -> dict[str, Any]:
@@ -89,11 +115,7 @@ def cold_start_figure(series: Timeseries) -> dict[str, Any]:
         _line("Init p50", x, [_round(p.init_p(50)) for p in series.points], COLOURS["p50"], yaxis="y2"),
         _line("Init p90", x, [_round(p.init_p(90)) for p in series.points], COLOURS["p90"], yaxis="y2"),
     ]
-    layout = _layout(
-        "Cold starts: rate and init duration",
-        "% of invocations",
-        yaxis2={"title": {"text": "init ms"}, "overlaying": "y", "side": "right", "rangemode": "tozero"},
-    )
+    layout = _layout("Cold starts: rate and init duration", "% of invocations", yaxis2=_right_axis("init ms"))
     return {"data": data, "layout": layout}
 
 
@@ -102,11 +124,10 @@ def concurrency_figure(series: Timeseries) -> dict[str, Any]:
     by the bucket's length. Bursts shorter than the bucket are averaged away, so peaks are higher than shown."""
     length_ms = series.step.total_seconds() * 1000
     y = [_round((p.duration_ms_sum + p.init_ms_sum) / length_ms, 3) for p in series.points]
+    hover = f"%{{y}} running at once on average (time running / {series.granularity})<extra></extra>"
     return {
-        "data": [_line("Average concurrency", _x(series), y, COLOURS["run"], fill="tozeroy")],
-        "layout": _layout(
-            f"Concurrency (average per {series.granularity}: time running / {series.granularity})", "executions"
-        ),
+        "data": [_line("Average concurrency", _x(series), y, COLOURS["run"], fill="tozeroy", hovertemplate=hover)],
+        "layout": _layout(f"Average concurrency per {series.granularity}", "executions"),
     }
 
 
@@ -160,7 +181,7 @@ def versions_figure(versions: dict[str, Usage]) -> dict[str, Any]:
         for q in (50, 90, 99)
     ]
     layout = _layout("Versions side by side: duration percentiles", "ms", barmode="group", hovermode="closest")
-    layout["xaxis"] = {"type": "category", "title": {"text": "version"}}
+    layout["xaxis"] = _x_axis(type="category", title={"text": "version"})
     return {"data": data, "layout": layout}
 
 
@@ -191,13 +212,12 @@ def rightsizing_figure(analysis: Any) -> dict[str, Any]:
     x = [row.memory_mb for row in rows]
     risk = [row for row in rows if row.oom_risk]
     data = [
-        _line("Duration (ms)", x, [round(row.duration_ms, 2) for row in rows], COLOURS["p50"], mode="lines+markers"),
+        _line("Duration (ms)", x, [round(row.duration_ms, 2) for row in rows], COLOURS["p50"]),
         _line(
             "Cost per 1M invocations (USD)",
             x,
             [round(row.cost_per_million_usd, 4) for row in rows],
             COLOURS["ok"],
-            mode="lines+markers",
             yaxis="y2",
         ),
         {
@@ -210,12 +230,13 @@ def rightsizing_figure(analysis: Any) -> dict[str, Any]:
         },
     ]
     layout = _layout(
-        "Memory what-if: modelled duration and cost",
-        "ms",
-        hovermode="x unified",
-        yaxis2={"title": {"text": "USD per 1M"}, "overlaying": "y", "side": "right", "rangemode": "tozero"},
+        "Memory what-if: modelled duration and cost", "ms", hovermode="x unified", yaxis2=_right_axis("USD per 1M")
     )
-    layout["xaxis"] = {"type": "log", "title": {"text": "memory (MB)"}, "tickvals": x}
+    # Labels at the powers of two only: the sizes between them (768, 1536, 1769, 3008 …) sit too close on a log
+    # axis to label without overlap. Each size still has its marker, and the table beside lists them all.
+    ticks = [size for size in x if size & (size - 1) == 0]
+    labels = [str(size) for size in ticks]
+    layout["xaxis"] = _x_axis(type="log", title={"text": "memory (MB)"}, tickvals=ticks, ticktext=labels)
     if analysis.recommended_mb:
         layout["shapes"] = [
             {
@@ -240,7 +261,7 @@ def report_figure(report: Any) -> dict[str, Any]:
         for name, field in parts
     ]
     layout = _layout(f"Cost (USD) by {report.group_by}", "USD", barmode="stack", hovermode="closest")
-    layout["xaxis"] = {"type": "category", "title": {"text": report.group_by}}
+    layout["xaxis"] = _x_axis(type="category", title={"text": report.group_by})
     return {"data": data, "layout": layout}
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -16,14 +18,97 @@ from pathlib import Path
 import psutil
 import pytest
 
+from console.management.commands.standalone import banner, log_level, service_commands
+from console.seed import demo_seed
+
 BASE_DIR = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
+URL = "http://127.0.0.1:8000/"
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+# ---- the first-run banner and the log level ------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_first_run_banner_names_a_password_page_the_demo_user_can_use(client):
+    seed = demo_seed()
+    lines = banner(seed, URL, metrics_token_set=False, level="WARNING")
+    login = next(line for line in lines if line.startswith("Demo login:"))
+    assert f"demo / {seed['password']}" in login and "/admin/" not in "".join(lines)
+    page = re.search(r"change it at (\S+/)", login).group(1).removeprefix(URL.rstrip("/"))
+    assert client.login(username="demo", password=seed["password"])
+    assert client.get(page).status_code == 200 and "new_password1" in client.get(page).content.decode()
+
+
+@pytest.mark.django_db
+def test_a_restart_says_where_to_change_the_password_and_how_to_reset_a_lost_one():
+    demo_seed()
+    lines = "\n".join(banner(demo_seed(), URL, metrics_token_set=False, level="WARNING"))
+    assert "demo / " not in lines and f"change it at {URL}account/password/" in lines
+    assert "make run RUN_ARGS=--reset-demo-password" in lines and "manage.py changepassword demo" in lines
+    assert f"also under {URL}account/" in lines
+
+
+@pytest.mark.django_db
+def test_resetting_the_demo_password_prints_a_new_one_that_signs_in(client):
+    first = demo_seed()
+    reset = demo_seed(reset_password=True)
+    assert reset["password"] and reset["password"] != first["password"] and reset["token"] == first["token"]
+    assert "(a new password;" in banner(reset, URL, metrics_token_set=False, level="WARNING")[0]
+    assert client.login(username="demo", password=reset["password"])
+    assert not client.login(username="demo", password=first["password"])
+
+
+@pytest.mark.django_db
+def test_the_banner_says_how_metrics_are_reached_with_and_without_a_token():
+    seed = demo_seed()
+    without = banner(seed, URL, metrics_token_set=False, level="WARNING")
+    assert any(f"{URL}metrics opens signed in as demo" in line and "METRICS_TOKEN=" in line for line in without)
+    with_token = banner(seed, URL, metrics_token_set=True, level="WARNING")
+    assert any('"Authorization: Bearer $METRICS_TOKEN"' in line for line in with_token)
+
+
+def test_quiet_is_the_default_and_verbose_or_log_level_brings_the_detail_back(monkeypatch):
+    options = {"concurrency": 1, "host": "127.0.0.1", "port": 8000}
+    monkeypatch.delenv("LOG_LEVEL", raising=False)
+    assert log_level(verbose=False) == "WARNING" and log_level(verbose=True) == "INFO"
+    monkeypatch.setenv("LOG_LEVEL", "info")
+    assert log_level(verbose=False) == "INFO"
+    quiet = service_commands(python="python", options=options, level="WARNING")
+    assert "--quiet" in quiet["worker"] and "--quiet" in quiet["beat"]
+    assert quiet["worker"][quiet["worker"].index("--loglevel") + 1] == "WARNING"
+    detailed = service_commands(python="python", options=options, level="INFO")
+    assert "--quiet" not in detailed["worker"] and detailed["beat"][detailed["beat"].index("--loglevel") + 1] == "INFO"
+    assert any("LOG_LEVEL=INFO" in line for line in banner(None, URL, metrics_token_set=False, level="WARNING"))
+
+
+# ---- the platform, started as `make run` starts it ----------------------------------------------------------------
+
+
+class Output:
+    """The platform's stdout, read line by line on a thread so a test can wait for a line or for silence."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, args=(process,), daemon=True).start()
+
+    def _read(self, process: subprocess.Popen) -> None:
+        for line in process.stdout:
+            self.lines.put(line)
+
+    def within(self, seconds: float) -> list[str]:
+        deadline, seen = time.monotonic() + seconds, []
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                seen.append(self.lines.get(timeout=left))
+            except queue.Empty:
+                break
+        return seen
 
 
 def start_platform(var_dir: Path, port: int) -> subprocess.Popen:
@@ -40,16 +125,16 @@ def start_platform(var_dir: Path, port: int) -> subprocess.Popen:
     )
 
 
-def read_until_running(process: subprocess.Popen, timeout_s: float = 90) -> str:
+def read_until_running(process: subprocess.Popen, output: Output, timeout_s: float = 90) -> str:
     deadline = time.monotonic() + timeout_s
     seen = []
     while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line and process.poll() is not None:
-            break
+        line = "".join(output.within(0.5))
         seen.append(line)
         if "is running at" in line:
             return "".join(seen)
+        if process.poll() is not None and output.lines.empty():
+            break
     raise AssertionError("the platform did not start:\n" + "".join(seen))
 
 
@@ -82,7 +167,9 @@ def platform(tmp_path):
     port = free_port()
     process = start_platform(tmp_path / "var", port)
     try:
-        output = read_until_running(process)
+        reader = Output(process)
+        output = read_until_running(process, reader)
+        process.reader = reader
         yield process, port, output
     finally:
         if process.poll() is None:
@@ -90,6 +177,7 @@ def platform(tmp_path):
         process.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_it_serves_the_seeded_function_to_the_printed_token_and_ctrl_c_stops_every_process(platform):
     process, port, output = platform
     token = re.search(r"API token:\s+([0-9a-f]{40})", output).group(1)
@@ -114,6 +202,18 @@ def test_it_serves_the_seeded_function_to_the_printed_token_and_ctrl_c_stops_eve
     assert process.returncode == 0
 
 
+@pytest.mark.slow
+def test_an_idle_platform_prints_nothing_after_its_banner(platform):
+    process, _, output = platform
+    lines = output.strip().splitlines()
+    banner_lines = lines[next(i for i, line in enumerate(lines) if "Demo login: demo /" in line) :]
+    assert all(line.startswith("[ephemera] ") for line in banner_lines), banner_lines  # nothing in between
+    assert any("API token:" in line for line in banner_lines) and len(banner_lines) < 12
+    assert banner_lines[-1].startswith("[ephemera] Ephemera is running at")
+    assert process.reader.within(6) == []  # beat and the worker used to print about five INFO lines a second
+
+
+@pytest.mark.slow
 def test_killing_the_platform_outright_still_leaves_no_orphan(platform):
     process, _, _ = platform
     tree = psutil.Process(process.pid).children(recursive=True)

@@ -12,16 +12,19 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 from django.urls import Resolver404, resolve
 
+from functions_app import services
 from functions_app.invocations import invocation_accept
 from functions_app.models import DeadLetter
 from functions_app.services import CodeUpload
 from metrics_app.models import Rollup
+from metrics_app.tests.factories import finish
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -175,6 +178,21 @@ def test_a_user_creates_tests_and_monitors_a_function_in_the_browser(page, live_
     expect(page.locator("details.alias summary")).to_contain_text("live → version 1")
     shot(page, "08-versions-tab")
 
+    # A published version's code opens read-only from the Versions tab.
+    page.click("#versions a[aria-label='View the code of version 1']")
+    expect(page).to_have_url(f"{base}/functions/greeter/versions/1/")
+    expect(page.locator(".CodeMirror")).to_contain_text("lambda_handler")
+    assert page.evaluate("document.querySelector('.CodeMirror').CodeMirror.getOption('readOnly')") is True
+    shot(page, "13-version-code")
+
+    # The Test tab invokes what is picked from $LATEST, the versions and the aliases.
+    page.click("nav.tabs >> text=Test")
+    expect(page.locator("#id_qualifier option")).to_have_count(3)  # $LATEST, version 1, alias live
+    page.select_option("#id_qualifier", "live")
+    page.click("#invoke-form button[type=submit]")
+    expect(page.locator("#result-status")).to_have_text("succeeded")
+    expect(page.locator("#result-version")).to_have_text("1")
+
     page.click("nav.tabs >> text=Configuration")
     expect(page.locator("code.env-name")).to_have_text("GREETING")
     expect(page.locator("body")).not_to_contain_text("Hello,")  # the value is write-only
@@ -184,9 +202,23 @@ def test_a_user_creates_tests_and_monitors_a_function_in_the_browser(page, live_
     flaky = make_function(name="flaky", code=CodeUpload(files={"app.py": FAILING}), max_retry_attempts=0)
     invocation_accept(owner=user, function=flaky, qualifier="", raw_payload=b'{"n": 1}', invocation_type="async")
     wait_for(lambda: DeadLetter.objects.filter(function=flaky).exists())
+    make_function(name="new")  # a name the create page once took for itself
     page.goto(f"{base}/functions/")
-    expect(page.locator("table.table tbody tr")).to_have_count(2)
+    expect(page.locator("#functions tbody tr")).to_have_count(3)
     shot(page, "10-function-list")
+    page.click("#functions a[href='/functions/new/']")
+    expect(page.locator(".page-head h1")).to_have_text("new")
+    expect(page.locator("nav.tabs a.active")).to_have_text("Code")
+
+    # Deleting from the list asks first: dismissed, nothing happens; accepted, the function is gone.
+    page.goto(f"{base}/functions/")
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.click("#functions button[aria-label='Delete new']")
+    expect(page.locator("#functions tbody tr")).to_have_count(3)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#functions button[aria-label='Delete new']")
+    expect(page.locator(".messages")).to_contain_text("Deleted new")
+    expect(page.locator("#functions tbody tr")).to_have_count(2)
     page.click("nav.topbar >> text=Dead letters")
     expect(page.locator("#dead-letters tbody tr")).to_contain_text("Retries exhausted")
     shot(page, "11-dead-letters")
@@ -207,3 +239,109 @@ def test_a_user_creates_tests_and_monitors_a_function_in_the_browser(page, live_
 
     page.click("nav.topbar button:has-text('Sign out')")
     expect(page).to_have_url(f"{base}/login/")
+
+
+def sign_in(page, base: str) -> None:
+    page.goto(f"{base}/login/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", "pw-for-tests-only")
+    page.click("button[type=submit]")
+
+
+def test_a_user_finds_their_api_token_from_the_header_and_copies_it(page, live_server, user):
+    from playwright.sync_api import expect
+    from rest_framework.authtoken.models import Token
+
+    token = Token.objects.create(user=user).key
+    base = live_server.url
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
+    sign_in(page, base)
+    page.click("nav.topbar #account-link")
+    expect(page.locator("#api-token")).to_have_text(token)
+    page.click("#copy-token")
+    expect(page.locator("#copy-token")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == token
+    shot(page, "14-account")
+
+
+# Labels of a drawn plotly chart that stick out of it, or sit on one another.
+CHART_LABEL_PROBLEMS = """plot => {
+  const box = plot.getBoundingClientRect();
+  const selectors = {xtick: ".xtick text", ytick: ".ytick text", y2tick: ".y2tick text", xtitle: ".xtitle",
+                     ytitle: ".ytitle", y2title: ".y2title", title: ".gtitle", legend: ".legendtext"};
+  const labels = [];
+  for (const [group, selector] of Object.entries(selectors)) {
+    for (const element of plot.querySelectorAll(selector)) {
+      const r = element.getBoundingClientRect();
+      const tilted = (element.getAttribute("transform") || "").includes("rotate");
+      if (r.width && r.height && element.textContent.trim()) labels.push({group, text: element.textContent, r, tilted});
+    }
+  }
+  const problems = [];
+  for (const a of labels) {
+    if (a.r.left < box.left - 1 || a.r.right > box.right + 1 || a.r.top < box.top - 1 || a.r.bottom > box.bottom + 1)
+      problems.push(`${a.group} "${a.text}" is cut off`);
+  }
+  const overlap = (a, b) => Math.min(a.r.right, b.r.right) - Math.max(a.r.left, b.r.left) > 1
+    && Math.min(a.r.bottom, b.r.bottom) - Math.max(a.r.top, b.r.top) > 1;
+  for (let i = 0; i < labels.length; i++) for (let j = i + 1; j < labels.length; j++) {
+    const [a, b] = [labels[i], labels[j]];
+    if (a.group === b.group && a.tilted && b.tilted) continue;  // tilted labels' boxes overlap where the text does not
+    if (overlap(a, b)) problems.push(`${a.group} "${a.text}" overlaps ${b.group} "${b.text}"`);
+  }
+  return problems;
+}"""
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1360, "height": 900}
+
+
+def test_every_page_fits_a_phone_and_every_chart_shows_its_points_and_labels(page, live_server, user, make_function):
+    from django.utils import timezone
+    from playwright.sync_api import expect
+
+    function = make_function(name="greeter", memory_mb=2048, description="Greets whoever it is given, politely.")
+    services.version_publish(function=function)
+    an_hour_ago = timezone.now() - timedelta(minutes=30)  # all the traffic in a single hour of the 24 h charts
+    for n in range(5):
+        last = finish(function, at=an_hour_ago, is_cold=n == 0, init_ms=30.0 if n == 0 else 0.0, peak_memory_mb=2.5)
+    failed = finish(
+        function, at=an_hour_ago, status="failed", error_type="ValueError", invocation_type="async", peak_memory_mb=2.5
+    )
+    DeadLetter.objects.create(
+        owner=user, function=function, invocation=failed, condition="RetriesExhausted", request_payload="{}", attempts=3
+    )
+    base = live_server.url
+    sign_in(page, base)
+    pages = [
+        "/functions/",
+        "/functions/+new/",
+        "/functions/greeter/",
+        "/functions/greeter/test/",
+        "/functions/greeter/monitor/",
+        "/functions/greeter/versions/",
+        "/functions/greeter/versions/1/",
+        "/functions/greeter/invocations/",
+        "/functions/greeter/configuration/",
+        f"/invocations/{last.pk}/",
+        "/dead-letters/",
+        "/reports/",
+        "/account/",
+    ]
+    for viewport in (DESKTOP, PHONE):
+        page.set_viewport_size(viewport)
+        for path in pages:
+            page.goto(base + path)
+            plots = page.locator(".plot")
+            for index in range(plots.count()):
+                expect(plots.nth(index).locator(".main-svg").first).to_be_visible()
+                problems = plots.nth(index).evaluate(CHART_LABEL_PROBLEMS)
+                assert problems == [], (viewport["width"], path, plots.nth(index).get_attribute("id"), problems)
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= viewport["width"], f"{path} is {width} px wide at {viewport['width']} px"
+            if path == "/functions/greeter/monitor/":
+                assert page.locator("#plot-duration .scatterlayer .point").count() >= 3  # p50, p90, p99: one each
+                expect(page.locator("#rightsizing")).to_contain_text("peak memory 2.5 MB (p99 ≤ 2.5 MB)")
+                if viewport is PHONE:
+                    shot(page, "15-monitor-phone")
+            if viewport is PHONE and path in ("/functions/", f"/invocations/{last.pk}/"):
+                shot(page, "16-function-list-phone" if path == "/functions/" else "17-invocation-phone")

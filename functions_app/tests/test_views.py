@@ -18,6 +18,7 @@ from metrics_app.services import invocation_finished, metering_flush
 
 pytestmark = pytest.mark.django_db
 
+CREATE = "/functions/+new/"
 FUNCTION_PAGES = [
     "/functions/hello/",
     "/functions/hello/test/",
@@ -85,7 +86,7 @@ def config_form(function, **overrides):
 # ---- access -----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", ["/functions/", "/functions/new/", "/dead-letters/", *FUNCTION_PAGES])
+@pytest.mark.parametrize("url", ["/functions/", CREATE, "/dead-letters/", "/account/", *FUNCTION_PAGES])
 def test_every_page_renders_for_its_owner(signed_in, make_function, url):
     make_function()
     assert signed_in.get(url).status_code == 200
@@ -133,7 +134,10 @@ def test_a_malformed_invocation_id_is_404(signed_in):
     assert signed_in.get("/invocations/not-a-uuid/").status_code == 404
 
 
-@pytest.mark.parametrize("url", ["/functions/", "/functions/hello/test/", "/dead-letters/", "/invocations/x/"])
+@pytest.mark.parametrize(
+    "url",
+    ["/functions/", "/functions/hello/test/", "/dead-letters/", "/invocations/x/", "/account/", "/account/password/"],
+)
 def test_anonymous_visitors_are_sent_to_sign_in(client, url):
     response = client.get(url)
     assert response.status_code == 302 and response["Location"].startswith(f"/login/?next={url}")
@@ -158,7 +162,7 @@ def test_a_wrong_password_is_shown_on_the_sign_in_form(client, user):
 
 
 def test_creating_a_function_stores_its_code_and_configuration(signed_in, user):
-    response = signed_in.post("/functions/new/", create_form())
+    response = signed_in.post(CREATE, create_form())
     assert response.status_code == 302 and response["Location"] == "/functions/fresh/"
     function = Function.objects.get(owner=user, name="fresh")
     assert (function.memory_mb, function.timeout_s, function.max_retry_attempts, function.max_event_age_s) == (
@@ -188,14 +192,14 @@ def test_creating_a_function_from_a_zip_upload(signed_in, user):
         archive.writestr("data.bin", b"\x00\x01")
     upload = io.BytesIO(buffer.getvalue())
     upload.name = "code.zip"
-    response = signed_in.post("/functions/new/", create_form(handler="pkg.handlers.run", source="", zip_file=upload))
+    response = signed_in.post(CREATE, create_form(handler="pkg.handlers.run", source="", zip_file=upload))
     assert response.status_code == 302
     function = Function.objects.get(owner=user, name="fresh")
     assert function.code.file_count == 2 and function.handler == "pkg.handlers.run"
 
 
 def test_a_memory_of_64_is_shown_next_to_the_memory_field(signed_in, user):
-    response = signed_in.post("/functions/new/", create_form(memory_mb="64"))
+    response = signed_in.post(CREATE, create_form(memory_mb="64"))
     assert response.status_code == 200
     assert response.context["form"].errors["memory_mb"] == ["Must be an integer from 128 to 10240."]
     assert 'id="field-memory_mb"' in response.content.decode()
@@ -218,7 +222,7 @@ def test_a_memory_of_64_is_shown_next_to_the_memory_field(signed_in, user):
     ],
 )
 def test_bad_input_is_shown_next_to_its_field(signed_in, overrides, field, fragment):
-    response = signed_in.post("/functions/new/", create_form(**overrides))
+    response = signed_in.post(CREATE, create_form(**overrides))
     assert response.status_code == 200
     errors = response.context["form"].errors
     assert field in errors and fragment in " ".join(errors[field]), errors
@@ -226,7 +230,7 @@ def test_bad_input_is_shown_next_to_its_field(signed_in, overrides, field, fragm
 
 def test_a_duplicate_name_is_a_form_error_not_a_500(signed_in, make_function):
     make_function(name="fresh")
-    response = signed_in.post("/functions/new/", create_form())
+    response = signed_in.post(CREATE, create_form())
     assert response.status_code == 200
     assert "already exists" in response.context["form"].errors["name"][0]
 
@@ -317,6 +321,133 @@ def test_deleting_a_function(signed_in, make_function):
     assert not Function.objects.exists()
 
 
+def test_the_function_list_deletes_a_function_after_asking_and_comes_back_to_the_same_page(signed_in, make_function):
+    make_function()
+    page = signed_in.get("/functions/?q=hel").content.decode()
+    form = page[page.index('action="/functions/hello/delete/"') :]
+    form = form[: form.index("</form>")]
+    assert 'data-confirm="Delete hello and all its versions' in form and "csrfmiddlewaretoken" in form
+    assert "/static/js/console.js" in page  # what asks for the confirmation
+    response = signed_in.post("/functions/hello/delete/", {"next": "/functions/?q=hel"}, follow=True)
+    assert response.redirect_chain == [("/functions/?q=hel", 302)]
+    assert not Function.objects.exists() and "Deleted hello" in response.content.decode()
+
+
+def test_deleting_from_the_list_never_redirects_off_the_site(signed_in, make_function):
+    make_function()
+    response = signed_in.post("/functions/hello/delete/", {"next": "https://evil.example/"})
+    assert response["Location"] == "/functions/"
+
+
+# ---- names that look like pages ---------------------------------------------------------------------------------
+
+
+def test_a_function_named_new_opens_on_its_own_page(signed_in, make_function):
+    make_function(name="new")
+    listed = signed_in.get("/functions/").content.decode()
+    assert 'href="/functions/new/"' in listed
+    response = signed_in.get("/functions/new/")
+    assert response.status_code == 200 and response.context["function"].name == "new"
+    assert signed_in.get(CREATE).context["form"].__class__.__name__ == "FunctionCreateForm"
+    assert f'href="{CREATE}"' in listed
+
+
+FUNCTION_URL_NAMES = [
+    "function_code",
+    "function_test",
+    "function_invoke",
+    "test_event_create",
+    "function_monitor",
+    "function_versions",
+    "version_publish",
+    "alias_create",
+    "function_invocations",
+    "function_configuration",
+    "function_delete",
+]
+# Every fixed path segment of the console's function pages, and names that read like one.
+PAGE_LIKE_NAMES = ["new", "test", "invoke", "events", "monitor", "versions", "publish", "aliases", "delete", "1", "-"]
+
+
+@pytest.mark.parametrize("function_name", PAGE_LIKE_NAMES)
+def test_no_function_name_is_taken_by_another_page_of_the_console(function_name):
+    from django.urls import resolve, reverse
+
+    services.function_name_validate(function_name)  # a name a user may choose
+    for url_name in FUNCTION_URL_NAMES:
+        match = resolve(reverse(url_name, args=[function_name]))
+        assert (match.url_name, match.kwargs["name"]) == (url_name, function_name)
+    for url_name, extra in [("test_event_update", "e"), ("alias_update", "a"), ("version_code", 1)]:
+        match = resolve(reverse(url_name, args=[function_name, extra]))
+        assert (match.url_name, match.kwargs["name"]) == (url_name, function_name)
+
+
+def test_the_create_page_sits_where_no_function_name_can():
+    from django.urls import resolve, reverse
+
+    from console.exceptions import ServiceError
+
+    segment = reverse("function_create").strip("/").split("/")[-1]
+    with pytest.raises(ServiceError):
+        services.function_name_validate(segment)
+    assert resolve(reverse("function_create")).url_name == "function_create"
+
+
+# ---- the package's files and published versions' code ------------------------------------------------------------
+
+
+def make_package_function(user, **files):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("app.py", "def handler(event, context):\n    return 1\n")
+        for name, body in files.items():
+            archive.writestr(name.replace("__", "/"), body)
+    return services.function_create(
+        owner=user, name="hello", handler="app.handler", code=services.CodeUpload(zip_bytes=buffer.getvalue())
+    )
+
+
+def test_every_text_file_of_the_package_can_be_opened_from_the_file_list(signed_in, user):
+    make_package_function(user, lib__helper_py="VALUE = 'from the helper'\n", data_bin=b"\x00\x01\x02")
+    page = signed_in.get("/functions/hello/").content.decode()
+    assert 'href="?file=app.py"' in page and 'href="?file=lib/helper_py"' in page and 'href="?file=data_bin"' in page
+    helper = signed_in.get("/functions/hello/?file=lib/helper_py")
+    assert helper.context["package"].text == "VALUE = 'from the helper'\n"
+    assert "from the helper" in helper.content.decode() and 'data-editor-mode="text/plain"' in helper.content.decode()
+    binary = signed_in.get("/functions/hello/?file=data_bin").content.decode()
+    assert 'id="file-unreadable"' in binary and "binary" in binary
+    assert signed_in.get("/functions/hello/?file=missing.py").status_code == 404
+
+
+def test_editing_another_file_of_the_package_keeps_the_handler_module(signed_in, user):
+    function = make_package_function(user, **{"config.json": '{"colour": "blue"}'})
+    response = signed_in.post(
+        "/functions/hello/?file=config.json",
+        {"source": '{"colour": "red"}', "revision_id": str(function.revision_id)},
+    )
+    assert response.status_code == 302 and response["Location"] == "/functions/hello/?file=config.json"
+    function.refresh_from_db()
+    with zipfile.ZipFile(io.BytesIO(code_store().get(function.code.sha256))) as archive:
+        assert archive.read("config.json") == b'{"colour": "red"}'
+        assert archive.read("app.py") == b"def handler(event, context):\n    return 1\n"
+
+
+def test_a_published_versions_code_is_shown_read_only_from_the_versions_tab(signed_in, make_function, other_user):
+    function = make_function()
+    services.version_publish(function=function)
+    new_source = "def handler(event, context):\n    return 'changed'\n"
+    services.function_update_code(function=function, code=services.CodeUpload(files={"app.py": new_source}))
+    assert 'href="/functions/hello/versions/1/"' in signed_in.get("/functions/hello/versions/").content.decode()
+    response = signed_in.get("/functions/hello/versions/1/")
+    page = response.content.decode()
+    assert response.status_code == 200 and response.context["tab"] == "versions"
+    assert "return {&#x27;hello&#x27;: event}" in page and "changed" not in page
+    assert '<textarea class="code-editor" readonly' in page and "<form" not in page.split('id="version-title"')[1]
+    assert signed_in.get("/functions/hello/versions/2/").status_code == 404
+    signed_in.force_login(other_user)
+    assert signed_in.get("/functions/hello/versions/1/").status_code == 404
+
+
 # ---- versions and aliases ---------------------------------------------------------------------------------------
 
 
@@ -384,8 +515,24 @@ def test_a_test_event_that_is_not_json_or_badly_named_is_a_form_error(signed_in,
 def test_invoking_with_an_unknown_qualifier_is_an_error_on_the_page(signed_in, make_function):
     make_function()
     response = signed_in.post("/functions/hello/test/invoke/", {"event": "{}", "qualifier": "nope"})
-    assert response.status_code == 200 and "no alias" in response.content.decode()
+    assert response.status_code == 200 and "nope is not one of the available choices" in response.content.decode()
     assert not Invocation.objects.exists()
+
+
+def test_the_test_tab_offers_latest_each_version_and_each_alias_to_invoke(signed_in, make_function):
+    function = make_function()
+    services.version_publish(function=function)
+    services.function_update_configuration(function=function, memory_mb=256)
+    services.version_publish(function=function)
+    services.alias_create(function=function, name="live", version=1, additional_version=2, additional_weight=0.1)
+    response = signed_in.get("/functions/hello/test/")
+    field = response.context["invoke_form"]["qualifier"]
+    assert field.field.widget.input_type == "select"
+    assert [value for value, _ in field.field.choices] == ["$LATEST", "1", "2", "live"]
+    assert "Alias live → version 1, 10% to version 2" in response.content.decode()
+    assert 'name="qualifier"' in response.content.decode() and '<input type="text" name="qualifier"' not in (
+        response.content.decode()
+    )
 
 
 # ---- invocations ------------------------------------------------------------------------------------------------
@@ -409,6 +556,72 @@ def test_the_invocation_list_filters_by_status_cold_version_and_time(signed_in, 
     assert shown("version=1") == {ok.pk}
     assert shown("since=24h") == {ok.pk, failed.pk}
     assert shown("status=nonsense") == {ok.pk, failed.pk, old.pk}  # an invalid filter is ignored, not a 500
+
+
+@pytest.fixture
+def page_of_two(monkeypatch):
+    from functions_app import views
+
+    monkeypatch.setattr(views, "PAGE_SIZE", 2)
+
+
+def test_the_invocations_tab_pages_back_past_its_newest_rows_keeping_the_filters(signed_in, make_function, page_of_two):
+    function = make_function()
+    now = timezone.now()
+    rows = [make_invocation(function, status="succeeded", queued_at=now - timedelta(minutes=m)) for m in range(3)]
+    make_invocation(function, status="failed", queued_at=now)
+    first = signed_in.get("/functions/hello/invocations/?status=succeeded")
+    assert [i.pk for i in first.context["invocations"]] == [rows[0].pk, rows[1].pk]
+    page = first.content.decode()
+    assert 'href="?status=succeeded&amp;page=2"' in page and 'rel="prev"' not in page
+    second = signed_in.get("/functions/hello/invocations/?status=succeeded&page=2")
+    assert [i.pk for i in second.context["invocations"]] == [rows[2].pk]
+    assert 'href="?status=succeeded&amp;page=1"' in second.content.decode() and 'rel="next"' not in (
+        second.content.decode()
+    )
+    assert signed_in.get("/functions/hello/invocations/?page=nonsense").context["page"].number == 1
+
+
+def test_the_function_list_pages_and_filters_by_search_and_runtime(signed_in, make_function, page_of_two):
+    for name in ("alpha", "beta", "gamma"):
+        make_function(name=name, description=f"the {name} function")
+
+    def names(query):
+        return [function.name for function, _ in signed_in.get(f"/functions/?{query}").context["rows"]]
+
+    assert names("") == ["alpha", "beta"] and names("page=2") == ["gamma"]
+    assert names("q=gam") == ["gamma"] and names("q=function&page=2") == ["gamma"]
+    assert names("runtime=python3.11") == ["alpha", "beta"]
+    assert names("runtime=cobol") == ["alpha", "beta"]  # an unknown runtime is ignored, not a 500
+    page = signed_in.get("/functions/?q=a").content.decode()
+    assert '<select name="runtime"' in page and 'href="?q=a&amp;page=2"' in page
+
+
+def test_dead_letters_filter_by_function_condition_and_replay_and_page(signed_in, make_function, page_of_two):
+    hello, other = make_function(), make_function(name="other")
+    letters = [make_dead_letter(hello) for _ in range(3)]
+    aged = make_dead_letter(other)
+    DeadLetter.objects.filter(pk=aged.pk).update(condition="EventAgeExceeded")
+    DeadLetter.objects.filter(pk=letters[0].pk).update(replayed_as=make_invocation(hello))
+
+    def shown(query):
+        return {letter.pk for letter in signed_in.get(f"/dead-letters/?{query}").context["letters"]}
+
+    assert shown("function=other") == {aged.pk}
+    assert shown("condition=EventAgeExceeded") == {aged.pk}
+    assert shown("function=hello&replayed=true") == {letters[0].pk}
+    assert shown("function=hello&replayed=false") == {letters[1].pk, letters[2].pk}
+    assert len(shown("")) == 2 and len(shown("page=2")) == 2 and not shown("page=3")
+    assert shown("condition=nonsense") == shown("")  # an invalid filter is ignored, not a 500
+    page = signed_in.get("/dead-letters/?function=hello").content.decode()
+    assert '<select name="condition"' in page and '<select name="replayed"' in page
+    assert 'href="?function=hello&amp;page=2"' in page
+
+
+def test_deleting_a_dead_letter_returns_to_the_filtered_page(signed_in, make_function):
+    letter = make_dead_letter(make_function())
+    response = signed_in.post(f"/dead-letters/{letter.pk}/delete/", {"next": "/dead-letters/?function=hello"})
+    assert response["Location"] == "/dead-letters/?function=hello" and not DeadLetter.objects.exists()
 
 
 def test_a_running_invocation_polls_until_it_is_terminal(signed_in, make_function):
@@ -449,6 +662,20 @@ def test_the_invocation_page_shows_its_timeline_result_log_attempts_and_cost(sig
     assert "width: 60.00%" in page  # 12 of 20 ms running
     assert "printed line" in page and "&quot;hello&quot;: 1" in page
     assert "1 of 1" in page and "$0.0000000375" in page and "cold start" in page
+
+
+def test_the_timeline_draws_each_phase_of_its_list_in_its_colour(signed_in, make_function, monkeypatch):
+    from functions_app import views
+
+    phases = [*views.TIMELINE_PHASES, ("CPU", "cpu_ms", "#123456")]  # as a new phase field would be added
+    monkeypatch.setattr(views, "TIMELINE_PHASES", phases)
+    invocation = make_invocation(
+        make_function(), status="succeeded", queue_wait_ms=1.0, init_ms=0.0, duration_ms=3.0, cpu_ms=4.0
+    )
+    response = signed_in.get(f"/invocations/{invocation.pk}/")
+    assert [phase["label"] for phase in response.context["timeline"]] == ["Queue wait", "Run", "CPU"]  # warm: no init
+    page = response.content.decode()
+    assert "width: 50.00%; background: #123456" in page and "CPU: 4.00 ms" in page
 
 
 def finished(function, *, at=None, **fields):
@@ -535,3 +762,75 @@ def test_a_throttled_invoke_says_why_on_the_test_tab(signed_in, make_function, r
     response = signed_in.post("/functions/hello/test/invoke/", {"event": "{}"}, HTTP_HX_REQUEST="true")
     assert response.status_code == 200 and "Rate exceeded" in response.content.decode()
     assert not Invocation.objects.exists()
+
+
+# ---- account: password, API token, metrics -----------------------------------------------------------------------
+
+
+def test_the_header_links_to_the_account_page_with_the_api_token_and_a_copy_button(signed_in, user):
+    from rest_framework.authtoken.models import Token
+
+    token = Token.objects.create(user=user)
+    page = signed_in.get("/functions/").content.decode()
+    assert '<a href="/account/" id="account-link"' in page
+    account = signed_in.get("/account/").content.decode()
+    assert f'<code id="api-token">{token.key}</code>' in account
+    assert 'data-copy="api-token"' in account and "/static/js/console.js" in account
+    assert f"Authorization: Token {token.key}" in account
+
+
+def test_replacing_the_api_token_revokes_the_old_one(signed_in, user, client):
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    old = Token.objects.create(user=user).key
+    response = signed_in.post("/account/token/", follow=True)
+    new = Token.objects.get(user=user).key
+    assert new != old and new in response.content.decode()
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {old}")
+    assert api.get("/api/v1/functions/").status_code == 401
+    api.credentials(HTTP_AUTHORIZATION=f"Token {new}")
+    assert api.get("/api/v1/functions/").status_code == 200
+
+
+def test_a_user_without_an_api_token_can_create_one(signed_in, user):
+    from rest_framework.authtoken.models import Token
+
+    assert "You have no API token yet" in signed_in.get("/account/").content.decode()
+    signed_in.post("/account/token/")
+    assert Token.objects.filter(user=user).exists()
+
+
+def test_the_demo_user_changes_their_password_in_the_console(client):
+    from console.seed import demo_seed
+
+    seed = demo_seed()
+    assert client.login(username="demo", password=seed["password"])
+    assert 'href="/account/password/"' in client.get("/account/").content.decode()
+    data = {"old_password": seed["password"], "new_password1": "a-new-long-pass", "new_password2": "a-new-long-pass"}
+    response = client.post("/account/password/", data, follow=True)
+    assert response.redirect_chain == [("/account/", 302)] and "Your password is changed" in response.content.decode()
+    client.logout()
+    assert client.login(username="demo", password="a-new-long-pass")
+
+
+def test_a_wrong_old_password_is_shown_on_the_password_form(signed_in):
+    data = {"old_password": "nope", "new_password1": "a-new-long-pass", "new_password2": "a-new-long-pass"}
+    response = signed_in.post("/account/password/", data)
+    assert response.status_code == 200 and "old password was entered incorrectly" in response.content.decode()
+
+
+def test_the_demo_operator_reads_the_prometheus_metrics_out_of_the_box(client):
+    from console.seed import demo_seed
+
+    seed = demo_seed()
+    client.login(username="demo", password=seed["password"])
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response["Content-Type"].startswith("text/plain")
+    assert 'href="/metrics"' in client.get("/account/").content.decode()
+
+
+def test_a_tenant_who_is_not_staff_is_told_how_metrics_are_reached(signed_in):
+    page = signed_in.get("/account/").content.decode()
+    assert "is for staff sessions" in page and "METRICS_TOKEN" in page

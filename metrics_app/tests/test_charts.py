@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from itertools import pairwise
 
 import pytest
 from django.utils import timezone
@@ -112,3 +113,64 @@ def test_the_overview_has_the_headline_figures_of_the_range(make_function):
     overview = function_overview(function=function, start=T0, end=T0 + timedelta(hours=1))
     assert (overview["invocations"], overview["errors"], overview["cold_rate"]) == (2, 1, 0.5)
     assert overview["p50_ms"] == pytest.approx(100, rel=0.13) and overview["cold_start_cost_share"] > 0
+
+
+def scatter_traces(figure):
+    return [trace for trace in figure["data"] if trace["type"] == "scatter"]
+
+
+def test_every_line_series_marks_its_points_so_traffic_in_a_single_hour_still_shows(make_function):
+    from metrics_app.charts import rightsizing_figure
+    from metrics_app.rightsizing import function_rightsizing
+
+    function = make_function()
+    finish(function, at=timezone.now() - timedelta(minutes=30), is_cold=True, init_ms=40.0, duration_ms=120.0)
+    end = timezone.now()
+    figures = [f["figure"] for f in monitor_figures(function=function, start=end - timedelta(hours=24), end=end)]
+    figures.append(rightsizing_figure(function_rightsizing(function=function)))
+    lines = [trace for figure in figures for trace in scatter_traces(figure)]
+    assert lines and all("markers" in trace["mode"] for trace in lines)
+    duration = by_id(monitor_figures(function=function, start=end - timedelta(hours=24), end=end))["duration"]
+    p50 = trace(duration["figure"], "p50")["y"]
+    assert sum(value is not None for value in p50) == 1  # one point between gaps: only its marker draws it
+
+
+def test_every_axis_makes_room_for_its_tick_labels_and_title(make_function):
+    from metrics_app.charts import rightsizing_figure
+    from metrics_app.rightsizing import function_rightsizing
+
+    function = make_function()
+    finish(function, is_cold=True, init_ms=40.0)
+    figures = [f["figure"] for f in monitor_figures(function=function, start=T0, end=T0 + timedelta(hours=1))]
+    figures.append(rightsizing_figure(function_rightsizing(function=function, now=T0 + timedelta(hours=1))))
+    for figure in figures:
+        axes = [value for key, value in figure["layout"].items() if key.startswith(("xaxis", "yaxis"))]
+        assert axes and all(axis.get("automargin") for axis in axes), figure["layout"]["title"]["text"]
+    cold = by_id(monitor_figures(function=function, start=T0, end=T0 + timedelta(hours=1)))["cold-starts"]
+    assert cold["figure"]["layout"]["yaxis2"]["side"] == "right"
+
+
+def test_the_right_sizing_axis_labels_only_sizes_far_enough_apart_not_to_overlap(make_function):
+    from metrics_app.charts import rightsizing_figure
+    from metrics_app.rightsizing import function_rightsizing
+
+    function = make_function()
+    finish(function)
+    figure = rightsizing_figure(function_rightsizing(function=function, now=T0 + timedelta(hours=1)))
+    ticks = figure["layout"]["xaxis"]["tickvals"]
+    assert ticks[0] == 128 and all(later / earlier >= 2 for earlier, later in pairwise(ticks))
+    assert len(figure["data"][0]["x"]) > len(ticks)  # every size keeps its point
+
+
+def test_no_percentile_is_above_the_largest_value_recorded(make_function):
+    from metrics_app.rightsizing import function_rightsizing
+    from metrics_app.selectors import function_memory_profile
+
+    function = make_function()
+    for _ in range(5):
+        finish(function, at=timezone.now() - timedelta(minutes=5), peak_memory_mb=2.5, duration_ms=1.2)
+    usage = function_memory_profile(function=function, since=timezone.now() - timedelta(days=1))[128]
+    assert usage.peak_memory_mb_max == 2.5 and usage.memory_p_upper(99) == 2.5  # the bucket's edge is 2.74
+    assert usage.duration_p(99) <= 1.2 and usage.duration_p(50) <= 1.2
+    analysis = function_rightsizing(function=function)
+    assert analysis.peak_memory_p99_mb <= analysis.peak_memory_max_mb == 2.5

@@ -1,10 +1,14 @@
-// Turns every <textarea class="code-editor"> into a CodeMirror 5 Python editor (vendored, no build step).
-// CodeMirror copies its text back into the textarea when the form is submitted.
+// Turns every <textarea class="code-editor"> into a CodeMirror 5 editor (vendored, no build step): Python
+// highlighting unless an enclosing element's data-editor-mode names another mode, read-only for a readonly
+// textarea. CodeMirror copies its text back into the textarea when the form is submitted.
 document.addEventListener("DOMContentLoaded", function () {
   document.querySelectorAll("textarea.code-editor").forEach(function (textarea) {
+    var host = textarea.closest("[data-editor-mode]");
     var editor = CodeMirror.fromTextArea(textarea, {
-      mode: "python",
+      mode: host ? host.dataset.editorMode : "python",
+      readOnly: textarea.readOnly,
       lineNumbers: true,
+      lineWrapping: true,
       indentUnit: 4,
       tabSize: 4,
       indentWithTabs: false,

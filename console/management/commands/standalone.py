@@ -2,12 +2,18 @@
 
 Ctrl-C (or SIGTERM) stops every child; children also get SIGTERM from the kernel if this process is killed,
 so nothing is orphaned either way.
+
+Quiet by default: the children log warnings and errors only (beat and the worker otherwise print several INFO
+lines a second at idle), this command says one line per start and stop, and the sign-in banner comes last, once
+the web server answers and the worker has reported in, so it stays on screen. ``--verbose`` or ``LOG_LEVEL``
+brings the detail back.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,11 +21,85 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
+from redis import RedisError
 
 from console.embedded import redis_start
 from console.processes import die_with_parent, stop_all
 from console.seed import demo_seed
+from functions_app.selectors import executor_hosts
+
+READY_TIMEOUT_S = 60
+DETAILED_LEVELS = ("DEBUG", "INFO")
+
+
+def log_level(*, verbose: bool) -> str:
+    """The children's log level: INFO with --verbose, else LOG_LEVEL if set, else WARNING."""
+    return "INFO" if verbose else os.environ.get("LOG_LEVEL", "").upper() or "WARNING"
+
+
+def service_commands(*, python: str, options: dict[str, Any], level: str) -> dict[str, list[str]]:
+    """The worker, beat and web command lines; below INFO, Celery's start-up banners are left out too."""
+    celery = [python, "-m", "celery", "-A", "console", *([] if level in DETAILED_LEVELS else ["--quiet"])]
+    return {
+        "worker": [
+            *celery,
+            "worker",
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(options["concurrency"]),
+            "--loglevel",
+            level,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        "beat": [*celery, "beat", "--loglevel", level, "--schedule", str(settings.VAR_DIR / "celerybeat-schedule")],
+        "web": [python, "manage.py", "runserver", "--noreload", f"{options['host']}:{options['port']}"],
+    }
+
+
+def banner(seed: dict[str, Any] | None, url: str, *, metrics_token_set: bool, level: str) -> list[str]:
+    """What a user needs after `make run`: how to sign in (and change or reset the password), the API token, how
+    to reach /metrics, and where the logs went. Last, the address."""
+    lines = []
+    if seed:
+        user = seed["username"]
+        change = f"change it at {url}account/password/"
+        if seed["password"] and seed["created"]:
+            lines.append(f"Demo login: {user} / {seed['password']}  (shown once; {change})")
+        elif seed["password"]:
+            lines.append(f"Demo login: {user} / {seed['password']}  (a new password; {change})")
+        else:
+            lines.append(f"Demo login: {user}  (its password was shown on the first run; {change})")
+        lines.append(
+            f"Lost it?    make run RUN_ARGS=--reset-demo-password  (or: {_python()} manage.py changepassword {user})"
+        )
+        lines.append(f"API token:  {seed['token']}  (also under {url}account/, with a copy button)")
+        lines.append(f"Try:        curl -H 'Authorization: Token {seed['token']}' {url}api/v1/functions/")
+    lines.append(_metrics_line(seed, url, metrics_token_set=metrics_token_set))
+    if level not in DETAILED_LEVELS:
+        lines.append(f"Logs:       {level.lower()} and above only; LOG_LEVEL=INFO or RUN_ARGS=--verbose for the detail")
+    lines.append(f"Ephemera is running at {url}  (API docs: {url}api/v1/docs/). Press Ctrl-C to stop.")
+    return lines
+
+
+def _metrics_line(seed: dict[str, Any] | None, url: str, *, metrics_token_set: bool) -> str:
+    scraper = (
+        f'curl -H "Authorization: Bearer $METRICS_TOKEN" {url}metrics'
+        if metrics_token_set
+        else "for Prometheus, start with METRICS_TOKEN=<a long secret> and send 'Authorization: Bearer <that secret>'"
+    )
+    if seed and seed["is_staff"]:
+        return f"Metrics:    {url}metrics opens signed in as {seed['username']}; {scraper}"
+    return f"Metrics:    {url}metrics is for staff sessions; {scraper}"
+
+
+def _python() -> str:
+    """This interpreter as the user would type it: .venv/bin/python from the project, else its full path."""
+    relative = os.path.relpath(sys.executable, settings.BASE_DIR)
+    return sys.executable if relative.startswith("..") else relative
 
 
 class Command(BaseCommand):
@@ -30,11 +110,20 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--concurrency", type=int, default=4, help="Invocation slots of the worker.")
         parser.add_argument("--no-seed", action="store_true", help="Do not create the demo user and function.")
+        parser.add_argument(
+            "--reset-demo-password", action="store_true", help="Give the demo user a new password and print it."
+        )
+        parser.add_argument(
+            "--verbose", action="store_true", help="Every process logs at INFO (the default is warnings and errors)."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["no_seed"] and options["reset_demo_password"]:
+            raise CommandError("--reset-demo-password needs the demo user: leave out --no-seed.")
         self._stopping = False
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        level = log_level(verbose=options["verbose"])
         infrastructure: list[subprocess.Popen] = []
         services: list[subprocess.Popen] = []
         try:
@@ -43,11 +132,12 @@ class Command(BaseCommand):
                 infrastructure.append(redis_start(settings.VAR_DIR, settings.REDIS_SOCKET))
             self._say("Applying migrations")
             call_command("migrate", interactive=False, verbosity=0)
+            seed = None if options["no_seed"] else demo_seed(reset_password=options["reset_demo_password"])
+            services = self._start_services(options, level)
+            self._wait_ready(services[0], services + infrastructure, options)
             url = f"http://{options['host']}:{options['port']}/"
-            if not options["no_seed"]:
-                self._print_seed(demo_seed(), url)
-            services = self._start_services(options)
-            self._say(f"Ephemera is running at {url}  (API docs: {url}api/v1/docs/). Press Ctrl-C to stop.")
+            for line in banner(seed, url, metrics_token_set=bool(settings.METRICS_TOKEN), level=level):
+                self._say(line)
             self._supervise(services + infrastructure)
         finally:
             self._say("Stopping")
@@ -58,38 +148,39 @@ class Command(BaseCommand):
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stopping = True
 
-    def _start_services(self, options: dict[str, Any]) -> list[subprocess.Popen]:
-        python = sys.executable
-        celery = [python, "-m", "celery", "-A", "console"]
-        commands = {
-            "worker": [
-                *celery,
-                "worker",
-                "--pool",
-                "threads",
-                "--concurrency",
-                str(options["concurrency"]),
-                "--loglevel",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            "beat": [
-                *celery,
-                "beat",
-                "--loglevel",
-                "INFO",
-                "--schedule",
-                str(settings.VAR_DIR / "celerybeat-schedule"),
-            ],
-            "web": [python, "manage.py", "runserver", "--noreload", f"{options['host']}:{options['port']}"],
-        }
+    def _start_services(self, options: dict[str, Any], level: str) -> list[subprocess.Popen]:
+        env = {**os.environ, "LOG_LEVEL": level}
+        quiet = level not in DETAILED_LEVELS
         started = []
-        for name, command in commands.items():
+        for name, command in service_commands(python=sys.executable, options=options, level=level).items():
             self._say(f"Starting {name}")
-            started.append(subprocess.Popen(command, cwd=settings.BASE_DIR, preexec_fn=die_with_parent, env=os.environ))
+            # The development server prints a start-up notice on stdout; its errors and request logs use stderr.
+            stdout = subprocess.DEVNULL if quiet and name == "web" else None
+            started.append(
+                subprocess.Popen(command, cwd=settings.BASE_DIR, preexec_fn=die_with_parent, env=env, stdout=stdout)
+            )
         return started
+
+    def _wait_ready(
+        self, worker_process: subprocess.Popen, processes: list[subprocess.Popen], options: dict[str, Any]
+    ) -> None:
+        """Until the web server accepts connections and the worker has published its health, so that the banner
+        is the last thing printed; a child that exits, Ctrl-C or the timeout end the wait early."""
+        worker_host = f"{socket.gethostname()}:{worker_process.pid}"
+        web = worker = None
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not self._stopping and time.monotonic() < deadline:
+            if any(process.poll() is not None for process in processes):
+                return
+            web = web or _accepts(options["host"], options["port"])
+            worker = worker or _health(worker_host)
+            if web and worker:
+                secure = "" if worker.get("secure") else ", NOT SECURE: user code is not isolated"
+                self._say(f"Worker ready (sandbox tier: {worker.get('tier')}{secure})")
+                return
+            time.sleep(0.2)
+        if not self._stopping:
+            self._say(f"WARNING: the {'worker' if web else 'web server'} is not up after {READY_TIMEOUT_S} s")
 
     def _supervise(self, processes: list[subprocess.Popen]) -> None:
         while not self._stopping:
@@ -99,14 +190,22 @@ class Command(BaseCommand):
                     return
             time.sleep(0.2)
 
-    def _print_seed(self, seed: dict[str, Any], url: str) -> None:
-        if seed["created"]:
-            self._say(f"Demo login: {seed['username']} / {seed['password']}  (shown once; change it in /admin/)")
-        else:
-            self._say(f"Demo login: {seed['username']} (password shown on the first run)")
-        self._say(f"API token:  {seed['token']}")
-        self._say(f"Try:        curl -H 'Authorization: Token {seed['token']}' {url}api/v1/functions/")
-
     def _say(self, message: str) -> None:
         self.stdout.write(f"[ephemera] {message}")
         self.stdout.flush()
+
+
+def _health(host: str) -> dict[str, Any] | None:
+    """The health a worker publishes once its executor is up (sandbox tier), or None before that."""
+    try:
+        return next((health for health in executor_hosts() if health.get("host") == host), None)
+    except RedisError:
+        return None
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
