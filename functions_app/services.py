@@ -42,6 +42,7 @@ from functions_app.models import (
     TestEvent,
     Version,
 )
+from functions_app.notices import function_changed
 from functions_app.secrets import env_decrypt, env_encrypt, env_reencrypt
 
 FUNCTION_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -322,7 +323,9 @@ def function_update_configuration(
             _artifact_check_handler(current.code, changes["handler"])
         return fields
 
-    return _revised(function, revision_id, changes_for)
+    updated = _revised(function, revision_id, changes_for)
+    function_changed(function_id=updated.pk)
+    return updated
 
 
 def environment_edited(*, function: Function, remove: list[str], changes: dict[str, str]) -> dict[str, str] | None:
@@ -343,14 +346,18 @@ def function_update_code(*, function: Function, code: CodeUpload, revision_id: s
             artifacts[current.handler] = artifact_store(zip_bytes=zip_bytes, handler=current.handler)
         return {"code": artifacts[current.handler]}
 
-    return _revised(function, revision_id, changes_for)
+    updated = _revised(function, revision_id, changes_for)
+    function_changed(function_id=updated.pk)
+    return updated
 
 
 def function_delete(*, function: Function) -> None:
     # Aliases point at versions with PROTECT, so they go first.
+    function_id = function.pk
     with transaction.atomic():
         function.aliases.all().delete()
         function.delete()
+        function_changed(function_id=function_id)  # its environments go at once (after the commit)
 
 
 # ---- versions -----------------------------------------------------------------------------------------------

@@ -53,10 +53,13 @@ TABS = [
 PAGE_SIZE = 50
 # The phases of an invocation's timeline, in order: (label, Invocation field in ms, colour). A phase that did not
 # happen (None, or 0 ms like a warm start's init) is left out.
+# Together they cover every millisecond from accept to finish (functions_app.models.Invocation.overhead_ms).
 TIMELINE_PHASES = [
     ("Queue wait", "queue_wait_ms", "#8c959f"),
+    ("Prepare", "prepare_ms", "#8d6e63"),
     ("Init", "init_ms", "#e16f24"),
     ("Run", "duration_ms", "#218bff"),
+    ("Overhead", "overhead_ms", "#9aa5ad"),
 ]
 PRETTY_JSON_MAX_CHARS = 256 * 1024
 _FAILED: Any = object()

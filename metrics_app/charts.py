@@ -24,6 +24,8 @@ COLOURS = {
     "p99": "#ad1457",
     "cold": "#00838f",
     "queue": "#9e9e9e",
+    "prepare": "#8d6e63",
+    "overhead": "#cfd8dc",
     "init": "#00838f",
     "run": "#1565c0",
     "request": "#9e9e9e",
@@ -147,13 +149,16 @@ def cost_figure(series: Timeseries) -> dict[str, Any]:
 
 
 def phases_figure(series: Timeseries) -> dict[str, Any]:
-    """Where an average invocation's time goes: waiting in the queue, cold-start init (spread over all calls), run."""
+    """Where an average invocation's time goes, every millisecond from accept to finish: waiting in the queue,
+    preparing (code download and unpacking), cold-start init (spread over all calls), run, and the overhead."""
     x = _x(series)
     return {
         "data": [
             _bar("Queue wait", x, [_round(p.avg_queue_wait_ms) for p in series.points], COLOURS["queue"]),
+            _bar("Prepare", x, [_round(p.avg_prepare_ms) for p in series.points], COLOURS["prepare"]),
             _bar("Init", x, [_round(p.avg_init_ms) for p in series.points], COLOURS["init"]),
             _bar("Run", x, [_round(p.avg_duration_ms) for p in series.points], COLOURS["run"]),
+            _bar("Overhead", x, [_round(p.avg_overhead_ms) for p in series.points], COLOURS["overhead"]),
         ],
         "layout": _layout("Phase breakdown per invocation (average)", "ms", barmode="stack"),
     }

@@ -41,6 +41,8 @@ class Usage:
     duration_ms_sum: float = 0.0
     init_ms_sum: float = 0.0
     queue_wait_ms_sum: float = 0.0
+    prepare_ms_sum: float = 0.0
+    overhead_ms_sum: float = 0.0
     cpu_ms_sum: float = 0.0
     billed_ms_sum: int = 0
     mb_ms_sum: float = 0.0  # sum of billed ms x memory MB: GB-seconds x 1,024,000
@@ -81,6 +83,16 @@ class Usage:
     @property
     def avg_queue_wait_ms(self) -> float:
         return self.queue_wait_ms_sum / self.invocations if self.invocations else 0.0
+
+    @property
+    def avg_prepare_ms(self) -> float:
+        """Claim to sandbox call, outside init (code download and unpacking on a host's first call of new code)."""
+        return self.prepare_ms_sum / self.runs if self.runs else 0.0
+
+    @property
+    def avg_overhead_ms(self) -> float:
+        """Handing the event to the sandbox and the answer back: what no other phase covers."""
+        return self.overhead_ms_sum / self.runs if self.runs else 0.0
 
     @property
     def avg_cpu_ms(self) -> float:

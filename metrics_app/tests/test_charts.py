@@ -174,3 +174,14 @@ def test_no_percentile_is_above_the_largest_value_recorded(make_function):
     assert usage.duration_p(99) <= 1.2 and usage.duration_p(50) <= 1.2
     analysis = function_rightsizing(function=function)
     assert analysis.peak_memory_p99_mb <= analysis.peak_memory_max_mb == 2.5
+
+
+def test_the_phase_breakdown_covers_prepare_and_overhead_too():
+    from metrics_app.charts import phases_figure
+    from metrics_app.selectors import Timeseries, Usage
+
+    point = Usage(invocations=2, runs=2, queue_wait_ms_sum=4.0, prepare_ms_sum=60.0, overhead_ms_sum=1.0)
+    series = Timeseries(granularity="hour", step=timedelta(hours=1), buckets=[T0], points=[point])
+    bars = {trace["name"]: trace["y"] for trace in phases_figure(series)["data"]}
+    assert list(bars) == ["Queue wait", "Prepare", "Init", "Run", "Overhead"]
+    assert bars["Prepare"] == [30.0] and bars["Overhead"] == [0.5]

@@ -216,3 +216,13 @@ def test_a_record_the_database_refuses_is_set_aside_and_the_rest_of_the_batch_la
     assert metering_flush() == 2
     assert row_of(function, Granularity.TOTAL).invocations == 1
     assert redis_client().llen(PENDING_KEY) == 0 and redis_client().llen(REJECTED_KEY) == 1
+
+
+def test_prepare_and_overhead_times_are_rolled_up_and_rebuilt_alike(make_function):
+    function = make_function()
+    finish(function, prepare_ms=40.0, overhead_ms=0.5)
+    live = row_of(function, Granularity.HOUR)
+    assert (live.prepare_ms_sum, live.overhead_ms_sum) == (40.0, 0.5)
+    rollups_rebuild()
+    rebuilt = row_of(function, Granularity.HOUR)
+    assert (rebuilt.prepare_ms_sum, rebuilt.overhead_ms_sum) == (40.0, 0.5)
