@@ -75,29 +75,6 @@ test_event_get.__test__ = False  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
-class FunctionCode:
-    """The handler module of `$LATEST` as editable text (None when it is not UTF-8 text) and the package's files."""
-
-    module: str
-    source: str | None
-    files: list[str]
-
-
-def function_code_get(*, function: Function) -> FunctionCode:
-    zip_bytes = code_store().get(function.code.sha256)
-    with zipfile.ZipFile(io.BytesIO(zip_bytes)) as archive:
-        files = sorted(archive.namelist())
-    candidates = handler_module_candidates(function.handler)
-    module = next((name for name in candidates if name in files), "")
-    if not module:
-        return FunctionCode(candidates[0], None, files)
-    try:
-        return FunctionCode(module, zip_read_member(zip_bytes, module).decode("utf-8"), files)
-    except (ServiceError, UnicodeDecodeError):
-        return FunctionCode(module, None, files)
-
-
-@dataclass(frozen=True)
 class ResolvedTarget:
     """What an invocation runs: `$LATEST` (version None) or a published version, and how it was named."""
 
