@@ -7,13 +7,18 @@ stable (clients branch on them), the messages are for people.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.signals import got_request_exception
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpResponse, JsonResponse
 from django.urls import is_valid_path
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
@@ -66,6 +71,27 @@ class CodeStorageError(ServiceError):
     type = "CodeStorageError"
 
 
+class ServiceUnavailable(ServiceError):
+    """A part the platform depends on (database, Redis) is down for now; the request may be retried."""
+
+    status = 503
+    type = "ServiceUnavailable"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("Retry-After", str(OUTAGE_RETRY_AFTER_S))
+
+
+# What a client is told to wait before retrying during an outage: about one database or Redis restart.
+OUTAGE_RETRY_AFTER_S = 5
+OUTAGE_MESSAGE = "A service the platform depends on is unavailable for a moment; retry shortly."
+
+
+def is_outage(exc: BaseException) -> bool:
+    """The database or Redis cannot be reached (restarting, say): not the request's fault, nor a bug."""
+    return isinstance(exc, OperationalError | InterfaceError | RedisConnectionError | RedisTimeoutError)
+
+
 # DRF's own exceptions, by class, to our stable types.
 _DRF_TYPES: list[tuple[type[Exception], str]] = [
     (drf.ParseError, "InvalidRequestContent"),
@@ -86,6 +112,9 @@ def error_body(type_: str, message: str, details: Any = None) -> dict[str, Any]:
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if is_outage(exc):
+        logger.warning("Answering 503: %r", exc)
+        exc = ServiceUnavailable(OUTAGE_MESSAGE)
     if isinstance(exc, ServiceError):
         return Response(error_body(exc.type, exc.message, exc.details), status=exc.status, headers=exc.headers)
     if isinstance(exc, Http404):
@@ -157,19 +186,54 @@ class ApiMiddleware:
       Django's APPEND_SLASH would answer with a redirect (which drops a POST's body) or, in development, a 500.
     - an error response that Django made, not the API (an unknown path, a disallowed host, the debug pages of
       DEBUG=True, a crash), is replaced by the error format, so a client never parses HTML.
+
+    Everywhere: a request that failed because the database or Redis is down (in a view or in a middleware, such
+    as the session lookup) is answered 503 with Retry-After, not 500: the client should retry, not report a bug.
     """
 
     def __init__(self, get_response: Any) -> None:
         self.get_response = get_response
 
     def __call__(self, request: Any) -> HttpResponse:
-        if not request.path_info.startswith(API_PREFIX):
-            return self.get_response(request)
-        _slash_append(request)
+        is_api = request.path_info.startswith(API_PREFIX)
+        if is_api:
+            _slash_append(request)
         response = self.get_response(request)
-        if response.status_code >= 400 and not response.get("Content-Type", "").startswith("application/json"):
+        if response.status_code >= 500 and is_outage(getattr(request, OUTAGE_ATTRIBUTE, None)):
+            return _outage_response(is_api)
+        if (
+            is_api
+            and response.status_code >= 400
+            and not response.get("Content-Type", "").startswith("application/json")
+        ):
             return _as_error_format(request, response)
         return response
+
+
+# Where the request keeps the exception that Django turned into a 500 (see _remember_exception).
+OUTAGE_ATTRIBUTE = "_ephemera_uncaught_exception"
+
+
+def _remember_exception(sender: Any, request: Any = None, **_: Any) -> None:
+    # Django converts an exception into a 500 response inside each middleware layer, so the middleware above
+    # never sees it; this signal fires while it is being handled.
+    if request is not None:
+        setattr(request, OUTAGE_ATTRIBUTE, sys.exc_info()[1])
+
+
+got_request_exception.connect(_remember_exception, dispatch_uid="ephemera-remember-exception")
+
+
+def _outage_response(is_api: bool) -> HttpResponse:
+    if is_api:
+        response: HttpResponse = JsonResponse(error_body(ServiceUnavailable.type, OUTAGE_MESSAGE), status=503)
+    else:
+        response = HttpResponse(
+            f"<!doctype html><title>Unavailable</title><h1>Unavailable for a moment</h1><p>{OUTAGE_MESSAGE}</p>",
+            status=503,
+        )
+    response["Retry-After"] = str(OUTAGE_RETRY_AFTER_S)
+    return response
 
 
 def _slash_append(request: Any) -> None:

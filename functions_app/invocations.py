@@ -24,15 +24,18 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from console.exceptions import (
+    OUTAGE_MESSAGE,
     RequestTooLarge,
     ResourceConflict,
     ResourceNotFound,
     ServiceError,
+    ServiceUnavailable,
     TooManyRequests,
 )
 from console.redis import blocking_pop, redis_client
@@ -233,12 +236,19 @@ def invocation_wait(*, invocation: Invocation, wait_s: float) -> InvocationOutco
     """Block on the invocation's reply key; past ``wait_s`` the caller gets its current state to poll.
 
     Between waits the caller checks the lease itself: if the worker died and no sweeper runs (a one-worker
-    deployment), the caller still learns of it within a lease, not at the end of its wait.
+    deployment), the caller still learns of it within a lease, not at the end of its wait. While Redis is down
+    the row is polled instead (the worker writes it before it replies); while the database is down too, the
+    caller gets 503 with the invocation's id, so that a retry can look the call up instead of running it twice.
     """
     deadline = time.monotonic() + wait_s
     key = REPLY_KEY.format(id=invocation.id)
     while not invocation.is_terminal and (remaining := deadline - time.monotonic()) > 0:
-        reply = blocking_pop([key], min(remaining, max(settings.LEASE_S, 0.5)))
+        try:
+            reply = blocking_pop([key], min(remaining, max(settings.LEASE_S, 0.5)))
+        except RedisError as exc:
+            logger.warning("The reply channel of %s is unavailable (%r); polling the row instead", key, exc)
+            reply = None
+            time.sleep(min(remaining, REPLY_POLL_S))
         if reply is not None:
             return InvocationOutcome(**json.loads(reply[1]))
         _refresh_or_gone(invocation)
@@ -249,6 +259,10 @@ def invocation_wait(*, invocation: Invocation, wait_s: float) -> InvocationOutco
     return outcome_from_row(invocation)
 
 
+# How often a sync caller reads the row while Redis (its reply channel) is down.
+REPLY_POLL_S = 0.5
+
+
 def _refresh_or_gone(invocation: Invocation) -> None:
     try:
         invocation.refresh_from_db()
@@ -256,6 +270,12 @@ def _refresh_or_gone(invocation: Invocation) -> None:
         # Deleting a function deletes its invocations, this one included.
         raise ResourceNotFound(
             f"The function was deleted while invocation {invocation.pk} was running; it has no result."
+        ) from None
+    except (OperationalError, InterfaceError):
+        raise ServiceUnavailable(
+            f"{OUTAGE_MESSAGE} Invocation {invocation.pk} was accepted: read its result at "
+            f"/api/v1/invocations/{invocation.pk}/ rather than invoking again.",
+            details={"invocation_id": str(invocation.pk)},
         ) from None
 
 
@@ -660,9 +680,12 @@ def invocation_log(*, invocation: Invocation, result: InvokeResult, billed_ms: i
 
 
 def _release(invocation: Invocation) -> None:
-    concurrency.slot_release(
-        function_id=invocation.function_id, owner_id=invocation.owner_id, member=str(invocation.id)
-    )
+    try:
+        concurrency.slot_release(
+            function_id=invocation.function_id, owner_id=invocation.owner_id, member=str(invocation.id)
+        )
+    except RedisError as exc:  # the slot expires on its own (see functions_app.concurrency)
+        logger.warning("Could not release the concurrency slot of %s (%r)", invocation.pk, exc)
 
 
 def _terminal_write(
@@ -703,12 +726,16 @@ def _terminal_write(
 
 
 def invocation_reply(*, invocation: Invocation) -> None:
-    """Hand the outcome to a synchronous caller blocked on the reply key (it expires if nobody waits)."""
+    """Hand the outcome to a synchronous caller blocked on the reply key (it expires if nobody waits). With
+    Redis down the caller reads the row instead, which is already written."""
     key = REPLY_KEY.format(id=invocation.id)
     pipeline = redis_client().pipeline()
     pipeline.rpush(key, json.dumps(asdict(outcome_from_row(invocation))))
     pipeline.expire(key, REPLY_TTL_S)
-    pipeline.execute()
+    try:
+        pipeline.execute()
+    except RedisError as exc:
+        logger.warning("Could not reply to the caller of %s (%r); it reads the row instead", invocation.pk, exc)
 
 
 # ---- destinations and the dead-letter inbox -----------------------------------------------------------------

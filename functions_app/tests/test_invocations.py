@@ -199,3 +199,43 @@ def test_a_payload_nested_too_deeply_is_refused_as_invalid_content(make_function
     with pytest.raises(ServiceError) as refused:
         accept(make_function(), payload=b"[" * 100_000 + b"]" * 100_000)
     assert refused.value.type == "InvalidRequestContent" and refused.value.status == 400
+
+
+def test_a_sync_caller_reads_the_row_while_redis_is_down(make_function, monkeypatch):
+    import redis
+
+    from functions_app import invocations
+
+    function = make_function()
+    call = accept(function, kind=InvocationType.SYNC)
+    invocation_run(invocation_id=str(call.pk), executor=FakeExecutor(result()))
+
+    def down(*args, **kwargs):
+        raise redis.ConnectionError("Redis is restarting")
+
+    monkeypatch.setattr(invocations, "blocking_pop", down)
+    outcome = invocation_wait(invocation=call, wait_s=5)
+    assert outcome.finished and outcome.status == InvocationStatus.SUCCEEDED and json.loads(outcome.result)
+
+
+def test_a_sync_caller_gets_503_with_the_invocation_id_while_the_database_is_down(make_function, monkeypatch):
+    import redis
+    from django.db import OperationalError
+
+    from console.exceptions import ServiceUnavailable
+    from functions_app import invocations
+
+    call = accept(make_function(), kind=InvocationType.SYNC)
+
+    def down(*args, **kwargs):
+        raise redis.ConnectionError("Redis is restarting")
+
+    def database_down(self, *args, **kwargs):
+        raise OperationalError("the connection is closed")
+
+    monkeypatch.setattr(invocations, "blocking_pop", down)
+    monkeypatch.setattr(Invocation, "refresh_from_db", database_down)
+    with pytest.raises(ServiceUnavailable) as unavailable:
+        invocation_wait(invocation=call, wait_s=5)
+    assert unavailable.value.status == 503 and unavailable.value.headers["Retry-After"] == "5"
+    assert unavailable.value.details == {"invocation_id": str(call.pk)}
