@@ -14,4 +14,4 @@ COPY . .
 RUN mkdir -p /var/lib/ephemera && python manage.py collectstatic --noinput
 
 EXPOSE 8000
-CMD ["gunicorn", "console.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3"]
+CMD ["gunicorn", "-c", "console/gunicorn_conf.py"]

@@ -163,23 +163,10 @@ class Cluster:
         )
 
     def start_worker(self, concurrency: int = 4, wait: bool = True, **extra: str) -> Any:
-        process = self._spawn(
-            [
-                "worker",
-                "--pool",
-                "threads",
-                "--concurrency",
-                str(concurrency),
-                "--loglevel",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "-n",
-                f"w{len(self.workers)}@%h",
-            ],
-            **extra,
-        )
+        from console.processes import executor_worker_args
+
+        arguments = executor_worker_args(level="INFO", concurrency=concurrency, name=f"w{len(self.workers)}@%h")
+        process = self._spawn(arguments, **extra)
         self.workers.append(process)
         if wait:
             self.wait_ready(process)
@@ -201,10 +188,13 @@ class Cluster:
         return json.loads(raw)
 
     def start_beat(self) -> Any:
+        """Beat and the consumer of its (control) tasks, as in every deployment."""
         from django.conf import settings
 
+        from console.processes import control_worker_args
+
         schedule = settings.VAR_DIR / f"beat-{id(self)}"
-        self.beat = self._spawn(["beat", "--loglevel", "INFO", "--schedule", str(schedule)])
+        self.beat = self._spawn(control_worker_args(level="INFO", schedule=str(schedule)))
         return self.beat
 
     def stop(self) -> None:

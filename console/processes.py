@@ -36,3 +36,46 @@ def stop_all(processes: list[subprocess.Popen], grace_s: float = 10.0) -> None:
 def _signal(process: subprocess.Popen, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(process.pid, signum)
+
+
+# The queues. Invocations go to the executors' queue; the sweeper, the metering flush and retention go to the
+# control queue, which only the control worker consumes: a backlog of invocations never delays a sweep.
+INVOCATION_QUEUE = "celery"
+CONTROL_QUEUE = "control"
+_WORKER_FLAGS = ["--pool", "threads", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+
+
+def executor_worker_args(*, level: str, concurrency: int = 4, name: str | None = None) -> list[str]:
+    """`celery -A console` arguments of an executor host: one process, one zygote, ``concurrency`` slots."""
+    named = ["-n", name] if name else []
+    return [
+        "worker",
+        *_WORKER_FLAGS,
+        "--concurrency",
+        str(concurrency),
+        "-Q",
+        INVOCATION_QUEUE,
+        "--loglevel",
+        level,
+        *named,
+    ]
+
+
+def control_worker_args(*, level: str, schedule: str) -> list[str]:
+    """`celery -A console` arguments of the control worker: beat's schedule plus the consumer of its tasks, in
+    one process (one is enough; a second is harmless, as every control task is idempotent)."""
+    return [
+        "worker",
+        "--beat",
+        "--schedule",
+        schedule,
+        *_WORKER_FLAGS,
+        "--concurrency",
+        "2",
+        "-Q",
+        CONTROL_QUEUE,
+        "-n",
+        f"control-{os.getpid()}@%h",
+        "--loglevel",
+        level,
+    ]

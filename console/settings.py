@@ -176,6 +176,12 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 CELERY_VISIBILITY_TIMEOUT = _VISIBILITY_TIMEOUT
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {}  # filled below, once the sweep interval is known
+# Beat's own tasks go to the control queue (console/processes.py), so that a backlog of invocations in the
+# executors' queue never delays, or expires, a sweep.
+CELERY_TASK_ROUTES = {
+    name: {"queue": "control"}
+    for name in ("ephemera.invocations_sweep", "ephemera.metering_flush", "ephemera.metrics_retention")
+}
 
 # The executor (functions_app/runtime). Tier "auto" picks the strongest isolation the host supports; "insecure-dev"
 # (a plain forked process with rlimits) must be asked for by name and is shown loudly. See DESIGN.md §4.

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 
 from console.redis import redis_client
-from functions_app.selectors import executor_hosts
+from functions_app.selectors import executor_hosts, sweeper_age_s
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -13,11 +14,25 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
-    """Liveness of the parts the web process depends on; 503 when one is down."""
+    """The platform's health: the database and Redis reachable, at least one executor host reporting, and the
+    sweeper (the control worker) running on time. 503 when any of them is not, naming which."""
     checks = {"database": _database_ok(), "redis": _redis_ok()}
+    executors = _executors() if checks["redis"] else []
+    if checks["redis"]:
+        checks["executors"] = bool(executors)
+        checks["sweeper"] = _sweeper_ok()
     healthy = all(checks.values())
-    body = {"status": "ok" if healthy else "degraded", "checks": checks, "executors": _executors() if healthy else []}
+    body = {"status": "ok" if healthy else "degraded", "checks": checks, "executors": executors}
     return JsonResponse(body, status=200 if healthy else 503)
+
+
+def _sweeper_ok() -> bool:
+    # Late by more than three intervals (plus a start-up allowance) means the control worker is not running.
+    age = sweeper_age_s()
+    return age is not None and age <= 3 * settings.SWEEP_INTERVAL_S + SWEEPER_GRACE_S
+
+
+SWEEPER_GRACE_S = 10
 
 
 def _database_ok() -> bool:

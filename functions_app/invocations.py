@@ -54,7 +54,7 @@ from functions_app.models import (
 )
 from functions_app.runtime import CapacityError, FunctionSpec, InvokeRequest, InvokeResult
 from functions_app.secrets import env_decrypt
-from functions_app.selectors import qualifier_resolve
+from functions_app.selectors import SWEPT_AT_KEY, qualifier_resolve
 from metrics_app.services import (
     invocation_attempt_failed,
     invocation_finished,
@@ -932,6 +932,12 @@ def _reclaim(invocation: Invocation, now: datetime) -> str:
 
 def invocations_sweep() -> dict[str, int]:
     """Expire old events, take back expired leases, (re)publish due queued rows, forget old idempotency keys."""
+    counts = _sweep()
+    redis_client().set(SWEPT_AT_KEY, time.time(), ex=3600)
+    return counts
+
+
+def _sweep() -> dict[str, int]:
     now = timezone.now()
     counts = {"expired": 0, "requeued": 0, "lost": 0, "published": 0}
     related = ("owner", "function")

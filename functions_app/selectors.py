@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import time
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -130,6 +131,16 @@ def invocation_get(*, owner: AbstractBaseUser, invocation_id: str) -> Invocation
         return Invocation.objects.select_related("function").get(owner=owner, pk=invocation_id)
     except (Invocation.DoesNotExist, ValueError, ValidationError):
         raise ResourceNotFound(f"Invocation not found: {invocation_id}") from None
+
+
+# When the sweeper last finished (a Unix time), written by functions_app.invocations.invocations_sweep.
+SWEPT_AT_KEY = "ephemera:control:swept_at"
+
+
+def sweeper_age_s() -> float | None:
+    """Seconds since the sweeper (the control worker) last ran; None if it never has (or not for an hour)."""
+    swept_at = redis_client().get(SWEPT_AT_KEY)
+    return None if swept_at is None else max(time.time() - float(swept_at), 0.0)
 
 
 def executor_hosts() -> list[dict]:

@@ -10,13 +10,19 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import signals
 from django.conf import settings
+from django.db import close_old_connections
 
+from console.processes import INVOCATION_QUEUE
 from console.redis import redis_client
-from functions_app.invocations import leases_renew
+from functions_app.code_storage import code_extracted_dir
+from functions_app.invocations import environment_key_owner, leases_renew
+from functions_app.models import Function
+from functions_app.notices import FUNCTION_CHANGED_CHANNEL
 from functions_app.runtime import Executor, RuntimeConfig, build_layer, sandbox_doctor
 
 logger = logging.getLogger(__name__)
@@ -79,38 +85,114 @@ def host_health() -> dict[str, Any]:
     return {"host": f"{socket.gethostname()}:{os.getpid()}", "at": time.time(), **(executor().health())}
 
 
-def _heartbeat(stop: threading.Event) -> None:
-    # Renews the leases of running invocations (a paused or dead worker stops renewing, and the sweeper takes
-    # them back) and publishes this host's health, which expires on its own when the worker dies.
-    last_health = 0.0
+def environments_reconcile(function_ids: set[int] | None = None) -> int:
+    """Retire environments that no longer match their function: all of a deleted function's at once (its
+    invocations were deleted with it, so a running call has nowhere to report), and those of a `$LATEST` whose
+    code or configuration changed once their current call ends. Returns how many were retired."""
+    pool = executor()
+    owners = {key: environment_key_owner(key) for key in pool.environment_keys()}
+    if function_ids is not None:
+        owners = {key: owner for key, owner in owners.items() if owner[0] in function_ids}
+    if not owners:
+        return 0
+    wanted = {function_id for function_id, _ in owners.values()}
+    current = {
+        pk: str(revision) for pk, revision in Function.objects.filter(pk__in=wanted).values_list("pk", "revision_id")
+    }
+    gone = {key for key, (function_id, _) in owners.items() if function_id not in current}
+    stale = {
+        key
+        for key, (function_id, revision) in owners.items()
+        if function_id in current and revision is not None and revision != current[function_id]
+    }
+    return pool.retire(gone.__contains__, kill_busy=True) + pool.retire(stale.__contains__, kill_busy=False)
+
+
+def _prefetch_code(function_ids: set[int]) -> None:
+    # Unpacked now, the first call after a deploy does not pay for it.
+    for sha256 in Function.objects.filter(pk__in=function_ids).values_list("code__sha256", flat=True):
+        code_extracted_dir(sha256)
+
+
+def _on_function_changes(stop: threading.Event) -> None:
+    """Listen for registry notices (functions_app.notices) and act on them at once; reconnect after a failure.
+    Each (re)subscription starts with a full reconciliation, which covers whatever was missed meanwhile."""
     while not stop.is_set():
         try:
-            leases_renew()
-            if time.monotonic() - last_health >= HEARTBEAT_S:
-                last_health = time.monotonic()
-                executor().reap_idle()
-                health = host_health()
-                redis_client().set(HOST_KEY.format(host=health["host"]), json.dumps(health), ex=HEARTBEAT_S * 3)
+            subscription = redis_client().pubsub(ignore_subscribe_messages=True)
+            subscription.subscribe(FUNCTION_CHANGED_CHANNEL)
+            close_old_connections()
+            environments_reconcile()
+            while not stop.is_set():
+                message = subscription.get_message(timeout=1.0)
+                if message is None:
+                    continue
+                close_old_connections()
+                changed = {int(json.loads(message["data"])["function_id"])}
+                environments_reconcile(changed)
+                _prefetch_code(changed)
         except Exception:
-            logger.exception("Executor heartbeat failed")
+            logger.exception("Listening for function changes failed; retrying in a second")
+            stop.wait(1.0)
+
+
+def _heartbeat(stop: threading.Event) -> None:
+    # Renews the leases of running invocations (a paused or dead worker stops renewing, and the sweeper takes
+    # them back) and publishes this host's health, which expires on its own when the worker dies. Each duty
+    # fails alone: a broken reconciliation must not stop the leases. A long-lived thread keeps its database
+    # connection across iterations, so it closes one that a database restart broke before using it again.
+    last_health = 0.0
+    while not stop.is_set():
+        _duty(close_old_connections)
+        _duty(leases_renew)
+        if time.monotonic() - last_health >= HEARTBEAT_S:
+            last_health = time.monotonic()
+            _duty(executor().reap_idle)
+            _duty(environments_reconcile)
+            _duty(_publish_health)
         stop.wait(settings.LEASE_S / 3)
+
+
+def _duty(action: Callable[[], Any]) -> None:
+    try:
+        action()
+    except Exception:
+        logger.exception("Executor heartbeat: %s failed", getattr(action, "__name__", action))
+
+
+def _publish_health() -> None:
+    health = host_health()
+    redis_client().set(HOST_KEY.format(host=health["host"]), json.dumps(health), ex=HEARTBEAT_S * 3)
 
 
 _stop_heartbeat = threading.Event()
 
 
+def _runs_invocations(consumer: Any) -> bool:
+    """Whether this worker consumes the invocation queue (the control worker does not: it needs no executor)."""
+    queues = consumer.app.amqp.queues
+    return INVOCATION_QUEUE in (queues.consume_from or queues)
+
+
 @signals.worker_ready.connect
-def _on_worker_ready(**_: Any) -> None:
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    if sender is not None and not _runs_invocations(sender):
+        return
     report = sandbox_doctor()
     level = logging.WARNING if report.get("tier") != "namespaces" else logging.INFO
     logger.log(level, "Sandbox doctor: tier=%s %s", report.get("tier"), json.dumps(report))
     executor()
     threading.Thread(target=_heartbeat, args=(_stop_heartbeat,), name="executor-heartbeat", daemon=True).start()
+    threading.Thread(
+        target=_on_function_changes, args=(_stop_heartbeat,), name="executor-function-changes", daemon=True
+    ).start()
 
 
 @signals.worker_shutdown.connect
 def _on_worker_shutdown(**_: Any) -> None:
     _stop_heartbeat.set()
+    if _executor is None:
+        return  # the control worker, or an executor that never started
     executor_shutdown()
     with contextlib.suppress(Exception):  # the key expires anyway
         redis_client().delete(HOST_KEY.format(host=f"{socket.gethostname()}:{os.getpid()}"))

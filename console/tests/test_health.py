@@ -1,20 +1,25 @@
 from __future__ import annotations
 
+import time
+
 import pytest
 
 pytestmark = pytest.mark.django_db
 
 
-def test_health_reports_the_database_and_redis_up(client, redis_server):
+def test_health_reports_a_missing_executor_and_a_silent_sweeper(client, redis_server):
     response = client.get("/healthz")
-    assert response.status_code == 200
-    assert response.json()["status"] == "ok"
-    assert response.json()["checks"] == {"database": True, "redis": True}
+    assert response.status_code == 503 and response.json()["status"] == "degraded"
+    assert response.json()["checks"] == {"database": True, "redis": True, "executors": False, "sweeper": False}
 
 
 @pytest.mark.django_db(transaction=True)
-def test_health_shows_each_workers_sandbox_tier(client, worker):
-    executors = client.get("/healthz").json()["executors"]
+def test_health_is_ok_with_a_worker_and_the_sweeper_running_and_shows_each_workers_sandbox_tier(client, worker):
+    deadline = time.monotonic() + 20
+    while (response := client.get("/healthz")).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert response.json()["checks"] == {"database": True, "redis": True, "executors": True, "sweeper": True}
+    executors = response.json()["executors"]
     assert executors and executors[0]["tier"] == worker["tier"]
     assert executors[0]["tier"] == "namespaces" and executors[0]["secure"] is True
 
@@ -57,3 +62,19 @@ def test_an_outage_of_the_database_or_redis_is_a_503_with_retry_after_on_the_api
     assert page.status_code == 503 and page["Retry-After"] == "5" and b"Unavailable" in page.content
     monkeypatch.setattr(selectors, "function_list", redis_down)
     assert client.get("/api/v1/functions/").status_code == 503
+
+
+def test_each_services_health_check_looks_at_its_own_part(redis_server):
+    from django.core.management import CommandError, call_command
+
+    from console.redis import redis_client
+    from functions_app.selectors import SWEPT_AT_KEY
+
+    with pytest.raises(CommandError, match="has reported its health"):
+        call_command("healthcheck", "worker")
+    with pytest.raises(CommandError, match="the sweeper has not run for ever"):
+        call_command("healthcheck", "control")
+    redis_client().set(SWEPT_AT_KEY, time.time())
+    call_command("healthcheck", "control")
+    with pytest.raises(CommandError, match="does not answer on port 1"):
+        call_command("healthcheck", "web", "--port", "1")

@@ -87,3 +87,13 @@ def test_production_settings_pass_the_deployment_checklist(tmp_path):
         ALLOWED_HOSTS="ephemera.example.com",
     )
     assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_gunicorns_worker_timeout_outlasts_the_longest_synchronous_wait(settings):
+    import runpy
+
+    from django.conf import settings as live
+
+    config = runpy.run_path(str(live.BASE_DIR / "console" / "gunicorn_conf.py"))
+    assert config["timeout"] >= live.SYNC_WAIT_MAX_S + 30
+    assert config["wsgi_app"] == "console.wsgi:application" and config["threads"] > 1

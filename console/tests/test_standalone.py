@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -80,10 +81,11 @@ def test_quiet_is_the_default_and_verbose_or_log_level_brings_the_detail_back(mo
     monkeypatch.setenv("LOG_LEVEL", "info")
     assert log_level(verbose=False) == "INFO"
     quiet = service_commands(python="python", options=options, level="WARNING")
-    assert "--quiet" in quiet["worker"] and "--quiet" in quiet["beat"]
+    assert "--quiet" in quiet["worker"] and "--quiet" in quiet["control"]
     assert quiet["worker"][quiet["worker"].index("--loglevel") + 1] == "WARNING"
     detailed = service_commands(python="python", options=options, level="INFO")
-    assert "--quiet" not in detailed["worker"] and detailed["beat"][detailed["beat"].index("--loglevel") + 1] == "INFO"
+    control = detailed["control"]
+    assert "--quiet" not in detailed["worker"] and control[control.index("--loglevel") + 1] == "INFO"
     assert any("LOG_LEVEL=INFO" in line for line in banner(None, URL, metrics_token_set=False, level="WARNING"))
 
 
@@ -221,3 +223,38 @@ def test_killing_the_platform_outright_still_leaves_no_orphan(platform):
     process.kill()
     process.wait(timeout=10)
     assert wait_gone(tree, 20) == []
+
+
+def post_json(url: str, token: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_is_restarted_and_the_platform_serves_again(platform):
+    process, port, output = platform
+    token = re.search(r"API token:\s+([0-9a-f]{40})", output).group(1)
+    workers = [
+        child
+        for child in psutil.Process(process.pid).children()
+        if "worker" in child.cmdline() and "--beat" not in child.cmdline()
+    ]
+    assert len(workers) == 1
+    workers[0].kill()
+    said = "".join(process.reader.within(8))
+    assert "[ephemera] worker exited with code -9; restarting it in 1 s" in said
+    assert "[ephemera] Starting worker" in said
+    url = f"http://127.0.0.1:{port}/api/v1/functions/hello/invoke/"
+    deadline = time.monotonic() + 60
+    while (answer := post_json(url, token, {"name": "again"}))[0] != 200 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert answer == (200, {"statusCode": 200, "body": json.dumps({"message": "Hello, again!"})})

@@ -1,7 +1,8 @@
-"""Run the whole platform as one process tree: embedded Redis, Celery worker, Celery beat and the web server.
+"""Run the whole platform as one process tree: embedded Redis, the executor worker, the control worker (beat and
+its tasks) and the web server.
 
 Ctrl-C (or SIGTERM) stops every child; children also get SIGTERM from the kernel if this process is killed,
-so nothing is orphaned either way.
+so nothing is orphaned either way. A child that exits on its own is restarted, after a backoff.
 
 Quiet by default: the children log warnings and errors only (beat and the worker otherwise print several INFO
 lines a second at idle), this command says one line per start and stop, and the sign-in banner comes last, once
@@ -25,7 +26,7 @@ from django.core.management.base import BaseCommand, CommandError
 from redis import RedisError
 
 from console.embedded import redis_start
-from console.processes import die_with_parent, stop_all
+from console.processes import control_worker_args, die_with_parent, executor_worker_args, stop_all
 from console.seed import demo_seed
 from functions_app.selectors import executor_hosts
 
@@ -39,23 +40,13 @@ def log_level(*, verbose: bool) -> str:
 
 
 def service_commands(*, python: str, options: dict[str, Any], level: str) -> dict[str, list[str]]:
-    """The worker, beat and web command lines; below INFO, Celery's start-up banners are left out too."""
+    """The executor worker, control (beat + its tasks) and web command lines; below INFO, Celery's start-up
+    banners are left out too."""
     celery = [python, "-m", "celery", "-A", "console", *([] if level in DETAILED_LEVELS else ["--quiet"])]
+    schedule = str(settings.VAR_DIR / "celerybeat-schedule")
     return {
-        "worker": [
-            *celery,
-            "worker",
-            "--pool",
-            "threads",
-            "--concurrency",
-            str(options["concurrency"]),
-            "--loglevel",
-            level,
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
-        "beat": [*celery, "beat", "--loglevel", level, "--schedule", str(settings.VAR_DIR / "celerybeat-schedule")],
+        "worker": [*celery, *executor_worker_args(level=level, concurrency=options["concurrency"])],
+        "control": [*celery, *control_worker_args(level=level, schedule=schedule)],
         "web": [python, "manage.py", "runserver", "--noreload", f"{options['host']}:{options['port']}"],
     }
 
@@ -124,42 +115,44 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         level = log_level(verbose=options["verbose"])
-        infrastructure: list[subprocess.Popen] = []
-        services: list[subprocess.Popen] = []
+        children: list[subprocess.Popen] = []  # the services, then the embedded Redis; restarts replace entries
         try:
             if settings.EMBEDDED_REDIS:
-                self._say(f"Starting embedded Redis on {settings.REDIS_SOCKET}")
-                infrastructure.append(redis_start(settings.VAR_DIR, settings.REDIS_SOCKET))
+                children.append(self._restart("redis"))
             self._say("Applying migrations")
             call_command("migrate", interactive=False, verbosity=0)
             seed = None if options["no_seed"] else demo_seed(reset_password=options["reset_demo_password"])
-            services = self._start_services(options, level)
-            self._wait_ready(services[0], services + infrastructure, options)
+            children[:0] = self._start_services(options, level)
+            self._wait_ready(children[0], children, options)
             url = f"http://{options['host']}:{options['port']}/"
             for line in banner(seed, url, metrics_token_set=bool(settings.METRICS_TOKEN), level=level):
                 self._say(line)
-            self._supervise(services + infrastructure)
+            self._supervise(children)
         finally:
             self._say("Stopping")
-            stop_all(services)
-            stop_all(infrastructure)
+            stop_all([child for child in children if _name(child) != "redis"])  # Redis last: they use it
+            stop_all([child for child in children if _name(child) == "redis"])
             self._say("Stopped")
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stopping = True
 
     def _start_services(self, options: dict[str, Any], level: str) -> list[subprocess.Popen]:
-        env = {**os.environ, "LOG_LEVEL": level}
-        quiet = level not in DETAILED_LEVELS
-        started = []
-        for name, command in service_commands(python=sys.executable, options=options, level=level).items():
-            self._say(f"Starting {name}")
-            # The development server prints a start-up notice on stdout; its errors and request logs use stderr.
-            stdout = subprocess.DEVNULL if quiet and name == "web" else None
-            started.append(
-                subprocess.Popen(command, cwd=settings.BASE_DIR, preexec_fn=die_with_parent, env=env, stdout=stdout)
-            )
-        return started
+        self._commands = service_commands(python=sys.executable, options=options, level=level)
+        self._level = level
+        return [self._start(name) for name in self._commands]
+
+    def _start(self, name: str) -> subprocess.Popen:
+        env = {**os.environ, "LOG_LEVEL": self._level}
+        # The development server prints a start-up notice on stdout; its errors and request logs use stderr.
+        quiet = self._level not in DETAILED_LEVELS
+        stdout = subprocess.DEVNULL if quiet and name == "web" else None
+        self._say(f"Starting {name}")
+        process = subprocess.Popen(
+            self._commands[name], cwd=settings.BASE_DIR, preexec_fn=die_with_parent, env=env, stdout=stdout
+        )
+        process.ephemera_name = name  # type: ignore[attr-defined]
+        return process
 
     def _wait_ready(
         self, worker_process: subprocess.Popen, processes: list[subprocess.Popen], options: dict[str, Any]
@@ -183,16 +176,62 @@ class Command(BaseCommand):
             self._say(f"WARNING: the {'worker' if web else 'web server'} is not up after {READY_TIMEOUT_S} s")
 
     def _supervise(self, processes: list[subprocess.Popen]) -> None:
+        """Restart a child that exits (a worker killed by a Redis restart, say) after a backoff that doubles
+        with each quick crash, so one that cannot start does not spin. Ctrl-C or SIGTERM ends it."""
+        restarts = {id(process): Restart() for process in processes}
         while not self._stopping:
-            for process in processes:
-                if process.poll() is not None:
-                    self._say(f"{' '.join(map(str, process.args[:4]))} exited with {process.returncode}; stopping all")
+            for position, process in enumerate(processes):
+                if process.poll() is None:
+                    continue
+                restart = restarts.pop(id(process))
+                name = _name(process)
+                delay = restart.next_delay()
+                self._say(f"{name} exited with code {process.returncode}; restarting it in {delay:.0f} s")
+                if self._sleep(delay):
                     return
+                replacement = self._restart(name)
+                processes[position] = replacement
+                restarts[id(replacement)] = restart
             time.sleep(0.2)
+
+    def _restart(self, name: str) -> subprocess.Popen:
+        if name != "redis":
+            return self._start(name)
+        self._say(f"Starting embedded Redis on {settings.REDIS_SOCKET}")
+        process = redis_start(settings.VAR_DIR, settings.REDIS_SOCKET)
+        process.ephemera_name = "redis"  # type: ignore[attr-defined]
+        return process
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep unless asked to stop meanwhile; True when stopping."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return self._stopping
 
     def _say(self, message: str) -> None:
         self.stdout.write(f"[ephemera] {message}")
         self.stdout.flush()
+
+
+def _name(process: subprocess.Popen) -> str:
+    return process.ephemera_name  # type: ignore[attr-defined]
+
+
+class Restart:
+    """The backoff of one child: 1 s, doubling up to 30 s while it keeps crashing within a minute of its start."""
+
+    FIRST_S, MAX_S, STABLE_S = 1.0, 30.0, 60.0
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.delay = 0.0
+
+    def next_delay(self) -> float:
+        stable = time.monotonic() - self.started > self.STABLE_S
+        self.delay = self.FIRST_S if stable or not self.delay else min(self.delay * 2, self.MAX_S)
+        self.started = time.monotonic() + self.delay
+        return self.delay
 
 
 def _health(host: str) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Count
 
 from console.embedded import redis_start
-from console.processes import die_with_parent, stop_all
+from console.processes import control_worker_args, die_with_parent, executor_worker_args, stop_all
 from console.redis import redis_client
 from functions_app import services
 from functions_app.invocations import invocation_accept
@@ -68,7 +68,7 @@ class Command(BaseCommand):
         try:
             call_command("migrate", interactive=False, verbosity=0)
             workers = [self._worker(index) for index in range(options["workers"])]
-            beat = self._spawn(["beat", "--loglevel", "WARNING", "--schedule", str(settings.VAR_DIR / "chaos-beat")])
+            beat = self._spawn(control_worker_args(level="WARNING", schedule=str(settings.VAR_DIR / "chaos-beat")))
             accepted = self._soak(rng, workers, options)
             self._say("nemesis done; waiting for the queue to drain")
             self._drain(accepted, options["drain_timeout"])
@@ -94,22 +94,7 @@ class Command(BaseCommand):
         )
 
     def _worker(self, index: int) -> subprocess.Popen:
-        return self._spawn(
-            [
-                "worker",
-                "--pool",
-                "threads",
-                "--concurrency",
-                "4",
-                "--loglevel",
-                "WARNING",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "-n",
-                f"chaos{index}-{time.time_ns()}@%h",
-            ]
-        )
+        return self._spawn(executor_worker_args(level="WARNING", name=f"chaos{index}-{time.time_ns()}@%h"))
 
     def _soak(self, rng: random.Random, workers: list[subprocess.Popen], options: dict[str, Any]) -> list[str]:
         """Submit the invocations spread over the nemesis period, killing and restarting workers as it goes."""

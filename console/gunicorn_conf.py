@@ -1,0 +1,23 @@
+"""gunicorn's configuration (docker-compose.yml: `gunicorn -c console/gunicorn_conf.py`), derived from the
+platform's settings so that the two never disagree: a worker is never cut off while it holds a synchronous caller
+within the platform's promised wait (SYNC_WAIT_MAX_S)."""
+
+from __future__ import annotations
+
+import os
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+django.setup()
+
+from django.conf import settings  # noqa: E402 - after django.setup()
+
+bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
+workers = int(os.environ.get("GUNICORN_WORKERS", "3"))
+# Each thread holds one caller; a synchronous invoke holds its thread while it waits.
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+# The longest wait plus time to write the answer: past it gunicorn kills the worker and the caller gets nothing.
+timeout = settings.SYNC_WAIT_MAX_S + 30
+graceful_timeout = 30
+wsgi_app = "console.wsgi:application"
