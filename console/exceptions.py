@@ -196,6 +196,8 @@ class ApiMiddleware:
 
     def __call__(self, request: Any) -> HttpResponse:
         is_api = request.path_info.startswith(API_PREFIX)
+        if _holds_nul(request):
+            return _nul_response(is_api)
         if is_api:
             _slash_append(request)
         response = self.get_response(request)
@@ -208,6 +210,18 @@ class ApiMiddleware:
         ):
             return _as_error_format(request, response)
         return response
+
+
+def _holds_nul(request: Any) -> bool:
+    # No name, id or filter holds a NUL character, and PostgreSQL refuses one in a query (a DataError, a 500).
+    return "\x00" in request.path_info or "\x00" in request.META.get("QUERY_STRING", "").replace("%00", "\x00")
+
+
+def _nul_response(is_api: bool) -> HttpResponse:
+    message = "The path or the query string holds a NUL character (%00), which no name, id or filter can hold."
+    if is_api:
+        return JsonResponse(error_body("InvalidRequest", message), status=400)
+    return HttpResponse(message, status=400, content_type="text/plain; charset=utf-8")
 
 
 # Where the request keeps the exception that Django turned into a 500 (see _remember_exception).

@@ -83,7 +83,10 @@ def _is_unicode(value: Any) -> bool:
 
 class StrictJSONParser(JSONParser):
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
-        data = super().parse(stream, media_type, parser_context)
+        try:
+            data = super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise ParseError("JSON parse error - the body is nested too deeply to be read.") from None
         if not _is_unicode(data):
             raise ParseError("JSON parse error - the body holds a lone surrogate (e.g. \\ud800), which is not text.")
         return data
