@@ -171,17 +171,16 @@ class Executor:
         """
         with self._lock:
             matched = [e for group in self._envs.values() for e in group if match(e.key)]
+            busy = [e for e in matched if e.busy]  # starting ones too
             idle = [e for e in matched if not e.busy]
-            for env in idle:
-                self._forget(env)
             for env in matched:
                 env.retired = True
+            for env in idle:
+                self._forget(env)
         for env in idle:
             self._evict(env)
-        if kill_busy:
-            for env in matched:
-                if env not in idle:
-                    env.kill()  # its invoking thread sees it die and discards it
+        for env in busy if kill_busy else []:
+            env.kill()  # its invoking thread sees it die and discards it
         return len(matched)
 
     def environment_keys(self) -> set[str]:
@@ -343,7 +342,8 @@ class Executor:
         env.kill()
         with self._lock:
             inline = self._teardown_inline
-            self._dying += not inline
+            if not inline:
+                self._dying += 1
         if inline:
             self._finish(env)
         else:

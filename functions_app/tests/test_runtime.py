@@ -896,7 +896,7 @@ def test_it_freezes_background_work_between_invocations(unthrottled, tmp_path):
 def test_it_bills_background_cpu_measured_from_the_cgroup(unthrottled, tmp_path):
     spec = make_spec(make_code(tmp_path, SPINNER))
     unthrottled.invoke(spec, make_request({"spawn": True}))
-    result = unthrottled.invoke(spec, make_request({"sleep": 0.5}))
+    result = unthrottled.invoke(spec, make_request({"sleep": 1.0}))
     # The handler only sleeps; the child it left behind spins while the environment is thawed.
     assert result.cpu_ms > 100
 
@@ -1142,7 +1142,7 @@ def test_it_shows_no_host_path_inside_the_sandbox(layer_executor, tmp_path, boto
     assert body["boto3"] == "/opt/python/boto3/__init__.py"
     allowed = ("/var/task/", "/var/runtime/", "/opt/python/", "/usr/lib/python3")
     assert [f for f in body["files"] if not f.startswith(allowed)] == []
-    host_markers = [str(Path(__file__).resolve().parents[2]), str(tmp_path), boto3_layer, "/var/lib"]
+    host_markers = [REPO, str(tmp_path), boto3_layer, "/var/lib", "var/layers", "var/test"]
     text = json.dumps(body)
     assert [m for m in host_markers if m in text] == []
 
@@ -1210,6 +1210,7 @@ def test_it_cuts_off_an_oversized_raw_frame_without_buffering_it(tmp_path):
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert (report["status"], report["error_type"]) == ("failed", "Function.ResponseSizeTooLarge")
     assert json.loads(report["payload"])["errorType"] == "Function.ResponseSizeTooLarge"
+    print(f"worker peak RSS grew by {report['grew_kb']} KB")
     assert report["grew_kb"] < 16 * 1024, report  # the 40 MB body was never held
     assert report["next_is_cold"]  # the environment that wrote raw frames was discarded
 
@@ -1238,14 +1239,13 @@ def test_it_keeps_a_log_buffers_memory_bounded_whatever_the_flood():
     from functions_app.runtime.environment import LogBuffer
 
     log = LogBuffer(64 * 1024)
-    log.feed(b"head\n")
-    for i in range(2000):
-        log.feed(b"%06d" % i + b"y" * 50_000)
-    log.feed(b"\ntail\n")
-    assert log.kept_bytes() <= 64 * 1024
+    chunks = [b"head\n", *(b"%06d" % i + b"y" * 50_000 for i in range(2000)), b"\ntail\n"]
+    for chunk in chunks:
+        log.feed(chunk)
+        assert log.kept_bytes() <= 64 * 1024
     text = log.text()
     assert text.startswith("head\n") and text.endswith("\ntail\n")
-    assert "100005016 bytes" in text or "truncated" in text
+    assert f"[log truncated: {sum(map(len, chunks)) - 64 * 1024} bytes omitted]" in text
 
 
 @pytest.mark.parametrize(
