@@ -89,6 +89,14 @@ class LogBuffer:
         return f"{head}\n... [log truncated: {self.dropped} bytes omitted] ...\n{tail}"
 
 
+def _readable(fds: list[int], timeout_s: float) -> bool:
+    """Whether any of ``fds`` becomes readable within ``timeout_s`` (poll: fd numbers past 1024 are fine)."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout_s * 1000))
+
+
 def _nonblocking(fd: int) -> None:
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
 
@@ -260,8 +268,7 @@ class Environment:
         The response pipe closes as the handler dies, a moment before its reaper
         has reaped it: wait for the report, or for the reaper's own end.
         """
-        watched = [fd for fd in (self.status_r, self.pidfd) if fd is not None]
-        select.select(watched, [], [], wait_s)
+        _readable([fd for fd in (self.status_r, self.pidfd) if fd is not None], wait_s)
         try:
             return int(os.read(self.status_r, 64))
         except (OSError, ValueError):
@@ -292,8 +299,7 @@ class Environment:
     def alive(self) -> bool:
         if self.closed or self.pidfd is None:
             return not self.closed
-        readable, _, _ = select.select([self.pidfd], [], [], 0)
-        return not readable
+        return not _readable([self.pidfd], 0)
 
     def kill(self) -> None:
         """SIGKILL now, without waiting: the reaper (its pid namespace goes with it), the cgroup, the group."""
@@ -312,7 +318,7 @@ class Environment:
 
     def wait_exit(self, timeout_s: float) -> None:
         if self.pidfd is not None and not self.closed:
-            select.select([self.pidfd], [], [], timeout_s)
+            _readable([self.pidfd], timeout_s)
 
     def close(self) -> None:
         if self.closed:

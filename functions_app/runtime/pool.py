@@ -14,11 +14,13 @@ its exit and removing its cgroup hold none (they go to the teardown thread).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
 import os
 import queue
+import resource
 import signal
 import threading
 import time
@@ -59,6 +61,16 @@ def _signal_name(signum: int) -> str:
     return name if name[:2].isupper() else name[0].lower() + name[1:]
 
 
+def _raise_fd_limit() -> None:
+    # Each environment holds about ten fds (pipes, a pidfd, hot cgroup files): the usual soft limit of
+    # 1024 would cap a host near a hundred environments. The sandbox sets its own limit.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def exit_message(status: int | None) -> str:
     """Lambda's words for how the runtime process ended, from its wait status."""
     code = os.waitstatus_to_exitcode(status) if status is not None else 0
@@ -72,6 +84,7 @@ def exit_message(status: int | None) -> str:
 class Executor:
     def __init__(self, config: RuntimeConfig) -> None:
         self.config = config
+        _raise_fd_limit()
         self.doctor = sandbox_doctor()
         self.tier = resolve_tier(config.tier, self.doctor)
         self.reasons = list(self.doctor["reasons"])
