@@ -110,11 +110,11 @@ def idle_env_pss(ex: Executor, code: str) -> dict:
     request = InvokeRequest(request_id="pss", event=b"{}", invoked_function_arn="arn:bench")
     result = ex.invoke(spec_for(code, "pss-env"), request)
     time.sleep(0.2)  # the replacement spare is forked after the spawn
-    env_pid = _env_pid(ex, result.environment_id)
-    env_procs = [psutil.Process(env_pid), psutil.Process(env_pid).parent()]  # handler process + its keeper
+    reaper = psutil.Process(_env_pid(ex, result.environment_id))
+    env_procs = [reaper, *reaper.children(), reaper.parent()]  # reaper, handler process and keeper
     return {
         "incremental_pss_mb": round(pss_mb(tree()) - before, 2),
-        "env_handler_and_keeper_pss_mb": round(pss_mb(env_procs), 2),
+        "env_reaper_handler_and_keeper_pss_mb": round(pss_mb(env_procs), 2),
         "zygote_tree_pss_mb_before": round(before, 2),
         "goal_mb": 20,
         "note": "tree PSS includes the zygote and its pre-forked spare, before and after",

@@ -195,7 +195,13 @@ RUNTIME_PRELOAD = env_list("RUNTIME_PRELOAD", "json,boto3")
 RUNTIME_IDLE_TTL_S = env_int("RUNTIME_IDLE_TTL_S", 600)
 # Sum of the memory sizes of live environments on one host; idle ones are evicted LRU to make room.
 RUNTIME_MEMORY_BUDGET_MB = env_int("RUNTIME_MEMORY_BUDGET_MB", 8192)
+# A longer log keeps its first 4 KB and its tail, with a marker between them.
 RUNTIME_LOG_CAP_BYTES = env_int("RUNTIME_LOG_CAP_BYTES", 1024 * 1024)
+# CPU in proportion to memory, as on Lambda: 1,769 MB buys one vCPU (a cgroup CPU quota); 0 = no limit.
+RUNTIME_MB_PER_VCPU = env_int("RUNTIME_MB_PER_VCPU", 1769)
+# "auto": each environment's /tmp is an ext4 of its own on a loop device, sized on disk apart from memory, where the
+# host allows; "tmpfs": a tmpfs whose size is added to the memory limit (the fallback the doctor reports).
+RUNTIME_EPHEMERAL_STORAGE = env_str("RUNTIME_EPHEMERAL_STORAGE", "auto")
 AWS_REGION = env_str("EPHEMERA_REGION", "us-east-1")
 # The longest a synchronous HTTP caller is held; past it the answer is the invocation id to poll.
 SYNC_WAIT_MAX_S = env_int("SYNC_WAIT_MAX_S", 120)

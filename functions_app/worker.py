@@ -61,6 +61,8 @@ def runtime_config() -> RuntimeConfig:
         tier=sandbox_tier(),
         sandbox_uid=settings.SANDBOX_UID,
         region=settings.AWS_REGION,
+        mb_per_vcpu=settings.RUNTIME_MB_PER_VCPU,
+        ephemeral_storage=settings.RUNTIME_EPHEMERAL_STORAGE,
     )
 
 

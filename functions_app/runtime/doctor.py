@@ -7,9 +7,10 @@ import os
 import subprocess
 
 from . import cgroups
+from .storage import storage_support
 
 SANDBOX_PYTHON = "/usr/bin/python3"
-RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
+PACKAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_ephemera_runtime")
 
 TIER_NAMESPACES = "namespaces"
 TIER_INSECURE = "insecure-dev"
@@ -23,7 +24,7 @@ def _probe() -> dict:
     # A separate interpreter: the probe forks and unshares, which we never do in
     # the (multi-threaded) worker process itself.
     out = subprocess.run(
-        [SANDBOX_PYTHON, "-I", "-S", os.path.join(RUNTIME_DIR, "sandbox.py")],
+        [SANDBOX_PYTHON, "-I", "-S", os.path.join(PACKAGE_DIR, "sandbox.py")],
         capture_output=True,
         env={},
         timeout=30,
@@ -35,13 +36,29 @@ def _probe() -> dict:
         return {"error": out.stderr.decode(errors="replace")[-500:]}
 
 
+def _cgroup_reasons(layout: cgroups.Layout | None) -> list[str]:
+    if layout is None:
+        return ["no writable cgroup memory+pids controllers: memory falls back to RLIMIT_AS, nothing is frozen"]
+    reasons = []
+    if not layout.has("freezer"):
+        reasons.append("no cgroup freezer: idle environments are paused with SIGSTOP, which setsid escapes")
+    if not layout.has("cpu"):
+        reasons.append("no cgroup cpu controller: CPU is not limited in proportion to memory")
+    if not layout.has("cpuacct"):
+        reasons.append("no cgroup cpuacct: CPU time is measured inside the sandbox")
+    return reasons
+
+
 def sandbox_doctor() -> dict:
     """Probe the host and pick the strongest tier; ``reasons`` explains each shortfall."""
     reasons: list[str] = []
     if not os.access(SANDBOX_PYTHON, os.X_OK):
         return {"tier": None, "secure": False, "reasons": [f"{SANDBOX_PYTHON} is missing"], "checks": {}}
     checks = _probe()
-    checks["cgroup"] = cgroups.detect_version()
+    layout = cgroups.detect_layout()
+    checks["cgroup"] = layout.version if layout else None
+    checks["cgroup_capabilities"] = sorted(layout.parents) if layout else []
+    checks["ephemeral_storage_missing"] = storage_support()
     if "error" in checks:
         reasons.append(f"probe failed: {checks['error']}")
     if not checks.get("root"):
@@ -51,8 +68,10 @@ def sandbox_doctor() -> dict:
     if not checks.get("seccomp"):
         reasons.append(f"seccomp filter unavailable (arch {checks.get('arch')})")
     secure = not reasons
-    if checks["cgroup"] is None:
-        reasons.append("no writable cgroup memory+pids controllers: memory falls back to RLIMIT_AS")
+    reasons += _cgroup_reasons(layout)
+    if checks["ephemeral_storage_missing"]:
+        missing = ", ".join(checks["ephemeral_storage_missing"])
+        reasons.append(f"ephemeral storage falls back to a tmpfs charged to memory ({missing})")
     if secure:
         return {"tier": TIER_NAMESPACES, "secure": True, "reasons": reasons, "checks": checks}
     reasons.append("only the insecure-dev tier (plain fork + rlimits) is possible; it must be chosen explicitly")

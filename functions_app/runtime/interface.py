@@ -16,8 +16,11 @@ class FunctionSpec:
     timeout_s: float
     env: dict[str, str] = field(default_factory=dict)
     network: bool = False
-    tmp_mb: int = 512
+    tmp_mb: int = 512  # ephemeral storage: /tmp's size on disk, apart from memory (Lambda: 512-10240)
     tenant: str = ""
+
+
+SYNC_RESPONSE_MAX_BYTES = 6 * 1024 * 1024  # Lambda's limit for a synchronous invocation's result
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,8 @@ class InvokeRequest:
     event: bytes  # raw JSON
     invoked_function_arn: str
     attempt: int = 1
+    # A larger result fails as Function.ResponseSizeTooLarge and is never held by the worker.
+    response_max_bytes: int = SYNC_RESPONSE_MAX_BYTES
 
 
 @dataclass
@@ -37,8 +42,8 @@ class InvokeResult:
     init_ms: float
     duration_ms: float
     peak_memory_mb: float
-    cpu_ms: float
-    log: str
+    cpu_ms: float  # every process of the environment while thawed for this call (cgroup), else the handler's own
+    log: str  # a short head and the tail, with a marker between them when longer than log_cap_bytes
     environment_id: str
 
 
@@ -56,7 +61,12 @@ class RuntimeConfig:
     region: str = "us-east-1"  # AWS_REGION / AWS_DEFAULT_REGION inside
     init_timeout_s: float = 10.0  # Lambda's init phase limit
     pids_max: int = 64  # cgroup pids.max per environment (fork bombs)
+    mb_per_vcpu: int = 1769  # CPU quota in proportion to memory, as Lambda (1,769 MB = 1 vCPU); 0 = unlimited
+    ephemeral_storage: str = "auto"  # "auto": /tmp on its own ext4 where the host allows, else "tmpfs"
 
 
 class CapacityError(RuntimeError):
-    """No room in the host's memory budget: every environment is busy. Retry later."""
+    """No room in the host's memory budget: every environment is busy. Retry later.
+
+    Raised before anything is reserved or started for the call, so nothing needs undoing.
+    """

@@ -8,7 +8,8 @@ import socket
 import subprocess
 import threading
 
-from .doctor import RUNTIME_DIR, SANDBOX_PYTHON
+from ._ephemera_runtime.zygote import BOOT_STUB
+from .doctor import SANDBOX_PYTHON
 
 _START_TIMEOUT_S = 60.0
 _SPAWN_TIMEOUT_S = 10.0
@@ -19,12 +20,13 @@ class ZygoteError(RuntimeError):
 
 
 class Zygote:
-    """Starts ``zygote.py`` and forwards spawn requests to it, one at a time."""
+    """Starts the zygote (see _ephemera_runtime/zygote.py) and forwards spawn requests to it, one at a time.
 
-    def __init__(self, layer_dirs: tuple[str, ...], preload: tuple[str, ...], tier: str) -> None:
-        self._tier = tier
-        self._layer_dirs = list(layer_dirs)
-        self._preload = list(preload)
+    ``config`` is the zygote's: tier, preload, owner, runtime_package, runtime_parent, layers, zygote_root, storage.
+    """
+
+    def __init__(self, config: dict) -> None:
+        self._config = config
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._sock: socket.socket | None = None
@@ -41,19 +43,10 @@ class Zygote:
         # PR_SET_PDEATHSIG fires when the *thread* that forked the zygote exits,
         # so a dedicated thread launches it and lives as long as it does. A
         # Celery thread that happened to start the executor may come and go.
+        config = {**self._config, "worker_pid": os.getpid(), "control_fd": child_sock.fileno()}
         try:
             self._proc = subprocess.Popen(
-                [
-                    SANDBOX_PYTHON,
-                    "-I",
-                    "-S",
-                    os.path.join(RUNTIME_DIR, "zygote.py"),
-                    str(os.getpid()),
-                    str(child_sock.fileno()),
-                    json.dumps(self._layer_dirs),
-                    json.dumps(self._preload),
-                    self._tier,
-                ],
+                [SANDBOX_PYTHON, "-I", "-S", "-c", BOOT_STUB, json.dumps(config)],
                 env={},  # no secrets: the worker's environment never reaches the zygote
                 cwd="/",
                 stdin=subprocess.DEVNULL,
@@ -93,7 +86,7 @@ class Zygote:
         return answer["pid"]
 
     def spawn(self, spec: dict, fds: list[int]) -> int:
-        """Start an environment; returns its pid 1 (host pid). Restarts a dead zygote."""
+        """Start an environment; returns its reaper's host pid. Restarts a dead zygote."""
         with self._lock:
             if not self.alive():
                 self.stop()

@@ -154,8 +154,8 @@ def handler(event, context):
     results["redis_socket"] = attempt(lambda: socket.socket(socket.AF_UNIX).connect(event["redis_socket"]))
     results["write_task"] = attempt(lambda: open("/var/task/x", "w"))
     results["environ"] = sorted(os.environ)
-    # pid 1 in the sandbox's own pid namespace is the sandbox itself: whatever it shows, no host secret is there.
-    results["proc_1_environ"] = open("/proc/1/environ", "rb").read().decode(errors="replace")
+    # pid 1 in the sandbox's own pid namespace is its reaper, which even the handler may not inspect.
+    results["proc_1_environ"] = attempt(lambda: open("/proc/1/environ", "rb").read().decode(errors="replace"))
     results["proc_pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
     return results
 """

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -109,6 +110,21 @@ def payload(result) -> object:
     return json.loads(result.payload)
 
 
+REPO = str(Path(__file__).resolve().parents[2])
+
+
+def worker_script(work_dir: Path, body: str, code: str = "", memory_mb: int = 128) -> str:
+    """A worker of its own (python -c): an executor ``ex`` on ``work_dir``, a ``spec`` for ``code``, then ``body``."""
+    prelude = f"""
+        import json, resource, sys, threading, time
+        sys.path.insert(0, {REPO!r})
+        from functions_app.runtime import Executor, FunctionSpec, InvokeRequest, RuntimeConfig
+        ex = Executor(RuntimeConfig(work_dir={str(work_dir)!r}, preload=(), sandbox_uid={SANDBOX_UID}))
+        spec = FunctionSpec("k", "fn", "1", {code!r}, "app.handler", {memory_mb}, 30.0, {{}})
+    """
+    return textwrap.dedent(prelude) + textwrap.dedent(body)
+
+
 @pytest.fixture
 def executor(tmp_path):
     ex = Executor(
@@ -130,6 +146,15 @@ def run(executor, tmp_path):
         return executor.invoke(spec, request or make_request(event))
 
     return _run
+
+
+@pytest.fixture
+def small_budget(tmp_path):
+    """An executor with room for two 128 MB environments."""
+    config = RuntimeConfig(work_dir=str(tmp_path / "w"), preload=(), sandbox_uid=SANDBOX_UID, memory_budget_mb=256)
+    ex = Executor(config)
+    yield ex
+    ex.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -235,22 +260,18 @@ def test_idle_environments_are_reaped_after_the_ttl(tmp_path):
         ex.shutdown()
 
 
-def test_the_memory_budget_evicts_the_least_recently_used_idle_environment(tmp_path):
-    config = RuntimeConfig(work_dir=str(tmp_path / "w"), preload=(), sandbox_uid=SANDBOX_UID, memory_budget_mb=256)
-    ex = Executor(config)
-    try:
-        code = make_code(tmp_path, COUNTER)
-        first = ex.invoke(make_spec(code, environment_key="a"), make_request())
-        ex.invoke(make_spec(code, environment_key="b"), make_request())
-        ex.invoke(make_spec(code, environment_key="c"), make_request())  # evicts "a"
-        again = ex.invoke(make_spec(code, environment_key="a"), make_request())
-        assert again.is_cold and again.environment_id != first.environment_id
-        assert ex.health()["memory_reserved_mb"] == 256
-        with pytest.raises(CapacityError):
-            ex.invoke(make_spec(code, environment_key="huge", memory_mb=512), make_request())
-        assert ex.health()["warm_environments"] == 2  # a request that cannot fit evicts nobody
-    finally:
-        ex.shutdown()
+def test_the_memory_budget_evicts_the_least_recently_used_idle_environment(small_budget, tmp_path):
+    ex = small_budget
+    code = make_code(tmp_path, COUNTER)
+    first = ex.invoke(make_spec(code, environment_key="a"), make_request())
+    ex.invoke(make_spec(code, environment_key="b"), make_request())
+    ex.invoke(make_spec(code, environment_key="c"), make_request())  # evicts "a"
+    again = ex.invoke(make_spec(code, environment_key="a"), make_request())
+    assert again.is_cold and again.environment_id != first.environment_id
+    assert ex.health()["memory_reserved_mb"] == 256
+    with pytest.raises(CapacityError):
+        ex.invoke(make_spec(code, environment_key="huge", memory_mb=512), make_request())
+    assert ex.health()["warm_environments"] == 2  # a request that cannot fit evicts nobody
 
 
 def test_shutdown_leaves_no_process_behind(tmp_path):
@@ -301,31 +322,57 @@ def test_the_insecure_dev_tier_runs_only_when_asked_and_says_so_loudly(tmp_path)
     assert wait_for(lambda: not sandbox_processes())
 
 
+def test_it_pauses_an_insecure_dev_environment_with_sigstop_where_no_freezer_exists(tmp_path, monkeypatch):
+    from functions_app.runtime import pool
+
+    monkeypatch.setattr(pool, "detect_layout", lambda: None)  # as on a host without writable cgroups
+    code_root = Path(tempfile.mkdtemp(prefix="ephemera-insecure-"))
+    code_root.chmod(0o755)
+    config = RuntimeConfig(work_dir=str(tmp_path / "w"), preload=(), sandbox_uid=SANDBOX_UID, tier="insecure-dev")
+    ex = Executor(config)
+    try:
+        assert ex.health()["frozen_between_invocations"] == "SIGSTOP"
+        spec = make_spec(make_code(code_root, SPINNER))
+        assert ex.invoke(spec, make_request({"spawn": True})).status == "succeeded"
+        before = sandbox_cpu_seconds()
+        time.sleep(1.0)
+        assert sandbox_cpu_seconds() - before < 0.1
+        assert ex.invoke(spec, make_request()).status == "succeeded"
+    finally:
+        ex.shutdown()
+        shutil.rmtree(code_root)
+    assert wait_for(lambda: not sandbox_processes())
+
+
 def test_killing_the_worker_takes_every_sandbox_with_it(tmp_path):
     code = make_code(tmp_path, "import time\ndef handler(e, c):\n    time.sleep(60)\n")
-    repo = str(Path(__file__).resolve().parents[2])
-    script = textwrap.dedent(f"""
-        import sys, threading
-        sys.path.insert(0, {repo!r})
-        from functions_app.runtime import Executor, FunctionSpec, InvokeRequest, RuntimeConfig
-        ex = Executor(RuntimeConfig(work_dir={str(tmp_path / "w")!r}, preload=(), sandbox_uid={SANDBOX_UID}))
-        spec = FunctionSpec("k", "fn", "1", {code!r}, "app.handler", 128, 60.0, {{}})
+    quick = make_code(tmp_path, COUNTER)
+    script = worker_script(
+        tmp_path / "w",
+        f"""
+        idle = FunctionSpec("q", "fn", "1", {quick!r}, "app.handler", 128, 60.0, {{}})
+        ex.invoke(idle, InvokeRequest("q", b"{{}}", "arn"))  # stays warm, frozen
         threading.Thread(target=ex.invoke, args=(spec, InvokeRequest("r", b"{{}}", "arn"))).start()
-    """)
+        """,
+        code,
+    )
     worker = subprocess.Popen([sys.executable, "-c", script])
     try:
-        assert wait_for(lambda: len(sandbox_processes()) >= 1, timeout_s=10)
+        assert wait_for(lambda: len(sandbox_processes()) >= 4, timeout_s=10)  # two reapers, two handlers
     finally:
         worker.kill()
         worker.wait()
-    assert wait_for(lambda: not running_sandbox_processes(), timeout_s=5)
+    # Frozen processes ignore SIGKILL until thawed: the reaper of the idle one must thaw it on its way out.
+    assert wait_for(lambda: not running_sandbox_processes(), timeout_s=5), running_sandbox_processes()
     if DOCTOR["checks"]["cgroup"] != "v1":
         return
-    # The next worker to start removes the dead one's cgroups.
+    # The next worker to start there removes the dead one's cgroups and storage templates.
     leftovers = f"/sys/fs/cgroup/memory/ephemera/env-{worker.pid}-*"
     assert glob.glob(leftovers)
-    Executor(RuntimeConfig(work_dir=str(tmp_path / "w2"), preload=(), sandbox_uid=SANDBOX_UID)).shutdown()
+    assert (tmp_path / "w" / f"storage-{worker.pid}").exists()
+    Executor(RuntimeConfig(work_dir=str(tmp_path / "w"), preload=(), sandbox_uid=SANDBOX_UID)).shutdown()
     assert not glob.glob(leftovers)
+    assert not (tmp_path / "w" / f"storage-{worker.pid}").exists()
 
 
 def test_many_concurrent_cold_starts_all_succeed(executor, tmp_path):
@@ -342,13 +389,12 @@ def test_many_concurrent_cold_starts_all_succeed(executor, tmp_path):
         t.join()
     assert [r.status for r in results] == ["succeeded"] * 8
     assert all(r.is_cold for r in results)
-    assert len({json.loads(r.payload)["pid"] for r in results}) == 1  # every handler is pid 1 of its own namespace
+    assert len({json.loads(r.payload)["pid"] for r in results}) == 1  # every handler is pid 2 of its own namespace
 
 
 def test_the_runtime_package_does_not_import_django():
     code = "import sys, functions_app.runtime; print('django' in sys.modules or 'celery' in sys.modules)"
-    repo = str(Path(__file__).resolve().parents[2])
-    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
@@ -495,7 +541,7 @@ def test_an_output_flood_is_truncated_with_a_marker(run):
             return "done"
     """)
     assert result.status == "succeeded"
-    assert result.log.endswith(f"\n... [log truncated at {64 * 1024} bytes]\n")
+    assert "\n... [log truncated: " in result.log
     assert len(result.log) < 70 * 1024
 
 
@@ -777,7 +823,7 @@ def test_the_handler_runs_unprivileged_and_dangerous_syscalls_are_denied(run):
     assert body["cap_eff"] == "0000000000000000"
     assert body["no_new_privs"] == "1"
     assert body["seccomp"] == "2"
-    assert body["pid"] == 1  # the handler process is pid 1 of its own namespace
+    assert body["pid"] == 2  # the handler process is pid 2 of its own namespace; pid 1 is its reaper
     assert body["unshare_user"] == 1 and body["ptrace"] == 1  # EPERM
 
 
@@ -803,3 +849,568 @@ def test_a_handler_importing_boto3_cold_starts_from_the_layer(tmp_path, boto3_la
         print(f"boto3 handler cold start: init {result.init_ms:.1f} ms")
     finally:
         ex.shutdown()
+
+
+# ---------------------------------------------------------------- freezing, CPU and reaping (issue #8 item 12)
+
+
+def sandbox_cpu_seconds() -> float:
+    total = 0.0
+    for proc in sandbox_processes():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+SPINNER = """
+    import os, resource, time
+    def handler(event, context):
+        if event.get("spawn"):
+            if os.fork() == 0:
+                resource.setrlimit(resource.RLIMIT_CPU, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+                while True:
+                    pass
+        time.sleep(event.get("sleep", 0))
+        return "ok"
+"""
+
+
+@pytest.fixture
+def unthrottled(tmp_path):
+    """An executor without a CPU quota, so that only freezing can stop background work."""
+    ex = Executor(RuntimeConfig(work_dir=str(tmp_path / "u"), preload=(), sandbox_uid=SANDBOX_UID, mb_per_vcpu=0))
+    yield ex
+    ex.shutdown()
+
+
+def test_it_freezes_background_work_between_invocations(unthrottled, tmp_path):
+    spec = make_spec(make_code(tmp_path, SPINNER))
+    assert unthrottled.invoke(spec, make_request({"spawn": True})).status == "succeeded"
+    before = sandbox_cpu_seconds()
+    time.sleep(1.0)
+    assert sandbox_cpu_seconds() - before < 0.1
+    assert unthrottled.invoke(spec, make_request()).status == "succeeded"  # thawed for the next event
+
+
+def test_it_bills_background_cpu_measured_from_the_cgroup(unthrottled, tmp_path):
+    spec = make_spec(make_code(tmp_path, SPINNER))
+    unthrottled.invoke(spec, make_request({"spawn": True}))
+    result = unthrottled.invoke(spec, make_request({"sleep": 1.0}))
+    # The handler only sleeps; the child it left behind spins while the environment is thawed.
+    assert result.cpu_ms > 100
+
+
+def test_it_limits_cpu_in_proportion_to_memory(run):
+    source = """
+        import time
+        def handler(event, context):
+            t0, c0 = time.monotonic(), time.process_time()
+            while time.monotonic() - t0 < 1.0:
+                pass
+            return (time.process_time() - c0) / (time.monotonic() - t0)
+    """
+    share = payload(run(source, memory_mb=128))  # 128 / 1769 of a vCPU, as on Lambda
+    assert share < 0.2
+
+
+def test_it_reaps_orphaned_zombies_during_an_invocation(run):
+    result = run(
+        """
+        import os
+        def handler(event, context):
+            made = 0
+            for _ in range(150):
+                pid = os.fork()
+                if pid == 0:
+                    if os.fork() == 0:
+                        os._exit(0)
+                    os._exit(0)
+                os.waitpid(pid, 0)
+                made += 1
+            return made
+        """,
+        memory_mb=1769,
+    )
+    assert payload(result) == 150, result.payload
+
+
+def test_it_keeps_the_exit_status_of_the_handlers_own_children(executor, tmp_path):
+    source = """
+        import subprocess, time
+        KEPT = []
+        def handler(event, context):
+            if event.get("start"):
+                KEPT.append(subprocess.Popen(["/bin/sh", "-c", "exit 7"]))
+                time.sleep(0.3)
+                return subprocess.run(["/bin/sh", "-c", "exit 5"]).returncode
+            return KEPT[0].wait()
+    """
+    spec = make_spec(make_code(tmp_path, source))
+    assert payload(executor.invoke(spec, make_request({"start": True}))) == 5
+    assert payload(executor.invoke(spec, make_request())) == 7
+
+
+def fake_cgroup2(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    return root
+
+
+def test_it_writes_cgroup_v2_limits_and_freezes_through_cgroup_freeze(tmp_path):
+    from functions_app.runtime.cgroups import EnvCgroup, Limits, detect_layout
+
+    layout = detect_layout(str(fake_cgroup2(tmp_path / "cgroupfs")))
+    assert layout is not None and layout.version == "v2"
+    layout.prepare()
+    cgroup = EnvCgroup(layout, "env-1-abc", Limits(memory_mb=128, pids_max=64, cpus=128 / 1769))
+    group = tmp_path / "cgroupfs" / "ephemera" / "env-1-abc"
+    assert (group / "memory.max").read_text() == str(128 << 20)
+    assert (group / "pids.max").read_text() == "64"
+    quota, period = (group / "cpu.max").read_text().split()
+    assert int(period) == 100_000 and int(quota) == round(100_000 * 128 / 1769)
+    cgroup.freeze()
+    assert (group / "cgroup.freeze").read_text() == "1"
+    cgroup.thaw()
+    assert (group / "cgroup.freeze").read_text() == "0"
+    (group / "cpu.stat").write_text("usage_usec 1500\nuser_usec 1000\n")
+    assert cgroup.cpu_usage_ns() == 1_500_000
+
+
+def test_it_freezes_real_processes_in_a_cgroup_v2(tmp_path):
+    from functions_app.runtime.cgroups import EnvCgroup, Layout, Limits
+
+    unified = "/sys/fs/cgroup/unified"
+    if not os.access(f"{unified}/cgroup.procs", os.W_OK):
+        pytest.skip("no writable cgroup2 hierarchy")
+    parent = f"{unified}/ephemera-test-{os.getpid()}"
+    os.makedirs(parent, exist_ok=True)
+    layout = Layout(version="v2", parents={"freezer": parent, "cpuacct": parent})
+    cgroup = EnvCgroup(layout, "env-0-freeze", Limits(memory_mb=0, pids_max=0, cpus=None))
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        Path(cgroup.procs_files[0]).write_text(str(spinner.pid))
+        cgroup.freeze()
+        assert wait_for(lambda: "frozen 1" in Path(parent, "env-0-freeze", "cgroup.events").read_text())
+        used = psutil.Process(spinner.pid).cpu_times().user
+        time.sleep(0.5)
+        assert psutil.Process(spinner.pid).cpu_times().user - used < 0.05
+        cgroup.thaw()
+        time.sleep(0.5)
+        assert psutil.Process(spinner.pid).cpu_times().user - used > 0.05
+        assert cgroup.cpu_usage_ns() > 0
+    finally:
+        spinner.kill()
+        spinner.wait()
+        assert cgroup.remove()
+        os.rmdir(parent)
+
+
+# ---------------------------------------------------------------- ephemeral storage (item 13)
+
+WRITER = """
+    import errno
+    def handler(event, context):
+        chunk = b"x" * (1 << 20)
+        written = 0
+        try:
+            with open("/tmp/big", "wb") as f:
+                for _ in range(event["mb"]):
+                    f.write(chunk)
+                    written += 1
+                f.flush()
+        except OSError as exc:
+            return {"written": written, "errno": exc.errno}
+        return {"written": written, "errno": None}
+"""
+
+
+def test_it_writes_200_mb_to_tmp_in_a_128_mb_function(run):
+    result = run(WRITER, {"mb": 200}, memory_mb=128, timeout_s=30)
+    assert result.status == "succeeded", result.payload
+    assert payload(result) == {"written": 200, "errno": None}
+
+
+def test_it_fails_a_write_past_tmp_mb_with_enospc_not_out_of_memory(run):
+    result = run(WRITER, {"mb": 400}, memory_mb=128, tmp_mb=256, timeout_s=30)
+    assert result.status == "succeeded", result.payload
+    body = payload(result)
+    assert body["errno"] in (28, 122)  # ENOSPC, EDQUOT
+    assert 200 <= body["written"] <= 256
+
+
+def test_it_keeps_one_environments_tmp_invisible_to_another(executor, tmp_path):
+    source = """
+        import os
+        def handler(event, context):
+            if event.get("write"):
+                open("/tmp/mine", "w").write("secret")
+            return sorted(os.listdir("/tmp"))
+    """
+    code = make_code(tmp_path, source)
+    assert payload(executor.invoke(make_spec(code, environment_key="a"), make_request({"write": True}))) == ["mine"]
+    assert payload(executor.invoke(make_spec(code, environment_key="b"), make_request())) == []
+
+
+def test_it_falls_back_loudly_to_a_tmpfs_with_the_memory_limit_raised_by_its_size(tmp_path):
+    config = RuntimeConfig(work_dir=str(tmp_path / "w"), preload=(), sandbox_uid=SANDBOX_UID, ephemeral_storage="tmpfs")
+    ex = Executor(config)
+    try:
+        health = ex.health()
+        assert health["ephemeral_storage"] == "tmpfs"
+        assert any("tmpfs charged to memory" in reason for reason in health["reasons"])
+        spec = make_spec(make_code(tmp_path, WRITER), memory_mb=128, tmp_mb=256, timeout_s=30)
+        assert payload(ex.invoke(spec, make_request({"mb": 200}))) == {"written": 200, "errno": None}
+        assert ex.health()["memory_reserved_mb"] == 128 + 256
+    finally:
+        ex.shutdown()
+
+
+def scratch_leftovers(work_dir: Path) -> list[str]:
+    """Image files under the work dir and loop devices backed by anything in it."""
+    found = [str(p) for p in work_dir.rglob("*.img") if "templates" not in p.parts]
+    for backing in glob.glob("/sys/block/loop*/loop/backing_file"):
+        with contextlib.suppress(OSError):
+            if str(work_dir) in Path(backing).read_text():
+                found.append(backing)
+    return found
+
+
+def test_it_leaves_nothing_of_tmp_on_disk_after_destroy_and_shutdown(tmp_path):
+    work = tmp_path / "w"
+    ex = Executor(RuntimeConfig(work_dir=str(work), preload=(), sandbox_uid=SANDBOX_UID, idle_ttl_s=0))
+    try:
+        assert payload(ex.invoke(make_spec(make_code(tmp_path, WRITER)), make_request({"mb": 20})))["written"] == 20
+        ex.reap_idle()
+        assert wait_for(lambda: not sandbox_processes())
+        assert wait_for(lambda: not scratch_leftovers(work)), scratch_leftovers(work)
+    finally:
+        ex.shutdown()
+    assert not scratch_leftovers(work)
+    assert not list(work.rglob("*.img"))
+
+
+# ---------------------------------------------------------------- the function's code wins (item 14)
+
+
+@pytest.mark.parametrize("module", ["protocol", "bootstrap", "sandbox", "zygote"])
+def test_it_imports_a_handler_module_named_like_a_runtime_module(executor, tmp_path, module):
+    code = make_code(tmp_path, "def handler(event, context):\n    return __name__\n", module=module)
+    result = executor.invoke(make_spec(code, handler=f"{module}.handler"), make_request())
+    assert payload(result) == module
+
+
+@pytest.fixture
+def layer_executor(tmp_path, boto3_layer):
+    config = RuntimeConfig(
+        work_dir=str(tmp_path / "lw"), layer_dirs=(boto3_layer,), preload=("json", "boto3"), sandbox_uid=SANDBOX_UID
+    )
+    ex = Executor(config)
+    yield ex
+    ex.shutdown()
+
+
+def test_it_imports_a_boto3_bundled_with_the_function_instead_of_the_layers(layer_executor, tmp_path):
+    code = Path(
+        make_code(tmp_path, "import boto3\ndef handler(event, context):\n    return [boto3.MARKER, boto3.__file__]\n")
+    )
+    (code / "boto3").mkdir()
+    (code / "boto3" / "__init__.py").write_text("MARKER = 'bundled'\n")
+    result = layer_executor.invoke(make_spec(str(code), memory_mb=256), make_request())
+    assert payload(result) == ["bundled", "/var/task/boto3/__init__.py"], result.payload
+
+
+def test_it_shows_no_host_path_inside_the_sandbox(layer_executor, tmp_path, boto3_layer):
+    source = """
+        import os, sys
+        import boto3
+        def read(path):
+            try:
+                return open(path, "rb").read().decode(errors="replace")
+            except OSError as exc:
+                return str(exc)
+        def handler(event, context):
+            return {
+                "files": sorted({getattr(m, "__file__", None) or "" for m in list(sys.modules.values())} - {""}),
+                "path": sys.path,
+                "proc": [read(f"/proc/{pid}/{name}") for pid in ("self", "1") for name in ("cmdline", "environ")],
+                "argv": sys.argv,
+                "boto3": boto3.__file__,
+            }
+    """
+    body = payload(layer_executor.invoke(make_spec(make_code(tmp_path, source), memory_mb=256), make_request()))
+    assert body["boto3"] == "/opt/python/boto3/__init__.py"
+    allowed = ("/var/task/", "/var/runtime/", "/opt/python/", "/usr/lib/python3")
+    assert [f for f in body["files"] if not f.startswith(allowed)] == []
+    host_markers = [REPO, str(tmp_path), boto3_layer, "/var/lib", "var/layers", "var/test"]
+    text = json.dumps(body)
+    assert [m for m in host_markers if m in text] == []
+
+
+# ---------------------------------------------------------------- response size (item 4)
+
+
+def test_it_refuses_a_result_larger_than_the_response_limit(executor, tmp_path):
+    spec = make_spec(make_code(tmp_path, "def handler(event, context):\n    return 'x' * event['n']\n"))
+    result = executor.invoke(spec, make_request({"n": 7 << 20}))
+    assert result.status == "failed"
+    assert result.error_type == "Function.ResponseSizeTooLarge"
+    assert payload(result) == {
+        "errorMessage": (
+            f"Response payload size ({(7 << 20) + 2} bytes) exceeded maximum allowed payload size (6291456 bytes)."
+        ),
+        "errorType": "Function.ResponseSizeTooLarge",
+        "stackTrace": [],
+    }
+    small = executor.invoke(spec, make_request({"n": 2000}, response_max_bytes=1000))
+    assert small.error_type == "Function.ResponseSizeTooLarge" and not small.is_cold
+    assert "(2002 bytes)" in payload(small)["errorMessage"]
+    assert executor.invoke(spec, make_request({"n": 10})).status == "succeeded"
+
+
+RAW_FRAME_HANDLER = """
+    import fcntl, json, os, struct
+    def _response_pipe():
+        for fd in range(3, 256):
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:"):
+                    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY:
+                        return fd
+            except OSError:
+                pass
+    def handler(event, context):
+        fd = _response_pipe()
+        header = json.dumps({"type": "result", "ok": True, "error_type": None, "duration_ms": 1,
+                             "cpu_ms": 1, "maxrss_kb": 1}).encode()
+        os.write(fd, struct.pack(">I", len(header)) + header + struct.pack(">I", 40 << 20))
+        chunk = b"x" * (1 << 20)
+        for _ in range(40):
+            os.write(fd, chunk)
+        return "unreachable"
+"""
+
+
+def test_it_cuts_off_an_oversized_raw_frame_without_buffering_it(tmp_path):
+    code = make_code(tmp_path, RAW_FRAME_HANDLER)
+    script = worker_script(
+        tmp_path / "w",
+        """
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        result = ex.invoke(spec, InvokeRequest("r", b"{}", "arn"))
+        grew_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        again = ex.invoke(spec, InvokeRequest("r2", b"{}", "arn"))
+        ex.shutdown()
+        print(json.dumps({"status": result.status, "error_type": result.error_type, "grew_kb": grew_kb,
+                          "payload": result.payload.decode(), "next_is_cold": again.is_cold}))
+        """,
+        code,
+        memory_mb=1024,
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (report["status"], report["error_type"]) == ("failed", "Function.ResponseSizeTooLarge")
+    assert json.loads(report["payload"])["errorType"] == "Function.ResponseSizeTooLarge"
+    print(f"worker peak RSS grew by {report['grew_kb']} KB")
+    assert report["grew_kb"] < 16 * 1024, report  # the 40 MB body was never held
+    assert report["next_is_cold"]  # the environment that wrote raw frames was discarded
+
+
+# ---------------------------------------------------------------- logs and exit statuses (item 17)
+
+
+def test_it_keeps_the_head_and_the_tail_of_a_flooded_log(run):
+    result = run("""
+        import sys
+        def handler(event, context):
+            print("FIRST LINE")
+            for _ in range(300):
+                sys.stdout.write("x" * 10000 + "\\n")
+            print("LAST LINE")
+            return "done"
+    """)
+    assert result.status == "succeeded"
+    assert result.log.startswith("FIRST LINE\n")
+    assert result.log.endswith("LAST LINE\n")
+    assert "truncated" in result.log
+    assert len(result.log) < 70 * 1024
+
+
+def test_it_keeps_a_log_buffers_memory_bounded_whatever_the_flood():
+    from functions_app.runtime.environment import LogBuffer
+
+    log = LogBuffer(64 * 1024)
+    chunks = [b"head\n", *(b"%06d" % i + b"y" * 50_000 for i in range(2000)), b"\ntail\n"]
+    for chunk in chunks:
+        log.feed(chunk)
+        assert log.kept_bytes() <= 64 * 1024
+    text = log.text()
+    assert text.startswith("head\n") and text.endswith("\ntail\n")
+    assert f"[log truncated: {sum(map(len, chunks)) - 64 * 1024} bytes omitted]" in text
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("import sys\n    sys.exit(3)", "Runtime exited with error: exit status 3"),
+        ("import os\n    os._exit(3)", "Runtime exited with error: exit status 3"),
+        ("import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)", "Runtime exited with error: signal: killed"),
+        ("import ctypes\n    ctypes.string_at(0)", "Runtime exited with error: signal: segmentation fault"),
+    ],
+)
+def test_it_keeps_the_exit_status_of_a_handler_that_exits(run, body, message):
+    result = run(f"def handler(event, context):\n    {body}\n    return 'survived'\n")
+    assert (result.status, result.error_type) == ("crashed", "Runtime.ExitError"), result.payload
+    assert payload(result)["errorMessage"] == message
+
+
+@pytest.mark.parametrize("exit_call", ["import sys; sys.exit(3)", "import os; os._exit(3)"])
+def test_it_keeps_the_exit_status_of_a_module_that_exits_during_init(run, exit_call):
+    result = run(f"{exit_call}\ndef handler(event, context):\n    return 1\n")
+    assert (result.status, result.error_type) == ("crashed", "Runtime.ExitError")
+    assert payload(result)["errorMessage"] == "Runtime exited with error: exit status 3"
+
+
+# ---------------------------------------------------------------- retiring environments (item 7)
+
+DAEMON = """
+    import os, time
+    def handler(event, context):
+        if event.get("daemon") and os.fork() == 0:
+            os.setsid()
+            time.sleep(600)
+        time.sleep(event.get("sleep", 0))
+        return os.getpid()
+"""
+
+
+def test_it_retires_idle_environments_at_once(executor, tmp_path):
+    code = make_code(tmp_path, DAEMON)
+    executor.invoke(make_spec(code, environment_key="f1:latest:1"), make_request({"daemon": True}))
+    executor.invoke(make_spec(code, environment_key="f2:latest:1"), make_request())
+    assert executor.environment_keys() == {"f1:latest:1", "f2:latest:1"}
+    assert executor.retire(lambda key: key.startswith("f1:"), kill_busy=False) == 1
+    assert executor.environment_keys() == {"f2:latest:1"}
+    # f1's reaper, handler and daemon are gone; f2's reaper and handler stay.
+    assert wait_for(lambda: len(running_sandbox_processes()) == 2)
+    assert executor.invoke(make_spec(code, environment_key="f1:latest:1"), make_request()).is_cold
+
+
+def test_it_retires_a_busy_environment_after_its_call_or_kills_it(executor, tmp_path):
+    code = make_code(tmp_path, DAEMON)
+    gentle, rough = make_spec(code, environment_key="f1:a"), make_spec(code, environment_key="f2:b")
+    results = {}
+    threads = [
+        threading.Thread(target=lambda: results.update(gentle=executor.invoke(gentle, make_request({"sleep": 1})))),
+        threading.Thread(target=lambda: results.update(rough=executor.invoke(rough, make_request({"sleep": 30})))),
+    ]
+    for thread in threads:
+        thread.start()
+    assert wait_for(lambda: executor.health()["busy_environments"] == 2, timeout_s=5)
+    assert executor.retire(lambda key: key == "f1:a", kill_busy=False) == 1
+    t0 = time.monotonic()
+    assert executor.retire(lambda key: key == "f2:b", kill_busy=True) == 1
+    for thread in threads:
+        thread.join(timeout=10)
+    assert time.monotonic() - t0 < 5
+    assert results["gentle"].status == "succeeded"
+    assert results["rough"].status == "crashed"
+    assert executor.environment_keys() == set()
+    assert executor.invoke(gentle, make_request()).is_cold
+
+
+# ---------------------------------------------------------------- evictions and capacity (items 8, 9)
+
+
+def test_it_evicts_without_waiting_for_a_slow_teardown(small_budget, tmp_path, monkeypatch):
+    from functions_app.runtime import cgroups
+
+    original = cgroups.EnvCgroup.remove
+    slow_once = threading.Event()
+
+    def slow_remove(self, timeout_s: float = 2.0) -> bool:
+        if not slow_once.is_set():
+            slow_once.set()
+            time.sleep(2.0)
+        return original(self, timeout_s)
+
+    code = make_code(tmp_path, COUNTER)
+    small_budget.invoke(make_spec(code, environment_key="a"), make_request())
+    small_budget.invoke(make_spec(code, environment_key="b"), make_request())
+    monkeypatch.setattr(cgroups.EnvCgroup, "remove", slow_remove)
+    t0 = time.monotonic()
+    result = small_budget.invoke(make_spec(code, environment_key="c"), make_request())  # evicts "a"
+    assert result.status == "succeeded"
+    assert time.monotonic() - t0 < 1.0
+    assert slow_once.wait(timeout=5)
+    assert small_budget.health()["memory_reserved_mb"] == 256
+
+
+def cgroup_dirs() -> set[str]:
+    return set(glob.glob(f"/sys/fs/cgroup/*/ephemera/env-{os.getpid()}-*"))
+
+
+def test_it_raises_capacity_error_without_leaking_budget_or_a_half_created_environment(small_budget, tmp_path):
+    ex = small_budget
+    code = make_code(tmp_path, DAEMON)
+    dead = ex.invoke(make_spec(code, environment_key="k"), make_request())
+    busy = threading.Thread(target=ex.invoke, args=(make_spec(code, environment_key="x"), make_request({"sleep": 2})))
+    busy.start()
+    assert wait_for(lambda: ex.health()["busy_environments"] == 1)
+    victim = psutil.Process(dead_pid(ex, dead.environment_id))
+    victim.terminate()  # what its reaper gets when its keeper dies: an idle environment gone on its own
+    victim.wait(timeout=5)
+    dead_cgroups = {d for d in cgroup_dirs() if d.endswith(dead.environment_id)}
+    assert dead_cgroups
+    others = cgroup_dirs() - dead_cgroups
+    with pytest.raises(CapacityError):
+        ex.invoke(make_spec(code, environment_key="k", memory_mb=256), make_request())
+    health = ex.health()
+    assert health["memory_reserved_mb"] == 128  # the busy environment's, nothing reserved for the refused call
+    assert health["warm_environments"] == 1
+    assert wait_for(lambda: cgroup_dirs() == others)  # the dead one was torn down, not just forgotten
+    assert not scratch_leftovers(tmp_path / "w")
+    busy.join(timeout=10)
+    assert ex.invoke(make_spec(code, environment_key="k", memory_mb=256), make_request()).status == "succeeded"
+    ex.shutdown()
+    assert not cgroup_dirs()
+
+
+def dead_pid(ex: Executor, environment_id: str) -> int:
+    return next(e.pid for group in ex._envs.values() for e in group if e.id == environment_id)
+
+
+# ---------------------------------------------------------------- Ctrl-C (item 23)
+
+
+def test_it_stops_quietly_when_the_process_group_gets_sigint(tmp_path):
+    code = make_code(tmp_path, COUNTER)
+    script = worker_script(
+        tmp_path / "w",
+        """
+        ex.invoke(spec, InvokeRequest("r", b"{}", "a"))
+        print("ready", flush=True)
+        try:
+            time.sleep(60)
+        except KeyboardInterrupt:
+            ex.shutdown()
+        """,
+        code,
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert worker.stdout.readline().strip() == "ready"
+        time.sleep(0.3)  # the zygote has forked its next spare
+        os.killpg(worker.pid, signal.SIGINT)
+        _, stderr = worker.communicate(timeout=20)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+    assert worker.returncode == 0
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert wait_for(lambda: not sandbox_processes())

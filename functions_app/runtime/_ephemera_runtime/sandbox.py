@@ -4,13 +4,16 @@ Runs in the zygote's children as root until the uid drop. Stdlib only and no
 package-relative imports (the zygote imports it as a top-level module).
 
 Order matters and is the point of this file (zygote.py drives it):
+  0. at start the zygote moves into a mount namespace of its own whose root
+     holds the sandbox's paths (``enter_zygote_root``), the host's under /host;
   1. a zygote child (the "keeper") unshares the pid namespace and forks; only
-     its child lives in the new pid namespace, as pid 1;
+     its child lives in the new pid namespace, as pid 1 (the reaper);
   2. that child unshares the mount, ipc, uts and (unless the function opts in)
-     net namespaces, joins the environment's cgroups, then ``isolate``: a fresh
-     root on a tmpfs, pivot_root, rlimits, the drop to the sandbox uid,
-     no_new_privs and the seccomp filter. It then runs the bootstrap; every
-     process the user's code forks inherits all of it.
+     net namespaces and forks the handler process, which joins the
+     environment's cgroups, then ``isolate``: a fresh root on a tmpfs,
+     pivot_root, rlimits, the drop to the sandbox uid, no_new_privs and the
+     seccomp filter. It then runs the bootstrap; every process the user's code
+     forks inherits all of it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ MS_NODEV = 0x4
 MS_NOEXEC = 0x8
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
+MS_MOVE = 0x2000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
@@ -48,6 +52,7 @@ MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_SECCOMP = 22
+PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 SECCOMP_MODE_FILTER = 2
 
@@ -121,6 +126,10 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
         libc.mount(args[0], args[1], args[2], ctypes.c_ulong(flags), data.encode() if data else None),
         f"mount {target}",
     )
+
+
+def umount(target: str) -> None:
+    _check(libc.umount2(target.encode(), 0), f"umount {target}")
 
 
 def bind_readonly(source: str, target: str) -> None:
@@ -227,12 +236,26 @@ def _write_identity(root: str, uid: int, gid: int) -> None:
         f.write(f"root:x:0:\nsbx_user:x:{gid}:\n")
 
 
-def _populate_root(root: str, spec: dict) -> None:
-    for d in ("usr", "proc", "dev", "tmp", "etc/ssl/certs", "var/task", "var/runtime"):
-        os.makedirs(f"{root}/{d}", exist_ok=True)
+def _mirror_links(root: str) -> None:
+    # Merged-/usr hosts link /bin, /lib… into /usr; the interpreter expects them.
     for link in ("bin", "lib", "lib64", "sbin"):
         if os.path.islink(f"/{link}"):
             os.symlink(os.readlink(f"/{link}"), f"{root}/{link}")
+
+
+def _mount_tmp(root: str, spec: dict) -> None:
+    """The function's private /tmp: its own ext4 (sized on disk, prepared by the reaper), else a tmpfs."""
+    tmp = f"{root}/tmp"  # noqa: S108 - the path is inside the new root
+    if spec.get("scratch"):
+        mount(spec["scratch"], tmp, None, MS_MOVE)
+    else:
+        mount("tmpfs", tmp, "tmpfs", MS_NOSUID | MS_NODEV, f"size={spec['tmp_mb']}m,mode=1777")
+
+
+def _populate_root(root: str, spec: dict) -> None:
+    for d in ("usr", "proc", "dev", "tmp", "etc/ssl/certs", "var/task", "var/runtime"):
+        os.makedirs(f"{root}/{d}", exist_ok=True)
+    _mirror_links(root)
     bind_readonly("/usr", f"{root}/usr")
     _write_identity(root, spec["uid"], spec["gid"])
     for path in _ETC_FILES:
@@ -244,11 +267,9 @@ def _populate_root(root: str, spec: dict) -> None:
             bind_readonly(path, root + path)
     bind_readonly(spec["code_dir"], f"{root}/var/task")
     bind_readonly(spec["runtime_dir"], f"{root}/var/runtime")
-    # The function's private, size-capped /tmp (the path is inside the new root).
-    tmp = f"{root}/tmp"  # noqa: S108
-    mount("tmpfs", tmp, "tmpfs", MS_NOSUID | MS_NODEV, f"size={spec['tmp_mb']}m,mode=1777")
-    # Layers appear at their host path: modules pre-imported in the zygote
-    # (botocore finds its data files next to __file__) must keep working.
+    _mount_tmp(root, spec)
+    # Layers appear where the zygote imported them from (/opt/python…):
+    # botocore finds its data files next to __file__.
     for layer in spec["layer_dirs"]:
         os.makedirs(root + layer, exist_ok=True)
         bind_readonly(layer, root + layer)
@@ -258,6 +279,34 @@ def _populate_root(root: str, spec: dict) -> None:
         mount(None, f"{root}/dev/{dev}", None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NOEXEC)
     # A fresh procfs for the new pid namespace: only the sandbox's own processes.
     mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def enter_zygote_root(root: str, readonly: dict[str, str], writable: dict[str, str]) -> None:
+    """Give the zygote the sandbox's own paths before it imports anything (once, at its start).
+
+    A private mount namespace whose root is a small tmpfs at ``root``: /usr and
+    /etc read-only, /dev, /proc and /sys as on the host, then ``readonly`` and
+    ``writable`` ({path here: host path}), e.g. the runtime at /var/runtime and
+    a layer at /opt/python; the host's own root stays reachable under /host.
+    Modules imported afterwards keep these paths in ``__file__``, and so does
+    every environment forked later; /rootfs and /scratch are mount points for
+    the environments' roots and /tmp filesystems.
+    """
+    unshare(CLONE_NEWNS)
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    for d in ("host", "rootfs", "scratch"):
+        os.makedirs(f"{root}/{d}")
+    _mirror_links(root)
+    for target, source in {"/usr": "/usr", "/etc": "/etc", **readonly}.items():
+        os.makedirs(root + target, exist_ok=True)
+        bind_readonly(source, root + target)
+    for target, source in {"/dev": "/dev", "/proc": "/proc", "/sys": "/sys", **writable}.items():
+        os.makedirs(root + target, exist_ok=True)
+        mount(source, root + target, None, MS_BIND | MS_REC)
+    os.chdir(root)
+    _check(libc.syscall(ARCH["pivot_root"], b".", b"host"), "pivot_root")
+    os.chdir("/")
 
 
 def build_root(spec: dict) -> None:

@@ -4,8 +4,8 @@ A frame is a 4-byte big-endian length followed by that many bytes. Messages are
 pairs of frames: a small JSON header, then a raw body (the event or the result),
 so large payloads are never JSON-encoded twice.
 
-Stdlib only, no package-relative imports: the zygote imports this module as a
-top-level module under ``python3 -I -S``.
+Stdlib only: the worker imports it from the package, the sandbox from
+/var/runtime/_ephemera_runtime.
 """
 
 from __future__ import annotations
@@ -16,10 +16,32 @@ import struct
 
 _HEADER = struct.Struct(">I")
 MAX_FRAME = 64 << 20  # larger than any payload limit; guards against a corrupt length
+RESPONSE_TOO_LARGE = "Function.ResponseSizeTooLarge"
+
+
+def error(error_type: str, message: str, stack: list[str] | None = None) -> dict:
+    """Lambda's error object, as a function's caller sees it."""
+    return {"errorMessage": message, "errorType": error_type, "stackTrace": stack or []}
+
+
+def response_too_large(size: int | None, limit: int) -> dict:
+    """Lambda's error for an oversized result; ``size`` is None when the worker cut it off unmeasured."""
+    measured = f" ({size} bytes)" if size is not None else ""
+    message = f"Response payload size{measured} exceeded maximum allowed payload size ({limit} bytes)."
+    return error(RESPONSE_TOO_LARGE, message)
 
 
 class ProtocolError(Exception):
     """The peer sent something that is not a frame, or hung up mid-frame."""
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame longer than the reader accepts; ``size`` is the length the peer declared."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"frame of {size} bytes exceeds {limit}")
+        self.size = size
+        self.limit = limit
 
 
 def encode(header: dict, body: bytes = b"") -> bytes:
@@ -56,13 +78,32 @@ def read_message(fd: int) -> tuple[dict, bytes]:
 
 
 class MessageBuffer:
-    """Incremental decoder for a non-blocking reader (the worker side)."""
+    """Incremental decoder for a non-blocking reader (the worker side).
 
-    def __init__(self) -> None:
+    ``max_header`` and ``max_body`` bound the frames of the next message: a frame
+    declared longer is refused as soon as its length prefix arrives, so a hostile
+    sandbox cannot make the worker hold a payload it will not accept anyway.
+    """
+
+    def __init__(self, max_header: int = MAX_FRAME, max_body: int = MAX_FRAME) -> None:
         self._buf = bytearray()
+        self.max_header = max_header
+        self.max_body = max_body
 
     def feed(self, data: bytes) -> None:
         self._buf += data
+        self._check_lengths()
+
+    def _check_lengths(self) -> None:
+        if len(self._buf) < 4:
+            return
+        (head,) = _HEADER.unpack_from(self._buf, 0)
+        if head > self.max_header:
+            raise FrameTooLarge(head, self.max_header)
+        if len(self._buf) >= 8 + head:
+            (body,) = _HEADER.unpack_from(self._buf, 4 + head)
+            if body > self.max_body:
+                raise FrameTooLarge(body, self.max_body)
 
     def _frame_at(self, offset: int) -> tuple[bytes, int] | None:
         if len(self._buf) < offset + 4:

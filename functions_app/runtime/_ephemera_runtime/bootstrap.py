@@ -1,13 +1,17 @@
 """The in-sandbox runtime: imports the handler once, then serves invocations.
 
 Runs in the environment's handler process, already isolated. Stdlib only; it is
-pre-imported by the zygote (``python3 -I -S``), so it must not import the package.
+pre-imported by the zygote (``python3 -I -S``).
 
 Messages (see protocol.py), each a JSON header plus a raw body:
   -> worker  {"type": "ready", "init_error": null | {...}}            body: b""
-  <- worker  {"request_id", "arn", "attempt", "deadline_ms"}          body: event JSON
+  <- worker  {"request_id", "arn", "attempt", "deadline_ms",
+              "response_max_bytes"}                                  body: event JSON
   -> worker  {"type": "result", "ok", "error_type", "duration_ms",
               "cpu_ms", "maxrss_kb"}                                 body: result JSON or error JSON
+
+A handler (or its module) that exits, by ``sys.exit`` or ``os._exit``, ends the
+process with that status, which the reaper reports to the worker.
 """
 
 from __future__ import annotations
@@ -17,11 +21,16 @@ import io
 import json
 import os
 import resource
+import signal
 import sys
 import time
 import traceback
 
-import protocol
+from . import protocol
+
+# Top-level names of the modules the zygote pre-imported from layers (set by the zygote).
+LAYER_MODULES: frozenset[str] = frozenset()
+_INIT_MESSAGE_CAP = 64 << 10  # an init error travels in a frame header, which the worker keeps small
 
 
 class LambdaContext:
@@ -46,8 +55,21 @@ class LambdaContext:
         return max(int(self._deadline_ms - time.time() * 1000), 0)
 
 
-def _error(error_type: str, message: str, stack: list[str] | None = None) -> dict:
-    return {"errorMessage": message, "errorType": error_type, "stackTrace": stack or []}
+def exit_code(exc: SystemExit) -> int:
+    """The status Python itself would exit with for ``exc``."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code & 0xFF
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def _exit(exc: SystemExit) -> None:
+    code = exit_code(exc)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _user_frames(exc: BaseException) -> list[str]:
@@ -60,22 +82,26 @@ def load_handler(handler: str) -> tuple[object | None, dict | None]:
     """Import ``module.function`` (or ``pkg/mod.function``); Lambda's error types on failure."""
     module_name, _, function_name = handler.rpartition(".")
     if not module_name or not function_name:
-        return None, _error("Runtime.MalformedHandlerName", f"Bad handler '{handler}': not enough values to unpack")
+        message = f"Bad handler '{handler}': not enough values to unpack"
+        return None, protocol.error("Runtime.MalformedHandlerName", message)
     module_name = module_name.replace("/", ".")
     try:
         module = importlib.import_module(module_name)
+    except SystemExit as exc:
+        _exit(exc)
     except SyntaxError as exc:
         detail = f"{exc.msg} ({os.path.basename(exc.filename or '?')}, line {exc.lineno})"
-        return None, _error(
+        return None, protocol.error(
             "Runtime.UserCodeSyntaxError", f"Syntax error in module '{module_name}': {detail}", _user_frames(exc)
         )
     except ImportError as exc:
-        return None, _error("Runtime.ImportModuleError", f"Unable to import module '{module_name}': {exc}")
+        return None, protocol.error("Runtime.ImportModuleError", f"Unable to import module '{module_name}': {exc}")
     except Exception as exc:  # noqa: BLE001 - module-level user code may raise anything
-        return None, _error(type(exc).__name__, str(exc), _user_frames(exc))
+        return None, protocol.error(type(exc).__name__, str(exc), _user_frames(exc))
     function = getattr(module, function_name, None)
     if not callable(function):
-        return None, _error("Runtime.HandlerNotFound", f"Handler '{function_name}' missing on module '{module_name}'")
+        message = f"Handler '{function_name}' missing on module '{module_name}'"
+        return None, protocol.error("Runtime.HandlerNotFound", message)
     return function, None
 
 
@@ -92,24 +118,35 @@ def _cpu_backstop(timeout_s: float) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (used + int(timeout_s) + 2, resource.RLIM_INFINITY))
 
 
-def invoke(function: object, header: dict, event_bytes: bytes) -> tuple[dict, bytes]:
+def _call(function: object, header: dict, event_bytes: bytes) -> tuple[bool, str | None, bytes]:
     context = LambdaContext(header)
-    cpu0, t0 = _cpu_seconds(), time.perf_counter()
-    ok, error_type = True, None
     try:
         event = json.loads(event_bytes) if event_bytes else None
         result = function(event, context)
         try:
-            body = json.dumps(result).encode()
+            return True, None, json.dumps(result).encode()
         except (TypeError, ValueError, RecursionError) as exc:
-            ok, error_type = False, "Runtime.MarshalError"
-            body = json.dumps(_error(error_type, f"Unable to marshal response: {exc}")).encode()
+            error_type = "Runtime.MarshalError"
+            error = protocol.error(error_type, f"Unable to marshal response: {exc}")
+            return False, error_type, json.dumps(error).encode()
+    except SystemExit as exc:
+        _exit(exc)
     except Exception as exc:  # noqa: BLE001 - any handler exception is a function error
-        ok, error_type = False, type(exc).__name__
-        payload = _error(error_type, str(exc), _user_frames(exc))
+        error_type = type(exc).__name__
+        payload = protocol.error(error_type, str(exc), _user_frames(exc))
         payload["requestId"] = header["request_id"]
         print(f"[ERROR] {error_type}: {exc}", file=sys.stderr)
-        body = json.dumps(payload).encode()
+        return False, error_type, json.dumps(payload).encode()
+
+
+def invoke(function: object, header: dict, event_bytes: bytes) -> tuple[dict, bytes]:
+    cpu0, t0 = _cpu_seconds(), time.perf_counter()
+    ok, error_type, body = _call(function, header, event_bytes)
+    limit = header["response_max_bytes"]
+    if len(body) > limit:
+        # Refused here, before a byte crosses the pipe; the worker would cut it off anyway.
+        ok, error_type = False, protocol.RESPONSE_TOO_LARGE
+        body = json.dumps(protocol.response_too_large(len(body), limit)).encode()
     duration_ms = (time.perf_counter() - t0) * 1000
     meta = {
         "type": "result",
@@ -120,21 +157,6 @@ def invoke(function: object, header: dict, event_bytes: bytes) -> tuple[dict, by
         "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }
     return meta, body
-
-
-def _reap_orphans() -> None:
-    """As pid 1 we inherit every orphan; reap the dead so they do not fill pids.max.
-
-    The cost: a child the handler started but did not wait for is reaped here,
-    and a later Popen.wait() sees returncode 0 (Python's ECHILD fallback).
-    """
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 def _redirect_output(log_fd: int) -> None:
@@ -153,6 +175,28 @@ def _redirect_output(log_fd: int) -> None:
         setattr(sys, f"__{name}__", stream)
 
 
+def _bundled_names(task_root: str) -> set[str]:
+    """Top-level names the function's code provides: ``boto3/``, ``six.py``, ``x.cpython-311-….so``…"""
+    try:
+        return {entry.partition(".")[0] for entry in os.listdir(task_root)}
+    except OSError:
+        return set()
+
+
+def _forget_layer_modules(layer_dirs: list[str]) -> None:
+    """Drop every pre-imported layer module, so imports resolve on sys.path again, /var/task first.
+
+    All of them, not only the shadowed one: a bundled botocore must not be
+    mixed with the layer's boto3 that already holds the old one. Only functions
+    that bundle such a package pay for it, with a slower cold start.
+    """
+    prefixes = tuple(f"{layer}/" for layer in layer_dirs)
+    for name, module in list(sys.modules.items()):
+        paths = [getattr(module, "__file__", None) or "", *(getattr(module, "__path__", None) or [])]
+        if any(path.startswith(prefixes) for path in paths):
+            del sys.modules[name]
+
+
 def _prepare_process(init: dict) -> None:
     # The zygote's environment (already empty) is replaced wholesale: putenv
     # happens too, so subprocesses see exactly the function's variables.
@@ -162,7 +206,11 @@ def _prepare_process(init: dict) -> None:
     os.chdir(task_root)
     sys.path[:] = [task_root, *init["layer_dirs"], *[p for p in sys.path if p.startswith("/usr/lib/python3")]]
     sys.argv = ["/var/runtime/bootstrap"]
+    if LAYER_MODULES & _bundled_names(task_root):
+        _forget_layer_modules(init["layer_dirs"])
     importlib.invalidate_caches()
+    # The zygote ignores SIGINT (the worker's Ctrl-C is not ours); the function gets Python's usual behaviour.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def serve(init: dict, req_fd: int, resp_fd: int, log_fd: int) -> None:
@@ -172,6 +220,7 @@ def serve(init: dict, req_fd: int, resp_fd: int, log_fd: int) -> None:
     function, init_error = load_handler(init["handler"])
     if init_error:
         print(f"[ERROR] {init_error['errorType']}: {init_error['errorMessage']}", file=sys.stderr)
+        init_error["errorMessage"] = init_error["errorMessage"][:_INIT_MESSAGE_CAP]
     sys.stderr.flush()
     protocol.write_all(resp_fd, protocol.encode({"type": "ready", "init_error": init_error}))
     while True:
@@ -195,4 +244,3 @@ def serve(init: dict, req_fd: int, resp_fd: int, log_fd: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         protocol.write_all(resp_fd, protocol.encode(meta, body))
-        _reap_orphans()
