@@ -66,6 +66,9 @@ logger = logging.getLogger(__name__)
 
 SYNC_PAYLOAD_MAX_BYTES = 6 * 1024 * 1024  # Lambda: 6 MB request and response (sync)
 ASYNC_PAYLOAD_MAX_BYTES = 1024 * 1024  # Lambda: 1 MB (Event)
+# Lambda's response limit, for async calls too (a result past it is Function.ResponseSizeTooLarge, never stored);
+# an async result reaches a destination inside its record, which destination_payload keeps within 1 MB.
+RESPONSE_MAX_BYTES = SYNC_PAYLOAD_MAX_BYTES
 LOG_TAIL_BYTES = 4096  # Lambda's LogType=Tail
 REPLY_KEY = "ephemera:reply:{id}"
 REPLY_TTL_S = 120
@@ -545,6 +548,7 @@ def invocation_run(*, invocation_id: str, executor: Any) -> Invocation | None:
             event=invocation.payload.encode(),
             invoked_function_arn=function_arn(invocation),
             attempt=invocation.attempt,
+            response_max_bytes=RESPONSE_MAX_BYTES,
         )
         spec = function_spec(invocation)  # on a host's first call of new code: its download and extraction
         invocation.prepare_ms = (time.perf_counter() - claimed_at) * 1000

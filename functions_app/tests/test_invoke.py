@@ -203,3 +203,60 @@ def test_a_sync_call_longer_than_the_redis_socket_timeout_gets_its_result(api, w
     response = invoke(api, name="slow", event={"s": 7})
     assert response.status_code == 200, response.content
     assert response.json() == {"slept": 7}
+
+
+def test_a_result_over_six_megabytes_is_a_function_error_and_is_never_stored(api, worker):
+    create(api, name="big", source="def handler(event, context):\n    return 'x' * (7 * 1024 * 1024)\n")
+    response = invoke(api, name="big")
+    assert response.status_code == 200 and response["X-Function-Error"] == "Unhandled"
+    body = response.json()
+    assert body["errorType"] == "Function.ResponseSizeTooLarge" and "6291456 bytes" in body["errorMessage"]
+    row = Invocation.objects.get(pk=response["X-Invocation-Id"])
+    assert row.status == "failed" and len(row.result) < 1024
+
+
+def environment_cgroups(environment_id: str) -> list[str]:
+    import glob
+
+    return glob.glob(f"/sys/fs/cgroup/*/ephemera/env-*-{environment_id}") + glob.glob(
+        f"/sys/fs/cgroup/ephemera/env-*-{environment_id}"
+    )
+
+
+def wait_until(predicate, timeout_s: float = 10) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+DAEMON = """
+import subprocess
+
+def handler(event, context):
+    subprocess.Popen(["/usr/bin/python3", "-c", "import time\\nwhile True: time.sleep(0.1)"])
+    return "started"
+"""
+
+
+def test_deleting_a_function_destroys_its_environments_and_their_daemons_at_once(api, worker):
+    create(api, name="daemon", source=DAEMON)
+    first = invoke(api, name="daemon")
+    environment = Invocation.objects.get(pk=first["X-Invocation-Id"]).environment_id
+    assert environment_cgroups(environment), "the environment has no cgroup to watch"
+    assert api.delete("/api/v1/functions/daemon/").status_code == 204
+    assert wait_until(lambda: not environment_cgroups(environment), timeout_s=10)
+
+
+def test_changing_a_functions_configuration_retires_its_old_environments_at_once(api, worker):
+    create(api, name="changing", source=DAEMON)
+    first = invoke(api, name="changing")
+    environment = Invocation.objects.get(pk=first["X-Invocation-Id"]).environment_id
+    assert api.patch("/api/v1/functions/changing/", {"memory_mb": 256}, format="json").status_code == 200
+    assert wait_until(lambda: not environment_cgroups(environment), timeout_s=10)
+    again = invoke(api, name="changing")
+    assert again["X-Cold-Start"] == "true" and again.status_code == 200
