@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint format bench chaos install system-deps browser-deps
+.PHONY: run test lint format bench chaos install system-deps browser-deps screenshots
 
 # RUN_ARGS passes options on: `make run RUN_ARGS=--verbose`, `make run RUN_ARGS=--reset-demo-password`.
 run: install
@@ -14,6 +14,10 @@ run: install
 
 test: install browser-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Refreshes docs/screenshots (what the README shows) from the browser test.
+screenshots: install browser-deps
+	EPHEMERA_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest functions_app/tests/test_browser.py -q
 
 lint: install
 	$(BIN)/ruff check .

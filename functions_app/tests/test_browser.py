@@ -1,7 +1,7 @@
 """The console in a real browser: headless Chromium (Playwright) against a live server and a real worker.
 
 Needs the system's Chromium at /usr/bin/chromium (Debian package ``chromium``); ``playwright install`` is not
-used. Screenshots of the main pages go to docs/screenshots/.
+used. Screenshots of the main pages go to var/test/screenshots/, or docs/screenshots/ with `make screenshots`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOTS = Path(settings.BASE_DIR) / "docs" / "screenshots"
+# `make screenshots` writes them into docs/screenshots (what the README shows); a plain test run keeps them under
+# var/, so running the suite never changes tracked files.
+SCREENSHOTS = Path(os.environ.get("EPHEMERA_SCREENSHOTS_DIR") or settings.VAR_DIR / "screenshots")
 # Generous because two cores are shared with other test runs; these bound waits, they do not measure anything.
 WAIT_MS = 60_000
 
@@ -151,7 +153,8 @@ def test_a_user_creates_tests_and_monitors_a_function_in_the_browser(page, live_
     # The invocation's own page: status, timeline and log.
     page.click("#result-panel dd a")
     expect(page.locator("#invocation-body .badge").first).to_have_text("Succeeded")
-    expect(page.locator(".timeline .phase")).to_have_count(3)
+    # A cold call goes through every phase, from the queue to the answer.
+    expect(page.locator(".timeline .phase")).to_have_count(5)
     expect(page.locator("#invocation-log")).to_contain_text("greeting Ada")
     shot(page, "05-invocation")
 
