@@ -82,12 +82,13 @@ def other_user(make_user: Any) -> Any:
 
 
 def _token_client(account: Any) -> Any:
-    from rest_framework.authtoken.models import Token
     from rest_framework.test import APIClient
 
+    from console.accounts import api_key_create
+
     client = APIClient()
-    token, _ = Token.objects.get_or_create(user=account)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    _, key = api_key_create(owner=account, name="tests")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
     return client
 
 

@@ -42,15 +42,15 @@ def free_port() -> int:
 
 def seed() -> str:
     from django.contrib.auth import get_user_model
-    from rest_framework.authtoken.models import Token
 
+    from console.accounts import api_key_create
     from functions_app import services
 
     user = get_user_model().objects.create_user("bench")
     services.function_create(
         owner=user, name="noop", handler="app.handler", code=services.CodeUpload(files={"app.py": NOOP})
     )
-    return Token.objects.create(user=user).key
+    return api_key_create(owner=user, name="tests")[1]
 
 
 def spawn(command: list[str], **env: str) -> subprocess.Popen:

@@ -1,20 +1,80 @@
-"""A console user's API token: the DRF ``authtoken`` key that ``Authorization: Token …`` carries. One token per
-user, shown on the account page; resetting it revokes the old key at once (the row's key is its primary key)."""
+"""API keys: made, listed, revoked and checked. A key is ``eph_<prefix>_<secret>``; only its SHA-256 and prefix
+are stored, so a key is shown once, when it is made, and a database dump holds nothing that authenticates.
+
+A user may hold several keys, each with a name, an optional expiry and a last-used time. Keys made by DRF's
+``authtoken`` before these existed (40 hex characters) were moved here by hash, so they keep working.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
-from rest_framework.authtoken.models import Token
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from console.exceptions import ResourceNotFound, ServiceError
+from console.models import ApiKey
+
+KEY_PREFIX = "eph_"
+NAME_MAX = 64
+KEYS_PER_USER_MAX = 50
+# A key's last-used time is written at most this often: a request per second must not be a write per second.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
-def api_token_get(*, user: AbstractBaseUser) -> str | None:
-    token = Token.objects.filter(user=user).first()
-    return token.key if token else None
+def key_sha256(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
-@transaction.atomic
-def api_token_reset(*, user: AbstractBaseUser) -> str:
-    """A new key for the user (their first, or one replacing the old, which stops working)."""
-    Token.objects.filter(user=user).delete()
-    return Token.objects.create(user=user).key
+def api_key_create(*, owner: AbstractBaseUser, name: str, expires_at: datetime | None = None) -> tuple[ApiKey, str]:
+    """A new key for ``owner``: the row, and the key itself (shown this once, never stored)."""
+    name = name.strip() if isinstance(name, str) else name
+    if not isinstance(name, str) or not name or len(name) > NAME_MAX:
+        raise ServiceError(f"name: Give the key a name of 1 to {NAME_MAX} characters.", details={"name": ["Required."]})
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ServiceError("expires_at: Must be in the future.", details={"expires_at": ["Must be in the future."]})
+    if api_key_list(owner=owner, active_only=True).count() >= KEYS_PER_USER_MAX:
+        raise ServiceError(f"You hold {KEYS_PER_USER_MAX} active API keys; revoke one first.", type="LimitExceeded")
+    prefix = secrets.token_hex(4)
+    key = f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    api_key = ApiKey.objects.create(
+        owner=owner, name=name, prefix=prefix, key_sha256=key_sha256(key), expires_at=expires_at
+    )
+    return api_key, key
+
+
+def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+    """The key stops working at once; its row stays (who made it, when it was last used) until the owner goes."""
+    if api_key.revoked_at is None:
+        api_key.revoked_at = timezone.now()
+        ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=api_key.revoked_at)
+    return api_key
+
+
+def api_key_list(*, owner: AbstractBaseUser, active_only: bool = False) -> QuerySet[ApiKey]:
+    keys = ApiKey.objects.filter(owner=owner)
+    if active_only:
+        now = timezone.now()
+        keys = keys.filter(revoked_at__isnull=True).exclude(expires_at__lte=now)
+    return keys
+
+
+def api_key_get(*, owner: AbstractBaseUser, pk: int) -> ApiKey:
+    try:
+        return ApiKey.objects.get(owner=owner, pk=pk)
+    except ApiKey.DoesNotExist:
+        raise ResourceNotFound(f"API key not found: {pk}") from None
+
+
+def api_key_authenticate(*, key: str) -> AbstractBaseUser | None:
+    """The active user a presented key belongs to, or None. Looked up by hash, so timing says nothing of a key."""
+    api_key = ApiKey.objects.select_related("owner").filter(key_sha256=key_sha256(key)).first()
+    if api_key is None or not api_key.is_active or not api_key.owner.is_active:
+        return None
+    now = timezone.now()
+    if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
+        ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+    return api_key.owner

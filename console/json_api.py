@@ -1,5 +1,6 @@
-"""JSON in and out of the REST API: fields that take only their own JSON type, a parser that refuses what is not
-text, and serializers that show stored JSON text as the JSON value it holds."""
+"""JSON in and out of the REST API, shared by every app's API: fields that take only their own JSON type, a parser
+that refuses what is not text, serializers that show stored JSON text as the JSON value it holds, pagination,
+and the error schema."""
 
 from __future__ import annotations
 
@@ -7,10 +8,17 @@ import json
 import re
 from typing import Any
 
+from django.db.models import QuerySet
+from drf_spectacular.utils import inline_serializer
 from rest_framework import serializers
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
+from rest_framework.request import Request
+from rest_framework.response import Response
 from rest_framework.views import APIView
+
+from console.exceptions import ServiceError
+from console.pagination import Pagination
 
 # ---- JSON in ------------------------------------------------------------------------------------------------
 # DRF's fields coerce: "yes" becomes true, "256" becomes 256, 123 becomes "123", " x " becomes "x". The API's
@@ -92,6 +100,15 @@ class StrictJSONParser(JSONParser):
         return data
 
 
+def json_body(serializer_class: type[serializers.Serializer], request: Request, **kwargs: Any) -> dict[str, Any]:
+    """The request's JSON object, validated by ``serializer_class`` (a StrictSerializer: unknown fields refused)."""
+    if not isinstance(request.data, dict):
+        raise ServiceError("The request body must be a JSON object.", type="InvalidRequestContent")
+    serializer = serializer_class(data=request.data, **kwargs)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
 class JsonApi(APIView):
     """Request bodies are JSON; any other content type is 415 naming the one to send (see console.exceptions)."""
 
@@ -141,3 +158,38 @@ def unparsed_field() -> serializers.SerializerMethodField:
         help_text="The fields whose stored text is not valid JSON (e.g. a record cut short) or holds a lone "
         "surrogate (\\ud800), with that text; those fields are then null. Normally empty."
     )
+
+
+# ---- pages and errors ------------------------------------------------------------------------------------
+
+ErrorSerializer = inline_serializer(
+    "Error",
+    fields={
+        "type": serializers.CharField(help_text="Stable error type, e.g. InvalidParameterValue."),
+        "message": serializers.CharField(help_text="A human sentence."),
+        "details": serializers.JSONField(help_text="Per-field problems or extra facts."),
+    },
+)
+
+
+def paginated_of(serializer_class: type[serializers.Serializer]) -> serializers.Serializer:
+    """The schema of a page of results (LimitOffsetPagination's envelope)."""
+    name = serializer_class.__name__.removesuffix("Serializer").removesuffix("Output")
+    return inline_serializer(
+        f"Paginated{name}List",
+        fields={
+            "count": serializers.IntegerField(),
+            "next": serializers.URLField(allow_null=True),
+            "previous": serializers.URLField(allow_null=True),
+            "results": serializer_class(many=True),
+        },
+    )
+
+
+ERRORS = {code: ErrorSerializer for code in (400, 401, 403, 404, 409, 412, 413, 415)}
+
+
+def paginated(request: Request, view: APIView, items: QuerySet, output: type[serializers.Serializer]) -> Response:
+    paginator = Pagination()
+    page = paginator.paginate_queryset(items, request, view=view)
+    return paginator.get_paginated_response(output(page, many=True).data)

@@ -7,8 +7,8 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from rest_framework.authtoken.models import Token
 
+from console.accounts import api_key_create
 from functions_app import services
 from functions_app.models import Function
 
@@ -25,7 +25,7 @@ def lambda_handler(event, context):
 
 @transaction.atomic
 def demo_seed(*, reset_password: bool = False) -> dict[str, Any]:
-    """Create the demo user, their API token and a `hello` function once; later calls change nothing, except a
+    """Create the demo user, their first API key and a `hello` function once; later calls change nothing, except a
     new password when ``reset_password`` is asked for (the way back in for an operator who lost it).
 
     The demo user is staff: an embedded install has one operator, the person who ran it (and who can read every
@@ -42,7 +42,8 @@ def demo_seed(*, reset_password: bool = False) -> dict[str, Any]:
         password = secrets.token_urlsafe(12)
         user.set_password(password)
         user.save(update_fields=["password"])
-    token, _ = Token.objects.get_or_create(user=user)
+    # Keys are stored by hash: the demo key can be shown only when it is made, on the first run.
+    key = api_key_create(owner=user, name="demo (first run)")[1] if created else None
     if not Function.objects.filter(owner=user, name="hello").exists():
         services.function_create(
             owner=user,
@@ -55,6 +56,6 @@ def demo_seed(*, reset_password: bool = False) -> dict[str, Any]:
         "created": created,
         "username": DEMO_USERNAME,
         "password": password,
-        "token": token.key,
+        "token": key,
         "is_staff": user.is_staff,
     }

@@ -15,14 +15,18 @@ def home(request: HttpRequest) -> HttpResponse:
 
 def healthz(request: HttpRequest) -> JsonResponse:
     """The platform's health: the database and Redis reachable, at least one executor host reporting, and the
-    sweeper (the control worker) running on time. 503 when any of them is not, naming which."""
+    sweeper (the control worker) running on time. 503 when any of them is not, naming which. Staff also see each
+    executor host's sandbox report."""
     checks = {"database": _database_ok(), "redis": _redis_ok()}
     executors = _executors() if checks["redis"] else []
     if checks["redis"]:
         checks["executors"] = bool(executors)
         checks["sweeper"] = _sweeper_ok()
     healthy = all(checks.values())
-    body = {"status": "ok" if healthy else "degraded", "checks": checks, "executors": executors}
+    body: dict = {"status": "ok" if healthy else "degraded", "checks": checks}
+    if request.user.is_authenticated and request.user.is_staff:
+        # Which hosts run, and their sandbox tier and its shortcomings, tell an attacker what to aim at.
+        body["executors"] = executors
     return JsonResponse(body, status=200 if healthy else 503)
 
 

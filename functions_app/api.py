@@ -7,16 +7,15 @@ import binascii
 import re
 from typing import Any
 
-from django.db.models import QuerySet
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from console.exceptions import ServiceError
 from console.json_api import (
+    ERRORS,
     Boolean,
     Integer,
     JsonApi,
@@ -26,9 +25,11 @@ from console.json_api import (
     StrictSerializer,
     Text,
     Uuid,
+    json_body,
+    paginated,
+    paginated_of,
     unparsed_field,
 )
-from console.pagination import Pagination
 from functions_app import selectors, services
 from functions_app.models import LATEST, Alias, Function, Version
 from functions_app.secrets import env_masked
@@ -51,14 +52,6 @@ class VersionNumber(serializers.Field):
 
     def to_representation(self, value: int) -> str:
         return str(value)
-
-
-def _body(serializer_class: type[serializers.Serializer], request: Request, **kwargs: Any) -> dict[str, Any]:
-    if not isinstance(request.data, dict):
-        raise ServiceError("The request body must be a JSON object.", type="InvalidRequestContent")
-    serializer = serializer_class(data=request.data, **kwargs)
-    serializer.is_valid(raise_exception=True)
-    return dict(serializer.validated_data)
 
 
 # ---- serializers --------------------------------------------------------------------------------------------
@@ -228,39 +221,6 @@ class TestEventOutputSerializer(JsonTextSerializer):
     unparsed = unparsed_field()
 
 
-ErrorSerializer = inline_serializer(
-    "Error",
-    fields={
-        "type": serializers.CharField(help_text="Stable error type, e.g. InvalidParameterValue."),
-        "message": serializers.CharField(help_text="A human sentence."),
-        "details": serializers.JSONField(help_text="Per-field problems or extra facts."),
-    },
-)
-
-
-def paginated_of(serializer_class: type[serializers.Serializer]) -> serializers.Serializer:
-    """The schema of a page of results (LimitOffsetPagination's envelope)."""
-    name = serializer_class.__name__.removesuffix("Serializer").removesuffix("Output")
-    return inline_serializer(
-        f"Paginated{name}List",
-        fields={
-            "count": serializers.IntegerField(),
-            "next": serializers.URLField(allow_null=True),
-            "previous": serializers.URLField(allow_null=True),
-            "results": serializer_class(many=True),
-        },
-    )
-
-
-ERRORS = {code: ErrorSerializer for code in (400, 401, 403, 404, 409, 412, 413, 415)}
-
-
-def paginated(request: Request, view: APIView, items: QuerySet, output: type[serializers.Serializer]) -> Response:
-    paginator = Pagination()
-    page = paginator.paginate_queryset(items, request, view=view)
-    return paginator.get_paginated_response(output(page, many=True).data)
-
-
 # ---- views --------------------------------------------------------------------------------------------------
 
 
@@ -287,7 +247,7 @@ class FunctionListApi(JsonApi):
         responses={201: FunctionOutputSerializer, **ERRORS},
     )
     def post(self, request: Request) -> Response:
-        data = _body(FunctionCreateSerializer, request)
+        data = json_body(FunctionCreateSerializer, request)
         code = code_upload_from(data.pop("code"))
         function = services.function_create(owner=request.user, code=code, **data)
         return Response(FunctionOutputSerializer(function).data, status=status.HTTP_201_CREATED)
@@ -306,7 +266,7 @@ class FunctionDetailApi(JsonApi):
     )
     def patch(self, request: Request, name: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
-        data = _body(FunctionUpdateSerializer, request)
+        data = json_body(FunctionUpdateSerializer, request)
         function = services.function_update_configuration(function=function, **data)
         return Response(FunctionOutputSerializer(function).data)
 
@@ -333,12 +293,12 @@ class FunctionCodeApi(JsonApi):
 
     def _code_from(self, request: Request) -> tuple[services.CodeUpload, str | None]:
         if request.content_type.startswith("multipart/"):
-            data = _body(CodeUploadSerializer, request)
+            data = json_body(CodeUploadSerializer, request)
             upload = data["zip"]
             if upload.size > services.code_pkg.ZIPPED_MAX_BYTES:
                 raise services.RequestTooLarge(f"The zip is {upload.size} bytes; the limit is 50 MB.")
             return services.CodeUpload(zip_bytes=upload.read()), data.get("revision_id")
-        data = _body(CodeUpdateSerializer, request)
+        data = json_body(CodeUpdateSerializer, request)
         return code_upload_from(data), data.get("revision_id")
 
 
@@ -357,7 +317,7 @@ class VersionListApi(JsonApi):
     )
     def post(self, request: Request, name: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
-        data = _body(PublishSerializer, request)
+        data = json_body(PublishSerializer, request)
         version, created = services.version_publish(function=function, **data)
         return Response(VersionOutputSerializer(version).data, status=201 if created else 200)
 
@@ -380,7 +340,7 @@ class AliasListApi(JsonApi):
     )
     def post(self, request: Request, name: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
-        alias: Alias = services.alias_create(function=function, **_body(AliasCreateSerializer, request))
+        alias: Alias = services.alias_create(function=function, **json_body(AliasCreateSerializer, request))
         return Response(AliasOutputSerializer(alias).data, status=status.HTTP_201_CREATED)
 
 
@@ -396,7 +356,7 @@ class AliasDetailApi(JsonApi):
     def patch(self, request: Request, name: str, alias: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
         target = selectors.alias_get(function=function, name=alias)
-        updated = services.alias_update(alias=target, **_body(AliasUpdateSerializer, request))
+        updated = services.alias_update(alias=target, **json_body(AliasUpdateSerializer, request))
         return Response(AliasOutputSerializer(updated).data)
 
     @extend_schema(operation_id="aliases_destroy", responses={204: None, **ERRORS})
@@ -419,7 +379,7 @@ class TestEventListApi(JsonApi):
     )
     def post(self, request: Request, name: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
-        test_event = services.test_event_create(function=function, **_body(TestEventCreateSerializer, request))
+        test_event = services.test_event_create(function=function, **json_body(TestEventCreateSerializer, request))
         return Response(TestEventOutputSerializer(test_event).data, status=status.HTTP_201_CREATED)
 
 
@@ -437,7 +397,7 @@ class TestEventDetailApi(JsonApi):
     def put(self, request: Request, name: str, event: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
         target = selectors.test_event_get(function=function, name=event)
-        updated = services.test_event_update(test_event=target, **_body(TestEventUpdateSerializer, request))
+        updated = services.test_event_update(test_event=target, **json_body(TestEventUpdateSerializer, request))
         return Response(TestEventOutputSerializer(updated).data)
 
     @extend_schema(operation_id="test_events_destroy", responses={204: None, **ERRORS})

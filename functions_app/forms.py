@@ -5,9 +5,11 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 from django import forms
+from django.utils import timezone
 
 from console.exceptions import ServiceError
 from functions_app.models import (
@@ -259,3 +261,15 @@ class InvocationFilterForm(forms.Form):
 
     def is_cold(self) -> bool | None:
         return _yes_no(self.cleaned_data.get("cold", ""))
+
+
+API_KEY_EXPIRIES = [("", "Never"), ("30", "In 30 days"), ("90", "In 90 days"), ("365", "In a year")]
+
+
+class ApiKeyForm(forms.Form):
+    name = forms.CharField(max_length=64, initial="", help_text="What the key is for, e.g. “laptop” or “CI”.")
+    expires = forms.ChoiceField(choices=API_KEY_EXPIRIES, required=False, label="Expires")
+
+    def expiry(self) -> dict[str, Any]:
+        days = self.cleaned_data.get("expires")
+        return {"expires_at": timezone.now() + timedelta(days=int(days))} if days else {}

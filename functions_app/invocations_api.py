@@ -15,9 +15,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from console.exceptions import ServiceError, error_body
-from console.json_api import JsonTextSerializer, unparsed_field
+from console.json_api import ERRORS, JsonTextSerializer, paginated, paginated_of, unparsed_field
 from functions_app import selectors
-from functions_app.api import ERRORS, paginated, paginated_of
 from functions_app.invocations import (
     CAPACITY_EXCEEDED,
     DRY_RUN,

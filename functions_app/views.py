@@ -660,20 +660,44 @@ def dead_letter_delete_view(request: HttpRequest, letter_id: int) -> HttpRespons
 
 @console_page
 def account(request: HttpRequest) -> HttpResponse:
+    return _account_page(request, forms.ApiKeyForm())
+
+
+def _account_page(
+    request: HttpRequest, key_form: forms.ApiKeyForm, new_key: str | None = None, status: int = 200
+) -> HttpResponse:
     context = {
-        "token": accounts.api_token_get(user=request.user),
+        "api_keys": accounts.api_key_list(owner=request.user)[: accounts.KEYS_PER_USER_MAX * 2],
+        "key_form": key_form,
+        "new_key": new_key,
         "api_url": request.build_absolute_uri(reverse("api-functions")),
         "metrics_url": request.build_absolute_uri(reverse("metrics")),
         "metrics_token_set": bool(settings.METRICS_TOKEN),
     }
-    return render(request, "account.html", context)
+    return render(request, "account.html", context, status=status)
 
 
 @console_page
 @require_POST
-def api_token_reset(request: HttpRequest) -> HttpResponse:
-    accounts.api_token_reset(user=request.user)
-    messages.success(request, "A new API token is issued; the old one no longer works.")
+def api_key_create(request: HttpRequest) -> HttpResponse:
+    """Make a key and show it on this page, this once (it is stored as a hash: no later page can show it)."""
+    form = forms.ApiKeyForm(request.POST)
+    if form.is_valid():
+        created = _attempt(
+            form,
+            lambda: accounts.api_key_create(owner=request.user, name=form.cleaned_data["name"], **form.expiry()),
+            fallback="name",
+        )
+        if created is not _FAILED:
+            return _account_page(request, forms.ApiKeyForm(), new_key=created[1])
+    return _account_page(request, form, status=400)
+
+
+@console_page
+@require_POST
+def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
+    api_key = accounts.api_key_revoke(api_key=accounts.api_key_get(owner=request.user, pk=key_id))
+    messages.success(request, f"The key {api_key} is revoked: it no longer works.")
     return redirect("account")
 
 

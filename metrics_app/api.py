@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from console.exceptions import ServiceError
-from functions_app.api import ERRORS
+from console.json_api import ERRORS
 from functions_app.selectors import function_get
 from metrics_app import reports, rightsizing
 

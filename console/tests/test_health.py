@@ -14,12 +14,19 @@ def test_health_reports_a_missing_executor_and_a_silent_sweeper(client, redis_se
 
 
 @pytest.mark.django_db(transaction=True)
-def test_health_is_ok_with_a_worker_and_the_sweeper_running_and_shows_each_workers_sandbox_tier(client, worker):
+def test_health_is_ok_with_a_worker_and_the_sweeper_running_and_shows_each_workers_sandbox_tier_to_staff(
+    client, worker, make_user
+):
     deadline = time.monotonic() + 20
     while (response := client.get("/healthz")).status_code != 200 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert response.json()["checks"] == {"database": True, "redis": True, "executors": True, "sweeper": True}
-    executors = response.json()["executors"]
+    assert "executors" not in response.json()  # anonymous: liveness only
+    staff = make_user("operator")
+    staff.is_staff = True
+    staff.save()
+    client.force_login(staff)
+    executors = client.get("/healthz").json()["executors"]
     assert executors and executors[0]["tier"] == worker["tier"]
     assert executors[0]["tier"] == "namespaces" and executors[0]["secure"] is True
 

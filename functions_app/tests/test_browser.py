@@ -251,20 +251,26 @@ def sign_in(page, base: str) -> None:
     page.click("button[type=submit]")
 
 
-def test_a_user_finds_their_api_token_from_the_header_and_copies_it(page, live_server, user):
+def test_a_user_makes_an_api_key_from_the_header_copies_it_and_it_is_not_shown_again(page, live_server, user):
     from playwright.sync_api import expect
-    from rest_framework.authtoken.models import Token
 
-    token = Token.objects.create(user=user).key
     base = live_server.url
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
     sign_in(page, base)
     page.click("nav.topbar #account-link")
-    expect(page.locator("#api-token")).to_have_text(token)
+    page.fill("#api-key-form #id_name", "laptop")
+    page.select_option("#api-key-form #id_expires", "90")
+    page.click("#api-key-form button[type=submit]")
+    key = page.locator("#api-token").text_content().strip()
+    assert key.startswith("eph_")
     page.click("#copy-token")
     expect(page.locator("#copy-token")).to_have_text("Copied")
-    assert page.evaluate("navigator.clipboard.readText()") == token
+    assert page.evaluate("navigator.clipboard.readText()") == key
+    expect(page.locator("#api-keys")).to_contain_text("laptop")
     shot(page, "14-account")
+    page.goto(f"{base}/account/")
+    expect(page.locator("#api-token")).to_have_count(0)
+    expect(page.locator("#api-keys")).to_contain_text(f"eph_{key[4:12]}_")
 
 
 # Labels of a drawn plotly chart that stick out of it, or sit on one another.

@@ -21,7 +21,7 @@ SOURCE = "def handler(event, context):\n    return event\n"
 
 @pytest.fixture
 def token(user, settings):
-    from rest_framework.authtoken.models import Token
+    from console.accounts import api_key_create
 
     # A sync invoke that no worker answers returns 202 at once instead of holding the fuzzer for minutes.
     settings.SYNC_WAIT_MAX_S = 0.01
@@ -29,7 +29,7 @@ def token(user, settings):
         owner=user, name="fuzz", handler="app.handler", code=services.CodeUpload(files={"app.py": SOURCE})
     )
     services.version_publish(function=function)
-    return Token.objects.create(user=user).key
+    return api_key_create(owner=user, name="tests")[1]
 
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

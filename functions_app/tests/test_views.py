@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from functions_app import services
 from functions_app.code_storage import code_store
@@ -767,39 +769,43 @@ def test_a_throttled_invoke_says_why_on_the_test_tab(signed_in, make_function, r
 # ---- account: password, API token, metrics -----------------------------------------------------------------------
 
 
-def test_the_header_links_to_the_account_page_with_the_api_token_and_a_copy_button(signed_in, user):
-    from rest_framework.authtoken.models import Token
-
-    token = Token.objects.create(user=user)
+def test_the_header_links_to_the_account_page_which_makes_a_key_and_shows_it_once_with_a_copy_button(signed_in, user):
     page = signed_in.get("/functions/").content.decode()
     assert '<a href="/account/" id="account-link"' in page
-    account = signed_in.get("/account/").content.decode()
-    assert f'<code id="api-token">{token.key}</code>' in account
-    assert 'data-copy="api-token"' in account and "/static/js/console.js" in account
-    assert f"Authorization: Token {token.key}" in account
-
-
-def test_replacing_the_api_token_revokes_the_old_one(signed_in, user, client):
-    from rest_framework.authtoken.models import Token
-    from rest_framework.test import APIClient
-
-    old = Token.objects.create(user=user).key
-    response = signed_in.post("/account/token/", follow=True)
-    new = Token.objects.get(user=user).key
-    assert new != old and new in response.content.decode()
+    assert "You have no API key yet" in signed_in.get("/account/").content.decode()
+    made = signed_in.post("/account/keys/", {"name": "laptop", "expires": "30"})
+    key = re.search(r'<code id="api-token">(eph_[^<]+)</code>', made.content.decode()).group(1)
+    assert 'data-copy="api-token"' in made.content.decode() and f"Authorization: Token {key}" in made.content.decode()
+    later = signed_in.get("/account/").content.decode()
+    assert key not in later and "laptop" in later and f"eph_{key[4:12]}_" in later  # listed by its prefix only
     api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Token {old}")
-    assert api.get("/api/v1/functions/").status_code == 401
-    api.credentials(HTTP_AUTHORIZATION=f"Token {new}")
+    api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
     assert api.get("/api/v1/functions/").status_code == 200
 
 
-def test_a_user_without_an_api_token_can_create_one(signed_in, user):
-    from rest_framework.authtoken.models import Token
+def test_revoking_a_key_in_the_console_stops_it_at_once_and_keeps_the_others(signed_in, user):
+    from console.accounts import api_key_create
 
-    assert "You have no API token yet" in signed_in.get("/account/").content.decode()
-    signed_in.post("/account/token/")
-    assert Token.objects.filter(user=user).exists()
+    _, kept_key = api_key_create(owner=user, name="kept")
+    revoked, revoked_key = api_key_create(owner=user, name="revoked")
+    signed_in.post(f"/account/keys/{revoked.pk}/revoke/")
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {revoked_key}")
+    assert api.get("/api/v1/functions/").status_code == 401
+    api.credentials(HTTP_AUTHORIZATION=f"Token {kept_key}")
+    assert api.get("/api/v1/functions/").status_code == 200
+
+
+def test_a_key_without_a_name_is_refused_next_to_its_field(signed_in):
+    response = signed_in.post("/account/keys/", {"name": "", "expires": ""})
+    assert response.status_code == 400 and 'id="field-name"' in response.content.decode()
+
+
+def test_another_tenants_key_cannot_be_revoked(signed_in, other_user):
+    from console.accounts import api_key_create
+
+    theirs, _ = api_key_create(owner=other_user, name="theirs")
+    assert signed_in.post(f"/account/keys/{theirs.pk}/revoke/").status_code == 404
 
 
 def test_the_demo_user_changes_their_password_in_the_console(client):

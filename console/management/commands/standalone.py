@@ -67,8 +67,14 @@ def banner(seed: dict[str, Any] | None, url: str, *, metrics_token_set: bool, le
         lines.append(
             f"Lost it?    make run RUN_ARGS=--reset-demo-password  (or: {_python()} manage.py changepassword {user})"
         )
-        lines.append(f"API token:  {seed['token']}  (also under {url}account/, with a copy button)")
-        lines.append(f"Try:        curl -H 'Authorization: Token {seed['token']}' {url}api/v1/functions/")
+        if seed["token"]:
+            lines.append(f"API key:    {seed['token']}  (shown once: keep it; more keys under {url}account/)")
+            lines.append(f"Try:        curl -H 'Authorization: Token {seed['token']}' {url}api/v1/functions/")
+        else:
+            lines.append(
+                f"API key:    shown on the first run only; make another under {url}account/ "
+                f"(or: {_python()} manage.py api_key_create {user})"
+            )
     lines.append(_metrics_line(seed, url, metrics_token_set=metrics_token_set))
     if level not in DETAILED_LEVELS:
         lines.append(f"Logs:       {level.lower()} and above only; LOG_LEVEL=INFO or RUN_ARGS=--verbose for the detail")

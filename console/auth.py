@@ -1,0 +1,49 @@
+"""The REST API's key authentication: ``Authorization: Token <key>`` (or ``Bearer <key>``), checked by hash."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import authentication, exceptions
+from rest_framework.request import Request
+
+from console.accounts import api_key_authenticate
+
+KEYWORDS = ("token", "bearer")
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    def authenticate(self, request: Request) -> tuple[Any, None] | None:
+        parts = authentication.get_authorization_header(request).split()
+        if not parts or parts[0].lower().decode(errors="replace") not in KEYWORDS:
+            return None  # another scheme, or none: the session may still authenticate
+        if len(parts) != 2:
+            raise exceptions.AuthenticationFailed("Send one API key: Authorization: Token <key>.")
+        try:
+            key = parts[1].decode()
+        except UnicodeDecodeError:
+            raise exceptions.AuthenticationFailed("The API key is not text.") from None
+        user = api_key_authenticate(key=key)
+        if user is None:
+            raise exceptions.AuthenticationFailed("Invalid, expired or revoked API key.")
+        return user, None
+
+    def authenticate_header(self, request: Request) -> str:
+        return "Token"
+
+
+class ApiKeyScheme(OpenApiAuthenticationExtension):
+    """How the OpenAPI schema describes this authentication (drf-spectacular finds it by its target class)."""
+
+    target_class = "console.auth.ApiKeyAuthentication"
+    name = "apiKey"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "`Token <key>` (or `Bearer <key>`): a key made on the console's account page or with "
+            "POST /api/v1/api-keys/.",
+        }
