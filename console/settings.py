@@ -52,8 +52,13 @@ def _read_or_create(path: Path, make: Callable[[], str]) -> str:
     return path.read_text().strip()
 
 
-# Where the embedded platform keeps its state (database, Redis socket, code artifacts, keys).
+# Where the embedded platform keeps its state (database, Redis socket, code artifacts, keys). Only the platform's
+# own user may enter it: the database, keys and code inside are nobody else's to read. (Sandboxes see code only
+# through bind mounts of single directories, which do not need the path to them to be open.)
 VAR_DIR = Path(env_str("EPHEMERA_VAR_DIR", str(BASE_DIR / "var"))).resolve()
+VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+if VAR_DIR.stat().st_uid == os.geteuid():
+    VAR_DIR.chmod(0o700)
 
 # PRODUCTION=1 turns on the deployment checks below; it never guesses from other variables.
 PRODUCTION = env_bool("PRODUCTION", False)
@@ -139,6 +144,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     # A file, not pytest's default in-memory database, so that worker processes in the tests share it.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+    # Created private before SQLite opens it (SQLite gives its -wal and -shm files the same permissions).
+    _sqlite_file = Path(DATABASES["default"]["NAME"])
+    if _sqlite_file.parent == VAR_DIR and not _sqlite_file.exists():
+        os.close(os.open(_sqlite_file, os.O_CREAT | os.O_WRONLY, 0o600))
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -97,3 +97,18 @@ def test_gunicorns_worker_timeout_outlasts_the_longest_synchronous_wait(settings
     config = runpy.run_path(str(live.BASE_DIR / "console" / "gunicorn_conf.py"))
     assert config["timeout"] >= live.SYNC_WAIT_MAX_S + 30
     assert config["wsgi_app"] == "console.wsgi:application" and config["threads"] > 1
+
+
+def test_a_fresh_var_directory_its_keys_and_database_are_readable_by_the_platform_only(tmp_path):
+    import stat
+    import subprocess
+    import sys
+
+    from django.conf import settings as live
+
+    var = tmp_path / "var"
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "SECRET_KEY", "FERNET_KEYS")}
+    env.update(EPHEMERA_VAR_DIR=str(var), DJANGO_SETTINGS_MODULE="console.settings")
+    subprocess.run([sys.executable, "-c", "import django; django.setup()"], cwd=live.BASE_DIR, env=env, check=True)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in [var, *var.iterdir()]}
+    assert modes == {"var": 0o700, "secret_key": 0o600, "fernet_key": 0o600, "ephemera.sqlite3": 0o600}
