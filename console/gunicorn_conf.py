@@ -15,9 +15,15 @@ from django.conf import settings  # noqa: E402 - after django.setup()
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", "3"))
+# Waiting connections the kernel holds before refusing: enough for a burst of clients (runserver's 10 were not).
+backlog = 2048
 # Each thread holds one caller; a synchronous invoke holds its thread while it waits.
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 # The longest wait plus time to write the answer: past it gunicorn kills the worker and the caller gets nothing.
 timeout = settings.SYNC_WAIT_MAX_S + 30
+# On SIGTERM, calls in progress finish (within this) before the worker goes: a restart does not cut callers off.
 graceful_timeout = 30
 wsgi_app = "console.wsgi:application"
+loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
+# One line per request, on stdout, where compose and `make run --verbose` show it.
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None

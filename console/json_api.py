@@ -5,6 +5,7 @@ and the error schema."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -21,6 +22,25 @@ from console.exceptions import ServiceError
 from console.pagination import Pagination
 
 # ---- JSON in ------------------------------------------------------------------------------------------------
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} is too large for a JSON number")
+    return value
+
+
+def json_strict_loads(text: str | bytes) -> Any:
+    """JSON as RFC 8259 has it: Python's parser also takes NaN and Infinity, and reads 1e400 as infinity, none of
+    which any JSON client can read back (a response holding one cannot even be rendered)."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+
+
 # DRF's fields coerce: "yes" becomes true, "256" becomes 256, 123 becomes "123", " x " becomes "x". The API's
 # fields take only their own JSON type, as sent, so that a client's bug is an error and not a guess.
 
@@ -91,10 +111,13 @@ def _is_unicode(value: Any) -> bool:
 
 class StrictJSONParser(JSONParser):
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        encoding = (parser_context or {}).get("encoding", "utf-8")
         try:
-            data = super().parse(stream, media_type, parser_context)
+            data = json_strict_loads(stream.read().decode(encoding)) if stream is not None else None
         except RecursionError:
             raise ParseError("JSON parse error - the body is nested too deeply to be read.") from None
+        except ValueError as exc:  # UnicodeDecodeError is one
+            raise ParseError(f"JSON parse error - {exc}") from None
         if not _is_unicode(data):
             raise ParseError("JSON parse error - the body holds a lone surrogate (e.g. \\ud800), which is not text.")
         return data
@@ -125,7 +148,7 @@ def _json_value(text: str) -> Any:
     if not text:
         return None
     try:
-        value = json.loads(text)
+        value = json_strict_loads(text)
     except ValueError:
         return _UNPARSED
     return _UNPARSED if _SURROGATE_ESCAPE_RE.search(text) and not _is_unicode(value) else value

@@ -14,7 +14,7 @@ class Pagination(LimitOffsetPagination):
     max_limit = 500
 
     def get_limit(self, request: Request) -> int | None:
-        _whole_number(request, self.limit_query_param, minimum=1)
+        _whole_number(request, self.limit_query_param, minimum=1, maximum=self.max_limit)
         return super().get_limit(request)
 
     def get_offset(self, request: Request) -> int:
@@ -22,8 +22,12 @@ class Pagination(LimitOffsetPagination):
         return super().get_offset(request)
 
 
-def _whole_number(request: Request, name: str, *, minimum: int) -> None:
+def _whole_number(request: Request, name: str, *, minimum: int, maximum: int | None = None) -> None:
     value = request.query_params.get(name)
-    if value is not None and not (value.isascii() and value.isdigit() and int(value) >= minimum):
-        message = f"Must be a whole number of at least {minimum}."
+    if value is None:
+        return
+    number = int(value) if value.isascii() and value.isdigit() else None
+    if number is None or number < minimum or (maximum is not None and number > maximum):
+        bounds = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
+        message = f"Must be a whole number {bounds}."
         raise ServiceError(f"{name}: {message}", details={name: [message]})

@@ -38,8 +38,10 @@ def _signal(process: subprocess.Popen, signum: int) -> None:
         os.kill(process.pid, signum)
 
 
-# The queues. Invocations go to the executors' queue; the sweeper, the metering flush and retention go to the
-# control queue, which only the control worker consumes: a backlog of invocations never delays a sweep.
+# The queues. Events go to the executors' queue, sync calls to theirs, which executors drain first (a caller
+# waiting on the line never queues behind a backlog of events); the sweeper, the metering flush and retention go
+# to the control queue, which only the control worker consumes: a backlog of invocations never delays a sweep.
+SYNC_QUEUE = "sync"
 INVOCATION_QUEUE = "celery"
 CONTROL_QUEUE = "control"
 _WORKER_FLAGS = ["--pool", "threads", "--without-gossip", "--without-mingle", "--without-heartbeat"]
@@ -54,7 +56,7 @@ def executor_worker_args(*, level: str, concurrency: int = 4, name: str | None =
         "--concurrency",
         str(concurrency),
         "-Q",
-        INVOCATION_QUEUE,
+        f"{SYNC_QUEUE},{INVOCATION_QUEUE}",  # in this order: see queue_order_strategy in console/settings.py
         "--loglevel",
         level,
         *named,

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import dj_database_url
+import psutil
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
@@ -24,11 +25,11 @@ def env_str(name: str, default: str = "") -> str:
 
 
 def env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
+    return int(os.environ.get(name) or default)  # empty (a blank line of .env.example) means unset
 
 
 def env_float(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
+    return float(os.environ.get(name) or default)
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -62,7 +63,8 @@ if VAR_DIR.stat().st_uid == os.geteuid():
 
 # PRODUCTION=1 turns on the deployment checks below; it never guesses from other variables.
 PRODUCTION = env_bool("PRODUCTION", False)
-DEBUG = env_bool("DEBUG", not PRODUCTION)
+# Off unless asked for (DEBUG=1): a debug page shows the URL map and settings to whoever reaches it.
+DEBUG = env_bool("DEBUG", False)
 
 DEV_SECRET_KEY_PREFIX = "dev-insecure-"  # noqa: S105 - a marker, not a secret
 SECRET_KEY = env_str("SECRET_KEY") or _read_or_create(
@@ -106,6 +108,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "console.exceptions.ApiMiddleware",  # first: it also answers for what the others refuse under /api/
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",  # static files from the app server itself, in every shape
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -178,6 +181,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # first attempt still holds its lease. Recovery never waits for it: the sweeper republishes (see LEASE_S).
 _VISIBILITY_TIMEOUT = env_int("BROKER_VISIBILITY_TIMEOUT_S", MAX_FUNCTION_TIMEOUT_S + 60)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # A worker takes from its queues in the order it lists them (sync calls before events), not round robin.
+    "queue_order_strategy": "priority",
     "visibility_timeout": _VISIBILITY_TIMEOUT,
     "unacked_restore_interval": 5,
     "unacked_restore_throttle": 1,
@@ -201,8 +206,10 @@ RUNTIME_LAYER_DIR = Path(env_str("RUNTIME_LAYER_DIR", str(VAR_DIR / "layers" / "
 RUNTIME_PRELOAD = env_list("RUNTIME_PRELOAD", "json,boto3")
 # Warm environments are discarded after this many idle seconds (scale to zero); Lambda keeps ~10 minutes.
 RUNTIME_IDLE_TTL_S = env_int("RUNTIME_IDLE_TTL_S", 600)
-# Sum of the memory sizes of live environments on one host; idle ones are evicted LRU to make room.
-RUNTIME_MEMORY_BUDGET_MB = env_int("RUNTIME_MEMORY_BUDGET_MB", 8192)
+# Sum of the memory sizes of live environments on one host; idle ones are evicted LRU to make room. By default
+# the host's memory, and never less than the largest function (10,240 MB): every valid function fits alone, and a
+# memory size is a limit, not what a function uses (each environment's cgroup enforces it).
+RUNTIME_MEMORY_BUDGET_MB = env_int("RUNTIME_MEMORY_BUDGET_MB", max(psutil.virtual_memory().total >> 20, 10240))
 # A longer log keeps its first 4 KB and its tail, with a marker between them.
 RUNTIME_LOG_CAP_BYTES = env_int("RUNTIME_LOG_CAP_BYTES", 1024 * 1024)
 # CPU in proportion to memory, as on Lambda: 1,769 MB buys one vCPU (a cgroup CPU quota); 0 = no limit.
@@ -286,6 +293,18 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(VAR_DIR / "static")))
+# WhiteNoise serves static/ straight from the source tree in development (no collectstatic needed, edits show at
+# once); production serves what collectstatic gathered into STATIC_ROOT (the image runs it), compressed.
+WHITENOISE_USE_FINDERS = not PRODUCTION
+WHITENOISE_AUTOREFRESH = not PRODUCTION
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"
+        if PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -340,7 +359,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
-        # The development server's request lines are INFO (4xx WARNING, 5xx ERROR): they follow LOG_LEVEL too.
-        "django.server": {"level": LOG_LEVEL},
+        # A client's 4xx is logged as a WARNING ("Not Found: …"): the client's problem, not the server's, so it
+        # shows only with the detail (LOG_LEVEL=INFO); a 5xx is an ERROR and always shows.
+        "django.request": {"level": LOG_LEVEL if LOG_LEVEL in ("DEBUG", "INFO") else "ERROR"},
     },
 }

@@ -93,6 +93,12 @@ def _check_member(info: zipfile.ZipInfo) -> None:
         raise InvalidZip(f"The zip entry {info.filename!r} is not a regular file or directory.")
 
 
+# Linux's limits (NAME_MAX, and PATH_MAX less room for where the package is unpacked): a longer entry unpacks
+# nowhere, so it is refused at upload instead of failing every cold start.
+NAME_MAX_BYTES = 255
+PATH_MAX_BYTES = 3072
+
+
 def _check_member_name(name: str) -> None:
     normalised = name.replace("\\", "/")
     if not normalised or "\x00" in normalised:
@@ -101,6 +107,12 @@ def _check_member_name(name: str) -> None:
         raise InvalidZip(f"The zip entry {name!r} has an absolute path.")
     if ".." in normalised.split("/"):
         raise InvalidZip(f"The zip entry {name!r} points outside the package ('..').")
+    too_long = [part for part in normalised.split("/") if len(part.encode()) > NAME_MAX_BYTES]
+    if too_long or len(normalised.encode()) > PATH_MAX_BYTES:
+        raise InvalidZip(
+            f"The zip entry {name[:80]!r}… has a name longer than a file system takes "
+            f"({NAME_MAX_BYTES} bytes a name, {PATH_MAX_BYTES} bytes a path)."
+        )
 
 
 def handler_module_candidates(handler: str) -> list[str]:

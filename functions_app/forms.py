@@ -77,6 +77,9 @@ class _ConfigFields(forms.Form):
     handler = forms.CharField(initial=DEFAULT_HANDLER, help_text="module.function")
     memory_mb = _IntegerOrBlank(label="Memory (MB)", initial=128, help_text="128 to 10240")
     timeout_s = _IntegerOrBlank(label="Timeout (s)", initial=3, help_text="1 to 900")
+    ephemeral_storage_mb = _IntegerOrBlank(
+        required=False, label="Ephemeral storage /tmp (MB)", initial=512, help_text="512 to 10240; disk, not memory"
+    )
     reserved_concurrency = _IntegerOrBlank(
         required=False, label="Reserved concurrency", help_text="Blank: unreserved; 0 throttles every invocation."
     )
@@ -102,7 +105,10 @@ class _ConfigFields(forms.Form):
     def config(self) -> dict[str, Any]:
         """The cleaned values as the service's keyword arguments (environment handled by the caller)."""
         names = set(_ConfigFields.base_fields) - {"environment"}
-        return {name: value for name, value in self.cleaned_data.items() if name in names}
+        config = {name: value for name, value in self.cleaned_data.items() if name in names}
+        if config.get("ephemeral_storage_mb") is None:
+            config.pop("ephemeral_storage_mb", None)  # blank: as it is (512 MB for a new function)
+        return config
 
 
 class _CodeFields(forms.Form):

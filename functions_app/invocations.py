@@ -20,7 +20,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -38,6 +38,8 @@ from console.exceptions import (
     ServiceUnavailable,
     TooManyRequests,
 )
+from console.json_api import json_strict_loads
+from console.processes import INVOCATION_QUEUE, SYNC_QUEUE
 from console.redis import blocking_pop, redis_client
 from functions_app import concurrency
 from functions_app.code_storage import code_extracted_dir
@@ -126,7 +128,7 @@ def payload_validate(raw: bytes, *, limit: int) -> str:
         return "{}"
     try:
         text = raw.decode("utf-8")
-        json.loads(text)
+        json_strict_loads(text)
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidRequestContent(f"The payload is not valid JSON: {exc}") from None
     except RecursionError:
@@ -188,7 +190,7 @@ def invocation_accept(
     try:
         with transaction.atomic():
             invocation = Invocation.objects.create(**fields)
-            transaction.on_commit(lambda: invocation_publish(invocation_id=str(invocation_id)))
+            transaction.on_commit(lambda: invocation_publish(invocation_id=str(invocation_id), sync=not is_async))
     except IntegrityError:
         # Two requests raced with one idempotency key: the loser answers with the winner's invocation.
         concurrency.slot_release(function_id=function.pk, owner_id=owner.pk, member=str(invocation_id))
@@ -226,11 +228,14 @@ def _admit_or_throttle(function: Function, owner_id: int, member: str, timeout_s
         )
 
 
-def invocation_publish(*, invocation_id: str, countdown: float | None = None) -> None:
+def invocation_publish(*, invocation_id: str, sync: bool = False, countdown: float | None = None) -> None:
+    """Ring the doorbell. A sync call goes to the queue executors drain first, so that a caller waiting on the
+    line never queues behind a backlog of events."""
     from functions_app.tasks import invocation_execute
 
+    queue = SYNC_QUEUE if sync else INVOCATION_QUEUE
     try:
-        invocation_execute.apply_async((invocation_id,), countdown=countdown)
+        invocation_execute.apply_async((invocation_id,), countdown=countdown, queue=queue)
     except Exception:
         logger.exception("Publishing invocation %s failed; the sweeper will republish it", invocation_id)
 
@@ -379,10 +384,20 @@ def leases_renew() -> int:
     return renewed
 
 
-def invocation_claim(*, invocation_id: str, host: str) -> Invocation | None:
+class Capacity(Protocol):
+    """What the claim asks of the executor before it takes work (functions_app.runtime.Executor has both)."""
+
+    def has_room(self, memory_mb: int) -> bool: ...
+
+    def can_ever_host(self, memory_mb: int) -> bool: ...
+
+
+def invocation_claim(*, invocation_id: str, host: str, capacity: Capacity | None = None) -> Invocation | None:
     """Take the invocation for one attempt, or return None when it is not ours to run now.
 
-    Of two deliveries racing for the same row exactly one compare-and-set on ``attempt`` matches.
+    Of two deliveries racing for the same row exactly one compare-and-set on ``attempt`` matches. With
+    ``capacity``, work that the host has no room for is refused before it is claimed (see
+    ``_refused_for_capacity``), so a refusal never uses up an attempt.
     """
     # order_by() drops the model's default ordering: this is the hot path, and one row has no order.
     invocation = (
@@ -400,6 +415,8 @@ def invocation_claim(*, invocation_id: str, host: str) -> Invocation | None:
         return None
     if invocation.attempt >= invocation.max_attempts:
         _finish_worker_lost(invocation)  # a poison message redelivered after its last attempt died
+        return None
+    if capacity is not None and _refused_for_capacity(invocation, capacity):
         return None
     if not _admitted_for_run(invocation, now):
         return None
@@ -436,6 +453,28 @@ def _claimable(invocation: Invocation, now: datetime) -> bool:
     )
 
 
+def _refused_for_capacity(invocation: Invocation, capacity: Capacity) -> bool:
+    """A function larger than the host's whole memory budget can never run here: a clear error at once, sync or
+    async. One that does not fit now (every environment busy) is refused as a throttle: a sync caller hears it at
+    once (429, retryable), an event waits in the queue; neither was claimed, so no attempt is used up."""
+    fenced = {"pk": invocation.pk, "attempt": invocation.attempt, "status": invocation.status}
+    if not capacity.can_ever_host(invocation.memory_mb):
+        message = (
+            f"This function needs {invocation.memory_mb} MB of memory, more than an executor host offers "
+            "(RUNTIME_MEMORY_BUDGET_MB); lower its memory size or raise the hosts' budget."
+        )
+        _finish_platform_failure(invocation, TOO_LARGE_FOR_HOSTS, message)
+        return True
+    if capacity.has_room(invocation.memory_mb):
+        return False
+    invocation_throttled(function=invocation.function, reason=CAPACITY_EXCEEDED.removeprefix("Throttled."))
+    if invocation.invocation_type == InvocationType.ASYNC:
+        _requeue(invocation, fenced, delay_s=settings.THROTTLE_RETRY_S, error_type=CAPACITY_EXCEEDED)
+    else:
+        _finish_refused_sync(invocation, fenced, "every environment of the host is busy")
+    return True
+
+
 def _admitted_for_run(invocation: Invocation, now: datetime) -> bool:
     """Sync calls were admitted at the door (a long wait in the queue extends their slot); async events are
     admitted here, and an event over the limit waits in the queue and tries again, until its maximum age."""
@@ -470,7 +509,11 @@ def _requeue(invocation: Invocation, fenced: dict[str, Any], *, delay_s: float, 
         )
     )
     if requeued:
-        invocation_publish(invocation_id=str(invocation.id), countdown=delay_s)
+        invocation_publish(
+            invocation_id=str(invocation.id),
+            sync=invocation.invocation_type == InvocationType.SYNC,
+            countdown=delay_s,
+        )
     return requeued
 
 
@@ -535,7 +578,8 @@ def function_arn(invocation: Invocation) -> str:
 
 def invocation_run(*, invocation_id: str, executor: Any) -> Invocation | None:
     """Claim, execute in a sandbox, write the fenced result and answer a waiting caller."""
-    invocation = invocation_claim(invocation_id=invocation_id, host=f"{socket.gethostname()}:{os.getpid()}")
+    host = f"{socket.gethostname()}:{os.getpid()}"
+    invocation = invocation_claim(invocation_id=invocation_id, host=host, capacity=executor)
     if invocation is None:
         logger.info("Invocation %s is not ours to run now (duplicate, finished or not due); skipped", invocation_id)
         redis_client().incr(SKIPPED_DELIVERIES_KEY)
@@ -550,14 +594,14 @@ def invocation_run(*, invocation_id: str, executor: Any) -> Invocation | None:
             attempt=invocation.attempt,
             response_max_bytes=RESPONSE_MAX_BYTES,
         )
-        spec = function_spec(invocation)  # on a host's first call of new code: its download and extraction
-        invocation.prepare_ms = (time.perf_counter() - claimed_at) * 1000
         try:
+            spec = function_spec(invocation)  # on a host's first call of new code: its download and extraction
+            invocation.prepare_ms = (time.perf_counter() - claimed_at) * 1000
             result = executor.invoke(spec, request)
         except CapacityError as exc:
             invocation_refuse_for_capacity(invocation=invocation, reason=str(exc))
             return invocation
-        except Exception as exc:
+        except Exception as exc:  # preparing (the code store, unpacking) or the executor itself
             logger.exception("The executor failed invocation %s", invocation.pk)
             invocation_fail_for_executor(invocation=invocation, error=exc)
             return invocation
@@ -568,11 +612,13 @@ def invocation_run(*, invocation_id: str, executor: Any) -> Invocation | None:
 
 
 CAPACITY_EXCEEDED = "Throttled.ExecutorCapacityExceeded"
+TOO_LARGE_FOR_HOSTS = "Platform.FunctionTooLarge"
 
 
 def invocation_refuse_for_capacity(*, invocation: Invocation, reason: str) -> None:
-    """The host had no room for another environment (every one busy): nothing ran. A sync caller hears it at
-    once as a throttle it may retry; an async event goes back to the queue without using up an attempt."""
+    """The host had no room for another environment after all (the claim's check raced another call): nothing
+    ran. A sync caller hears it at once as a throttle it may retry; an async event goes back to the queue, its
+    attempt number moved on (fencing needs that) but not its retry budget."""
     fenced = {"pk": invocation.pk, "status": InvocationStatus.RUNNING, "attempt": invocation.attempt}
     invocation_throttled(function=invocation.function, reason=CAPACITY_EXCEEDED.removeprefix("Throttled."))
     if invocation.invocation_type == InvocationType.ASYNC:
@@ -585,6 +631,10 @@ def invocation_refuse_for_capacity(*, invocation: Invocation, reason: str) -> No
         ):
             _release(invocation)
         return
+    _finish_refused_sync(invocation, fenced, reason)
+
+
+def _finish_refused_sync(invocation: Invocation, fenced: dict[str, Any], reason: str) -> None:
     body = {"errorType": CAPACITY_EXCEEDED, "errorMessage": f"No executor capacity: {reason}.", "stackTrace": []}
     fields = {
         "status": InvocationStatus.FAILED,
@@ -959,9 +1009,9 @@ def _sweep() -> dict[str, int]:
     due = Invocation.objects.filter(status=InvocationStatus.QUEUED, available_at__lte=now).filter(
         Q(published_at__isnull=True) | Q(published_at__lt=stale)
     )
-    for invocation_id in list(due.values_list("pk", flat=True)[:SWEEP_BATCH]):
+    for invocation_id, kind in list(due.values_list("pk", "invocation_type")[:SWEEP_BATCH]):
         if Invocation.objects.filter(pk=invocation_id, status=InvocationStatus.QUEUED).update(published_at=now):
-            invocation_publish(invocation_id=str(invocation_id))
+            invocation_publish(invocation_id=str(invocation_id), sync=kind == InvocationType.SYNC)
             counts["published"] += 1
     Invocation.objects.filter(
         queued_at__lt=now - timedelta(seconds=settings.IDEMPOTENCY_TTL_S), idempotency_key__gt=""

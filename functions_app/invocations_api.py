@@ -21,6 +21,7 @@ from functions_app.invocations import (
     CAPACITY_EXCEEDED,
     DRY_RUN,
     EXECUTOR_FAILED,
+    TOO_LARGE_FOR_HOSTS,
     WORKER_LOST,
     InvocationOutcome,
     dead_letter_delete,
@@ -62,6 +63,7 @@ RESPONSE_HEADERS = [
 PLATFORM_ERROR_MESSAGES = {
     WORKER_LOST: "The worker running this invocation was lost; it was not retried.",
     EXECUTOR_FAILED: "The executor could not run this invocation (see the worker's log); it was not retried.",
+    TOO_LARGE_FOR_HOSTS: "This function needs more memory than an executor host offers; nothing ran.",
 }
 
 ACCEPTED = inline_serializer(

@@ -95,7 +95,8 @@ def qualifier_resolve(
     if qualifier in ("", LATEST):
         return ResolvedTarget(function, None, LATEST)
     if qualifier.isascii() and qualifier.isdigit():  # str.isdigit() is also true of "²", which int() refuses
-        return ResolvedTarget(function, version_get(function=function, number=int(qualifier)), qualifier)
+        version = version_get(function=function, number=int(qualifier))
+        return ResolvedTarget(function, version, str(version.number))  # "01" names version 1, and says "1"
     alias = alias_get(function=function, name=qualifier)
     draw = (rng or random).random()
     if alias.additional_version and draw < alias.additional_weight:

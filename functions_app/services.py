@@ -118,7 +118,10 @@ def config_validate(fields: dict[str, Any]) -> None:
         "ephemeral_storage_mb": lambda v: _check_range("ephemeral_storage_mb", v, EPHEMERAL_MIN_MB, EPHEMERAL_MAX_MB),
         "max_retry_attempts": lambda v: _check_range("max_retry_attempts", v, 0, RETRIES_MAX),
         "max_event_age_s": lambda v: _check_range("max_event_age_s", v, EVENT_AGE_MIN_S, EVENT_AGE_MAX_S),
-        "reserved_concurrency": lambda v: v is None or _check_range("reserved_concurrency", v, 0, 100_000),
+        # Reserved concurrency beyond the account's limit could never be used (Lambda refuses it too).
+        "reserved_concurrency": lambda v: (
+            v is None or _check_range("reserved_concurrency", v, 0, settings.ACCOUNT_CONCURRENCY_LIMIT)
+        ),
         "runtime": _runtime_validate,
         "description": lambda v: _text_validate("description", v, 256),
         "network_enabled": lambda v: _bool_validate("network_enabled", v),

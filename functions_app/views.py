@@ -586,7 +586,8 @@ def invocation_detail(request: HttpRequest, invocation_id: str) -> HttpResponse:
 
 
 def _configuration_form(function: Function, data: Any = None) -> forms.FunctionConfigurationForm:
-    fields = ("description", "handler", "memory_mb", "timeout_s", "reserved_concurrency", "network_enabled")
+    fields = ("description", "handler", "memory_mb", "timeout_s", "ephemeral_storage_mb", "reserved_concurrency")
+    fields += ("network_enabled",)
     fields += ("max_retry_attempts", "max_event_age_s", "on_success_destination", "on_failure_destination")
     initial = {field: getattr(function, field) for field in fields} | {"revision_id": str(function.revision_id)}
     return forms.FunctionConfigurationForm(data, initial=initial, environment_keys=function.environment_keys)

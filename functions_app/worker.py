@@ -17,7 +17,7 @@ from celery import signals
 from django.conf import settings
 from django.db import close_old_connections
 
-from console.processes import INVOCATION_QUEUE
+from console.processes import INVOCATION_QUEUE, SYNC_QUEUE
 from console.redis import redis_client
 from functions_app.code_storage import code_extracted_dir
 from functions_app.invocations import environment_key_owner, leases_renew
@@ -172,8 +172,8 @@ _stop_heartbeat = threading.Event()
 
 def _runs_invocations(consumer: Any) -> bool:
     """Whether this worker consumes the invocation queue (the control worker does not: it needs no executor)."""
-    queues = consumer.app.amqp.queues
-    return INVOCATION_QUEUE in (queues.consume_from or queues)
+    queues = consumer.app.amqp.queues.consume_from or consumer.app.amqp.queues
+    return INVOCATION_QUEUE in queues or SYNC_QUEUE in queues
 
 
 @signals.worker_ready.connect

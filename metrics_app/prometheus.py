@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from console.processes import CONTROL_QUEUE, INVOCATION_QUEUE, SYNC_QUEUE
 from metrics_app.histograms import DURATION, INIT, cumulative
 from metrics_app.selectors import Usage
 
@@ -39,7 +40,7 @@ def number(value: float) -> str:
 
 
 def exposition(
-    *, totals: Iterable[dict[str, Any]], queue_messages: int | None, queued_rows: int, hosts: list[dict]
+    *, totals: Iterable[dict[str, Any]], queue_messages: dict[str, int] | None, queued_rows: int, hosts: list[dict]
 ) -> str:
     """The whole scrape body. ``totals`` are selector rows with function_name, owner__username, version, usage."""
     series = [
@@ -69,9 +70,9 @@ def exposition(
     ]
     if queue_messages is not None:
         lines += [
-            "# HELP ephemera_queue_messages Messages waiting in the Celery broker queue.",
+            "# HELP ephemera_queue_messages Messages waiting in each Celery broker queue.",
             "# TYPE ephemera_queue_messages gauge",
-            f'ephemera_queue_messages{{queue="celery"}} {queue_messages}',
+            *(f"ephemera_queue_messages{labels(queue=name)} {count}" for name, count in queue_messages.items()),
         ]
     lines += ["# HELP ephemera_warm_environments Warm environments per executor host.",
               "# TYPE ephemera_warm_environments gauge"]  # fmt: skip
@@ -93,6 +94,9 @@ def _histogram(name: str, help_text: str, series: list[tuple[str, Usage]], pick:
     return lines
 
 
+QUEUES = (SYNC_QUEUE, INVOCATION_QUEUE, CONTROL_QUEUE)
+
+
 def prometheus_scrape() -> str:
     """Gather the figures (running totals, queue depth, warm environments) and render them."""
     import redis
@@ -103,7 +107,7 @@ def prometheus_scrape() -> str:
     from metrics_app.selectors import owner_totals
 
     try:
-        queue_messages: int | None = int(redis_client().llen("celery"))
+        queue_messages: dict[str, int] | None = {name: int(redis_client().llen(name)) for name in QUEUES}
         hosts = executor_hosts()
     except redis.RedisError:  # the database figures are still worth a scrape while Redis is away
         queue_messages, hosts = None, []

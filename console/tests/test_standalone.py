@@ -211,7 +211,7 @@ def test_it_serves_the_seeded_function_to_the_printed_token_and_ctrl_c_stops_eve
 
     tree = psutil.Process(process.pid).children(recursive=True)
     names = " ".join(" ".join(p.cmdline()) for p in tree)
-    assert "redis-server" in names and "worker" in names and "beat" in names and "runserver" in names
+    assert "redis-server" in names and "worker" in names and "beat" in names and "gunicorn" in names
 
     process.send_signal(signal.SIGINT)
     process.wait(timeout=60)
@@ -273,3 +273,19 @@ def test_a_worker_that_dies_is_restarted_and_the_platform_serves_again(platform)
     while (answer := post_json(url, token, {"name": "again"}))[0] != 200 and time.monotonic() < deadline:
         time.sleep(1)
     assert answer == (200, {"statusCode": 200, "body": json.dumps({"message": "Hello, again!"})})
+
+
+@pytest.mark.slow
+def test_a_second_platform_on_the_same_directory_or_port_refuses_to_start_and_leaves_the_first_alone(
+    platform, tmp_path
+):
+    _, port, output = platform
+    token = re.search(r"API key:\s+(eph_\S+)", output).group(1)
+    same_directory = start_platform(tmp_path / "var", free_port())
+    said = same_directory.communicate(timeout=60)[0]
+    assert same_directory.returncode != 0 and "Ephemera is already running on" in said
+    same_port = start_platform(tmp_path / "other-var", port)
+    said = same_port.communicate(timeout=60)[0]
+    assert same_port.returncode != 0 and f"Port {port} on 127.0.0.1 is taken" in said
+    assert get_json(f"http://127.0.0.1:{port}/api/v1/functions/", token)["count"] == 1
+    assert get_json(f"http://127.0.0.1:{port}/healthz", token, timeout_s=10)["status"] == "ok"

@@ -196,6 +196,17 @@ class Executor:
             env.kill()  # its invoking thread sees it die and discards it
         return len(matched)
 
+    def has_room(self, memory_mb: int) -> bool:
+        """Whether an environment of ``memory_mb`` would fit in the budget now (idle environments count as room:
+        they would be evicted). A hint for callers deciding whether to take work; ``invoke`` decides for real."""
+        with self._lock:
+            idle = sum(e.budget_mb for group in self._envs.values() for e in group if not e.busy)
+            return self._reserved_mb - idle + memory_mb <= self.config.memory_budget_mb
+
+    def can_ever_host(self, memory_mb: int) -> bool:
+        """Whether an environment of ``memory_mb`` fits in this host's whole budget at all."""
+        return memory_mb <= self.config.memory_budget_mb
+
     def environment_keys(self) -> set[str]:
         """The keys of every environment in the pool (starting, busy or idle), for reconciliation."""
         with self._lock:

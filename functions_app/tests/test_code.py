@@ -39,6 +39,13 @@ def test_it_rejects_a_zip_that_escapes_its_directory(files, fragment):
     assert caught.value.type == "InvalidZipFile"
 
 
+@pytest.mark.parametrize("name", ["a" * 300 + ".py", "pkg/" + "é" * 130 + ".py", "/".join(["d" * 200] * 20) + "/x.py"])
+def test_it_rejects_a_zip_entry_whose_name_no_file_system_takes(name):
+    with pytest.raises(ServiceError, match="longer than a file system takes") as caught:
+        code.zip_inspect(make_zip({"app.py": "x", name: "y"}))
+    assert caught.value.type == "InvalidZipFile"
+
+
 def test_it_rejects_a_zip_with_a_symbolic_link():
     with pytest.raises(ServiceError, match="symbolic link"):
         code.zip_inspect(make_zip({"app.py": "x"}, symlinks={"secrets": "/etc/shadow"}))

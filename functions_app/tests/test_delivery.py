@@ -447,3 +447,18 @@ def test_a_sync_caller_whose_worker_dies_gets_worker_lost_quickly(api, cluster):
     row = Invocation.objects.get(pk=invocation_id)
     assert row.attempt == 1 and row.status == "failed" and row.error_type == "Platform.WorkerLost"
     assert concurrency.slots_in_use(function_id=row.function_id) == 0
+
+
+def test_a_sync_call_does_not_queue_behind_a_backlog_of_events(api, cluster):
+    cluster.start_worker(concurrency=2)
+    cluster.start_beat()
+    create(api, timeout_s=10)
+    create(api, name="quick")
+    backlog = [invoke_async(api, event={"sleep": 2, "n": n}) for n in range(12)]  # 12 s of work for 2 slots
+    running(backlog[0])
+    started = time.monotonic()
+    answer = invoke(api, name="quick")
+    waited = time.monotonic() - started
+    assert answer.status_code == 200
+    assert waited < 5, f"the sync call waited {waited:.1f} s behind the events"  # at most one event's end
+    assert all(terminal(invocation_id, timeout_s=60).status == "succeeded" for invocation_id in backlog)

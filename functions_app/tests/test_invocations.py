@@ -64,6 +64,12 @@ class FakeExecutor:
         self.answer = answer
         self.specs: list[Any] = []
 
+    def has_room(self, memory_mb: int) -> bool:
+        return True  # the claim's check passes; what invoke answers is the test's
+
+    def can_ever_host(self, memory_mb: int) -> bool:
+        return True
+
     def invoke(self, spec: Any, request: Any) -> InvokeResult:
         self.specs.append(spec)
         if isinstance(self.answer, Exception):
@@ -239,3 +245,67 @@ def test_a_sync_caller_gets_503_with_the_invocation_id_while_the_database_is_dow
         invocation_wait(invocation=call, wait_s=5)
     assert unavailable.value.status == 503 and unavailable.value.headers["Retry-After"] == "5"
     assert unavailable.value.details == {"invocation_id": str(call.pk)}
+
+
+@pytest.mark.parametrize("payload", [b'{"a": NaN}', b'{"a": Infinity}', b'{"a": -Infinity}', b'{"a": 1e400}'])
+def test_a_payload_with_a_number_json_cannot_hold_is_refused(make_function, payload):
+    from console.exceptions import ServiceError
+
+    with pytest.raises(ServiceError) as refused:
+        accept(make_function(), payload=payload)
+    assert refused.value.type == "InvalidRequestContent"
+
+
+def test_a_stored_result_holding_nan_is_shown_as_unparsed_text_not_a_server_error(make_function, api):
+    function = make_function()
+    call = accept(function, kind=InvocationType.SYNC)
+    invocation_run(invocation_id=str(call.pk), executor=FakeExecutor(result(payload=b'{"x": NaN}')))
+    response = api.get(f"/api/v1/invocations/{call.pk}/")
+    assert response.status_code == 200
+    assert response.json()["result"] is None and response.json()["unparsed"]["result"] == '{"x": NaN}'
+
+
+class FakeCapacity:
+    def __init__(self, *, room: bool, budget_mb: int = 10240) -> None:
+        self.room, self.budget_mb = room, budget_mb
+
+    def has_room(self, memory_mb: int) -> bool:
+        return self.room
+
+    def can_ever_host(self, memory_mb: int) -> bool:
+        return memory_mb <= self.budget_mb
+
+
+def test_an_event_the_host_has_no_room_for_waits_unclaimed_and_keeps_every_attempt(make_function):
+    event = accept(make_function())
+    assert invocation_claim(invocation_id=str(event.pk), host="t:1", capacity=FakeCapacity(room=False)) is None
+    row = Invocation.objects.get(pk=event.pk)
+    assert row.status == InvocationStatus.QUEUED and (row.attempt, row.max_attempts) == (0, 3)
+    assert row.error_type == CAPACITY_EXCEEDED
+
+
+def test_a_function_larger_than_the_hosts_budget_fails_at_once_with_a_clear_error(make_function):
+    from functions_app.invocations import TOO_LARGE_FOR_HOSTS
+
+    event = accept(make_function(memory_mb=4096))
+    claimed = invocation_claim(
+        invocation_id=str(event.pk), host="t:1", capacity=FakeCapacity(room=False, budget_mb=2048)
+    )
+    assert claimed is None
+    row = Invocation.objects.get(pk=event.pk)
+    assert row.status == InvocationStatus.FAILED and row.error_type == TOO_LARGE_FOR_HOSTS
+    assert "4096 MB" in json.loads(row.result)["errorMessage"]
+
+
+def test_code_that_cannot_be_prepared_fails_the_call_at_once_as_a_platform_error(make_function, monkeypatch):
+    from functions_app import invocations
+
+    def unpack_fails(sha256):
+        raise OSError(36, "File name too long")
+
+    monkeypatch.setattr(invocations, "code_extracted_dir", unpack_fails)
+    call = accept(make_function(name="unpackable"), kind=InvocationType.SYNC)
+    invocation_run(invocation_id=str(call.pk), executor=FakeExecutor(result()))
+    outcome = invocation_wait(invocation=call, wait_s=1)
+    assert outcome.platform_error and outcome.error_type == EXECUTOR_FAILED
+    assert "File name too long" in json.loads(outcome.result)["errorMessage"]

@@ -260,3 +260,10 @@ def test_changing_a_functions_configuration_retires_its_old_environments_at_once
     assert wait_until(lambda: not environment_cgroups(environment), timeout_s=10)
     again = invoke(api, name="changing")
     assert again["X-Cold-Start"] == "true" and again.status_code == 200
+
+
+def test_a_result_that_json_cannot_hold_is_a_marshal_error(api, worker):
+    create(api, name="nan", source="def handler(event, context):\n    return {'x': float('nan')}\n")
+    response = invoke(api, name="nan")
+    assert response.status_code == 200 and response["X-Function-Error"] == "Unhandled"
+    assert response.json()["errorType"] == "Runtime.MarshalError"

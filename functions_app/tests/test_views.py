@@ -840,3 +840,24 @@ def test_the_demo_operator_reads_the_prometheus_metrics_out_of_the_box(client):
 def test_a_tenant_who_is_not_staff_is_told_how_metrics_are_reached(signed_in):
     page = signed_in.get("/account/").content.decode()
     assert "is for staff sessions" in page and "METRICS_TOKEN" in page
+
+
+def test_the_configuration_tab_sets_ephemeral_storage(signed_in, make_function):
+    function = make_function()
+    page = signed_in.get("/functions/hello/configuration/").content.decode()
+    assert 'name="ephemeral_storage_mb"' in page and 'value="512"' in page
+    form = {
+        "description": "",
+        "handler": "app.handler",
+        "memory_mb": "128",
+        "timeout_s": "3",
+        "ephemeral_storage_mb": "2048",
+        "max_retry_attempts": "2",
+        "max_event_age_s": "21600",
+        "on_success_destination": "",
+        "on_failure_destination": "dead-letter",
+        "revision_id": str(function.revision_id),
+    }
+    signed_in.post("/functions/hello/configuration/", form)
+    function.refresh_from_db()
+    assert function.ephemeral_storage_mb == 2048

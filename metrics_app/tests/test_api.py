@@ -180,6 +180,7 @@ def test_metrics_exposes_counters_histograms_and_gauges_in_the_text_format(clien
     assert 'ephemera_init_duration_seconds_count{function="hello",owner="alice",version="$LATEST"} 1' in text
     assert 'ephemera_cost_usd_total{function="hello",owner="alice",version="$LATEST",part="init"}' in text
     assert "ephemera_queued_invocations 0" in text and 'ephemera_queue_messages{queue="celery"}' in text
+    assert 'ephemera_queue_messages{queue="sync"}' in text and 'ephemera_queue_messages{queue="control"}' in text
 
 
 def test_metrics_for_a_staff_session_is_200(client, user, redis_server):

@@ -12,12 +12,14 @@ brings the detail back.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -47,7 +49,8 @@ def service_commands(*, python: str, options: dict[str, Any], level: str) -> dic
     return {
         "worker": [*celery, *executor_worker_args(level=level, concurrency=options["concurrency"])],
         "control": [*celery, *control_worker_args(level=level, schedule=schedule)],
-        "web": [python, "manage.py", "runserver", "--noreload", f"{options['host']}:{options['port']}"],
+        # The production server (compose runs the same config): many waiting callers, graceful stops.
+        "web": [python, "-m", "gunicorn", "-c", str(settings.BASE_DIR / "console" / "gunicorn_conf.py")],
     }
 
 
@@ -117,6 +120,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["no_seed"] and options["reset_demo_password"]:
             raise CommandError("--reset-demo-password needs the demo user: leave out --no-seed.")
+        self._lock = _only_instance(settings.VAR_DIR)
+        _port_free(options["host"], options["port"])
         self._stopping = False
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
@@ -145,18 +150,23 @@ class Command(BaseCommand):
 
     def _start_services(self, options: dict[str, Any], level: str) -> list[subprocess.Popen]:
         self._commands = service_commands(python=sys.executable, options=options, level=level)
+        self._options = options
         self._level = level
         return [self._start(name) for name in self._commands]
 
     def _start(self, name: str) -> subprocess.Popen:
-        env = {**os.environ, "LOG_LEVEL": self._level}
-        # The development server prints a start-up notice on stdout; its errors and request logs use stderr.
         quiet = self._level not in DETAILED_LEVELS
-        stdout = subprocess.DEVNULL if quiet and name == "web" else None
+        env = {
+            **os.environ,
+            "LOG_LEVEL": self._level,
+            "GUNICORN_BIND": f"{self._options['host']}:{self._options['port']}",
+            "GUNICORN_WORKERS": "2",
+            "GUNICORN_THREADS": "16",
+            "GUNICORN_LOGLEVEL": self._level.lower(),
+            "GUNICORN_ACCESSLOG": "" if quiet else "-",  # one line per request only when asked for
+        }
         self._say(f"Starting {name}")
-        process = subprocess.Popen(
-            self._commands[name], cwd=settings.BASE_DIR, preexec_fn=die_with_parent, env=env, stdout=stdout
-        )
+        process = subprocess.Popen(self._commands[name], cwd=settings.BASE_DIR, preexec_fn=die_with_parent, env=env)
         process.ephemera_name = name  # type: ignore[attr-defined]
         return process
 
@@ -218,6 +228,37 @@ class Command(BaseCommand):
     def _say(self, message: str) -> None:
         self.stdout.write(f"[ephemera] {message}")
         self.stdout.flush()
+
+
+def _only_instance(var_dir: Path) -> int:
+    """Hold var/'s lock for as long as this process lives: a second `make run` on the same var/ would share its
+    database and replace its Redis socket (and remove it on exit), breaking the first."""
+    path = var_dir / "standalone.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise CommandError(
+            f"Ephemera is already running on {var_dir} (pid {holder}). Stop it first (Ctrl-C), or give this one "
+            "a directory of its own: EPHEMERA_VAR_DIR=/some/other/dir make run"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise CommandError(
+                f"Port {port} on {host} is taken ({exc.strerror}). Stop what uses it, or pick another port: "
+                f"make run RUN_ARGS='--port {port + 123}'"
+            ) from None
 
 
 def _name(process: subprocess.Popen) -> str:

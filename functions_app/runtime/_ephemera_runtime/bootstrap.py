@@ -124,7 +124,8 @@ def _call(function: object, header: dict, event_bytes: bytes) -> tuple[bool, str
         event = json.loads(event_bytes) if event_bytes else None
         result = function(event, context)
         try:
-            return True, None, json.dumps(result).encode()
+            # NaN and Infinity are not JSON: no client could read such a result back.
+            return True, None, json.dumps(result, allow_nan=False).encode()
         except (TypeError, ValueError, RecursionError) as exc:
             error_type = "Runtime.MarshalError"
             error = protocol.error(error_type, f"Unable to marshal response: {exc}")
