@@ -289,3 +289,16 @@ def test_a_second_platform_on_the_same_directory_or_port_refuses_to_start_and_le
     assert same_port.returncode != 0 and f"Port {port} on 127.0.0.1 is taken" in said
     assert get_json(f"http://127.0.0.1:{port}/api/v1/functions/", token)["count"] == 1
     assert get_json(f"http://127.0.0.1:{port}/healthz", token, timeout_s=10)["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_fifty_clients_at_once_are_all_answered(platform):
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, port, output = platform
+    token = re.search(r"API key:\s+(eph_\S+)", output).group(1)
+    url = f"http://127.0.0.1:{port}/api/v1/functions/hello/invoke/"
+    post_json(url, token, {"name": "warm"})  # the first call starts the environment
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        answers = list(pool.map(lambda n: post_json(url, token, {"name": str(n)})[0], range(50)))
+    assert sorted(set(answers)) == [200], answers  # no reset connection, no 5xx

@@ -861,3 +861,9 @@ def test_the_configuration_tab_sets_ephemeral_storage(signed_in, make_function):
     signed_in.post("/functions/hello/configuration/", form)
     function.refresh_from_db()
     assert function.ephemeral_storage_mb == 2048
+
+
+def test_a_missing_page_is_the_consoles_own_404_not_a_debug_page(signed_in):
+    response = signed_in.get("/functions/doesnotexist/")
+    page = response.content.decode()
+    assert response.status_code == 404 and "Back to your functions" in page and "URLconf" not in page
