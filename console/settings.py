@@ -21,11 +21,13 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 
 def env_str(name: str, default: str = "") -> str:
-    return os.environ.get(name, default)
+    # Empty means unset, as in env_int below: .env.example lists every variable with a blank value, and a copy of
+    # it used as an env file must not turn each default into an empty string.
+    return os.environ.get(name) or default
 
 
 def env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name) or default)  # empty (a blank line of .env.example) means unset
+    return int(os.environ.get(name) or default)
 
 
 def env_float(name: str, default: float) -> float:

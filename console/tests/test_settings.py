@@ -112,3 +112,15 @@ def test_a_fresh_var_directory_its_keys_and_database_are_readable_by_the_platfor
     subprocess.run([sys.executable, "-c", "import django; django.setup()"], cwd=live.BASE_DIR, env=env, check=True)
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in [var, *var.iterdir()]}
     assert modes == {"var": 0o700, "secret_key": 0o600, "fernet_key": 0o600, "ephemera.sqlite3": 0o600}
+
+
+def test_the_deployment_check_refuses_redis_without_a_password_in_production(settings):
+    from console.checks import redis_has_credentials
+
+    settings.PRODUCTION = True
+    settings.REDIS_URL = "redis://127.0.0.1:6379/0"
+    assert [error.id for error in redis_has_credentials(None)] == ["ephemera.E001"]
+    settings.REDIS_URL = "redis://ephemera:s3cret@127.0.0.1:6379/0"
+    assert redis_has_credentials(None) == []
+    settings.REDIS_URL = "unix:///var/lib/ephemera/redis.sock?db=0"
+    assert redis_has_credentials(None) == []

