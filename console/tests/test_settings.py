@@ -85,6 +85,7 @@ def test_production_settings_pass_the_deployment_checklist(tmp_path):
         SECRET_KEY=STRONG_KEY,
         FERNET_KEYS=Fernet.generate_key().decode(),
         ALLOWED_HOSTS="ephemera.example.com",
+        REDIS_URL="redis://ephemera:a-password@127.0.0.1:6379/0",  # (not reached: the checks read the settings)
     )
     assert result.returncode == 0, result.stderr + result.stdout
 
