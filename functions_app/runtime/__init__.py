@@ -64,13 +64,15 @@ Operating notes:
 
 from __future__ import annotations
 
-from .doctor import SandboxUnavailable, sandbox_doctor
+from .doctor import SandboxUnavailable, production_shortfalls, sandbox_doctor
 from .interface import CapacityError, FunctionSpec, InvokeRequest, InvokeResult, RuntimeConfig
 from .layer import build_layer
+from .network import EgressConfigError, parse_allow
 from .pool import Executor
 
 __all__ = [
     "CapacityError",
+    "EgressConfigError",
     "Executor",
     "FunctionSpec",
     "InvokeRequest",
@@ -78,5 +80,7 @@ __all__ = [
     "RuntimeConfig",
     "SandboxUnavailable",
     "build_layer",
+    "parse_allow",
+    "production_shortfalls",
     "sandbox_doctor",
 ]

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 
-from . import cgroups
+from . import cgroups, network
 from .storage import storage_support
 
 SANDBOX_PYTHON = "/usr/bin/python3"
@@ -23,8 +23,11 @@ class SandboxUnavailable(RuntimeError):
 def _probe() -> dict:
     # A separate interpreter: the probe forks and unshares, which we never do in
     # the (multi-threaded) worker process itself.
+    script = f"import json, sys; sys.path.insert(0, {os.path.dirname(PACKAGE_DIR)!r}); " + (
+        "from _ephemera_runtime.sandbox import probe; json.dump(probe(), sys.stdout)"
+    )
     out = subprocess.run(
-        [SANDBOX_PYTHON, "-I", "-S", os.path.join(PACKAGE_DIR, "sandbox.py")],
+        [SANDBOX_PYTHON, "-I", "-S", "-B", "-c", script],
         capture_output=True,
         env={},
         timeout=30,
@@ -49,6 +52,22 @@ def _cgroup_reasons(layout: cgroups.Layout | None) -> list[str]:
     return reasons
 
 
+def _network_reasons(checks: dict) -> list[str]:
+    checks["egress_policy"] = network.check(network.policy_for((), ()))
+    checks["uplinks_without_forwarding"] = network.uplinks_without_forwarding()
+    reasons = []
+    if not checks.get("veth"):
+        reasons.append("no veth pairs: network-enabled functions cannot start")
+    if checks["egress_policy"]:
+        reasons.append(f"no egress policy ({checks['egress_policy']}): network-enabled functions cannot start")
+    for uplink in checks["uplinks_without_forwarding"]:
+        reasons.append(
+            f"IPv4 forwarding is off on {uplink}: network-enabled functions cannot reach outside "
+            f"(sysctl net.ipv4.conf.{uplink}.forwarding=1 in the worker's network namespace)"
+        )
+    return reasons
+
+
 def sandbox_doctor() -> dict:
     """Probe the host and pick the strongest tier; ``reasons`` explains each shortfall."""
     reasons: list[str] = []
@@ -69,6 +88,7 @@ def sandbox_doctor() -> dict:
         reasons.append(f"seccomp filter unavailable (arch {checks.get('arch')})")
     secure = not reasons
     reasons += _cgroup_reasons(layout)
+    reasons += _network_reasons(checks)
     if checks["ephemeral_storage_missing"]:
         missing = ", ".join(checks["ephemeral_storage_missing"])
         reasons.append(f"ephemeral storage falls back to a tmpfs charged to memory ({missing})")
@@ -76,6 +96,30 @@ def sandbox_doctor() -> dict:
         return {"tier": TIER_NAMESPACES, "secure": True, "reasons": reasons, "checks": checks}
     reasons.append("only the insecure-dev tier (plain fork + rlimits) is possible; it must be chosen explicitly")
     return {"tier": TIER_INSECURE, "secure": False, "reasons": reasons, "checks": checks}
+
+
+def production_shortfalls(report: dict, network_allowed: bool = True) -> list[str]:
+    """How this host's sandbox falls short of the production shape (empty: it does not).
+
+    The shape: the namespaces tier with seccomp, cgroup memory, pids and
+    freezer, and, where functions may opt into the network, veth pairs and an
+    enforceable egress policy. Forwarding on the uplink is the operator's
+    business (a function without it is only offline), so it is not counted.
+    """
+    checks = report.get("checks", {})
+    shortfalls = []
+    if report.get("tier") != TIER_NAMESPACES:
+        shortfalls.append(f"tier {report.get('tier')}: no namespaces tier on this host")
+    if not checks.get("seccomp"):
+        shortfalls.append("no seccomp filter")
+    missing = [c for c in ("memory", "pids", "freezer") if c not in checks.get("cgroup_capabilities", [])]
+    if missing:
+        shortfalls.append(f"no writable cgroup {', '.join(missing)}")
+    if network_allowed and not checks.get("veth"):
+        shortfalls.append("no veth pairs for network-enabled functions")
+    if network_allowed and checks.get("egress_policy", "not checked"):
+        shortfalls.append(f"no egress policy: {checks.get('egress_policy', 'not checked')}")
+    return shortfalls
 
 
 def resolve_tier(requested: str, report: dict) -> str:

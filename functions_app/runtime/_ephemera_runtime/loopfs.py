@@ -92,8 +92,8 @@ def attach(image: str, attempts: int = 8) -> tuple[int, str]:
         os.close(image_fd)
 
 
-def mount_scratch(template: str, image_dir: str, target: str, owner: tuple[int, int]) -> None:
-    """A fresh filesystem from ``template`` at ``target``, owned by the sandbox user, without lost+found."""
+def mount_scratch(template: str, image_dir: str, target: str) -> None:
+    """A fresh filesystem from ``template`` at ``target``, without lost+found (its owner is set for the tenant)."""
     image = f"{image_dir}/{os.urandom(8).hex()}.img"
     copy_sparse(template, image)
     try:
@@ -107,7 +107,6 @@ def mount_scratch(template: str, image_dir: str, target: str, owner: tuple[int, 
     finally:
         os.close(device_fd)  # AUTOCLEAR: from now on the mount alone holds the device
     os.rmdir(f"{target}/lost+found")
-    os.chown(target, *owner)
 
 
 def unmount_scratch(target: str) -> None:
