@@ -1858,3 +1858,57 @@ def test_the_runtime_root_holds_the_interpreter_and_no_other_host_program(run):
     assert len(body["bin"]) <= 20
     assert body["etc"] == ["group", "hosts", "ld.so.cache", "nsswitch.conf", "passwd", "resolv.conf", "ssl"]
     assert body["runtime_mount"] == ["/var/runtime"]  # copied into the zygote's root: no host path behind it
+
+
+def seccomp_verdict(program: bytes, nr: int, args: tuple[int, ...] = (0, 0, 0), arch: int | None = None) -> int:
+    """Run a classic BPF seccomp program (the instructions sandbox.py emits) on one syscall."""
+    import struct
+
+    from functions_app.runtime._ephemera_runtime import sandbox
+
+    words = {0: nr, 4: arch if arch is not None else sandbox._AUDIT_ARCH[sandbox.MACHINE]}
+    words.update({16 + 8 * i: value for i, value in enumerate(args)})
+    insns = [struct.unpack_from("=HBBI", program, offset) for offset in range(0, len(program), 8)]
+    pc = acc = 0
+    while True:
+        code, jt, jf, k = insns[pc]
+        if code == 0x06:
+            return k
+        if code == 0x20:
+            acc, pc = words[k], pc + 1
+            continue
+        taken = {0x15: acc == k, 0x35: acc >= k, 0x45: bool(acc & k)}[code]
+        pc += 1 + (jt if taken else jf)
+
+
+@pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+def test_the_seccomp_allowlist_gives_every_syscall_its_listed_verdict(machine):
+    from functions_app.runtime._ephemera_runtime import sandbox, syscalls
+
+    allow, eperm, enosys, eafnosupport = 0x7FFF0000, 0x50001, 0x50026, 0x50061
+    numbers = syscalls.NUMBERS[machine]
+    audit = sandbox._AUDIT_ARCH[machine]
+    offline, online = (sandbox.build_seccomp_filter(network, machine) for network in (False, True))
+
+    def verdict(name_or_nr, *args, program=offline):
+        nr = numbers[name_or_nr] if isinstance(name_or_nr, str) else name_or_nr
+        return seccomp_verdict(program, nr, args, audit)
+
+    special = {"clone", "ioctl", "socket", "socketpair"}
+    assert {name: verdict(name) for name in sandbox.ALLOWED if name in numbers and name not in special} == {
+        name: allow for name in sandbox.ALLOWED if name in numbers and name not in special
+    }
+    assert {verdict(name) for name in sandbox.DENIED if name in numbers} == {eperm}
+    listed = set(numbers.values())
+    assert {verdict(nr) for nr in range(600) if nr not in listed} == {enosys}  # clone3 among them
+    assert verdict("clone", 0x11) == allow and verdict("clone", 0x10000000) == eperm  # a thread; CLONE_NEWUSER
+    assert verdict("ioctl", 0, 0x5412) == eperm and verdict("ioctl", 0, 0x5401) == allow  # TIOCSTI; TCGETS
+    assert verdict("socket", 1) == allow and verdict("socket", 16, 3, 0) == allow  # AF_UNIX, route netlink
+    assert verdict("socket", 16, 3, 4) == eafnosupport  # netlink sock_diag
+    for family in (17, 40):  # packet, vsock
+        assert verdict("socket", family) == verdict("socket", family, program=online) == eafnosupport
+    assert verdict("socket", 2) == eafnosupport and verdict("socket", 2, program=online) == allow
+    assert verdict("socketpair", 2, program=online) == eafnosupport
+    assert seccomp_verdict(offline, numbers["read"], (), 0x40000003) == 0x80000000  # another ABI: killed
+    if machine == "x86_64":
+        assert verdict(0x40000000 + numbers["read"]) == eperm  # x32

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import platform
 import resource
@@ -184,80 +185,95 @@ def _errno(code: int) -> int:
     return 0x00050000 | code
 
 
-def _only_for(nr: int, block: list[tuple]) -> list[tuple]:
-    """``block`` (which must end every path in a RET) runs for syscall ``nr``; others skip it."""
-    return [(_JEQ, 0, len(block), nr), *block]
+def _ret(action: int) -> list[tuple]:
+    return [(_RET, 0, 0, action)]
 
 
-def _arg_check(nr: int, offset: int, allowed: tuple[int, ...], refusal: int) -> list[tuple]:
-    """Allow syscall ``nr`` only when the argument at ``offset`` is one of ``allowed``, else ``refusal``."""
+def _arg_check(offset: int, allowed: tuple[int, ...], refusal: int) -> list[tuple]:
+    """Allow when the argument at ``offset`` is one of ``allowed``, else ``refusal``."""
     block = [(_LD_ABS, 0, 0, offset)]
     for value in allowed:
-        block += [(_JEQ, 0, 1, value), (_RET, 0, 0, RET_ALLOW)]
-    block.append((_RET, 0, 0, refusal))
-    return _only_for(nr, block)
+        block += [(_JEQ, 0, 1, value), *_ret(RET_ALLOW)]
+    return [*block, *_ret(refusal)]
 
 
-def _socket_check(nr: int, network: bool) -> list[tuple]:
+def _socket_check(network: bool) -> list[tuple]:
     """AF_UNIX, route netlink (own namespace only), and AF_INET/AF_INET6 with the network: no vsock, no packet."""
     families = (AF_UNIX, AF_INET, AF_INET6) if network else (AF_UNIX,)
-    block = [(_LD_ABS, 0, 0, _OFF_ARG0)]
-    for family in families:
-        block += [(_JEQ, 0, 1, family), (_RET, 0, 0, RET_ALLOW)]
-    block += [
+    block = _arg_check(_OFF_ARG0, families, _errno(errno.EAFNOSUPPORT))[:-1]
+    return [
+        *block,
         (_JEQ, 0, 3, AF_NETLINK),
         (_LD_ABS, 0, 0, _OFF_ARG2),
         (_JEQ, 0, 1, NETLINK_ROUTE),
-        (_RET, 0, 0, RET_ALLOW),
-        (_RET, 0, 0, _errno(errno.EAFNOSUPPORT)),
+        *_ret(RET_ALLOW),
+        *_ret(_errno(errno.EAFNOSUPPORT)),
     ]
-    return _only_for(nr, block)
 
 
+def _actions(numbers: dict[str, int], network: bool) -> dict[int, tuple]:
+    """What each listed syscall number gets, as a block of instructions; anything else gets ENOSYS."""
+    actions = {numbers[name]: tuple(_ret(RET_ALLOW)) for name in ALLOWED if name in numbers}
+    actions.update({numbers[name]: tuple(_ret(_errno(errno.EPERM))) for name in DENIED if name in numbers})
+    # clone() with namespace flags would undo the unshare denial (clone3 hides its flags: ENOSYS, libc falls back).
+    clone = [(_LD_ABS, 0, 0, _OFF_ARG0), (_JSET, 0, 1, NAMESPACE_FLAGS), *_ret(_errno(errno.EPERM)), *_ret(RET_ALLOW)]
+    ioctl = [(_LD_ABS, 0, 0, _OFF_ARG1), (_JEQ, 1, 0, TIOCSTI), (_JEQ, 0, 1, TIOCLINUX)]
+    ioctl += [*_ret(_errno(errno.EPERM)), *_ret(RET_ALLOW)]
+    actions[numbers["clone"]] = tuple(clone)
+    actions[numbers["ioctl"]] = tuple(ioctl)
+    actions[numbers["socket"]] = tuple(_socket_check(network))
+    actions[numbers["socketpair"]] = tuple(_arg_check(_OFF_ARG0, (AF_UNIX,), _errno(errno.EAFNOSUPPORT)))
+    return actions
+
+
+def _ranges(actions: dict[int, tuple]) -> list[tuple[int, tuple]]:
+    """(first number, block) for each run of numbers with the same block; from 0 up, ENOSYS past the last."""
+    unknown = tuple(_ret(_errno(errno.ENOSYS)))
+    ranges: list[tuple[int, tuple]] = []
+    for number in range(max(actions) + 2):
+        block = actions.get(number, unknown)
+        if not ranges or ranges[-1][1] != block:
+            ranges.append((number, block))
+    return ranges
+
+
+def _tree(ranges: list[tuple[int, tuple]]) -> list[tuple]:
+    """A balanced search over the ranges: a handful of comparisons per syscall, whatever its number."""
+    if len(ranges) == 1:
+        return list(ranges[0][1])
+    middle = len(ranges) // 2
+    above, below = _tree(ranges[middle:]), _tree(ranges[:middle])
+    if len(above) > 255:
+        raise SandboxError(errno.E2BIG, "seccomp tree too deep for an 8-bit jump")
+    return [(_JGE, 0, len(above), ranges[middle][0]), *above, *below]
+
+
+@functools.cache
 def build_seccomp_filter(network: bool, machine: str | None = MACHINE) -> bytes:
-    """The allowlist (ALLOWED, with argument checks on four syscalls) as a packed sock_filter array."""
+    """The allowlist (ALLOWED, with argument checks on four syscalls) as a packed sock_filter array.
+
+    Cached: the zygote builds both before it forks anything (``warm``), so no environment pays for it.
+    """
     if machine is None:
         raise SandboxError(errno.ENOSYS, f"no seccomp table for {platform.machine()}")
-    numbers = syscalls.NUMBERS[machine]
-    nr = numbers.__getitem__
     prog = [
         (_LD_ABS, 0, 0, _OFF_ARCH),
         (_JEQ, 1, 0, _AUDIT_ARCH[machine]),  # another ABI would bring other syscall numbers
-        (_RET, 0, 0, RET_KILL_PROCESS),
+        *_ret(RET_KILL_PROCESS),
         (_LD_ABS, 0, 0, _OFF_NR),
     ]
     if machine == "x86_64":
         # x32 syscalls share the arch value but have bit 30 set.
-        prog += [(_JGE, 0, 1, 0x40000000), (_RET, 0, 0, _errno(errno.EPERM))]
-    # clone() with namespace flags would undo the unshare denial.
-    prog += _only_for(
-        nr("clone"),
-        [
-            (_LD_ABS, 0, 0, _OFF_ARG0),
-            (_JSET, 0, 1, NAMESPACE_FLAGS),
-            (_RET, 0, 0, _errno(errno.EPERM)),
-            (_RET, 0, 0, RET_ALLOW),
-        ],
-    )
-    prog += _only_for(
-        nr("ioctl"),
-        [
-            (_LD_ABS, 0, 0, _OFF_ARG1),
-            (_JEQ, 1, 0, TIOCSTI),
-            (_JEQ, 0, 1, TIOCLINUX),
-            (_RET, 0, 0, _errno(errno.EPERM)),
-            (_RET, 0, 0, RET_ALLOW),
-        ],
-    )
-    prog += _socket_check(nr("socket"), network)
-    prog += _arg_check(nr("socketpair"), _OFF_ARG0, (AF_UNIX,), _errno(errno.EAFNOSUPPORT))
-    checked = {nr(name) for name in ("clone", "ioctl", "socket", "socketpair")}
-    for number in sorted({numbers[name] for name in ALLOWED if name in numbers} - checked):
-        prog += [(_JEQ, 0, 1, number), (_RET, 0, 0, RET_ALLOW)]
-    for number in sorted({numbers[name] for name in DENIED if name in numbers}):
-        prog += [(_JEQ, 0, 1, number), (_RET, 0, 0, _errno(errno.EPERM))]
-    prog.append((_RET, 0, 0, _errno(errno.ENOSYS)))
+        prog += [(_JGE, 0, 1, 0x40000000), *_ret(_errno(errno.EPERM))]
+    prog += _tree(_ranges(_actions(syscalls.NUMBERS[machine], network)))
     return b"".join(struct.pack("=HBBI", *insn) for insn in prog)
+
+
+def warm() -> None:
+    """Build what every environment needs before the zygote forks: the filters."""
+    if MACHINE is not None:
+        build_seccomp_filter(network=False)
+        build_seccomp_filter(network=True)
 
 
 class _SockFprog(ctypes.Structure):
@@ -491,8 +507,12 @@ def set_rlimits(spec: dict) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _drop_capability_bounding_set() -> None:
-    """No capability can ever come back: an empty bounding set, no ambient ones, root's special rules off."""
+def drop_capability_bounding_set() -> None:
+    """No capability can ever come back: an empty bounding set, no ambient ones, root's special rules off.
+
+    Only what an execve could grant is gone: the caller keeps its effective capabilities (to mount, link,
+    change uid) until its uid drop clears them. So the spare's reaper does it, before the handler forks.
+    """
     cap = 0
     while libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0) == 0:
         cap += 1  # EINVAL past the kernel's last capability
@@ -503,7 +523,6 @@ def _drop_capability_bounding_set() -> None:
 def drop_privileges(uid: int, gid: int) -> None:
     if os.geteuid() != 0:
         return
-    _drop_capability_bounding_set()
     os.setgroups([])
     os.setgid(gid)
     # setuid from root to non-root clears every capability (no SECBIT_KEEP_CAPS).

@@ -319,6 +319,7 @@ def _run_reaper(command: socket.socket, tmp_mb: int | None) -> None:
     host_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     if _config["tier"] == NAMESPACES:
         sandbox.unshare(sandbox.SANDBOX_NAMESPACES)
+        sandbox.drop_capability_bounding_set()  # for the handler too: it forks after
     else:
         sandbox.prctl(sandbox.PR_SET_CHILD_SUBREAPER, 1)  # no pid namespace: adopt the orphans ourselves
     handler_pid, link = _fork_handler(command, host_netns, tmp_mb)
@@ -440,6 +441,7 @@ def main(config: dict) -> None:
     sys.path[1:1] = config["layers"]
     control = socket.socket(fileno=config["control_fd"])
     loaded = _preload(config["preload"])
+    sandbox.warm()
     bootstrap.LAYER_MODULES = _layer_modules(config["layers"])
     signal.signal(signal.SIGCHLD, _reap)
     # Freeze everything imported so far: forked children then never touch these
