@@ -218,6 +218,9 @@ SANDBOX_NETWORK_SUBNET = env_str("SANDBOX_NETWORK_SUBNET", "10.213.0.0/16")
 # DNS servers inside network-enabled environments (reachable on port 53 despite the policy); empty = the host's
 # resolv.conf name servers except loopback ones (an environment's loopback is its own: set these in a container).
 SANDBOX_RESOLVERS = env_list("SANDBOX_RESOLVERS")
+# With PRODUCTION=1, `manage.py check --deploy` fails where the sandbox is weaker than the production shape (the
+# sandbox doctor, functions_app/checks.py). Turn it off in containers that never run an executor (web, control).
+SANDBOX_DEPLOY_CHECK = env_bool("SANDBOX_DEPLOY_CHECK", True)
 AWS_REGION = env_str("EPHEMERA_REGION", "us-east-1")
 # The longest a synchronous HTTP caller is held; past it the answer is the invocation id to poll.
 SYNC_WAIT_MAX_S = env_int("SYNC_WAIT_MAX_S", 120)

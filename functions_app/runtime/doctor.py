@@ -12,6 +12,20 @@ from .storage import storage_support
 SANDBOX_PYTHON = "/usr/bin/python3"
 PACKAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_ephemera_runtime")
 
+# What the worker itself must hold (docker-compose.yml's cap_add): to build namespaces and mounts, make cgroups
+# under the controllers' root-only (0555) directories, drop each sandbox to its tenant's uid with an empty
+# bounding set, give it its /tmp, signal it, and link it to the network.
+REQUIRED_CAPABILITIES = {
+    "CHOWN": 0,
+    "DAC_OVERRIDE": 1,
+    "KILL": 5,
+    "SETGID": 6,
+    "SETUID": 7,
+    "SETPCAP": 8,
+    "SYS_ADMIN": 21,
+}
+NETWORK_CAPABILITIES = {"NET_ADMIN": 12}
+
 TIER_NAMESPACES = "namespaces"
 TIER_INSECURE = "insecure-dev"
 
@@ -39,6 +53,16 @@ def _probe() -> dict:
         return {"error": out.stderr.decode(errors="replace")[-500:]}
 
 
+def missing_capabilities(wanted: dict[str, int]) -> list[str]:
+    """Which of ``wanted`` this process lacks (its effective set, as /proc/self/status has it)."""
+    try:
+        with open("/proc/self/status") as f:
+            effective = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        return sorted(wanted)
+    return [name for name, bit in wanted.items() if not effective >> bit & 1]
+
+
 def _cgroup_reasons(layout: cgroups.Layout | None) -> list[str]:
     if layout is None:
         return ["no writable cgroup memory+pids controllers: memory falls back to RLIMIT_AS, nothing is frozen"]
@@ -56,6 +80,8 @@ def _network_reasons(checks: dict) -> list[str]:
     checks["egress_policy"] = network.check(network.policy_for((), ()))
     checks["uplinks_without_forwarding"] = network.uplinks_without_forwarding()
     reasons = []
+    if "NET_ADMIN" in checks.get("missing_capabilities", []):
+        reasons.append("the worker lacks CAP_NET_ADMIN: network-enabled functions cannot start")
     if not checks.get("veth"):
         reasons.append("no veth pairs: network-enabled functions cannot start")
     if checks["egress_policy"]:
@@ -82,6 +108,10 @@ def sandbox_doctor() -> dict:
         reasons.append(f"probe failed: {checks['error']}")
     if not checks.get("root"):
         reasons.append("not root: the namespaces tier mounts and drops to the sandbox uid itself")
+    checks["missing_capabilities"] = missing_capabilities({**REQUIRED_CAPABILITIES, **NETWORK_CAPABILITIES})
+    lacking = [c for c in checks["missing_capabilities"] if c in REQUIRED_CAPABILITIES]
+    if checks.get("root") and lacking:
+        reasons.append(f"the worker lacks capabilities {', '.join(f'CAP_{c}' for c in lacking)}")
     if not checks.get("namespaces"):
         reasons.append("unshare(mount, pid, net, ipc, uts) failed")
     if not checks.get("seccomp"):

@@ -1912,3 +1912,68 @@ def test_the_seccomp_allowlist_gives_every_syscall_its_listed_verdict(machine):
     assert seccomp_verdict(offline, numbers["read"], (), 0x40000003) == 0x80000000  # another ABI: killed
     if machine == "x86_64":
         assert verdict(0x40000000 + numbers["read"]) == eperm  # x32
+
+
+# ---------------------------------------------------------------- a worker without `privileged` (issue #10 item 5)
+
+
+WORKER_OUTCOMES = [["succeeded", "97"], ["succeeded", '"online"'], [DOCTOR["checks"]["cgroup"], "cgroup", "ext4"]]
+
+
+def compose_worker_capabilities() -> list[str]:
+    import yaml
+
+    worker = yaml.safe_load((Path(REPO) / "docker-compose.yml").read_text())["services"]["worker"]
+    assert worker["cap_drop"] == ["ALL"] and "privileged" not in worker
+    return worker["cap_add"]
+
+
+def run_worker_with_capabilities(tmp_path: Path, capabilities: list[str]) -> subprocess.CompletedProcess:
+    """A worker of its own (root, as in the container) whose capabilities are only ``capabilities``: it starts an
+    executor, runs one offline and one network-enabled function, and shuts down."""
+    source = """
+        import socket
+        def handler(event, context):
+            try:
+                socket.socket().close()
+                return "online"
+            except OSError as exc:
+                return exc.errno
+    """
+    code = make_code(tmp_path, source)
+    script = worker_script(
+        tmp_path / f"w-{len(capabilities)}",
+        """
+        online = FunctionSpec("n", "fn", "1", spec.code_dir, "app.handler", 128, 30.0, {}, network=True, tenant="5")
+        results = [ex.invoke(s, InvokeRequest("r", b"{}", "arn")) for s in (spec, online)]
+        health = ex.health()
+        ex.shutdown()
+        shape = [health[name] for name in ("cgroup", "frozen_between_invocations", "ephemeral_storage")]
+        print(json.dumps([*([r.status, r.payload.decode()] for r in results), shape]))
+        """,
+        code,
+    )
+    bounding = ",".join(["-all", *(f"+{cap.lower()}" for cap in capabilities)])
+    return subprocess.run(
+        ["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", "--", sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_worker_with_only_the_compose_files_capabilities_runs_offline_and_online_sandboxes(tmp_path):
+    done = run_worker_with_capabilities(tmp_path, compose_worker_capabilities())
+    assert done.returncode == 0, done.stderr[-2000:]
+    # Only the network-enabled one may open an AF_INET socket; cgroups and the ext4 /tmp are there, not fallbacks.
+    assert json.loads(done.stdout.splitlines()[-1]) == WORKER_OUTCOMES
+    assert wait_for(lambda: not sandbox_processes())
+
+
+# MKNOD only matters where /dev lacks the loop device's node (a container's /dev); this host's has them all.
+@pytest.mark.parametrize("missing", sorted(set(compose_worker_capabilities()) - {"MKNOD"}))
+def test_the_worker_needs_every_capability_the_compose_file_grants(tmp_path, missing):
+    done = run_worker_with_capabilities(tmp_path, [c for c in compose_worker_capabilities() if c != missing])
+    outcomes = json.loads(done.stdout.splitlines()[-1]) if done.returncode == 0 and done.stdout else None
+    assert outcomes != WORKER_OUTCOMES, f"{missing} is not needed"
+    assert wait_for(lambda: not sandbox_processes(), timeout_s=10)

@@ -54,6 +54,8 @@ def test_check_deploy_fails_in_production_on_a_host_weaker_than_the_production_s
         call_command("check", "--deploy")
 
 
-def test_check_deploy_leaves_the_sandbox_alone_outside_production(weak_host, settings):
+def test_check_deploy_leaves_the_sandbox_alone_outside_production_and_where_no_executor_runs(weak_host, settings):
     settings.PRODUCTION = False
+    call_command("check", "--deploy", "--fail-level", "ERROR")
+    settings.PRODUCTION, settings.SANDBOX_DEPLOY_CHECK = True, False
     call_command("check", "--deploy", "--fail-level", "ERROR")

@@ -515,7 +515,9 @@ def drop_capability_bounding_set() -> None:
     """
     cap = 0
     while libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0) == 0:
-        cap += 1  # EINVAL past the kernel's last capability
+        cap += 1
+    if ctypes.get_errno() != errno.EINVAL:  # EINVAL: past the kernel's last capability
+        _check(-1, f"dropping capability {cap} from the bounding set")
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     prctl(PR_SET_SECUREBITS, SECURE_BITS)
 
