@@ -108,7 +108,7 @@ class Executor:
         self._network_missing: str | None = None
         self._work_dir = os.path.abspath(config.work_dir)
         os.makedirs(os.path.join(self._work_dir, "zygote"), mode=0o700, exist_ok=True)
-        self.network = self._open_network()
+        self.egress = self._open_network()
         self.storage = self._open_storage()
         self._tmp_in_memory = self.tier == TIER_NAMESPACES and self.storage is None
         self._lock = threading.Lock()
@@ -174,14 +174,14 @@ class Executor:
         return policy  # the doctor's reasons say when forwarding is off on the uplink
 
     def _remove_network(self) -> None:
-        if self.network is not None:
-            network.remove(self.network)
+        if self.egress is not None:
+            network.remove(self.egress)
 
     def _zygote_config(self) -> dict:
         return {
             "tier": self.tier,
             "preload": list(self.config.preload),
-            "resolvers": list(self.network.resolvers) if self.network else [],
+            "resolvers": list(self.egress.resolvers) if self.egress else [],
             "runtime_parent": os.path.dirname(PACKAGE_DIR),
             "runtime_package": PACKAGE_DIR,
             "layers": [os.path.abspath(d) for d in self.config.layer_dirs],
@@ -262,7 +262,7 @@ class Executor:
         }
 
     def _network_health(self) -> dict:
-        policy = self.network
+        policy = self.egress
         return {
             "allowed": self.config.network_allowed and self.tier == TIER_NAMESPACES,
             "egress_policy": policy.table if policy else None,
@@ -485,8 +485,8 @@ class Executor:
             "tmp_mb": spec.tmp_mb,
             "scratch": self.storage is not None,
             "network": online,
-            "link": self.network.link if online and self.network else None,
-            "setup_error": self._network_missing if online and not self.network else None,
+            "link": self.egress.link if online and self.egress else None,
+            "setup_error": self._network_missing if online and not self.egress else None,
             "uid": uid,
             "gid": uid,
             "shm_mb": spec.memory_mb,
