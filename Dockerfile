@@ -2,9 +2,10 @@
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 EPHEMERA_VAR_DIR=/var/lib/ephemera
-# The sandbox runs user handlers under the distribution's own /usr/bin/python3 (stdlib only, never the app's venv).
+# The sandbox runs user handlers under the distribution's own /usr/bin/python3 (stdlib only, never the app's venv);
+# nftables holds the network-enabled functions' egress policy, e2fsprogs makes their /tmp filesystems.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 bubblewrap \
+    && apt-get install -y --no-install-recommends python3 bubblewrap nftables e2fsprogs \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

@@ -34,7 +34,8 @@ def summary_rows(results: dict[str, dict]) -> list[str]:
         "| # | figure | baseline (same run) | ratio | goal |",
         "|---|---|---|---|---|",
         f"| P1 | cold start (zygote, boto3 handler, isolation on): init p50 {p1['cold_init_ms']['p50']} ms, "
-        f"end to end {p1['cold_invoke_end_to_end_ms']['p50']} ms | fresh `python3 -I -S` + `import boto3`: "
+        f"end to end {p1['cold_invoke_end_to_end_ms']['p50']} ms (network-enabled: init p50 "
+        f"{cold['network_enabled_cold_init_ms']['p50']} ms) | fresh `python3 -I -S` + `import boto3`: "
         f"{p1['baseline_fresh_python_import_boto3_ms']['p50']} ms | {p1['ratio_init_p50_to_baseline_p50']}x | "
         "p50 <= 10 ms and <= 0.1x |",
         f"| P2 | warm sync invoke via HTTP: p50 {sync['P2_warm_sync_invoke_http_ms']['p50']} ms | Celery "

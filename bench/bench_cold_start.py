@@ -2,7 +2,8 @@
 
 Usage: .venv/bin/python bench/bench_cold_start.py [--runs 30]
 
-Also reports the warm Executor.invoke round trip (no-op handler), the floor under P2.
+Also reports the warm Executor.invoke round trip (no-op handler), the floor under P2, and the cold start
+of a network-enabled function (its own veth link and egress policy), measured the same way after P1's.
 
 P1 compares, in the same run and interleaved, a cold start through the
 Executor (fresh environment key each time, handler imports boto3, isolation on)
@@ -48,7 +49,7 @@ def write_code(root: str, name: str, source: str) -> str:
     return code
 
 
-def spec_for(code: str, key: str) -> FunctionSpec:
+def spec_for(code: str, key: str, network: bool = False) -> FunctionSpec:
     return FunctionSpec(
         environment_key=key,
         function_name="bench",
@@ -58,6 +59,7 @@ def spec_for(code: str, key: str) -> FunctionSpec:
         memory_mb=256,
         timeout_s=30.0,
         env={},
+        network=network,
     )
 
 
@@ -71,10 +73,10 @@ def baseline_ms(layer: str) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
-def cold_start(ex: Executor, code: str) -> tuple[float, float]:
+def cold_start(ex: Executor, code: str, network: bool = False) -> tuple[float, float]:
     request = InvokeRequest(request_id=uuid.uuid4().hex, event=b"{}", invoked_function_arn="arn:bench")
     t0 = time.perf_counter()
-    result = ex.invoke(spec_for(code, uuid.uuid4().hex), request)
+    result = ex.invoke(spec_for(code, uuid.uuid4().hex, network), request)
     e2e = (time.perf_counter() - t0) * 1000
     if result.status != "succeeded" or not result.is_cold:
         raise SystemExit(f"cold start failed: {result}")
@@ -151,12 +153,16 @@ def main() -> None:
         try:
             baseline_ms(layer)  # warm the page cache and __pycache__ for both sides
             cold_start(ex, boto_code)
-            inits, e2es, bases = [], [], []
+            inits, e2es, bases, online = [], [], [], []
             for _ in range(args.runs):
                 init, e2e = cold_start(ex, boto_code)
                 inits.append(init)
                 e2es.append(e2e)
                 bases.append(baseline_ms(layer))
+            # Apart from P1: a network namespace with a link takes the kernel a while to tear down afterwards.
+            for _ in range(args.runs):
+                online.append(cold_start(ex, boto_code, network=True)[0])
+                baseline_ms(layer)
             # Back to back, the zygote may still be forking the next spare.
             burst = [cold_start(ex, boto_code)[0] for _ in range(args.runs)]
             p5 = idle_env_pss(ex, noop_code)
@@ -178,6 +184,10 @@ def main() -> None:
             "ratio_init_p50_to_baseline_p50": round(statistics.median(inits) / p50_base, 3),
             "ratio_end_to_end_p50_to_baseline_p50": round(statistics.median(e2es) / p50_base, 3),
             "goal": "init p50 <= 10 ms (stretch 5) and <= 0.1x baseline",
+        },
+        "network_enabled_cold_init_ms": {
+            **summary(online),
+            "extra_p50_over_P1_ms": round(statistics.median(online) - statistics.median(inits), 2),
         },
         "P5": p5,
         "warm_invoke_through_executor_ms": summary(warm),

@@ -20,7 +20,7 @@ def redis_has_credentials(app_configs: Any, **kwargs: Any) -> list[Error]:
             "REDIS_URL has no password: anything that reaches Redis could read other tenants' results and forge tasks.",
             hint="Run Redis with an ACL user (deploy/redis/acl-rules) and put it in the URL: "
             "redis://ephemera:<password>@host:6379/0.",
-            id="ephemera.E001",
+            id="ephemera.E010",
         )
     ]
 
@@ -42,6 +42,6 @@ def database_role_is_not_a_superuser(app_configs: Any, **kwargs: Any) -> list[Er
             "The application reaches PostgreSQL as a superuser, which can read the server's files and run programs "
             "on its host.",
             hint="Make a role of its own with deploy/postgres/app-role.sql and use it in DATABASE_URL.",
-            id="ephemera.E002",
+            id="ephemera.E011",
         )
     ]

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("EPHEMERA_VAR_DIR", str(Path(__file__).resolve().parent.parent / "var" / "test"))
-# A sandbox uid of this run's own (no account has it), so that tests counting or killing sandbox processes by uid
-# see only their own, never another run's or the host's `nobody` processes.
-os.environ.setdefault("SANDBOX_UID", str(60000 + os.getpid() % 5000))
+# Sandbox uids of this run's own (no account has them), so that tests counting or killing sandbox processes by uid
+# see only their own, never another run's or the host's.
+os.environ.setdefault("SANDBOX_UID", str(2_000_000 + os.getpid() % 5000 * 10_000))
+os.environ.setdefault("SANDBOX_UID_COUNT", "10000")

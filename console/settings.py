@@ -201,7 +201,11 @@ CELERY_TASK_ROUTES = {
 # The executor (functions_app/runtime). Tier "auto" picks the strongest isolation the host supports; "insecure-dev"
 # (a plain forked process with rlimits) must be asked for by name and is shown loudly. See DESIGN.md §4.
 SANDBOX_TIER = env_str("SANDBOX_TIER", "auto")
-SANDBOX_UID = env_int("SANDBOX_UID", 65534)
+# Environments run as host uid SANDBOX_UID + (owner id mod SANDBOX_UID_COUNT): a uid per tenant, none of them an
+# account of the host (so no file, process or per-user kernel limit is shared with anything else).
+SANDBOX_UID = env_int("SANDBOX_UID", 1_000_000)
+SANDBOX_UID_COUNT = env_int("SANDBOX_UID_COUNT", 1_000_000)
+SANDBOX_UIDS = range(SANDBOX_UID, SANDBOX_UID + SANDBOX_UID_COUNT)
 RUNTIME_WORK_DIR = Path(env_str("RUNTIME_WORK_DIR", str(VAR_DIR / "runtime")))
 # Read-only layer with boto3 that handlers can import, as on Lambda; built from the worker's own install.
 RUNTIME_LAYER_DIR = Path(env_str("RUNTIME_LAYER_DIR", str(VAR_DIR / "layers" / "python")))
@@ -219,6 +223,21 @@ RUNTIME_MB_PER_VCPU = env_int("RUNTIME_MB_PER_VCPU", 1769)
 # "auto": each environment's /tmp is an ext4 of its own on a loop device, sized on disk apart from memory, where the
 # host allows; "tmpfs": a tmpfs whose size is added to the memory limit (the fallback the doctor reports).
 RUNTIME_EPHEMERAL_STORAGE = env_str("RUNTIME_EPHEMERAL_STORAGE", "auto")
+# Outbound network for functions that opt in (network_enabled). Each environment has a network namespace of its own;
+# one that opts in gets a link through the worker's namespace under an egress policy (docs/architecture.md §6): no
+# host address, no private, shared or link-local range (the metadata address among them), no worker LAN, unless
+# EGRESS_ALLOW lists it as host:port (e.g. an object store: "minio.internal:9000,10.0.0.5:443"). The public Internet
+# is reachable. FUNCTION_NETWORK_ALLOWED=0 keeps every function offline and refuses network_enabled on new configs.
+FUNCTION_NETWORK_ALLOWED = env_bool("FUNCTION_NETWORK_ALLOWED", True)
+EGRESS_ALLOW = env_list("EGRESS_ALLOW")
+# The environments' own addresses, one /32 each on its link; never seen outside (masqueraded).
+SANDBOX_NETWORK_SUBNET = env_str("SANDBOX_NETWORK_SUBNET", "10.213.0.0/16")
+# DNS servers inside network-enabled environments (reachable on port 53 despite the policy); empty = the host's
+# resolv.conf name servers except loopback ones (an environment's loopback is its own: set these in a container).
+SANDBOX_RESOLVERS = env_list("SANDBOX_RESOLVERS")
+# With PRODUCTION=1, `manage.py check --deploy` fails where the sandbox is weaker than the production shape (the
+# sandbox doctor, functions_app/checks.py). Turn it off in containers that never run an executor (web, control).
+SANDBOX_DEPLOY_CHECK = env_bool("SANDBOX_DEPLOY_CHECK", True)
 AWS_REGION = env_str("EPHEMERA_REGION", "us-east-1")
 # The longest a synchronous HTTP caller is held; past it the answer is the invocation id to poll.
 SYNC_WAIT_MAX_S = env_int("SYNC_WAIT_MAX_S", 120)

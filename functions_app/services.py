@@ -124,7 +124,7 @@ def config_validate(fields: dict[str, Any]) -> None:
         ),
         "runtime": _runtime_validate,
         "description": lambda v: _text_validate("description", v, 256),
-        "network_enabled": lambda v: _bool_validate("network_enabled", v),
+        "network_enabled": _network_validate,
         "environment": environment_validate,
         "on_success_destination": lambda v: _destination_validate("on_success_destination", v),
         "on_failure_destination": lambda v: _destination_validate("on_failure_destination", v),
@@ -164,6 +164,12 @@ def _runtime_validate(value: Any) -> None:
 def _text_validate(field: str, value: Any, limit: int) -> None:
     if not isinstance(value, str) or len(value) > limit:
         raise _invalid(field, f"Must be text of at most {limit} characters.")
+
+
+def _network_validate(value: Any) -> None:
+    _bool_validate("network_enabled", value)
+    if value and not settings.FUNCTION_NETWORK_ALLOWED:
+        raise _invalid("network_enabled", "Outbound network is turned off on this platform by its operator.")
 
 
 def _bool_validate(field: str, value: Any) -> None:

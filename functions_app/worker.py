@@ -23,7 +23,15 @@ from functions_app.code_storage import code_extracted_dir
 from functions_app.invocations import environment_key_owner, leases_renew
 from functions_app.models import Function
 from functions_app.notices import FUNCTION_CHANGED_CHANNEL
-from functions_app.runtime import Executor, RuntimeConfig, build_layer, sandbox_doctor
+from functions_app.runtime import (
+    EgressConfigError,
+    Executor,
+    RuntimeConfig,
+    build_layer,
+    parse_allow,
+    production_shortfalls,
+    sandbox_doctor,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +68,26 @@ def runtime_config() -> RuntimeConfig:
         log_cap_bytes=settings.RUNTIME_LOG_CAP_BYTES,
         tier=sandbox_tier(),
         sandbox_uid=settings.SANDBOX_UID,
+        sandbox_uid_count=settings.SANDBOX_UID_COUNT,
         region=settings.AWS_REGION,
         mb_per_vcpu=settings.RUNTIME_MB_PER_VCPU,
         ephemeral_storage=settings.RUNTIME_EPHEMERAL_STORAGE,
+        network_allowed=settings.FUNCTION_NETWORK_ALLOWED,
+        egress_allow=tuple(settings.EGRESS_ALLOW),
+        network_subnet=settings.SANDBOX_NETWORK_SUBNET,
+        resolvers=tuple(settings.SANDBOX_RESOLVERS) or None,
     )
+
+
+def sandbox_report() -> dict[str, Any]:
+    """The sandbox doctor's report for this host, with how it falls short of the production shape."""
+    report = sandbox_doctor()
+    report["production_shortfalls"] = production_shortfalls(report, network_allowed=settings.FUNCTION_NETWORK_ALLOWED)
+    try:
+        parse_allow(tuple(settings.EGRESS_ALLOW))
+    except EgressConfigError as exc:
+        report["production_shortfalls"].append(str(exc))
+    return report
 
 
 def executor() -> Executor:

@@ -7,6 +7,7 @@ It never imports Django or Celery.
     result = executor.invoke(spec, request)   # thread-safe; one invocation per environment
     executor.retire(lambda key: key.startswith(f"{function_id}:"), kill_busy=True)  # function deleted
     executor.environment_keys()               # what is warm, for periodic reconciliation
+    production_shortfalls(sandbox_doctor())   # how this host falls short of the production shape
     executor.shutdown()                       # kills every sandbox, the zygote too
 
 - ``invoke`` raises CapacityError, before reserving or starting anything, when
@@ -45,18 +46,32 @@ What an environment gets:
   ``_ephemera_runtime`` at /var/runtime; layers are at /opt/python (then
   /opt/python-2…). No ``__file__``, command line or environment a function can
   read holds a host path (``/proc/self/mountinfo`` still shows the bind
-  sources of /var/task and the runtime).
+  sources of /var/task and the layers).
+- A network namespace of its own, always: only ``lo``. With
+  ``FunctionSpec.network`` (and ``network_allowed``) also an ``eth0`` linked to
+  the worker's namespace under the egress policy (network.py): no address of
+  the host, private, shared, link-local (the metadata address) or reserved
+  ranges, nor the worker's own networks, unless ``egress_allow`` lists it;
+  public ones through the worker's address. Sockets: AF_UNIX and route
+  netlink, plus AF_INET/AF_INET6 with the network.
+- A seccomp allowlist, an empty capability bounding set, no_new_privs, and a
+  host uid per tenant: ``sandbox_uid + int(tenant) % sandbox_uid_count``.
+- A minimal root: /usr holds the interpreter, its stdlib, the shared libraries
+  and a few tools (sandbox.RUNTIME_TOOLS); /etc only generated files; /dev
+  null, zero, random, urandom and a /dev/shm tmpfs.
 - The log keeps a short head and the tail of the output, ``log_cap_bytes`` in
   all, with a marker between them.
 
 Operating notes:
 - One Executor per worker process, shared by its threads: run Celery with
   ``--pool threads`` (a prefork pool would give every child its own zygote and pool).
-- The namespaces tier needs root (it mounts, writes cgroupfs, attaches loop
-  devices and drops to ``sandbox_uid`` itself) and the system ``/usr/bin/python3``;
-  no extra packages. ``sandbox_doctor()`` says what the host supports;
-  ``tier="insecure-dev"`` is never chosen automatically. insecure-dev isolates
-  nothing: no namespaces, host paths, the host's /tmp.
+- The namespaces tier needs root with the capabilities doctor.REQUIRED_CAPABILITIES
+  names (it mounts, writes cgroupfs, attaches loop devices and drops to the
+  tenants' uids itself) and the system ``/usr/bin/python3``; network-enabled
+  functions also need CAP_NET_ADMIN, ``nft`` and IPv4 forwarding on the uplink.
+  ``sandbox_doctor()`` says what the host supports; ``tier="insecure-dev"`` is
+  never chosen automatically. insecure-dev isolates nothing: no namespaces,
+  host paths, the host's /tmp and network.
 - Layer directories must be readable by root; ``build_layer(dest)`` fills one
   with boto3. Work files live under ``work_dir`` (templates for /tmp, one per
   size, removed at shutdown); a dead worker's are removed by the next one.
@@ -64,13 +79,15 @@ Operating notes:
 
 from __future__ import annotations
 
-from .doctor import SandboxUnavailable, sandbox_doctor
+from .doctor import SandboxUnavailable, production_shortfalls, sandbox_doctor
 from .interface import CapacityError, FunctionSpec, InvokeRequest, InvokeResult, RuntimeConfig
 from .layer import build_layer
+from .network import EgressConfigError, parse_allow
 from .pool import Executor
 
 __all__ = [
     "CapacityError",
+    "EgressConfigError",
     "Executor",
     "FunctionSpec",
     "InvokeRequest",
@@ -78,5 +95,7 @@ __all__ = [
     "RuntimeConfig",
     "SandboxUnavailable",
     "build_layer",
+    "parse_allow",
+    "production_shortfalls",
     "sandbox_doctor",
 ]

@@ -56,13 +56,20 @@ class RuntimeConfig:
     memory_budget_mb: int = 4096
     log_cap_bytes: int = 1 << 20
     tier: str = "auto"  # "auto" | "namespaces" | "insecure-dev"
-    sandbox_uid: int = 65534
+    # Environments run as host uid sandbox_uid + (tenant id mod sandbox_uid_count): one uid per tenant.
+    sandbox_uid: int = 1_000_000
+    sandbox_uid_count: int = 1_000_000
     # Additions to the agreed interface, all with safe defaults:
     region: str = "us-east-1"  # AWS_REGION / AWS_DEFAULT_REGION inside
     init_timeout_s: float = 10.0  # Lambda's init phase limit
     pids_max: int = 64  # cgroup pids.max per environment (fork bombs)
     mb_per_vcpu: int = 1769  # CPU quota in proportion to memory, as Lambda (1,769 MB = 1 vCPU); 0 = unlimited
     ephemeral_storage: str = "auto"  # "auto": /tmp on its own ext4 where the host allows, else "tmpfs"
+    # FunctionSpec.network: a link out through the worker's namespace under the egress policy (network.py).
+    network_allowed: bool = True  # False: every environment stays offline, whatever its function asks
+    egress_allow: tuple[str, ...] = ()  # "host:port" destinations reachable although private or the host's
+    network_subnet: str = "10.213.0.0/16"  # the environments' own addresses (each a /32 on its link)
+    resolvers: tuple[str, ...] | None = None  # DNS servers inside (allowed on port 53); None: the host's
 
 
 class CapacityError(RuntimeError):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from . import network
 from ._ephemera_runtime import protocol
 from .cgroups import EnvCgroup, Limits, detect_layout, sweep_orphans
 from .doctor import PACKAGE_DIR, TIER_NAMESPACES, resolve_tier, sandbox_doctor
@@ -71,6 +73,13 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+def tenant_uid(tenant: str, base: int, count: int) -> int:
+    """The host uid a tenant's environments run as: distinct per tenant id below ``count`` (ids are numbers)."""
+    if tenant.isdigit():
+        return base + int(tenant) % count
+    return base + int.from_bytes(hashlib.sha256(tenant.encode()).digest()[:8], "big") % count
+
+
 def exit_message(status: int | None) -> str:
     """Lambda's words for how the runtime process ended, from its wait status."""
     code = os.waitstatus_to_exitcode(status) if status is not None else 0
@@ -96,8 +105,10 @@ class Executor:
         self.cgroups = layout.prepare() if layout else None
         if self.cgroups:
             sweep_orphans(self.cgroups)
+        self._network_missing: str | None = None
         self._work_dir = os.path.abspath(config.work_dir)
         os.makedirs(os.path.join(self._work_dir, "zygote"), mode=0o700, exist_ok=True)
+        self.egress = self._open_network()
         self.storage = self._open_storage()
         self._tmp_in_memory = self.tier == TIER_NAMESPACES and self.storage is None
         self._lock = threading.Lock()
@@ -114,6 +125,7 @@ class Executor:
             self._zygote.start()
         except BaseException:
             self._remove_storage()
+            self._remove_network()
             raise
         self._teardown_thread = threading.Thread(target=self._teardown_loop, name="ephemera-teardown", daemon=True)
         self._teardown_thread.start()
@@ -141,11 +153,35 @@ class Executor:
         self.reasons.append(reason)
         logger.warning("%s", reason)
 
+    def _open_network(self) -> network.EgressPolicy | None:
+        """The egress policy for functions that opt into the network; None (and a reason) when there is none.
+
+        A bad EGRESS_ALLOW entry or resolver raises: the operator meant something that cannot be honoured.
+        """
+        if self.tier != TIER_NAMESPACES:
+            return None  # insecure-dev: the host's own network (INSECURE_WARNING says so)
+        if not self.config.network_allowed:
+            self.reasons.append("network opt-in is off (operator setting): every environment stays offline")
+            return None
+        policy = network.policy_for(self.config.egress_allow, self.config.resolvers, self.config.network_subnet)
+        try:
+            network.install(policy)
+        except OSError as exc:
+            self._network_missing = f"network-enabled functions cannot start: {exc}"
+            self.reasons.append(self._network_missing)
+            logger.warning("%s", self._network_missing)
+            return None
+        return policy  # the doctor's reasons say when forwarding is off on the uplink
+
+    def _remove_network(self) -> None:
+        if self.egress is not None:
+            network.remove(self.egress)
+
     def _zygote_config(self) -> dict:
         return {
             "tier": self.tier,
             "preload": list(self.config.preload),
-            "owner": [self.config.sandbox_uid, self.config.sandbox_uid],
+            "resolvers": list(self.egress.resolvers) if self.egress else [],
             "runtime_parent": os.path.dirname(PACKAGE_DIR),
             "runtime_package": PACKAGE_DIR,
             "layers": [os.path.abspath(d) for d in self.config.layer_dirs],
@@ -225,6 +261,8 @@ class Executor:
             "frozen_between_invocations": "cgroup" if layout and layout.has("freezer") else "SIGSTOP",
             "cpu_limit_mb_per_vcpu": self.config.mb_per_vcpu if layout and layout.has("cpu") else 0,
             "ephemeral_storage": "ext4" if self.storage else "tmpfs" if self._tmp_in_memory else "host /tmp",
+            "network": self._network_health(),
+            "sandbox_uids": f"{self.config.sandbox_uid}-{self.config.sandbox_uid + self.config.sandbox_uid_count - 1}",
             "warm_environments": len(envs),
             "busy_environments": sum(e.busy for e in envs),
             "dying_environments": dying,
@@ -232,6 +270,15 @@ class Executor:
             "zygote_pid": self._zygote.pid,
             "zygote_alive": self._zygote.alive(),
             "preloaded": self._zygote.preloaded,
+        }
+
+    def _network_health(self) -> dict:
+        policy = self.egress
+        return {
+            "allowed": self.config.network_allowed and self.tier == TIER_NAMESPACES,
+            "egress_policy": policy.table if policy else None,
+            "egress_allow": [f"{address}:{port}" for address, port in policy.allowed] if policy else [],
+            "resolvers": list(policy.resolvers) if policy else [],
         }
 
     def reap_idle(self) -> int:
@@ -272,6 +319,7 @@ class Executor:
         self._zygote.stop()
         self._retry_stale_cgroups(timeout_s=2.0)
         self._remove_storage()
+        self._remove_network()
 
     def _remove_storage(self) -> None:
         if self.storage is not None:
@@ -437,6 +485,8 @@ class Executor:
             self.storage.ensure(spec.tmp_mb)
         task_root = "/var/task" if self.tier == TIER_NAMESPACES else os.path.abspath(spec.code_dir)
         cgroup = env.cgroup
+        uid = tenant_uid(spec.tenant, self.config.sandbox_uid, self.config.sandbox_uid_count)
+        online = spec.network and self.config.network_allowed and self.tier == TIER_NAMESPACES
         return {
             "tier": self.tier,
             "code_dir": os.path.abspath(spec.code_dir),
@@ -445,9 +495,12 @@ class Executor:
             "env": self._sandbox_env(spec, env.id, task_root),
             "tmp_mb": spec.tmp_mb,
             "scratch": self.storage is not None,
-            "network": spec.network,
-            "uid": self.config.sandbox_uid,
-            "gid": self.config.sandbox_uid,
+            "network": online,
+            "link": self.egress.link if online and self.egress else None,
+            "setup_error": self._network_missing if online and not self.egress else None,
+            "uid": uid,
+            "gid": uid,
+            "shm_mb": spec.memory_mb,
             "cgroup_attach": cgroup.attach_files if cgroup else [],
             "thaw_file": cgroup.thaw_file if cgroup else None,
             "rlimit_as_mb": None if cgroup else spec.memory_mb,

@@ -322,7 +322,7 @@ def test_a_sandbox_killed_mid_run_is_a_clean_error_and_the_worker_stays_healthy(
     import psutil
 
     sandboxes = [
-        p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == settings.SANDBOX_UID
+        p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real in settings.SANDBOX_UIDS
     ]
     assert sandboxes, "no sandbox process found"
     for process in sandboxes:

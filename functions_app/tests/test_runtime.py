@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -31,8 +32,10 @@ from functions_app.runtime import (
     sandbox_doctor,
 )
 
-# This run's own uid (console/pytest_env.py): every process with it is ours.
+# This run's own uids (console/pytest_env.py): every process with one of them is ours.
 SANDBOX_UID = int(os.environ["SANDBOX_UID"])
+SANDBOX_UID_COUNT = int(os.environ["SANDBOX_UID_COUNT"])
+SANDBOX_UIDS = range(SANDBOX_UID, SANDBOX_UID + SANDBOX_UID_COUNT)
 DOCTOR = sandbox_doctor()
 pytestmark = pytest.mark.skipif(
     DOCTOR["tier"] != "namespaces", reason="needs the namespaces tier: " + "; ".join(DOCTOR["reasons"])
@@ -68,6 +71,12 @@ def make_spec(code_dir: str, **overrides: object) -> FunctionSpec:
     return FunctionSpec(**fields)
 
 
+def make_config(work_dir: Path, **overrides: object) -> RuntimeConfig:
+    """This run's sandbox uids, nothing pre-imported, ``work_dir``; ``overrides`` on top."""
+    fields = {"preload": (), "sandbox_uid": SANDBOX_UID, "sandbox_uid_count": SANDBOX_UID_COUNT, **overrides}
+    return RuntimeConfig(work_dir=str(work_dir), **fields)
+
+
 def make_request(event: object = None, **overrides: object) -> InvokeRequest:
     fields = {
         "request_id": "req-1",
@@ -82,7 +91,7 @@ def sandbox_processes() -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["uids"]):
         uids = proc.info["uids"]
-        if uids is not None and SANDBOX_UID in (uids.real, uids.effective):
+        if uids is not None and (uids.real in SANDBOX_UIDS or uids.effective in SANDBOX_UIDS):
             found.append(proc)
     return found
 
@@ -119,7 +128,8 @@ def worker_script(work_dir: Path, body: str, code: str = "", memory_mb: int = 12
         import json, resource, sys, threading, time
         sys.path.insert(0, {REPO!r})
         from functions_app.runtime import Executor, FunctionSpec, InvokeRequest, RuntimeConfig
-        ex = Executor(RuntimeConfig(work_dir={str(work_dir)!r}, preload=(), sandbox_uid={SANDBOX_UID}))
+        uids = {{"sandbox_uid": {SANDBOX_UID}, "sandbox_uid_count": {SANDBOX_UID_COUNT}}}
+        ex = Executor(RuntimeConfig(work_dir={str(work_dir)!r}, preload=(), **uids))
         spec = FunctionSpec("k", "fn", "1", {code!r}, "app.handler", {memory_mb}, 30.0, {{}})
     """
     return textwrap.dedent(prelude) + textwrap.dedent(body)
@@ -127,11 +137,7 @@ def worker_script(work_dir: Path, body: str, code: str = "", memory_mb: int = 12
 
 @pytest.fixture
 def executor(tmp_path):
-    ex = Executor(
-        RuntimeConfig(
-            work_dir=str(tmp_path / "work"), preload=("json",), sandbox_uid=SANDBOX_UID, log_cap_bytes=64 * 1024
-        )
-    )
+    ex = Executor(make_config(tmp_path / "work", preload=("json",), log_cap_bytes=64 * 1024))
     yield ex
     ex.shutdown()
     assert wait_for(lambda: not sandbox_processes()), "sandbox processes survived shutdown"
@@ -151,7 +157,7 @@ def run(executor, tmp_path):
 @pytest.fixture
 def small_budget(tmp_path):
     """An executor with room for two 128 MB environments."""
-    config = RuntimeConfig(work_dir=str(tmp_path / "w"), preload=(), sandbox_uid=SANDBOX_UID, memory_budget_mb=256)
+    config = make_config(tmp_path / "w", memory_budget_mb=256)
     ex = Executor(config)
     yield ex
     ex.shutdown()
@@ -249,7 +255,7 @@ def test_concurrent_invocations_of_one_key_each_get_their_own_environment(execut
 
 
 def test_idle_environments_are_reaped_after_the_ttl(tmp_path):
-    ex = Executor(RuntimeConfig(work_dir=str(tmp_path / "w"), preload=(), sandbox_uid=SANDBOX_UID, idle_ttl_s=0.1))
+    ex = Executor(make_config(tmp_path / "w", idle_ttl_s=0.1))
     try:
         ex.invoke(make_spec(make_code(tmp_path, COUNTER)), make_request())
         time.sleep(0.2)
@@ -277,7 +283,7 @@ def test_the_memory_budget_evicts_the_least_recently_used_idle_environment(small
 def test_shutdown_leaves_no_process_behind(tmp_path):
     # Other fixtures (an embedded Redis) may own children of this process too: only new ones count.
     before = {child.pid for child in psutil.Process().children(recursive=True)}
-    ex = Executor(RuntimeConfig(work_dir=str(tmp_path / "w"), preload=(), sandbox_uid=SANDBOX_UID))
+    ex = Executor(make_config(tmp_path / "w"))
     zygote = psutil.Process(ex.health()["zygote_pid"])
     ex.invoke(make_spec(make_code(tmp_path, COUNTER)), make_request())
     ex.shutdown()
@@ -305,7 +311,7 @@ def test_the_insecure_dev_tier_runs_only_when_asked_and_says_so_loudly(tmp_path)
     # its host path, and pytest's tmp_path parents are 0700.
     code_root = Path(tempfile.mkdtemp(prefix="ephemera-insecure-"))
     code_root.chmod(0o755)
-    ex = Executor(RuntimeConfig(work_dir=str(tmp_path / "w"), preload=(), sandbox_uid=SANDBOX_UID, tier="insecure-dev"))
+    ex = Executor(make_config(tmp_path / "w", tier="insecure-dev"))
     try:
         health = ex.health()
         assert health["tier"] == "insecure-dev" and health["secure"] is False
@@ -313,7 +319,8 @@ def test_the_insecure_dev_tier_runs_only_when_asked_and_says_so_loudly(tmp_path)
         source = "import os\ndef handler(e, c):\n    return [os.getuid(), os.environ['LAMBDA_TASK_ROOT']]\n"
         code = make_code(code_root, source)
         result = ex.invoke(make_spec(code), make_request())
-        assert payload(result) == [SANDBOX_UID, code]
+        uid, task_root = payload(result)
+        assert uid in SANDBOX_UIDS and task_root == code
         slow = make_spec(make_code(code_root, "import time\ndef handler(e, c):\n    time.sleep(30)\n"), timeout_s=0.5)
         assert ex.invoke(slow, make_request()).status == "timed_out"
     finally:
@@ -328,7 +335,7 @@ def test_it_pauses_an_insecure_dev_environment_with_sigstop_where_no_freezer_exi
     monkeypatch.setattr(pool, "detect_layout", lambda: None)  # as on a host without writable cgroups
     code_root = Path(tempfile.mkdtemp(prefix="ephemera-insecure-"))
     code_root.chmod(0o755)
-    config = RuntimeConfig(work_dir=str(tmp_path / "w"), preload=(), sandbox_uid=SANDBOX_UID, tier="insecure-dev")
+    config = make_config(tmp_path / "w", tier="insecure-dev")
     ex = Executor(config)
     try:
         assert ex.health()["frozen_between_invocations"] == "SIGSTOP"
@@ -370,7 +377,7 @@ def test_killing_the_worker_takes_every_sandbox_with_it(tmp_path):
     leftovers = f"/sys/fs/cgroup/memory/ephemera/env-{worker.pid}-*"
     assert glob.glob(leftovers)
     assert (tmp_path / "w" / f"storage-{worker.pid}").exists()
-    Executor(RuntimeConfig(work_dir=str(tmp_path / "w"), preload=(), sandbox_uid=SANDBOX_UID)).shutdown()
+    Executor(make_config(tmp_path / "w")).shutdown()
     assert not glob.glob(leftovers)
     assert not (tmp_path / "w" / f"storage-{worker.pid}").exists()
 
@@ -399,7 +406,7 @@ def test_the_runtime_package_does_not_import_django():
 
 
 def test_shutdown_during_an_invocation_reports_a_crash_and_leaves_nothing(tmp_path):
-    ex = Executor(RuntimeConfig(work_dir=str(tmp_path / "w"), preload=(), sandbox_uid=SANDBOX_UID))
+    ex = Executor(make_config(tmp_path / "w"))
     spec = make_spec(make_code(tmp_path, "import time\ndef handler(e, c):\n    time.sleep(30)\n"), timeout_s=30)
     results = []
     thread = threading.Thread(target=lambda: results.append(ex.invoke(spec, make_request())))
@@ -603,7 +610,7 @@ def test_a_handler_past_its_timeout_is_killed_with_its_whole_tree_and_the_next_c
 
 
 def test_a_slow_init_is_cut_at_the_init_timeout(tmp_path):
-    config = RuntimeConfig(work_dir=str(tmp_path / "w"), preload=(), sandbox_uid=SANDBOX_UID, init_timeout_s=0.5)
+    config = make_config(tmp_path / "w", init_timeout_s=0.5)
     ex = Executor(config)
     try:
         spec = make_spec(make_code(tmp_path, "import time\ntime.sleep(30)\ndef handler(e, c):\n    return 1\n"))
@@ -819,7 +826,7 @@ def test_the_handler_runs_unprivileged_and_dangerous_syscalls_are_denied(run):
             }
     """)
     body = payload(result)
-    assert body["uid"] == SANDBOX_UID
+    assert body["uid"] in SANDBOX_UIDS
     assert body["cap_eff"] == "0000000000000000"
     assert body["no_new_privs"] == "1"
     assert body["seccomp"] == "2"
@@ -831,9 +838,7 @@ def test_the_handler_runs_unprivileged_and_dangerous_syscalls_are_denied(run):
 
 
 def test_a_handler_importing_boto3_cold_starts_from_the_layer(tmp_path, boto3_layer):
-    config = RuntimeConfig(
-        work_dir=str(tmp_path / "w"), layer_dirs=(boto3_layer,), preload=("json", "boto3"), sandbox_uid=SANDBOX_UID
-    )
+    config = make_config(tmp_path / "w", layer_dirs=(boto3_layer,), preload=("json", "boto3"))
     ex = Executor(config)
     try:
         assert "boto3" in ex.health()["preloaded"]
@@ -879,7 +884,7 @@ SPINNER = """
 @pytest.fixture
 def unthrottled(tmp_path):
     """An executor without a CPU quota, so that only freezing can stop background work."""
-    ex = Executor(RuntimeConfig(work_dir=str(tmp_path / "u"), preload=(), sandbox_uid=SANDBOX_UID, mb_per_vcpu=0))
+    ex = Executor(make_config(tmp_path / "u", mb_per_vcpu=0))
     yield ex
     ex.shutdown()
 
@@ -1053,7 +1058,7 @@ def test_it_keeps_one_environments_tmp_invisible_to_another(executor, tmp_path):
 
 
 def test_it_falls_back_loudly_to_a_tmpfs_with_the_memory_limit_raised_by_its_size(tmp_path):
-    config = RuntimeConfig(work_dir=str(tmp_path / "w"), preload=(), sandbox_uid=SANDBOX_UID, ephemeral_storage="tmpfs")
+    config = make_config(tmp_path / "w", ephemeral_storage="tmpfs")
     ex = Executor(config)
     try:
         health = ex.health()
@@ -1078,7 +1083,7 @@ def scratch_leftovers(work_dir: Path) -> list[str]:
 
 def test_it_leaves_nothing_of_tmp_on_disk_after_destroy_and_shutdown(tmp_path):
     work = tmp_path / "w"
-    ex = Executor(RuntimeConfig(work_dir=str(work), preload=(), sandbox_uid=SANDBOX_UID, idle_ttl_s=0))
+    ex = Executor(make_config(work, idle_ttl_s=0))
     try:
         assert payload(ex.invoke(make_spec(make_code(tmp_path, WRITER)), make_request({"mb": 20})))["written"] == 20
         ex.reap_idle()
@@ -1102,9 +1107,7 @@ def test_it_imports_a_handler_module_named_like_a_runtime_module(executor, tmp_p
 
 @pytest.fixture
 def layer_executor(tmp_path, boto3_layer):
-    config = RuntimeConfig(
-        work_dir=str(tmp_path / "lw"), layer_dirs=(boto3_layer,), preload=("json", "boto3"), sandbox_uid=SANDBOX_UID
-    )
+    config = make_config(tmp_path / "lw", layer_dirs=(boto3_layer,), preload=("json", "boto3"))
     ex = Executor(config)
     yield ex
     ex.shutdown()
@@ -1414,3 +1417,563 @@ def test_it_stops_quietly_when_the_process_group_gets_sigint(tmp_path):
     assert worker.returncode == 0
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     assert wait_for(lambda: not sandbox_processes())
+
+
+# ---------------------------------------------------------------- network namespaces and egress (issue #10)
+
+# Addresses that a test-made namespace answers on, each routed there through a veth of the test's own: nothing a
+# sandbox sends in these tests leaves this machine. 203.0.113.10 stands for the public Internet.
+PUBLIC = "203.0.113.10"
+ALLOWLISTED = "10.77.0.20"
+FORBIDDEN = {
+    "private 10/8": "10.77.0.10",
+    "private 172.16/12": "172.16.0.10",
+    "private 192.168/16": "192.168.0.10",
+    "shared 100.64/10": "100.64.0.10",
+    "metadata": "169.254.169.254",
+}
+OUTSIDE_SERVER = """
+import socket, sys, threading
+def serve(port):
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("0.0.0.0", port))
+    listener.listen(64)
+    while True:
+        conn, peer = listener.accept()
+        conn.sendall(f"{conn.getsockname()[0]}:{port} saw {peer[0]}".encode())
+        conn.close()
+for port in (80, 8080, 8081):
+    threading.Thread(target=serve, args=(port,), daemon=True).start()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def ip(*arguments: str, netns_of: int | None = None) -> None:
+    """``ip`` in the host's network namespace, or in the one process ``netns_of`` is in."""
+    inside = ["nsenter", "-t", str(netns_of), "-n"] if netns_of else []
+    subprocess.run([*inside, "ip", *arguments], check=True, capture_output=True)
+
+
+@pytest.fixture
+def outside():
+    """A server in a network namespace of the test's own, reachable from the host through a veth, at PUBLIC,
+    ALLOWLISTED and every FORBIDDEN address (ports 80, 8080, 8081). Gone, routes and all, when its process dies."""
+    from console.processes import die_with_parent
+
+    server = subprocess.Popen(
+        ["unshare", "--net", "--", "/usr/bin/python3", "-I", "-S", "-c", OUTSIDE_SERVER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=die_with_parent,
+    )
+    link = f"ephtst{os.getpid() % 100000}"
+    addresses = [PUBLIC, ALLOWLISTED, *FORBIDDEN.values()]
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        ip("link", "add", link, "type", "veth", "peer", "name", "up0", "netns", str(server.pid))
+        ip("addr", "add", "198.51.100.1/32", "dev", link)
+        ip("link", "set", link, "up")
+        # Replies come back in through this link: forwarding on it alone, never on the host's real interfaces.
+        Path(f"/proc/sys/net/ipv4/conf/{link}/forwarding").write_text("1")
+        for address in addresses:
+            ip("route", "add", f"{address}/32", "dev", link)
+            ip("addr", "add", f"{address}/32", "dev", "up0", netns_of=server.pid)
+        for device in ("lo", "up0"):
+            ip("link", "set", device, "up", netns_of=server.pid)
+        ip("route", "add", "198.51.100.1/32", "dev", "up0", netns_of=server.pid)
+        ip("route", "add", "default", "via", "198.51.100.1", netns_of=server.pid)
+        yield {"pid": server.pid, "link": link}
+    finally:
+        server.kill()
+        server.wait()
+        subprocess.run(["ip", "link", "del", link], capture_output=True, check=False)
+
+
+@pytest.fixture
+def online(tmp_path):
+    """An executor whose operator allowlists ALLOWLISTED:8080, with no DNS resolver (tests use addresses)."""
+    config = make_config(tmp_path / "net", preload=("json",), egress_allow=(f"{ALLOWLISTED}:8080",), resolvers=())
+    ex = Executor(config)
+    yield ex
+    ex.shutdown()
+    assert wait_for(lambda: not sandbox_processes())
+
+
+CONNECTOR = """
+    import errno, socket
+    def attempt(host, port):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.settimeout(2)
+                s.connect((host, port))
+                return "reached: " + s.recv(200).decode(errors="replace")
+        except socket.timeout:
+            return "timeout"
+        except OSError as exc:
+            return errno.errorcode.get(exc.errno, str(exc))
+    def handler(event, context):
+        return {f"{host}:{port}": attempt(host, port) for host, port in event["targets"]}
+"""
+REFUSED = {"ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "EACCES", "EPERM"}
+
+
+def host_listening_ports() -> set[int]:
+    """Every TCP port the host listens on, on any address (/proc/net/tcp and tcp6 of the host's namespace)."""
+    ports = set()
+    for name in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def host_addresses() -> list[str]:
+    return [a.address for addrs in psutil.net_if_addrs().values() for a in addrs if a.family == socket.AF_INET]
+
+
+def test_a_network_enabled_function_reaches_no_port_the_host_listens_on(online, outside, tmp_path):
+    ports = sorted(host_listening_ports())
+    assert 5432 in ports and 6379 in ports  # the host's PostgreSQL and Redis, as the issue found them
+    addresses = sorted({"127.0.0.1", *host_addresses()})
+    targets = [[address, port] for address in addresses for port in ports]
+    targets += [["::1", port] for port in ports]
+    spec = make_spec(make_code(tmp_path, CONNECTOR), network=True, timeout_s=60)
+    result = online.invoke(spec, make_request({"targets": targets}))
+    outcomes = payload(result)
+    assert len(outcomes) == len(targets), result.payload
+    assert {target: outcome for target, outcome in outcomes.items() if outcome not in REFUSED} == {}
+
+
+def test_a_network_enabled_function_reaches_public_addresses_only_through_the_workers_address(
+    online, outside, tmp_path
+):
+    targets = [[PUBLIC, 8080], [ALLOWLISTED, 8080], [ALLOWLISTED, 8081]]
+    targets += [[address, port] for address in FORBIDDEN.values() for port in (80, 8080)]
+    spec = make_spec(make_code(tmp_path, CONNECTOR), network=True, timeout_s=60)
+    outcomes = payload(online.invoke(spec, make_request({"targets": targets})))
+    # The outside sees the worker's masqueraded address, never the sandbox's own.
+    assert outcomes.pop(f"{PUBLIC}:8080") == f"reached: {PUBLIC}:8080 saw 198.51.100.1"
+    assert outcomes.pop(f"{ALLOWLISTED}:8080") == f"reached: {ALLOWLISTED}:8080 saw 198.51.100.1"
+    assert {target: outcome for target, outcome in outcomes.items() if outcome not in REFUSED} == {}
+    assert set(outcomes) == {f"{ALLOWLISTED}:8081", *(f"{a}:{p}" for a in FORBIDDEN.values() for p in (80, 8080))}
+
+
+NOSY = """
+    import os, socket
+    def family(name, *args):
+        try:
+            socket.socket(*args).close()
+            return "created"
+        except OSError as exc:
+            return exc.errno
+    def handler(event, context):
+        abstract = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            abstract.connect(event["abstract"])
+            reached = "connected"
+        except OSError as exc:
+            reached = exc.errno
+        return {
+            "abstract": reached,
+            "unix_paths": {path: os.path.exists(path) for path in event["unix_paths"]},
+            "interfaces": sorted(name for _, name in socket.if_nameindex()),
+            "addresses": open("/proc/net/fib_trie").read() + open("/proc/net/arp").read(),
+            "vsock": family("vsock", 40, socket.SOCK_STREAM),
+            "packet": family("packet", 17, socket.SOCK_RAW),
+            "netlink_sock_diag": family("diag", socket.AF_NETLINK, socket.SOCK_RAW, 4),
+            "netlink_route": family("route", socket.AF_NETLINK, socket.SOCK_RAW, 0),
+        }
+"""
+
+
+@pytest.mark.parametrize("network", [True, False], ids=["online", "offline"])
+def test_a_function_sees_no_host_socket_interface_or_address_and_gets_no_exotic_socket(online, tmp_path, network):
+    from django.conf import settings
+
+    name = f"\0ephemera-test-{os.getpid()}"
+    host_abstract = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    host_abstract.bind(name)
+    host_abstract.listen()
+    unix_paths = [str(settings.REDIS_SOCKET), "/var/run/postgresql/.s.PGSQL.5432", "/run/redis/redis.sock"]
+    try:
+        event = {"abstract": name, "unix_paths": unix_paths}
+        spec = make_spec(make_code(tmp_path, NOSY), network=network)
+        body = payload(online.invoke(spec, make_request(event)))
+    finally:
+        host_abstract.close()
+    assert body["abstract"] == 111  # ECONNREFUSED: abstract sockets belong to a network namespace, ours is empty
+    assert body["unix_paths"] == dict.fromkeys(unix_paths, False)
+    assert body["interfaces"] == (["eth0", "lo"] if network else ["lo"])
+    host_addresses_seen = [a for a in host_addresses() if a != "127.0.0.1" and a in body["addresses"]]
+    assert host_addresses_seen == []
+    assert body["vsock"] == body["packet"] == body["netlink_sock_diag"] == 97  # EAFNOSUPPORT
+    assert body["netlink_route"] == "created"  # getaddrinfo and if_nameindex need it; it sees only its own
+
+
+LISTENER = """
+    import socket
+    KEPT = []
+    def handler(event, context):
+        listener = socket.socket()
+        listener.bind(("0.0.0.0", event["port"]))
+        listener.listen()
+        KEPT.append(listener)
+        return open("/proc/net/fib_trie").read()
+"""
+
+
+def test_a_network_enabled_function_that_listens_is_reachable_from_nowhere(online, outside, tmp_path):
+    port = 18000 + os.getpid() % 1000
+    spec = make_spec(make_code(tmp_path, LISTENER), network=True)
+    result = online.invoke(spec, make_request({"port": port}))
+    assert result.status == "succeeded", result.payload
+    sandbox_address = re.findall(r"10\.213\.\d+\.\d+", payload(result))[0]
+    # The port is the sandbox's own, not the host's...
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass
+    # ...and nothing reaches it, from the worker's host or from outside.
+    with pytest.raises(OSError), socket.create_connection((sandbox_address, port), timeout=2):
+        pass
+    probe = f"import socket; socket.create_connection(({sandbox_address!r}, {port}), timeout=2)"
+    inside = subprocess.run(
+        ["nsenter", "-t", str(outside["pid"]), "-n", "/usr/bin/python3", "-c", probe], capture_output=True, text=True
+    )
+    assert inside.returncode != 0 and "Error" in inside.stderr
+
+
+def test_an_operator_can_keep_every_function_offline(tmp_path):
+    config = make_config(tmp_path / "w", network_allowed=False)
+    ex = Executor(config)
+    try:
+        assert ex.health()["network"]["allowed"] is False
+        body = payload(
+            ex.invoke(
+                make_spec(make_code(tmp_path, NOSY), network=True),
+                make_request({"abstract": "\0nothing", "unix_paths": []}),
+            )
+        )
+        assert body["interfaces"] == ["lo"]
+    finally:
+        ex.shutdown()
+
+
+def test_it_removes_its_egress_table_at_shutdown_and_a_dead_workers_at_start(tmp_path):
+    def tables() -> str:
+        return subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
+
+    config = make_config(tmp_path / "w")
+    ex = Executor(config)
+    table = ex.health()["network"]["egress_policy"]
+    assert table in tables()
+    ex.shutdown()
+    assert table not in tables()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    leftover = f"ephemera_{gone.pid}_abcdef"  # as a worker that died without shutting down leaves it
+    subprocess.run(["nft", "add", "table", "inet", leftover], check=True)
+    Executor(config).shutdown()
+    assert leftover not in tables()
+
+
+# ---------------------------------------------------------------- a smaller attack surface (issue #10 item 4)
+
+WORKLOAD = """
+    import asyncio, concurrent.futures, ctypes, ctypes.util, decimal, hashlib, locale, multiprocessing, os, sqlite3
+    import ssl, subprocess, sys, uuid, zlib, zoneinfo
+    sys.path.insert(0, "/var/task/pure.zip")
+    import boto3, psycopg, sqlparse, yaml
+    from cryptography.fernet import Fernet
+    from markupsafe import _speedups
+
+    def square(x):
+        return x * x
+
+    async def gathered():
+        return sum(await asyncio.gather(*(asyncio.sleep(0.01, result=i) for i in range(5))))
+
+    def handler(event, context):
+        db = sqlite3.connect("/tmp/db.sqlite3")
+        db.execute("create table if not exists t(x)")
+        db.execute("insert into t values (1)")
+        db.commit()
+        key = Fernet.generate_key()
+        tls = ssl.create_default_context()
+        shipped = subprocess.run(["/var/task/bin/b64"], input=b"hi", capture_output=True)
+        with concurrent.futures.ThreadPoolExecutor(4) as threads, multiprocessing.get_context("fork").Pool(2) as pool:
+            return {
+                "decimal": [str(decimal.Decimal(1) / decimal.Decimal(7)), "_decimal" in sys.modules],
+                "zlib": zlib.decompress(zlib.compress(b"x" * 1000)) == b"x" * 1000,
+                "sqlite": db.execute("select count(*) from t").fetchone()[0],
+                "tls": [tls.verify_mode == ssl.CERT_REQUIRED, tls.cert_store_stats()["x509_ca"] > 50],
+                "hashlib": hashlib.scrypt(b"pw", salt=b"salt", n=16, r=8, p=1).hex()[:8],
+                "ctypes": ctypes.CDLL(ctypes.util.find_library("c")).getpid() == os.getpid(),
+                "threads": list(threads.map(square, range(6))),
+                "processes": pool.map(square, range(6)),
+                "shipped_binary": shipped.stdout.decode(),
+                "shell": subprocess.run("echo hi | cat", shell=True, capture_output=True, text=True).stdout,
+                "asyncio": asyncio.run(gathered()),
+                "boto3": boto3.client("s3", region_name="us-east-1").meta.service_model.service_name,
+                "zip_import": sqlparse.format("select x from t", keyword_case="upper"),
+                "yaml_c": yaml.dump({"a": 1}, Dumper=yaml.CDumper),
+                "markupsafe_c": _speedups._escape_inner("<b>"),
+                "rust_and_cffi": Fernet(key).decrypt(Fernet(key).encrypt(b"secret")).decode(),
+                "database_driver": [psycopg.pq.__impl__, psycopg.pq.version() > 100000],
+                "uuid": len(str(uuid.uuid4())),
+                "zoneinfo": str(zoneinfo.ZoneInfo("Europe/Paris")),
+                "locale": locale.setlocale(locale.LC_ALL, "C.UTF-8"),
+                "cpus": os.cpu_count() >= 1,
+            }
+"""
+
+
+def workload_code(root: Path) -> str:
+    """WORKLOAD with the worker's own copies of common libraries: pure Python in a zip, C, Rust and cffi
+    extensions (a database driver with its bundled libpq among them), and a binary of its own."""
+    import zipfile
+
+    site = Path(psutil.__file__).parents[1]
+    code = Path(make_code(root, WORKLOAD))
+    for name in ("markupsafe", "yaml", "_yaml", "cryptography", "cffi", "pycparser", "psycopg", "psycopg_binary"):
+        shutil.copytree(site / name, code / name, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    shutil.copytree(site / "psycopg_binary.libs", code / "psycopg_binary.libs", dirs_exist_ok=True)
+    for single in (*site.glob("_cffi_backend*.so"), site / "typing_extensions.py"):
+        shutil.copy2(single, code / single.name)
+    with zipfile.ZipFile(code / "pure.zip", "w") as pure:
+        for path in (site / "sqlparse").rglob("*.py"):
+            pure.write(path, path.relative_to(site))
+    (code / "bin").mkdir()
+    shutil.copy2("/usr/bin/base64", code / "bin" / "b64")
+    for path in [code, *code.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644)
+    return str(code)
+
+
+def test_a_realistic_workload_runs_under_the_seccomp_allowlist(layer_executor, tmp_path):
+    spec = make_spec(workload_code(tmp_path), memory_mb=512, timeout_s=60)
+    result = layer_executor.invoke(spec, make_request())
+    assert result.status == "succeeded", result.payload.decode() + result.log
+    assert payload(result) == {
+        "decimal": ["0.1428571428571428571428571429", True],
+        "zlib": True,
+        "sqlite": 1,
+        "tls": [True, True],
+        "hashlib": hashlib_scrypt_prefix(),
+        "ctypes": True,
+        "threads": [0, 1, 4, 9, 16, 25],
+        "processes": [0, 1, 4, 9, 16, 25],
+        "shipped_binary": "aGk=\n",
+        "shell": "hi\n",
+        "asyncio": 10,
+        "boto3": "s3",
+        "zip_import": "SELECT x FROM t",
+        "yaml_c": "a: 1\n",
+        "markupsafe_c": "&lt;b&gt;",
+        "rust_and_cffi": "secret",
+        "database_driver": ["binary", True],
+        "uuid": 36,
+        "zoneinfo": "Europe/Paris",
+        "locale": "C.UTF-8",
+        "cpus": True,
+    }
+
+
+def hashlib_scrypt_prefix() -> str:
+    import hashlib
+
+    return hashlib.scrypt(b"pw", salt=b"salt", n=16, r=8, p=1).hex()[:8]
+
+
+def test_syscalls_outside_the_allowlist_fail_even_those_the_old_denylist_let_through(run):
+    result = run("""
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        def errno_of(*call):
+            ctypes.set_errno(0)
+            return ctypes.get_errno() if libc.syscall(*call) == -1 else 0
+        def handler(event, context):
+            pid = os.getpid()
+            return {
+                "kcmp": errno_of(312, pid, pid, 0, 0, 0),
+                "personality": errno_of(135, 0xFFFFFFFF),
+                "get_mempolicy": errno_of(239, 0, 0, 0, 0, 0),
+                "process_vm_readv": errno_of(310, pid, 0, 0, 0, 0, 0),
+                "remap_file_pages": errno_of(216, 0, 0, 0, 0, 0),
+                "a_future_syscall": errno_of(470),
+            }
+    """)
+    assert payload(result) == {
+        "kcmp": 1,  # EPERM: named and refused
+        "personality": 1,
+        "get_mempolicy": 1,
+        "process_vm_readv": 1,
+        "remap_file_pages": 38,  # ENOSYS: simply not on the list
+        "a_future_syscall": 38,
+    }
+
+
+def test_the_handler_can_never_regain_a_capability(run):
+    result = run("""
+        def handler(event, context):
+            status = dict(l.split(":\\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\\t" in l)
+            return [status[name].strip() for name in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")]
+    """)
+    assert payload(result) == ["0000000000000000"] * 5
+
+
+def test_each_tenant_runs_as_a_host_uid_of_its_own(executor, tmp_path):
+    source = "import os\ndef handler(e, c):\n    return [os.getuid(), os.getgid(), os.stat('/tmp').st_uid]\n"
+    code = make_code(tmp_path, source)
+    uids = {}
+    for key, tenant in (("a", "7"), ("b", "8"), ("c", "7")):
+        result = executor.invoke(make_spec(code, environment_key=key, tenant=tenant), make_request())
+        uids[key] = payload(result)
+    assert uids["a"] == [SANDBOX_UID + 7] * 3  # its /tmp is its own too
+    assert uids["b"] == [SANDBOX_UID + 8] * 3
+    assert uids["c"] == uids["a"]  # the same tenant, the same uid, on every host
+    assert executor.health()["sandbox_uids"] == f"{SANDBOX_UID}-{SANDBOX_UID + SANDBOX_UID_COUNT - 1}"
+
+
+def test_the_runtime_root_holds_the_interpreter_and_no_other_host_program(run):
+    result = run("""
+        import os
+        def handler(event, context):
+            mounts = open("/proc/self/mountinfo").read()
+            return {
+                "usr": sorted(os.listdir("/usr")),
+                "lib": sorted(os.listdir("/usr/lib")),
+                "bin": sorted(os.listdir("/usr/bin")),
+                "etc": sorted(os.listdir("/etc")),
+                "runtime_mount": [line.split()[3] for line in mounts.splitlines() if line.split()[4] == "/var/runtime"],
+            }
+    """)
+    body = payload(result)
+    assert body["usr"] == ["bin", "lib", "lib64", "sbin", "share"]  # no /usr/local, /usr/include, /usr/libexec
+    assert "gcc" not in body["lib"] and "python3" not in body["lib"]  # no compilers, no dist-packages
+    assert {"python3", "sh"} <= set(body["bin"]) and not {"gcc", "cc", "as", "ld", "perl", "apt"} & set(body["bin"])
+    assert len(body["bin"]) <= 20
+    assert body["etc"] == ["group", "hosts", "ld.so.cache", "nsswitch.conf", "passwd", "resolv.conf", "ssl"]
+    assert body["runtime_mount"] == ["/var/runtime"]  # copied into the zygote's root: no host path behind it
+
+
+def seccomp_verdict(program: bytes, nr: int, args: tuple[int, ...] = (0, 0, 0), arch: int | None = None) -> int:
+    """Run a classic BPF seccomp program (the instructions sandbox.py emits) on one syscall."""
+    import struct
+
+    from functions_app.runtime._ephemera_runtime import sandbox
+
+    words = {0: nr, 4: arch if arch is not None else sandbox._AUDIT_ARCH[sandbox.MACHINE]}
+    words.update({16 + 8 * i: value for i, value in enumerate(args)})
+    insns = [struct.unpack_from("=HBBI", program, offset) for offset in range(0, len(program), 8)]
+    pc = acc = 0
+    while True:
+        code, jt, jf, k = insns[pc]
+        if code == 0x06:
+            return k
+        if code == 0x20:
+            acc, pc = words[k], pc + 1
+            continue
+        taken = {0x15: acc == k, 0x35: acc >= k, 0x45: bool(acc & k)}[code]
+        pc += 1 + (jt if taken else jf)
+
+
+@pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+def test_the_seccomp_allowlist_gives_every_syscall_its_listed_verdict(machine):
+    from functions_app.runtime._ephemera_runtime import sandbox, syscalls
+
+    allow, eperm, enosys, eafnosupport = 0x7FFF0000, 0x50001, 0x50026, 0x50061
+    numbers = syscalls.NUMBERS[machine]
+    audit = sandbox._AUDIT_ARCH[machine]
+    offline, online = (sandbox.build_seccomp_filter(network, machine) for network in (False, True))
+
+    def verdict(name_or_nr, *args, program=offline):
+        nr = numbers[name_or_nr] if isinstance(name_or_nr, str) else name_or_nr
+        return seccomp_verdict(program, nr, args, audit)
+
+    special = {"clone", "ioctl", "socket", "socketpair"}
+    assert {name: verdict(name) for name in sandbox.ALLOWED if name in numbers and name not in special} == {
+        name: allow for name in sandbox.ALLOWED if name in numbers and name not in special
+    }
+    assert {verdict(name) for name in sandbox.DENIED if name in numbers} == {eperm}
+    listed = set(numbers.values())
+    assert {verdict(nr) for nr in range(600) if nr not in listed} == {enosys}  # clone3 among them
+    assert verdict("clone", 0x11) == allow and verdict("clone", 0x10000000) == eperm  # a thread; CLONE_NEWUSER
+    assert verdict("ioctl", 0, 0x5412) == eperm and verdict("ioctl", 0, 0x5401) == allow  # TIOCSTI; TCGETS
+    assert verdict("socket", 1) == allow and verdict("socket", 16, 3, 0) == allow  # AF_UNIX, route netlink
+    assert verdict("socket", 16, 3, 4) == eafnosupport  # netlink sock_diag
+    for family in (17, 40):  # packet, vsock
+        assert verdict("socket", family) == verdict("socket", family, program=online) == eafnosupport
+    assert verdict("socket", 2) == eafnosupport and verdict("socket", 2, program=online) == allow
+    assert verdict("socketpair", 2, program=online) == eafnosupport
+    assert seccomp_verdict(offline, numbers["read"], (), 0x40000003) == 0x80000000  # another ABI: killed
+    if machine == "x86_64":
+        assert verdict(0x40000000 + numbers["read"]) == eperm  # x32
+
+
+# ---------------------------------------------------------------- a worker without `privileged` (issue #10 item 5)
+
+
+WORKER_OUTCOMES = [["succeeded", "97"], ["succeeded", '"online"'], [DOCTOR["checks"]["cgroup"], "cgroup", "ext4"]]
+
+
+def compose_worker_capabilities() -> list[str]:
+    import yaml
+
+    worker = yaml.safe_load((Path(REPO) / "docker-compose.yml").read_text())["services"]["worker"]
+    assert worker["cap_drop"] == ["ALL"] and "privileged" not in worker
+    return worker["cap_add"]
+
+
+def run_worker_with_capabilities(tmp_path: Path, capabilities: list[str]) -> subprocess.CompletedProcess:
+    """A worker of its own (root, as in the container) whose capabilities are only ``capabilities``: it starts an
+    executor, runs one offline and one network-enabled function, and shuts down."""
+    source = """
+        import socket
+        def handler(event, context):
+            try:
+                socket.socket().close()
+                return "online"
+            except OSError as exc:
+                return exc.errno
+    """
+    code = make_code(tmp_path, source)
+    script = worker_script(
+        tmp_path / f"w-{len(capabilities)}",
+        """
+        online = FunctionSpec("n", "fn", "1", spec.code_dir, "app.handler", 128, 30.0, {}, network=True, tenant="5")
+        results = [ex.invoke(s, InvokeRequest("r", b"{}", "arn")) for s in (spec, online)]
+        health = ex.health()
+        ex.shutdown()
+        shape = [health[name] for name in ("cgroup", "frozen_between_invocations", "ephemeral_storage")]
+        print(json.dumps([*([r.status, r.payload.decode()] for r in results), shape]))
+        """,
+        code,
+    )
+    bounding = ",".join(["-all", *(f"+{cap.lower()}" for cap in capabilities)])
+    return subprocess.run(
+        ["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", "--", sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_worker_with_only_the_compose_files_capabilities_runs_offline_and_online_sandboxes(tmp_path):
+    done = run_worker_with_capabilities(tmp_path, compose_worker_capabilities())
+    assert done.returncode == 0, done.stderr[-2000:]
+    # Only the network-enabled one may open an AF_INET socket; cgroups and the ext4 /tmp are there, not fallbacks.
+    assert json.loads(done.stdout.splitlines()[-1]) == WORKER_OUTCOMES
+    assert wait_for(lambda: not sandbox_processes())
+
+
+# MKNOD only matters where /dev lacks the loop device's node (a container's /dev); this host's has them all.
+@pytest.mark.parametrize("missing", sorted(set(compose_worker_capabilities()) - {"MKNOD"}))
+def test_the_worker_needs_every_capability_the_compose_file_grants(tmp_path, missing):
+    done = run_worker_with_capabilities(tmp_path, [c for c in compose_worker_capabilities() if c != missing])
+    outcomes = json.loads(done.stdout.splitlines()[-1]) if done.returncode == 0 and done.stdout else None
+    assert outcomes != WORKER_OUTCOMES, f"{missing} is not needed"
+    assert wait_for(lambda: not sandbox_processes(), timeout_s=10)

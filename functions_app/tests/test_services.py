@@ -69,6 +69,17 @@ def test_it_rejects_configuration_out_of_lambda_ranges(make_function, field, val
     assert field in caught.value.details
 
 
+def test_it_refuses_network_access_when_the_operator_turned_it_off(make_function, settings):
+    function = make_function(network_enabled=True)
+    settings.FUNCTION_NETWORK_ALLOWED = False
+    with pytest.raises(ServiceError) as caught:
+        make_function(name="other", network_enabled=True)
+    assert "turned off" in caught.value.details["network_enabled"][0]
+    with pytest.raises(ServiceError):
+        services.function_update_configuration(function=function, description="x", network_enabled=True)
+    assert not services.function_update_configuration(function=function, network_enabled=False).network_enabled
+
+
 def test_it_rejects_code_without_the_handler_module(make_function):
     with pytest.raises(ServiceError) as caught:
         make_function(handler="other.handler")

@@ -161,7 +161,7 @@ class Command(BaseCommand):
         sandboxes_left = [
             p.pid
             for p in psutil.process_iter(["uids"])
-            if p.info["uids"] and p.info["uids"].real == settings.SANDBOX_UID
+            if p.info["uids"] and p.info["uids"].real in settings.SANDBOX_UIDS
         ]
         statuses = dict(Invocation.objects.filter(pk__in=accepted).values_list("status").annotate(n=Count("pk")))
         return {

@@ -21,13 +21,16 @@ start's critical path) for the size the last environment used.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
+import stat
 import struct
 
 from . import sandbox
 
+LOOP_MAJOR = 7
 LOOP_CTL_GET_FREE = 0x4C82
 LOOP_CONFIGURE = 0x4C0A
 LO_FLAGS_AUTOCLEAR = 4
@@ -68,6 +71,17 @@ def _configure(device_fd: int, image_fd: int) -> None:
     fcntl.ioctl(device_fd, LOOP_CONFIGURE, config)
 
 
+def _open_device(device: str, number: int) -> int:
+    try:
+        return os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        # A container's /dev holds only the nodes it was given, while the kernel's loop devices are the
+        # host's: make this one (CAP_MKNOD, and a device cgroup rule for block major 7).
+        with contextlib.suppress(FileExistsError):
+            os.mknod(device, 0o660 | stat.S_IFBLK, os.makedev(LOOP_MAJOR, number))
+        return os.open(device, os.O_RDWR | os.O_CLOEXEC)
+
+
 def attach(image: str, attempts: int = 8) -> tuple[int, str]:
     """Bind ``image`` to a free loop device; returns (an open fd on it, its path)."""
     image_fd = os.open(image, os.O_RDWR | os.O_CLOEXEC)
@@ -79,7 +93,7 @@ def attach(image: str, attempts: int = 8) -> tuple[int, str]:
             finally:
                 os.close(control)
             device = f"/dev/loop{number}"
-            device_fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+            device_fd = _open_device(device, number)
             try:
                 _configure(device_fd, image_fd)
                 return device_fd, device
@@ -92,8 +106,8 @@ def attach(image: str, attempts: int = 8) -> tuple[int, str]:
         os.close(image_fd)
 
 
-def mount_scratch(template: str, image_dir: str, target: str, owner: tuple[int, int]) -> None:
-    """A fresh filesystem from ``template`` at ``target``, owned by the sandbox user, without lost+found."""
+def mount_scratch(template: str, image_dir: str, target: str) -> None:
+    """A fresh filesystem from ``template`` at ``target``, without lost+found (its owner is set for the tenant)."""
     image = f"{image_dir}/{os.urandom(8).hex()}.img"
     copy_sparse(template, image)
     try:
@@ -107,7 +121,6 @@ def mount_scratch(template: str, image_dir: str, target: str, owner: tuple[int, 
     finally:
         os.close(device_fd)  # AUTOCLEAR: from now on the mount alone holds the device
     os.rmdir(f"{target}/lost+found")
-    os.chown(target, *owner)
 
 
 def unmount_scratch(target: str) -> None:

@@ -43,7 +43,7 @@ import sys
 import time
 import traceback
 
-from . import bootstrap, loopfs, protocol, sandbox
+from . import bootstrap, loopfs, netlink, protocol, sandbox
 
 NAMESPACES = "namespaces"
 SANDBOX_PYTHON = "/usr/bin/python3"
@@ -89,13 +89,15 @@ def boot(config: dict) -> None:
 def _enter_root(config: dict) -> dict:
     """Mount the zygote root; returns the configuration as seen from inside (no host path left in it)."""
     layers = layer_targets(len(config["layers"]))
-    readonly = dict(zip(layers, config["layers"], strict=True))
-    readonly[f"{RUNTIME_PARENT}/{PACKAGE}"] = config["runtime_package"]
     storage = config.get("storage")
-    writable = {STORAGE: storage["dir"]} if storage else {}
-    sandbox.enter_zygote_root(config["zygote_root"], readonly, writable)
+    paths = {
+        "copy": {f"{RUNTIME_PARENT}/{PACKAGE}": config["runtime_package"]},
+        "readonly": dict(zip(layers, config["layers"], strict=True)),
+        "writable": {STORAGE: storage["dir"]} if storage else {},
+    }
+    sandbox.enter_zygote_root(config["zygote_root"], paths, config.get("resolvers", []))
     os.set_inheritable(config["control_fd"], True)
-    keep = ("worker_pid", "control_fd", "tier", "preload", "owner")
+    keep = ("worker_pid", "control_fd", "tier", "preload")
     inside = {name: config[name] for name in keep}
     inside.update(entered=True, runtime_parent=RUNTIME_PARENT, layers=layers, host_prefix=HOST)
     inside["storage"] = {"dir": STORAGE, "tmp_mb": storage["tmp_mb"]} if storage else None
@@ -156,7 +158,7 @@ def _join_cgroups(paths: list[str]) -> None:
 def _mount_scratch(tmp_mb: int) -> int:
     storage = _config["storage"]
     template = loopfs.template_path(storage["dir"], tmp_mb)
-    loopfs.mount_scratch(template, loopfs.images_dir(storage["dir"]), SCRATCH, tuple(_config["owner"]))
+    loopfs.mount_scratch(template, loopfs.images_dir(storage["dir"]), SCRATCH)
     return tmp_mb
 
 
@@ -179,6 +181,7 @@ def _scratch_for(spec: dict, mounted: int | None) -> None:
             if mounted is not None:
                 loopfs.unmount_scratch(SCRATCH)
             _mount_scratch(spec["tmp_mb"])
+        os.chown(SCRATCH, spec["uid"], spec["gid"])  # the tenant's, known only now
         spec["scratch"] = SCRATCH
     except OSError as exc:
         spec["setup_error"] = f"ephemeral storage: {exc}"
@@ -203,7 +206,7 @@ def _serve_as_sandbox(spec: dict, fds: list[int], host_netns: int) -> None:
         if spec.get("setup_error"):
             raise sandbox.SandboxError(0, spec["setup_error"])
         if spec["tier"] == NAMESPACES and spec["network"]:
-            sandbox.setns(host_netns, sandbox.CLONE_NEWNET)
+            netlink.connect(spec["link"], host_netns)
         os.close(host_netns)
         _join_cgroups(spec["cgroup_attach"])
         sandbox.isolate(_in_this_view(spec))
@@ -220,7 +223,7 @@ def _serve_as_sandbox(spec: dict, fds: list[int], host_netns: int) -> None:
 
 
 def _hand_to_reaper(link: socket.socket, spec: dict, status_fd: int) -> None:
-    """Give the reaper what it needs once we are gone: the status pipe and the environment's thaw switch.
+    """Give the reaper what it needs once we are gone: the status pipe, the environment's thaw switch, its uid.
 
     The switch is opened here, as root and before the pivot: afterwards only the fd reaches it.
     """
@@ -229,7 +232,8 @@ def _hand_to_reaper(link: socket.socket, spec: dict, status_fd: int) -> None:
         path, value = spec["thaw_file"]
         with contextlib.suppress(OSError):
             fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
-    socket.send_fds(link, [json.dumps(value).encode()], fds)
+    message = {"thaw": value, "uid": spec["uid"], "gid": spec["gid"]}
+    socket.send_fds(link, [json.dumps(message).encode()], fds)
     for fd in fds:
         os.close(fd)
     link.close()
@@ -274,14 +278,14 @@ def _abandon(handler_pid: int, thaw: tuple[int, bytes] | None) -> None:
     os._exit(0)
 
 
-def _reap_for(handler_pid: int, status_fd: int, thaw: tuple[int, bytes] | None) -> None:
+def _reap_for(handler_pid: int, status_fd: int, thaw: tuple[int, bytes] | None, owner: tuple[int, int]) -> None:
     """Reap every orphan until the handler exits, then report its wait status and go.
 
     The handler's own children are not ours, so ``Popen.wait()`` in the handler
     still gets their status; orphans are, and never pile up as zombies.
     """
     signal.signal(signal.SIGTERM, lambda *_: _abandon(handler_pid, thaw))
-    sandbox.drop_privileges(*_config["owner"])
+    sandbox.drop_privileges(*owner)
     sandbox.prctl(sandbox.PR_SET_NO_NEW_PRIVS, 1)
     # The uid change cleared the parent-death signal; this one we handle, as pid 1 must.
     sandbox.prctl(sandbox.PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -314,8 +318,8 @@ def _run_reaper(command: socket.socket, tmp_mb: int | None) -> None:
     os.setsid()  # out of the worker's process group: its Ctrl-C never reaches a sandbox
     host_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     if _config["tier"] == NAMESPACES:
-        flags = sandbox.CLONE_NEWNS | sandbox.CLONE_NEWIPC | sandbox.CLONE_NEWUTS | sandbox.CLONE_NEWNET
-        sandbox.unshare(flags)
+        sandbox.unshare(sandbox.SANDBOX_NAMESPACES)
+        sandbox.drop_capability_bounding_set()  # for the handler too: it forks after
     else:
         sandbox.prctl(sandbox.PR_SET_CHILD_SUBREAPER, 1)  # no pid namespace: adopt the orphans ourselves
     handler_pid, link = _fork_handler(command, host_netns, tmp_mb)
@@ -323,9 +327,9 @@ def _run_reaper(command: socket.socket, tmp_mb: int | None) -> None:
     if not data:
         os._exit(0)  # retired, or the handler died before its spec: the namespace goes with us
     link.close()
-    value = json.loads(data)
-    thaw = (fds[1], value.encode()) if len(fds) > 1 else None
-    _reap_for(handler_pid, fds[0], thaw)
+    message = json.loads(data)
+    thaw = (fds[1], message["thaw"].encode()) if len(fds) > 1 else None
+    _reap_for(handler_pid, fds[0], thaw, (message["uid"], message["gid"]))
 
 
 def _run_keeper(command: socket.socket, zygote_pid: int, tmp_mb: int | None) -> None:
@@ -437,6 +441,7 @@ def main(config: dict) -> None:
     sys.path[1:1] = config["layers"]
     control = socket.socket(fileno=config["control_fd"])
     loaded = _preload(config["preload"])
+    sandbox.warm()
     bootstrap.LAYER_MODULES = _layer_modules(config["layers"])
     signal.signal(signal.SIGCHLD, _reap)
     # Freeze everything imported so far: forked children then never touch these
