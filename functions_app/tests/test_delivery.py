@@ -447,3 +447,17 @@ def test_a_sync_caller_whose_worker_dies_gets_worker_lost_quickly(api, cluster):
     row = Invocation.objects.get(pk=invocation_id)
     assert row.attempt == 1 and row.status == "failed" and row.error_type == "Platform.WorkerLost"
     assert concurrency.slots_in_use(function_id=row.function_id) == 0
+
+
+def test_two_workers_starting_together_on_a_fresh_var_dir_both_come_up(api, cluster, tmp_path, settings):
+    # Everything a worker builds on first start (keys, the runtime layer, /tmp templates) is built by both at once.
+    create(api)
+    for attempt in range(3):
+        var_dir = tmp_path / f"var{attempt}"
+        fresh = {"EPHEMERA_VAR_DIR": str(var_dir), "REDIS_URL": settings.REDIS_URL}
+        pair = [cluster.start_worker(wait=False, **fresh) for _ in range(2)]
+        for process in pair:
+            cluster.wait_ready(process)
+        assert [process.poll() for process in pair] == [None, None]
+    cluster.start_beat()
+    assert terminal(invoke_async(api, event={"x": 1})).status == "succeeded"
