@@ -358,3 +358,26 @@ def test_a_heartbeat_renews_leases_at_once_after_its_database_connection_was_bro
         steps.put(None)
         thread.join(10)
         leases.remove(str(call.pk))
+
+
+def test_a_delivery_whose_claim_finds_the_database_unreachable_is_retried_not_dropped(monkeypatch):
+    # The message is acked either way: without the retry, the invocation waited REPUBLISH_AFTER_S for the sweeper.
+    from celery.exceptions import Retry
+    from django.db import OperationalError
+
+    from functions_app import tasks
+
+    def unreachable(**kwargs):
+        raise OperationalError("connection refused")
+
+    retries = []
+
+    def retry(**kwargs):  # Celery's publishes the message again, due a second later
+        retries.append(kwargs)
+        return Retry("again", when=1)
+
+    monkeypatch.setattr(tasks, "invocation_run", unreachable)
+    monkeypatch.setattr(tasks.invocation_execute, "retry", retry)
+    with pytest.raises(Retry):
+        tasks.invocation_execute("an-invocation-id")
+    assert len(retries) == 1 and isinstance(retries[0]["exc"], OperationalError)
