@@ -158,6 +158,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     # A file, not pytest's default in-memory database, so that worker processes in the tests share it.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+elif env_str("EPHEMERA_TEST_DATABASE"):
+    # Set by console/pytest_env.py: a test run's own database on a shared server.
+    DATABASES["default"]["TEST"] = {"NAME": env_str("EPHEMERA_TEST_DATABASE")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -324,20 +324,21 @@ class Clients:
     """Async and sync callers of the HTTP API, as a user's code would be: retry on 429 and 503 after Retry-After,
     with an Idempotency-Key, so that a retry never runs a call twice."""
 
-    def __init__(self, port: int, token: str, function: str, rng: random.Random, seed: int) -> None:
+    def __init__(self, port: int, token: str, function: str, seed: int) -> None:
         self.port = port
         self.token = token
         self.path = f"/api/v1/functions/{function}/invoke/"
         self.calls: list[Call] = []
         self.stop = threading.Event()
         self._lock = threading.Lock()
-        self._rng = rng
         self._seed = seed
         self._threads: list[threading.Thread] = []
 
     def start(self, *, async_per_s: float, sync_callers: int) -> None:
+        # Each caller draws its calls from a generator of its own, so that the seed alone decides every caller's
+        # sequence of calls (how they interleave is up to the platform's timing).
         self._threads = [threading.Thread(target=self._async_loop, args=(async_per_s,), daemon=True)]
-        self._threads += [threading.Thread(target=self._sync_loop, daemon=True) for _ in range(sync_callers)]
+        self._threads += [threading.Thread(target=self._sync_loop, args=(n,), daemon=True) for n in range(sync_callers)]
         for thread in self._threads:
             thread.start()
 
@@ -346,25 +347,27 @@ class Clients:
         for thread in self._threads:
             thread.join(200)
 
-    def _new_call(self, kind: str) -> Call:
+    def _new_call(self, kind: str, rng: random.Random) -> Call:
+        # Most handlers are short; some outlive a lease, so their lease is renewed while they run.
+        long = rng.random() < (0.08 if kind == "async" else 0.15)
+        sleep = rng.uniform(11, 14) if long else rng.uniform(0.05, 1.0)
+        poison = kind == "async" and rng.random() < 0.04
         with self._lock:
-            n = len(self.calls)
-            # Most handlers are short; some outlive a lease, so their lease is renewed while they run.
-            long = self._rng.random() < (0.08 if kind == "async" else 0.15)
-            sleep = self._rng.uniform(11, 14) if long else self._rng.uniform(0.05, 1.0)
-            call = Call(n=n, kind=kind, sleep=sleep, poison=kind == "async" and self._rng.random() < 0.04)
+            call = Call(n=len(self.calls), kind=kind, sleep=sleep, poison=poison)
             self.calls.append(call)
         return call
 
     def _async_loop(self, per_s: float) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        rng = random.Random(f"{self._seed}-async")
         while not self.stop.wait(1 / per_s):
-            self._call(connection, self._new_call("async"))
+            self._call(connection, self._new_call("async", rng))
 
-    def _sync_loop(self) -> None:
+    def _sync_loop(self, caller: int) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=150)
+        rng = random.Random(f"{self._seed}-sync-{caller}")
         while not self.stop.is_set():
-            self._call(connection, self._new_call("sync"))
+            self._call(connection, self._new_call("sync", rng))
 
     def _call(self, connection: http.client.HTTPConnection, call: Call) -> None:
         body = json.dumps({"n": call.n, "sleep": call.sleep, "poison": call.poison})

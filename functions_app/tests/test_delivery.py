@@ -461,3 +461,23 @@ def test_two_workers_starting_together_on_a_fresh_var_dir_both_come_up(api, clus
         assert [process.poll() for process in pair] == [None, None]
     cluster.start_beat()
     assert terminal(invoke_async(api, event={"x": 1})).status == "succeeded"
+
+
+def test_when_the_database_cuts_every_connection_leases_are_renewed_and_runs_finish_once(api, worker):
+    # What a PostgreSQL restart does to the worker: every backend ends. The heartbeat renews on (a run longer than
+    # the lease is not taken back), the running call writes its result, and the next call runs at once.
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs a database server whose backends can be terminated")
+    create(api, timeout_s=30)
+    long_call = invoke_async(api, event={"sleep": 5})  # 2.5 leases
+    running(long_call)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    assert terminal(invoke_async(api, event={"n": 1}), timeout_s=10).attempt == 1
+    row = terminal(long_call, timeout_s=20)
+    assert row.status == "succeeded" and row.attempt == 1 and row.terminal_writes == 1
