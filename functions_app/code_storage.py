@@ -100,7 +100,12 @@ def code_extracted_dir(sha256: str) -> Path:
         try:
             zip_extract(code_store().get(sha256), staging)
             staging.chmod(0o755)
-            os.replace(staging, target)
+            try:
+                os.replace(staging, target)
+            except OSError:
+                # Another process (a second worker on this host) put the same artifact in place first.
+                if not target.exists():
+                    raise
         finally:
             tree_remove(staging)
     return target

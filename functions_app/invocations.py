@@ -8,6 +8,8 @@ attempt holds a lease its worker renews; the sweeper takes back what a dead or p
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -18,15 +20,17 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, InterfaceError, OperationalError, transaction
+from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
 from console.exceptions import (
@@ -83,6 +87,68 @@ SKIPPED_DELIVERIES_KEY = "ephemera:stats:skipped_deliveries"
 DRY_RUN = "DryRun"
 
 _STATUS_BY_RESULT = {"succeeded": InvocationStatus.SUCCEEDED, "timed_out": InvocationStatus.TIMED_OUT}
+
+
+# ---- outages of the platform's own dependencies -----------------------------------------------------------
+
+# What the database raises while it is unreachable (a restart, a failover, a broken connection).
+DATABASE_ERRORS = (OperationalError, InterfaceError)
+# How often a worker retries a write that an unreachable database refused.
+DATABASE_RETRY_S = 0.5
+# A finished run's result is worth waiting for: the worker retries its write this long before giving up (and
+# leaving the invocation to its lease). A database restart takes seconds.
+RESULT_WRITE_RETRY_MAX_S = 300.0
+# Redis's identity (INFO run_id), as the sweeper last saw it: a different one means Redis restarted, and any
+# message it held may be gone.
+BROKER_RUN_ID_KEY = "ephemera:control:broker_run_id"
+
+T = TypeVar("T")
+
+
+class _OutageClock:
+    """When this process last found the database unreachable. While no lease can be renewed, leases run out
+    although their workers are fine: for a grace after an outage, an expired lease is not yet taken as a dead
+    worker (the heartbeats renew them first; see ``leases_settled``)."""
+
+    def __init__(self) -> None:
+        self._last_failure = -math.inf
+
+    def failed(self) -> None:
+        self._last_failure = time.monotonic()
+
+    def seconds_since(self) -> float:
+        return time.monotonic() - self._last_failure
+
+
+database_outage = _OutageClock()
+
+
+def leases_settled() -> bool:
+    """Whether an expired lease now means a dead or stalled worker: not within half a lease of this process
+    seeing the database unreachable (a worker's heartbeat renews within a second of the database's return)."""
+    return database_outage.seconds_since() > settings.LEASE_S / 2
+
+
+def database_unreachable(exc: Exception) -> None:
+    """Note an outage and drop this thread's connection, so that the next query opens a new one."""
+    database_outage.failed()
+    if not connection.in_atomic_block:
+        with contextlib.suppress(DatabaseError):  # closing a dead socket may fail; it is dropped all the same
+            connection.close()
+
+
+def database_retry(action: Callable[[], T], *, what: str, give_up_s: float = RESULT_WRITE_RETRY_MAX_S) -> T:
+    """``action()``, retried every DATABASE_RETRY_S while the database is unreachable, for up to ``give_up_s``."""
+    deadline = time.monotonic() + give_up_s
+    while True:
+        try:
+            return action()
+        except DATABASE_ERRORS as exc:
+            if time.monotonic() >= deadline:
+                raise
+            logger.warning("%s: the database is unreachable (%r); retrying", what, exc)
+            database_unreachable(exc)
+            time.sleep(DATABASE_RETRY_S)
 
 
 class InvalidRequestContent(ServiceError):
@@ -236,6 +302,8 @@ def invocation_publish(*, invocation_id: str, sync: bool = False, countdown: flo
     queue = SYNC_QUEUE if sync else INVOCATION_QUEUE
     try:
         invocation_execute.apply_async((invocation_id,), countdown=countdown, queue=queue)
+    except (KombuOperationalError, RedisError, OSError) as exc:  # Redis is unreachable: an outage, not a bug
+        logger.warning("Publishing invocation %s failed (%r); the sweeper will republish it", invocation_id, exc)
     except Exception:
         logger.exception("Publishing invocation %s failed; the sweeper will republish it", invocation_id)
 
@@ -245,11 +313,14 @@ def invocation_wait(*, invocation: Invocation, wait_s: float) -> InvocationOutco
 
     Between waits the caller checks the lease itself: if the worker died and no sweeper runs (a one-worker
     deployment), the caller still learns of it within a lease, not at the end of its wait. While Redis is down
-    the row is polled instead (the worker writes it before it replies); while the database is down too, the
-    caller gets 503 with the invocation's id, so that a retry can look the call up instead of running it twice.
+    the row is polled instead (the worker writes it before it replies). The caller rides out a database restart
+    (the worker retries its result until the database is back); once the database has been unreachable for a
+    lease, or at the end of the wait, the caller gets 503 with the invocation's id, so that a retry can look the
+    call up instead of running it twice.
     """
     deadline = time.monotonic() + wait_s
     key = REPLY_KEY.format(id=invocation.id)
+    unreachable_since = None
     while not invocation.is_terminal and (remaining := deadline - time.monotonic()) > 0:
         try:
             reply = blocking_pop([key], min(remaining, max(settings.LEASE_S, 0.5)))
@@ -259,11 +330,27 @@ def invocation_wait(*, invocation: Invocation, wait_s: float) -> InvocationOutco
             time.sleep(min(remaining, REPLY_POLL_S))
         if reply is not None:
             return InvocationOutcome(**json.loads(reply[1]))
-        _refresh_or_gone(invocation)
+        if not _refresh_or_gone(invocation):
+            unreachable_since = unreachable_since or time.monotonic()
+            if time.monotonic() - unreachable_since >= settings.LEASE_S:
+                break
+            continue
+        unreachable_since = None
         now = timezone.now()
-        if invocation.status == InvocationStatus.RUNNING and invocation.lease_until and invocation.lease_until < now:
+        if (
+            invocation.status == InvocationStatus.RUNNING
+            and invocation.lease_until
+            and invocation.lease_until < now
+            and leases_settled()
+        ):
             _reclaim(invocation, now)
             _refresh_or_gone(invocation)
+    if unreachable_since is not None:
+        raise ServiceUnavailable(
+            f"{OUTAGE_MESSAGE} Invocation {invocation.pk} was accepted: read its result at "
+            f"/api/v1/invocations/{invocation.pk}/ rather than invoking again.",
+            details={"invocation_id": str(invocation.pk)},
+        )
     return outcome_from_row(invocation)
 
 
@@ -271,7 +358,8 @@ def invocation_wait(*, invocation: Invocation, wait_s: float) -> InvocationOutco
 REPLY_POLL_S = 0.5
 
 
-def _refresh_or_gone(invocation: Invocation) -> None:
+def _refresh_or_gone(invocation: Invocation) -> bool:
+    """Reread the row; False while the database is unreachable."""
     try:
         invocation.refresh_from_db()
     except Invocation.DoesNotExist:
@@ -279,12 +367,11 @@ def _refresh_or_gone(invocation: Invocation) -> None:
         raise ResourceNotFound(
             f"The function was deleted while invocation {invocation.pk} was running; it has no result."
         ) from None
-    except (OperationalError, InterfaceError):
-        raise ServiceUnavailable(
-            f"{OUTAGE_MESSAGE} Invocation {invocation.pk} was accepted: read its result at "
-            f"/api/v1/invocations/{invocation.pk}/ rather than invoking again.",
-            details={"invocation_id": str(invocation.pk)},
-        ) from None
+    except DATABASE_ERRORS as exc:
+        logger.warning("Invocation %s: the database is unreachable (%r); waiting on", invocation.pk, exc)
+        database_unreachable(exc)
+        return False
+    return True
 
 
 def sync_wait_budget(invocation: Invocation) -> float:
@@ -481,14 +568,19 @@ def _admitted_for_run(invocation: Invocation, now: datetime) -> bool:
     is_sync = invocation.invocation_type == InvocationType.SYNC
     if is_sync and (now - invocation.queued_at).total_seconds() < INIT_GRACE_S:
         return True  # the slot taken at the door still covers the whole run
-    admission = concurrency.slot_acquire(
-        function_id=invocation.function_id,
-        owner_id=invocation.owner_id,
-        member=str(invocation.id),
-        hold_s=invocation.timeout_s + INIT_GRACE_S + settings.LEASE_S,
-        reserved=None if is_sync else invocation.function.reserved_concurrency,
-        account_limit=1 << 30 if is_sync else settings.ACCOUNT_CONCURRENCY_LIMIT,
-    )
+    try:
+        admission = concurrency.slot_acquire(
+            function_id=invocation.function_id,
+            owner_id=invocation.owner_id,
+            member=str(invocation.id),
+            hold_s=invocation.timeout_s + INIT_GRACE_S + settings.LEASE_S,
+            reserved=None if is_sync else invocation.function.reserved_concurrency,
+            account_limit=1 << 30 if is_sync else settings.ACCOUNT_CONCURRENCY_LIMIT,
+        )
+    except RedisError as exc:
+        # The row stays queued; the sweeper publishes it again once Redis is back (see _forget_lost_publishes).
+        logger.warning("Invocation %s waits: its concurrency cannot be counted (%r)", invocation.pk, exc)
+        return False
     if admission.admitted:
         return True
     invocation_throttled(function=invocation.function, reason=admission.reason)
@@ -582,7 +674,8 @@ def invocation_run(*, invocation_id: str, executor: Any) -> Invocation | None:
     invocation = invocation_claim(invocation_id=invocation_id, host=host, capacity=executor)
     if invocation is None:
         logger.info("Invocation %s is not ours to run now (duplicate, finished or not due); skipped", invocation_id)
-        redis_client().incr(SKIPPED_DELIVERIES_KEY)
+        with contextlib.suppress(RedisError):
+            redis_client().incr(SKIPPED_DELIVERIES_KEY)
         return None
     claimed_at = time.perf_counter()
     leases.add(str(invocation.id), invocation.attempt)
@@ -599,13 +692,18 @@ def invocation_run(*, invocation_id: str, executor: Any) -> Invocation | None:
             invocation.prepare_ms = (time.perf_counter() - claimed_at) * 1000
             result = executor.invoke(spec, request)
         except CapacityError as exc:
-            invocation_refuse_for_capacity(invocation=invocation, reason=str(exc))
+            refuse = functools.partial(invocation_refuse_for_capacity, invocation=invocation, reason=str(exc))
+            database_retry(refuse, what=f"Invocation {invocation.pk}")
             return invocation
         except Exception as exc:  # preparing (the code store, unpacking) or the executor itself
             logger.exception("The executor failed invocation %s", invocation.pk)
-            invocation_fail_for_executor(invocation=invocation, error=exc)
+            fail = functools.partial(invocation_fail_for_executor, invocation=invocation, error=exc)
+            database_retry(fail, what=f"Invocation {invocation.pk}")
             return invocation
-        invocation_complete(invocation=invocation, result=result)
+        # The run is over: its result is written even across a database restart (the lease stays renewed).
+        database_retry(
+            lambda: invocation_complete(invocation=invocation, result=result), what=f"Invocation {invocation.pk}"
+        )
     finally:
         leases.remove(str(invocation.id))
     return invocation
@@ -985,23 +1083,39 @@ def _reclaim(invocation: Invocation, now: datetime) -> str:
 
 
 def invocations_sweep() -> dict[str, int]:
-    """Expire old events, take back expired leases, (re)publish due queued rows, forget old idempotency keys."""
-    counts = _sweep()
-    redis_client().set(SWEPT_AT_KEY, time.time(), ex=3600)
+    """Expire old events, take back expired leases, (re)publish due queued rows, forget old idempotency keys.
+
+    An outage of the database or Redis skips the sweep (the next one, SWEEP_INTERVAL_S later, does its work)."""
+    try:
+        counts = _sweep()
+        redis_client().set(SWEPT_AT_KEY, time.time(), ex=3600)
+    except DATABASE_ERRORS as exc:
+        logger.warning("Sweep skipped: the database is unreachable (%r)", exc)
+        database_unreachable(exc)
+        return {}
+    except RedisError as exc:
+        logger.warning("Sweep skipped: Redis is unreachable (%r)", exc)
+        return {}
     return counts
 
 
 def _sweep() -> dict[str, int]:
     now = timezone.now()
-    counts = {"expired": 0, "requeued": 0, "lost": 0, "published": 0}
+    counts = {"expired": 0, "requeued": 0, "lost": 0, "published": 0, "leases_held": 0}
     related = ("owner", "function")
+    _forget_lost_publishes()
     for invocation in Invocation.objects.select_related(*related).filter(
         status=InvocationStatus.QUEUED, expires_at__lt=now
     )[:SWEEP_BATCH]:
         counts["expired"] += invocation_expire(invocation=invocation)
-    for invocation in Invocation.objects.select_related(*related).filter(
+    expired_leases = Invocation.objects.select_related(*related).filter(
         status=InvocationStatus.RUNNING, lease_until__lt=now
-    )[:SWEEP_BATCH]:
+    )[:SWEEP_BATCH]
+    if not leases_settled():
+        # Just after an outage of the database no worker could renew its leases: wait for their heartbeats.
+        counts["leases_held"] = len(expired_leases)
+        expired_leases = []
+    for invocation in expired_leases:
         outcome = _reclaim(invocation, now)
         if outcome in counts:
             counts[outcome] += 1
@@ -1017,3 +1131,17 @@ def _sweep() -> dict[str, int]:
         queued_at__lt=now - timedelta(seconds=settings.IDEMPOTENCY_TTL_S), idempotency_key__gt=""
     ).update(idempotency_key="")
     return counts
+
+
+def _forget_lost_publishes() -> None:
+    """After a Redis restart, count every queued invocation as never published, so that this sweep publishes
+    the due ones at once instead of REPUBLISH_AFTER_S later: the restart may have dropped their messages (the
+    last second of writes, without appendfsync always; all of them, without persistence; and those a worker
+    had reserved). A duplicate message costs one claim that finds nothing to do."""
+    client = redis_client()
+    run_id = client.info("server").get("run_id", "")
+    if client.getset(BROKER_RUN_ID_KEY, run_id) in (run_id, run_id.encode()):
+        return
+    forgotten = Invocation.objects.filter(status=InvocationStatus.QUEUED).update(published_at=None)
+    if forgotten:
+        logger.warning("Redis restarted (run id %s): %d queued invocations will be published again", run_id, forgotten)

@@ -16,11 +16,12 @@ from typing import Any
 from celery import signals
 from django.conf import settings
 from django.db import close_old_connections
+from redis.exceptions import RedisError
 
 from console.processes import INVOCATION_QUEUE, SYNC_QUEUE
 from console.redis import redis_client
 from functions_app.code_storage import code_extracted_dir
-from functions_app.invocations import environment_key_owner, leases_renew
+from functions_app.invocations import DATABASE_ERRORS, database_unreachable, environment_key_owner, leases_renew
 from functions_app.models import Function
 from functions_app.notices import FUNCTION_CHANGED_CHANNEL
 from functions_app.runtime import (
@@ -140,6 +141,10 @@ def _prefetch_code(function_ids: set[int]) -> None:
         code_extracted_dir(sha256)
 
 
+# What an outage of the platform's own services raises: logged as a warning (no traceback), then retried.
+OUTAGE_ERRORS = (RedisError, *DATABASE_ERRORS)
+
+
 def _on_function_changes(stop: threading.Event) -> None:
     """Listen for registry notices (functions_app.notices) and act on them at once; reconnect after a failure.
     Each (re)subscription starts with a full reconciliation, which covers whatever was missed meanwhile."""
@@ -157,6 +162,9 @@ def _on_function_changes(stop: threading.Event) -> None:
                 changed = {int(json.loads(message["data"])["function_id"])}
                 environments_reconcile(changed)
                 _prefetch_code(changed)
+        except OUTAGE_ERRORS as exc:
+            logger.warning("Listening for function changes failed (%r); retrying in a second", exc)
+            stop.wait(1.0)
         except Exception:
             logger.exception("Listening for function changes failed; retrying in a second")
             stop.wait(1.0)
@@ -166,24 +174,38 @@ def _heartbeat(stop: threading.Event) -> None:
     # Renews the leases of running invocations (a paused or dead worker stops renewing, and the sweeper takes
     # them back) and publishes this host's health, which expires on its own when the worker dies. Each duty
     # fails alone: a broken reconciliation must not stop the leases. A long-lived thread keeps its database
-    # connection across iterations, so it closes one that a database restart broke before using it again.
+    # connection across iterations: close_old_connections() makes the next query check it (CONN_HEALTH_CHECKS)
+    # and reconnect if a database restart broke it. Leases not renewed are tried again within a second.
     last_health = 0.0
     while not stop.is_set():
         _duty(close_old_connections)
-        _duty(leases_renew)
+        renewed = _duty(leases_renew)
         if time.monotonic() - last_health >= HEARTBEAT_S:
             last_health = time.monotonic()
             _duty(executor().reap_idle)
             _duty(environments_reconcile)
             _duty(_publish_health)
-        stop.wait(settings.LEASE_S / 3)
+        stop.wait(settings.LEASE_S / 3 if renewed else min(settings.LEASE_S / 3, RENEW_RETRY_S))
 
 
-def _duty(action: Callable[[], Any]) -> None:
+# After a failed renewal: the next try, so that leases are renewed within a second of the database's return.
+RENEW_RETRY_S = 0.5
+
+
+def _duty(action: Callable[[], Any]) -> bool:
+    """Run one heartbeat duty; False if it failed (logged)."""
+    name = getattr(action, "__name__", action)
     try:
         action()
+    except OUTAGE_ERRORS as exc:
+        logger.warning("Executor heartbeat: %s failed (%r)", name, exc)
+        if isinstance(exc, DATABASE_ERRORS):
+            database_unreachable(exc)
+        return False
     except Exception:
-        logger.exception("Executor heartbeat: %s failed", getattr(action, "__name__", action))
+        logger.exception("Executor heartbeat: %s failed", name)
+        return False
+    return True
 
 
 def _publish_health() -> None:

@@ -25,6 +25,7 @@ from django.db import IntegrityError, InterfaceError, OperationalError, connecti
 from django.db.models import F, FloatField, Q, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from console.redis import redis_client
 from metrics_app.histograms import DURATION, INIT, MEMORY
@@ -166,6 +167,10 @@ def _add_everywhere(
     }
     try:
         redis_client().rpush(PENDING_KEY, json.dumps(record))
+    except RedisError as exc:  # an outage, not a bug: no traceback
+        logger.warning(
+            "Metering of function %s was not queued (%r); run rollups_rebuild to repair", key["function_id"], exc
+        )
     except Exception:
         logger.exception("Metering of function %s was not queued; run rollups_rebuild to repair", key["function_id"])
 
@@ -188,8 +193,8 @@ def metering_flush(*, limit: int = 20_000) -> int:
         return 0
     try:
         _apply_records(_readable_records(raw))
-    except (OperationalError, InterfaceError):
-        logger.exception("Metering flush failed; %d contributions go back to the queue", len(raw))
+    except (OperationalError, InterfaceError) as exc:  # the database is unreachable: an outage, not a bug
+        logger.warning("Metering flush failed (%r); %d contributions go back to the queue", exc, len(raw))
         client.rpush(PENDING_KEY, *raw)
         return 0
     except Exception:
@@ -220,8 +225,10 @@ def _apply_one_by_one(client: Any, raw: list[bytes]) -> None:
     for position, item in enumerate(raw):
         try:
             _apply_records(_readable_records([item]))
-        except (OperationalError, InterfaceError):
-            logger.exception("Metering flush failed; %d contributions go back to the queue", len(raw) - position)
+        except (OperationalError, InterfaceError) as exc:
+            logger.warning(
+                "Metering flush failed (%r); %d contributions go back to the queue", exc, len(raw) - position
+            )
             client.rpush(PENDING_KEY, *raw[position:])
             break
         except Exception:  # this record is the bad one (logged with its traceback)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,33 @@ def test_the_deployment_check_refuses_redis_without_a_password_in_production(set
     assert redis_has_credentials(None) == []
     settings.REDIS_URL = "unix:///var/lib/ephemera/redis.sock?db=0"
     assert redis_has_credentials(None) == []
+
+
+def test_processes_starting_together_on_a_fresh_var_dir_share_one_key(tmp_path):
+    # Workers of a fresh embedded platform import the settings at the same moment: none may fail on the key
+    # another is writing (FileExistsError) or read it half-written.
+    start_at = time.time() + 3
+    script = (
+        "import sys, time, cryptography.fernet, dj_database_url; "
+        "time.sleep(max(0, float(sys.argv[1]) - time.time())); "
+        "import console.settings as s; print(s.SECRET_KEY, s.FERNET_KEYS[0])"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "FERNET_KEYS")}
+    for attempt in range(3):
+        var_dir = tmp_path / str(attempt)
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-c", script, str(start_at + attempt)],
+                cwd=BASE_DIR,
+                env={**env, "EPHEMERA_VAR_DIR": str(var_dir)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(6)
+        ]
+        outputs = [process.communicate(timeout=60) for process in processes]
+        assert [process.returncode for process in processes] == [0] * 6, [err for _, err in outputs]
+        keys = {out for out, _ in outputs}
+        assert len(keys) == 1 and len(next(iter(keys)).split()) == 2
+        assert not [path for path in var_dir.iterdir() if path.name.startswith(".")]  # no staging file left

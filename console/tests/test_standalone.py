@@ -342,3 +342,24 @@ def test_the_platform_runs_on_a_redis_whose_only_user_has_the_production_acl(tmp
         process.wait(timeout=30)
         redis.kill()
         redis.wait()
+
+
+@pytest.mark.slow
+def test_a_redis_restart_leaves_every_worker_running_and_the_platform_serves_again(platform):
+    # kombu used to raise AttributeError while restoring unacked messages on a lost connection, and the worker
+    # exited; now the workers reconnect (the supervisor restarts only Redis, which died).
+    process, port, output = platform
+    token = re.search(r"API key:\s+(eph_\S+)", output).group(1)
+    children = psutil.Process(process.pid).children()
+    workers = [child for child in children if "worker" in child.cmdline()]
+    (redis_server,) = [child for child in children if "redis-server" in " ".join(child.cmdline())]
+    redis_server.kill()
+    said = "".join(process.reader.within(8))
+    assert "[ephemera] redis exited with code -9; restarting it in 1 s" in said
+    url = f"http://127.0.0.1:{port}/api/v1/functions/hello/invoke/"
+    deadline = time.monotonic() + 60
+    while (answer := post_json(url, token, {"name": "again"}))[0] != 200 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert answer[0] == 200
+    assert len(workers) == 2 and alive(workers) == workers  # the executor and the control worker, never restarted
+    assert "worker exited" not in "".join(process.reader.within(1)) + said

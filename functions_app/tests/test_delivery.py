@@ -462,3 +462,37 @@ def test_a_sync_call_does_not_queue_behind_a_backlog_of_events(api, cluster):
     assert answer.status_code == 200
     assert waited < 5, f"the sync call waited {waited:.1f} s behind the events"  # at most one event's end
     assert all(terminal(invocation_id, timeout_s=60).status == "succeeded" for invocation_id in backlog)
+
+
+def test_two_workers_starting_together_on_a_fresh_var_dir_both_come_up(api, cluster, tmp_path, settings):
+    # Everything a worker builds on first start (keys, the runtime layer, /tmp templates) is built by both at once.
+    create(api)
+    for attempt in range(3):
+        var_dir = tmp_path / f"var{attempt}"
+        fresh = {"EPHEMERA_VAR_DIR": str(var_dir), "REDIS_URL": settings.REDIS_URL}
+        pair = [cluster.start_worker(wait=False, **fresh) for _ in range(2)]
+        for process in pair:
+            cluster.wait_ready(process)
+        assert [process.poll() for process in pair] == [None, None]
+    cluster.start_beat()
+    assert terminal(invoke_async(api, event={"x": 1})).status == "succeeded"
+
+
+def test_when_the_database_cuts_every_connection_leases_are_renewed_and_runs_finish_once(api, worker):
+    # What a PostgreSQL restart does to the worker: every backend ends. The heartbeat renews on (a run longer than
+    # the lease is not taken back), the running call writes its result, and the next call runs at once.
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs a database server whose backends can be terminated")
+    create(api, timeout_s=30)
+    long_call = invoke_async(api, event={"sleep": 5})  # 2.5 leases
+    running(long_call)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    assert terminal(invoke_async(api, event={"n": 1}), timeout_s=10).attempt == 1
+    row = terminal(long_call, timeout_s=20)
+    assert row.status == "succeeded" and row.attempt == 1 and row.terminal_writes == 1

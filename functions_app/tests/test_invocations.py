@@ -7,6 +7,8 @@ what the rows hold. End-to-end behaviour through real workers is in test_invoke.
 from __future__ import annotations
 
 import json
+import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -224,7 +226,7 @@ def test_a_sync_caller_reads_the_row_while_redis_is_down(make_function, monkeypa
     assert outcome.finished and outcome.status == InvocationStatus.SUCCEEDED and json.loads(outcome.result)
 
 
-def test_a_sync_caller_gets_503_with_the_invocation_id_while_the_database_is_down(make_function, monkeypatch):
+def test_a_sync_caller_gets_503_with_the_invocation_id_while_the_database_is_down(make_function, monkeypatch, settings):
     import redis
     from django.db import OperationalError
 
@@ -239,10 +241,13 @@ def test_a_sync_caller_gets_503_with_the_invocation_id_while_the_database_is_dow
     def database_down(self, *args, **kwargs):
         raise OperationalError("the connection is closed")
 
+    settings.LEASE_S = 1  # the caller rides out an outage shorter than a lease
     monkeypatch.setattr(invocations, "blocking_pop", down)
     monkeypatch.setattr(Invocation, "refresh_from_db", database_down)
+    started = time.monotonic()
     with pytest.raises(ServiceUnavailable) as unavailable:
         invocation_wait(invocation=call, wait_s=5)
+    assert 1 <= time.monotonic() - started < 3
     assert unavailable.value.status == 503 and unavailable.value.headers["Retry-After"] == "5"
     assert unavailable.value.details == {"invocation_id": str(call.pk)}
 
@@ -309,3 +314,140 @@ def test_code_that_cannot_be_prepared_fails_the_call_at_once_as_a_platform_error
     outcome = invocation_wait(invocation=call, wait_s=1)
     assert outcome.platform_error and outcome.error_type == EXECUTOR_FAILED
     assert "File name too long" in json.loads(outcome.result)["errorMessage"]
+
+
+# ---- outages of the database and Redis ----------------------------------------------------------------------
+
+
+def test_a_finished_run_writes_its_result_once_the_database_answers_again(make_function, monkeypatch):
+    from django.db import OperationalError
+
+    from functions_app import invocations
+
+    call = accept(make_function(), kind=InvocationType.SYNC)
+    write = invocations._terminal_write
+    refusals = []
+
+    def restarting(*args, **kwargs):
+        if len(refusals) < 2:
+            refusals.append(1)
+            raise OperationalError("terminating connection due to administrator command")
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(invocations, "DATABASE_RETRY_S", 0.01)
+    monkeypatch.setattr(invocations, "_terminal_write", restarting)
+    invocation_run(invocation_id=str(call.pk), executor=FakeExecutor(result()))
+    row = Invocation.objects.get(pk=call.pk)
+    assert len(refusals) == 2
+    assert row.status == InvocationStatus.SUCCEEDED and row.terminal_writes == 1 and row.attempt == 1
+
+
+def test_the_sweeper_leaves_expired_leases_to_their_heartbeats_just_after_a_database_outage(make_function, monkeypatch):
+    from functions_app import invocations
+
+    monkeypatch.setattr(invocations, "database_outage", invocations._OutageClock())
+    call = accept(make_function(), kind=InvocationType.SYNC)
+    claim(call)
+    Invocation.objects.filter(pk=call.pk).update(lease_until=timezone.now() - timedelta(seconds=1))
+    invocations.database_outage.failed()  # the sweeper could not reach the database a moment ago
+    assert invocations.invocations_sweep()["leases_held"] == 1
+    assert Invocation.objects.get(pk=call.pk).status == InvocationStatus.RUNNING
+    monkeypatch.setattr(invocations.database_outage, "_last_failure", time.monotonic() - 60)
+    assert invocations.invocations_sweep()["lost"] == 1
+    assert Invocation.objects.get(pk=call.pk).error_type == invocations.WORKER_LOST
+
+
+def test_a_sweep_that_cannot_reach_the_database_is_skipped_quietly(monkeypatch):
+    from django.db import OperationalError
+
+    from functions_app import invocations
+
+    def down():
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(invocations, "database_outage", invocations._OutageClock())
+    monkeypatch.setattr(invocations, "_sweep", down)
+    assert invocations.invocations_sweep() == {}
+    assert not invocations.leases_settled()
+
+
+def test_after_a_redis_restart_the_sweeper_publishes_every_queued_invocation_at_once(make_function, monkeypatch):
+    from console.redis import redis_client
+    from functions_app import invocations
+
+    events = [accept(make_function(name=f"f{n}")) for n in range(3)]  # just published: not stale
+    published = []
+    monkeypatch.setattr(invocations, "invocation_publish", lambda **kwargs: published.append(kwargs["invocation_id"]))
+    invocations.invocations_sweep()  # the first sweep of this Redis
+    published.clear()
+    assert invocations.invocations_sweep()["published"] == 0
+    redis_client().set(invocations.BROKER_RUN_ID_KEY, "the run id of the Redis before its restart")
+    assert invocations.invocations_sweep()["published"] == 3
+    assert sorted(published) == sorted(str(event.pk) for event in events)
+    assert invocations.invocations_sweep()["published"] == 0  # once
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_heartbeat_renews_leases_at_once_after_its_database_connection_was_broken(make_function):
+    # What a PostgreSQL restart does to a long-lived thread's connection: the server ends its backend. The next
+    # heartbeat must renew on its first try, not fail once and leave the lease a third of its length shorter.
+    import queue
+    import threading
+
+    from django.db import connection
+
+    from functions_app import worker
+    from functions_app.invocations import leases
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs a database server whose backends can be terminated")
+    call = accept(make_function(), kind=InvocationType.SYNC)
+    leases.add(str(call.pk), claim(call).attempt)
+    steps: queue.Queue = queue.Queue()
+    answers: queue.Queue = queue.Queue()
+
+    def heartbeat_thread() -> None:  # connections are per thread: every beat runs in this one
+        from django.db import connection as own
+
+        while steps.get() is not None:
+            ok = worker._duty(worker.close_old_connections) and worker._duty(worker.leases_renew)
+            answers.put((ok, own.connection.info.backend_pid if own.connection else None))
+
+    thread = threading.Thread(target=heartbeat_thread)
+    thread.start()
+    try:
+        steps.put("beat")
+        renewed, backend = answers.get(timeout=10)
+        assert renewed
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [backend])
+        steps.put("beat")
+        renewed, new_backend = answers.get(timeout=10)
+        assert renewed and new_backend != backend
+    finally:
+        steps.put(None)
+        thread.join(10)
+        leases.remove(str(call.pk))
+
+
+def test_a_delivery_whose_claim_finds_the_database_unreachable_is_retried_not_dropped(monkeypatch):
+    # The message is acked either way: without the retry, the invocation waited REPUBLISH_AFTER_S for the sweeper.
+    from celery.exceptions import Retry
+    from django.db import OperationalError
+
+    from functions_app import tasks
+
+    def unreachable(**kwargs):
+        raise OperationalError("connection refused")
+
+    retries = []
+
+    def retry(**kwargs):  # Celery's publishes the message again, due a second later
+        retries.append(kwargs)
+        return Retry("again", when=1)
+
+    monkeypatch.setattr(tasks, "invocation_run", unreachable)
+    monkeypatch.setattr(tasks.invocation_execute, "retry", retry)
+    with pytest.raises(Retry):
+        tasks.invocation_execute("an-invocation-id")
+    assert len(retries) == 1 and isinstance(retries[0]["exc"], OperationalError)

@@ -172,6 +172,27 @@ def boto3_layer(tmp_path_factory) -> str:
     return str(layer)
 
 
+def test_workers_building_the_layer_at_once_all_get_the_whole_layer(tmp_path):
+    # Workers starting together on a fresh host build it at the same moment (copytree raised FileExistsError).
+    script = (
+        "import sys, time; from functions_app.runtime.layer import build_layer; "
+        "time.sleep(max(0, float(sys.argv[2]) - time.time())); build_layer(sys.argv[1])"
+    )
+    for attempt in range(3):
+        dest = tmp_path / str(attempt) / "python"
+        start_at = str(time.time() + 2)
+        builders = [
+            subprocess.Popen([sys.executable, "-c", script, str(dest), start_at], stderr=subprocess.PIPE, text=True)
+            for _ in range(4)
+        ]
+        errors = [builder.communicate(timeout=120)[1] for builder in builders]
+        assert [builder.returncode for builder in builders] == [0] * 4, errors
+        assert sorted(os.listdir(dest)) == sorted(
+            ["boto3", "botocore", "jmespath", "s3transfer", "dateutil", "six.py", "urllib3"]
+        )
+        assert (dest / "botocore" / "data" / "s3" / "2006-03-01" / "service-2.json.gz").exists()
+
+
 COUNTER = """
     import os
     COUNT = 0
