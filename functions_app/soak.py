@@ -93,6 +93,7 @@ class PrivatePostgres:
     since the server refuses root), on a free port and a socket directory of its own."""
 
     def __init__(self, directory: Path, port: int, bin_dir: Path) -> None:
+        self.directory = directory
         self.data = directory / "data"
         self.port = port
         self.bin_dir = bin_dir
@@ -136,6 +137,7 @@ class PrivatePostgres:
     def stop(self) -> None:
         with contextlib.suppress(subprocess.SubprocessError, OSError):
             self._pg_ctl("stop", "-m", "fast")
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class PrivateRedis:

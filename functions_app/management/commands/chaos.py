@@ -15,6 +15,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -193,7 +194,9 @@ def _services(var_dir: Path) -> tuple[soak.PrivatePostgres | None, soak.PrivateR
     if settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
         bin_dir = soak.postgres_bin_dir()
         assert bin_dir is not None
-        postgres = soak.PrivatePostgres(var_dir / "postgres", int(settings.DATABASES["default"]["PORT"]), bin_dir)
+        # Outside var/, which only the platform's user may enter: the server runs as the `postgres` account.
+        cluster_dir = Path(tempfile.mkdtemp(prefix="ephemera-chaos-postgres-"))
+        postgres = soak.PrivatePostgres(cluster_dir, int(settings.DATABASES["default"]["PORT"]), bin_dir)
         postgres.start()
     if settings.EMBEDDED_REDIS:
         redis_server = soak.PrivateRedis(var_dir / "redis", socket_path=settings.REDIS_SOCKET)
