@@ -26,8 +26,9 @@ def redis_has_credentials(app_configs: Any, **kwargs: Any) -> list[Error]:
 
 
 @register(Tags.security, Tags.database, deploy=True)
-def database_role_is_not_a_superuser(app_configs: Any, **kwargs: Any) -> list[Error]:
-    if not settings.PRODUCTION or connection.vendor != "postgresql":
+def database_role_is_not_a_superuser(app_configs: Any, databases: Any = None, **kwargs: Any) -> list[Error]:
+    # Only when asked to look at the database (`check --deploy --database default`), as Django's own do.
+    if not settings.PRODUCTION or connection.vendor != "postgresql" or "default" not in (databases or ()):
         return []
     try:
         with connection.cursor() as cursor:

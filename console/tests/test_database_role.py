@@ -43,3 +43,12 @@ def test_the_application_role_migrates_the_platform_and_is_not_a_superuser(app_d
                           capture_output=True, text=True, check=True).stdout.strip() == "f"  # fmt: skip
     read_file = subprocess.run([*as_role, "SELECT pg_read_file('/etc/hostname')"], capture_output=True, text=True)
     assert read_file.returncode != 0 and "permission denied" in read_file.stderr
+
+
+def test_the_deployment_check_refuses_a_superuser_role_when_it_may_look_at_the_database(app_database, settings):
+    from console.checks import database_role_is_not_a_superuser
+
+    settings.PRODUCTION = True
+    assert database_role_is_not_a_superuser(None) == []  # not asked to look at the database
+    # The test run's own connection is CI's superuser: exactly what production must not use.
+    assert [error.id for error in database_role_is_not_a_superuser(None, databases=["default"])] == ["ephemera.E011"]

@@ -55,6 +55,7 @@ def test_check_deploy_fails_in_production_on_a_host_weaker_than_the_production_s
 
 
 def test_check_deploy_leaves_the_sandbox_alone_outside_production_and_where_no_executor_runs(weak_host, settings):
+    settings.REDIS_URL = "redis://ephemera:a-password@127.0.0.1:6379/0"  # the production shape's, as checked apart
     settings.PRODUCTION = False
     call_command("check", "--deploy", "--fail-level", "ERROR")
     settings.PRODUCTION, settings.SANDBOX_DEPLOY_CHECK = True, False
