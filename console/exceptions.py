@@ -15,7 +15,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.signals import got_request_exception
 from django.db import InterfaceError, OperationalError
-from django.http import Http404, HttpResponse, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse, UnreadablePostError
 from django.urls import is_valid_path
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -112,6 +112,10 @@ def error_body(type_: str, message: str, details: Any = None) -> dict[str, Any]:
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, UnreadablePostError | TimeoutError):
+        # The client stopped sending its body (the server's read timeout): its fault, and it may not even listen.
+        message = "The request body stopped arriving before it was complete."
+        return Response(error_body("RequestTimeout", message), status=408)
     if is_outage(exc):
         logger.warning("Answering 503: %r", exc)
         exc = ServiceUnavailable(OUTAGE_MESSAGE)

@@ -27,3 +27,13 @@ wsgi_app = "console.wsgi:application"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 # One line per request, on stdout, where compose and `make run --verbose` show it.
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
+
+# A client that stops sending mid-request (a Content-Length larger than what it sends, or a slow-loris) would hold a
+# thread until it gives up; every read of the request waits at most this long for more bytes instead.
+read_timeout_s = float(os.environ.get("GUNICORN_READ_TIMEOUT_S", "30"))
+
+
+def pre_request(worker: object, req: object) -> None:
+    sock = getattr(getattr(req, "unreader", None), "sock", None)
+    if sock is not None:
+        sock.settimeout(read_timeout_s)

@@ -363,3 +363,29 @@ def test_a_redis_restart_leaves_every_worker_running_and_the_platform_serves_aga
     assert answer[0] == 200
     assert len(workers) == 2 and alive(workers) == workers  # the executor and the control worker, never restarted
     assert "worker exited" not in "".join(process.reader.within(1)) + said
+
+
+@pytest.mark.slow
+def test_a_client_that_stops_sending_its_body_is_let_go_and_holds_nothing(tmp_path):
+    port = free_port()
+    process = start_platform(tmp_path / "var", port, GUNICORN_READ_TIMEOUT_S="2")
+    try:
+        output = read_until_running(process, Output(process))
+        token = re.search(r"API key:\s+(eph_\S+)", output).group(1)
+        stalled = socket.create_connection(("127.0.0.1", port), timeout=20)
+        head = (
+            f"POST /api/v1/functions/hello/invoke/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Token {token}\r\n"
+            'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"name":'
+        )
+        started = time.monotonic()
+        stalled.sendall(head.encode())
+        answer = stalled.recv(4096).decode(errors="replace")  # the server gives up on the rest
+        waited = time.monotonic() - started
+        stalled.close()
+        assert waited < 10 and (answer == "" or " 408 " in answer.splitlines()[0]), answer[:200]
+        listed = get_json(f"http://127.0.0.1:{port}/api/v1/functions/", token)
+        assert listed["count"] == 1
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)

@@ -496,3 +496,39 @@ def test_when_the_database_cuts_every_connection_leases_are_renewed_and_runs_fin
     assert terminal(invoke_async(api, event={"n": 1}), timeout_s=10).attempt == 1
     row = terminal(long_call, timeout_s=20)
     assert row.status == "succeeded" and row.attempt == 1 and row.terminal_writes == 1
+
+
+def test_a_lost_worker_is_recovered_within_the_bound_behind_a_backlog_of_ten_thousand_events(api, cluster):
+    from django.utils import timezone
+
+    from functions_app.tasks import invocation_execute
+
+    create(api, timeout_s=60)
+    first = cluster.start_worker(concurrency=1)
+    cluster.start_beat()
+    running_event = invoke_async(api, event={"sleep": 30})
+    running(running_event)
+    # The backlog: 10,000 events of another function, queued behind the running one (the only slot is busy).
+    create(api, name="backlog")
+    backlog_function = Invocation.objects.get(pk=running_event).function.owner.functions.get(name="backlog")
+    now = timezone.now()
+    rows = [
+        Invocation(owner_id=backlog_function.owner_id, function=backlog_function, payload="{}", memory_mb=128,
+                   invocation_type="async", max_attempts=3, queued_at=now, available_at=now, published_at=now)
+        for _ in range(10_000)
+    ]  # fmt: skip
+    # Messages first: publishing 10,000 takes seconds, and rows without their message yet would be a loss to the
+    # sweeper (as they would be in production, where the gap is a commit long).
+    with invocation_execute.app.producer_or_acquire() as producer:
+        for row in rows:
+            invocation_execute.apply_async((str(row.pk),), producer=producer)
+    Invocation.objects.bulk_create(rows, batch_size=2000)
+    assert redis_client().llen("celery") >= 10_000
+    first.kill()
+    killed_at = time.monotonic()
+    wait_for(lambda: Invocation.objects.get(pk=running_event).status == "queued", timeout_s=30)
+    recovered_in = time.monotonic() - killed_at
+    bound = settings.LEASE_S + settings.SWEEP_INTERVAL_S + 2
+    assert recovered_in <= bound, f"recovered in {recovered_in:.1f} s, bound {bound} s"
+    assert Invocation.objects.get(pk=running_event).attempt == 1  # requeued for its second attempt
+    assert redis_client().llen("celery") < 10_500  # the sweeper did not publish the backlog again

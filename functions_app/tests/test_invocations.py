@@ -451,3 +451,23 @@ def test_a_delivery_whose_claim_finds_the_database_unreachable_is_retried_not_dr
     with pytest.raises(Retry):
         tasks.invocation_execute("an-invocation-id")
     assert len(retries) == 1 and isinstance(retries[0]["exc"], OperationalError)
+
+
+def test_the_sweeper_republishes_only_what_the_broker_is_short_of_never_a_whole_backlog(make_function, settings):
+    from datetime import timedelta
+
+    from console.redis import redis_client
+    from functions_app import invocations
+
+    settings.REPUBLISH_AFTER_S = 30.0
+    function = make_function()
+    events = [accept(function, payload=json.dumps({"n": n}).encode()) for n in range(6)]
+    long_ago = timezone.now() - timedelta(minutes=5)
+    Invocation.objects.filter(pk__in=[e.pk for e in events]).update(published_at=long_ago)  # all stale
+    invocations.invocations_sweep()  # the first sweep of this Redis remembers its run id
+    Invocation.objects.filter(pk__in=[e.pk for e in events]).update(published_at=long_ago)
+    redis_client().delete("sync", "celery")
+    redis_client().rpush("celery", *[b"a message still waiting"] * 4)  # a backlog: 4 of the 6 messages are there
+    assert invocations.invocations_sweep()["published"] == 2  # only the 2 the broker is short of
+    Invocation.objects.filter(pk__in=[e.pk for e in events]).update(published_at=long_ago)
+    assert invocations.invocations_sweep()["published"] == 0  # 6 messages for 6 rows: nothing is lost
