@@ -53,7 +53,7 @@ def rate(stamps: list[float]) -> float:
 def ephemera_run(user: object, processes: int, count: int) -> float:
     """Fill the queue with ``count`` async no-op events, start ``processes`` executors, wait for the drain."""
     from functions_app import services
-    from functions_app.invocations import invocation_accept
+    from functions_app.accept import invocation_accept
     from functions_app.models import Invocation
 
     function = services.function_create(

@@ -17,18 +17,15 @@ from rest_framework.views import APIView
 from console.exceptions import ServiceError, error_body
 from console.json_api import ERRORS, JsonTextSerializer, paginated, paginated_of, unparsed_field
 from functions_app import selectors
-from functions_app.invocations import (
+from functions_app.accept import DRY_RUN
+from functions_app.destinations import dead_letter_delete, dead_letter_replay_once
+from functions_app.invoke import function_invoke
+from functions_app.lifecycle import (
     CAPACITY_EXCEEDED,
-    DRY_RUN,
     EXECUTOR_FAILED,
     TOO_LARGE_FOR_HOSTS,
     WORKER_LOST,
     InvocationOutcome,
-    dead_letter_delete,
-    dead_letter_replay_once,
-    invocation_accept,
-    invocation_wait,
-    sync_wait_budget,
 )
 from functions_app.models import DeadLetterCondition, InvocationStatus, InvocationType
 
@@ -127,7 +124,7 @@ class InvokeApi(APIView):
         log_mode = request.query_params.get("log", "none")
         if log_mode not in ("none", "tail"):
             raise ServiceError("log must be 'none' or 'tail'.", details={"log": ["Expected none or tail."]})
-        invocation = invocation_accept(
+        answer = function_invoke(
             owner=request.user,
             function=function,
             qualifier=request.query_params.get("qualifier", ""),
@@ -135,12 +132,11 @@ class InvokeApi(APIView):
             invocation_type=invocation_type,
             idempotency_key=_idempotency_key(request),
         )
-        if invocation is None:
+        if answer.invocation is None:
             return Response(status=204)
-        if invocation_type == InvocationType.ASYNC:
-            return _accepted(str(invocation.id), invocation.status)
-        outcome = invocation_wait(invocation=invocation, wait_s=sync_wait_budget(invocation))
-        return _invoke_response(outcome, with_log=log_mode == "tail")
+        if answer.outcome is None:
+            return _accepted(str(answer.invocation.id), answer.invocation.status)
+        return _invoke_response(answer.outcome, with_log=log_mode == "tail")
 
 
 def _invocation_type(request: Request) -> str:

@@ -284,6 +284,12 @@ class Invocation(models.Model):
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
 
+    @property
+    def function_arn(self) -> str:
+        """The ARN the function was invoked by (its qualifier included), as Lambda's context and records carry it."""
+        base = f"arn:aws:lambda:{settings.AWS_REGION}:{self.owner_id:012d}:function:{self.function.name}"
+        return base if self.qualifier == LATEST else f"{base}:{self.qualifier}"
+
 
 class DeadLetterCondition(models.TextChoices):
     RETRIES_EXHAUSTED = "RetriesExhausted", "Retries exhausted"

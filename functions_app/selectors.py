@@ -134,7 +134,7 @@ def invocation_get(*, owner: AbstractBaseUser, invocation_id: str) -> Invocation
         raise ResourceNotFound(f"Invocation not found: {invocation_id}") from None
 
 
-# When the sweeper last finished (a Unix time), written by functions_app.invocations.invocations_sweep.
+# When the sweeper last finished (a Unix time), written by functions_app.sweeper.invocations_sweep.
 SWEPT_AT_KEY = "ephemera:control:swept_at"
 
 

@@ -33,8 +33,8 @@ from django.db import close_old_connections, connection
 
 from console.embedded import redis_config
 from console.processes import control_worker_args, die_with_parent, executor_worker_args, stop_all
-from functions_app.invocations import DATABASE_ERRORS
 from functions_app.models import Invocation, InvocationStatus
+from functions_app.outages import DATABASE_ERRORS
 
 # The handler of every soak call. It reports its start and its completion to the witness, outside the platform's
 # database, so that the checker can tell a run that finished but was recorded lost (a false WorkerLost).

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.conf import settings
 
-from functions_app.invocations import WORKER_LOST
+from functions_app.lifecycle import WORKER_LOST
 from functions_app.models import Invocation
 from functions_app.soak import Call, Fault
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from celery import shared_task
 
 from functions_app import worker
-from functions_app.invocations import DATABASE_ERRORS, DATABASE_RETRY_S, invocation_run, invocations_sweep
+from functions_app.lifecycle import invocation_run
+from functions_app.outages import DATABASE_ERRORS, DATABASE_RETRY_S
+from functions_app.sweeper import invocations_sweep
 
 
 # A delivery that finds the database unreachable (its claim failed: nothing ran) comes back a moment later rather

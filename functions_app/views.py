@@ -27,15 +27,9 @@ from django.views.decorators.http import require_POST
 
 from console import accounts
 from console.exceptions import ResourceNotFound, ServiceError
-from functions_app import forms, selectors, services
+from functions_app import forms, invoke, selectors, services
 from functions_app.code import handler_module_candidates
-from functions_app.invocations import (
-    dead_letter_delete,
-    dead_letter_replay,
-    invocation_accept,
-    invocation_wait,
-    sync_wait_budget,
-)
+from functions_app.destinations import dead_letter_delete, dead_letter_replay
 from functions_app.models import LATEST, DeadLetter, Function, Invocation, InvocationStatus, InvocationType
 from metrics_app.charts import monitor_figures, rightsizing_figure
 from metrics_app.rightsizing import function_rightsizing
@@ -301,14 +295,14 @@ def function_test(request: HttpRequest, name: str) -> HttpResponse:
 @console_page
 @require_POST
 def function_invoke(request: HttpRequest, name: str) -> HttpResponse:
-    """A synchronous invoke, as the API's: accept, then wait on the reply key within the function's budget."""
+    """A synchronous invoke through the same service as the API's."""
     function = selectors.function_get(owner=request.user, name=name)
     form = _invoke_form(function, request.POST)
     outcome = None
     if form.is_valid():
-        invocation = _attempt(
+        answer = _attempt(
             form,
-            lambda: invocation_accept(
+            lambda: invoke.function_invoke(
                 owner=request.user,
                 function=function,
                 qualifier=form.cleaned_data["qualifier"] or LATEST,
@@ -317,8 +311,8 @@ def function_invoke(request: HttpRequest, name: str) -> HttpResponse:
             ),
             fallback={"ResourceNotFound": "qualifier"},
         )
-        if invocation is not _FAILED:
-            outcome = invocation_wait(invocation=invocation, wait_s=sync_wait_budget(invocation))
+        if answer is not _FAILED:
+            outcome = answer.outcome
     result = {"outcome": outcome, "invoke_form": form, "result_pretty": _pretty_json(outcome.result) if outcome else ""}
     if _is_htmx(request):
         return render(request, "functions_app/_invoke_result.html", result)

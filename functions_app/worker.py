@@ -10,29 +10,34 @@ import os
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from celery import signals
 from django.conf import settings
 from django.db import close_old_connections
+from django.utils import timezone
 from redis.exceptions import RedisError
 
 from console.processes import INVOCATION_QUEUE, SYNC_QUEUE
 from console.redis import redis_client
 from functions_app.code_storage import code_extracted_dir
-from functions_app.invocations import DATABASE_ERRORS, database_unreachable, environment_key_owner, leases_renew
-from functions_app.models import Function
+from functions_app.models import Function, Invocation, InvocationStatus, Version
 from functions_app.notices import FUNCTION_CHANGED_CHANNEL
+from functions_app.outages import DATABASE_ERRORS, database_unreachable
 from functions_app.runtime import (
     EgressConfigError,
     Executor,
+    FunctionSpec,
     RuntimeConfig,
     build_layer,
     parse_allow,
     production_shortfalls,
     sandbox_doctor,
 )
+from functions_app.secrets import env_decrypt
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +46,133 @@ HEARTBEAT_S = 10
 
 _executor: Executor | None = None
 _lock = threading.Lock()
+
+
+class _ConfigCache:
+    """Function and version rows by (function, version, current revision): a warm invocation needs no join to run.
+
+    Every configuration change gives the function a new revision_id, and the claim reads the function's current
+    revision with the row, so an entry is never stale: a change made while an event waits in the queue (reserved
+    concurrency raised, say) applies to it at once.
+    """
+
+    def __init__(self, size: int = 512) -> None:
+        self._entries: OrderedDict[tuple, tuple[Function, Any]] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def attach(self, invocation: Invocation, revision: Any) -> None:
+        key = (invocation.function_id, invocation.version_id, revision)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+        if entry is None:
+            entry = self._load(invocation)
+            with self._lock:
+                self._entries[key] = entry
+                while len(self._entries) > self._size:
+                    self._entries.popitem(last=False)
+        invocation.function, version = entry
+        if version is not None:
+            invocation.version = version
+
+    def _load(self, invocation: Invocation) -> tuple[Function, Any]:
+        function = Function.objects.select_related("code").get(pk=invocation.function_id)
+        version = None
+        if invocation.version_id is not None:
+            version = Version.objects.select_related("code").get(pk=invocation.version_id)
+        return function, version
+
+
+configs = _ConfigCache()
+
+
+class _Leases:
+    """The attempts this process is running, so its heartbeat can renew their leases."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, invocation_id: str, attempt: int) -> None:
+        with self._lock:
+            self._held[invocation_id] = attempt
+
+    def remove(self, invocation_id: str) -> None:
+        with self._lock:
+            self._held.pop(invocation_id, None)
+
+    def held(self) -> list[tuple[str, int]]:
+        with self._lock:
+            return list(self._held.items())
+
+
+leases = _Leases()
+
+
+def leases_renew() -> int:
+    """Extend the leases this process holds; a fenced update, so a lease already taken over stays lost."""
+    until = timezone.now() + timedelta(seconds=settings.LEASE_S)
+    renewed = 0
+    for invocation_id, attempt in leases.held():
+        renewed += Invocation.objects.filter(pk=invocation_id, status=InvocationStatus.RUNNING, attempt=attempt).update(
+            lease_until=until
+        )
+    return renewed
+
+
+def function_spec(invocation: Invocation) -> FunctionSpec:
+    """The sandbox's view of what to run: never shared across versions, configurations or tenants.
+
+    Memory and timeout come from the invocation row (what was configured when it was accepted, and what it is
+    billed for); code, handler and environment from the version, or from `$LATEST` as it is now.
+    """
+    function = invocation.function
+    config = invocation.version or function
+    identity = (
+        f"v{config.number}:{config.config_sha256[:16]}" if invocation.version else f"latest:{function.revision_id}"
+    )
+    key = f"{function.pk}:{identity}:{invocation.memory_mb}mb:{invocation.timeout_s}s"  # see environment_key_owner
+    with _specs_lock:
+        spec = _specs.get(key)
+    if spec is None:
+        spec = _spec_build(invocation, key)
+        with _specs_lock:
+            _specs[key] = spec
+            while len(_specs) > 512:
+                _specs.popitem(last=False)
+    return spec
+
+
+def environment_key_owner(key: str) -> tuple[int, str | None]:
+    """(function id, the `$LATEST` revision it was built from, or None for a published version) of a key that
+    ``function_spec`` made: versions never change, `$LATEST` environments go stale with every change."""
+    function_id, kind, detail, *_ = key.split(":")
+    return int(function_id), detail if kind == "latest" else None
+
+
+# Built specs by environment key (which changes with every configuration change): a warm call decrypts nothing.
+_specs: OrderedDict[str, FunctionSpec] = OrderedDict()
+_specs_lock = threading.Lock()
+
+
+def _spec_build(invocation: Invocation, key: str) -> FunctionSpec:
+    function = invocation.function
+    config = invocation.version or function
+    return FunctionSpec(
+        environment_key=key,
+        function_name=function.name,
+        function_version=invocation.executed_version,
+        code_dir=str(code_extracted_dir(config.code.sha256)),
+        handler=config.handler,
+        memory_mb=invocation.memory_mb,
+        timeout_s=float(invocation.timeout_s),
+        env=env_decrypt(config.environment_ciphertext),
+        network=config.network_enabled,
+        tmp_mb=config.ephemeral_storage_mb,
+        tenant=str(invocation.owner_id),
+    )
 
 
 def sandbox_tier() -> str:

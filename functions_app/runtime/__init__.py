@@ -80,12 +80,22 @@ Operating notes:
 from __future__ import annotations
 
 from .doctor import SandboxUnavailable, production_shortfalls, sandbox_doctor
-from .interface import CapacityError, FunctionSpec, InvokeRequest, InvokeResult, RuntimeConfig
+from .interface import (
+    INIT_TIMEOUT_S,
+    SYNC_RESPONSE_MAX_BYTES,
+    CapacityError,
+    FunctionSpec,
+    InvokeRequest,
+    InvokeResult,
+    RuntimeConfig,
+)
 from .layer import build_layer
 from .network import EgressConfigError, parse_allow
 from .pool import Executor
 
 __all__ = [
+    "INIT_TIMEOUT_S",
+    "SYNC_RESPONSE_MAX_BYTES",
     "CapacityError",
     "EgressConfigError",
     "Executor",

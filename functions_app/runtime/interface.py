@@ -21,6 +21,7 @@ class FunctionSpec:
 
 
 SYNC_RESPONSE_MAX_BYTES = 6 * 1024 * 1024  # Lambda's limit for a synchronous invocation's result
+INIT_TIMEOUT_S = 10.0  # Lambda's init phase limit
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class RuntimeConfig:
     sandbox_uid_count: int = 1_000_000
     # Additions to the agreed interface, all with safe defaults:
     region: str = "us-east-1"  # AWS_REGION / AWS_DEFAULT_REGION inside
-    init_timeout_s: float = 10.0  # Lambda's init phase limit
+    init_timeout_s: float = INIT_TIMEOUT_S
     pids_max: int = 64  # cgroup pids.max per environment (fork bombs)
     mb_per_vcpu: int = 1769  # CPU quota in proportion to memory, as Lambda (1,769 MB = 1 vCPU); 0 = unlimited
     ephemeral_storage: str = "auto"  # "auto": /tmp on its own ext4 where the host allows, else "tmpfs"

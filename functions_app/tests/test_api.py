@@ -7,7 +7,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from functions_app import services
-from functions_app.invocations import dead_letter_replay
+from functions_app.destinations import dead_letter_replay
 from functions_app.models import DeadLetter, Function, Invocation, TestEvent
 from functions_app.tests.zips import make_zip
 

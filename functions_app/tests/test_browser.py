@@ -20,7 +20,7 @@ from django.conf import settings
 from django.urls import Resolver404, resolve
 
 from functions_app import services
-from functions_app.invocations import invocation_accept
+from functions_app.accept import invocation_accept
 from functions_app.models import DeadLetter
 from functions_app.services import CodeUpload
 from metrics_app.models import Rollup

@@ -16,7 +16,7 @@ import pytest
 from django.conf import settings
 
 from console.redis import redis_client
-from functions_app import concurrency, invocations
+from functions_app import concurrency, destinations, lifecycle
 from functions_app.models import DeadLetter, Invocation
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -300,8 +300,8 @@ def test_a_function_naming_itself_as_destination_stops_after_the_hop_limit(api, 
     letter = wait_for(lambda: DeadLetter.objects.filter(condition="RecursiveLoopDetected").first(), timeout_s=60)
     time.sleep(1)  # a loop that did not stop would go on meanwhile
     rows = Invocation.objects.filter(function__name="loop")
-    assert rows.count() == invocations.CHAIN_DEPTH_MAX + 1
-    assert sorted(rows.values_list("chain_depth", flat=True)) == list(range(invocations.CHAIN_DEPTH_MAX + 1))
+    assert rows.count() == destinations.CHAIN_DEPTH_MAX + 1
+    assert sorted(rows.values_list("chain_depth", flat=True)) == list(range(destinations.CHAIN_DEPTH_MAX + 1))
     assert letter.function.name == "loop" and letter.error_type == "RecursiveInvocationDropped"
     listed = api.get("/api/v1/dead-letters/?condition=RecursiveLoopDetected").json()
     assert listed["count"] == 1
@@ -364,13 +364,13 @@ def test_when_one_of_two_workers_dies_the_other_finishes_its_work(api, cluster):
 
 def test_a_redelivery_while_the_first_attempt_runs_is_skipped(api, cluster):
     create(api, timeout_s=30)
-    redis_client().delete(invocations.SKIPPED_DELIVERIES_KEY)
+    redis_client().delete(lifecycle.SKIPPED_DELIVERIES_KEY)
     for _ in range(2):
         cluster.start_worker(BROKER_VISIBILITY_TIMEOUT_S="1")
     invocation_id = invoke_async(api, event={"sleep": 6})
     row = terminal(invocation_id, timeout_s=40)
     assert row.status == "succeeded" and row.attempt == 1
-    assert int(redis_client().get(invocations.SKIPPED_DELIVERIES_KEY) or 0) >= 1
+    assert int(redis_client().get(lifecycle.SKIPPED_DELIVERIES_KEY) or 0) >= 1
 
 
 def test_a_publish_lost_after_commit_is_republished_by_the_sweeper(api, cluster, monkeypatch):

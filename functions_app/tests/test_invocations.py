@@ -15,19 +15,13 @@ import pytest
 from django.utils import timezone
 
 from functions_app import services
-from functions_app.invocations import (
-    CAPACITY_EXCEEDED,
-    CHAIN_DEPTH_MAX,
-    EXECUTOR_FAILED,
-    destination_payload,
-    function_spec,
-    invocation_accept,
-    invocation_claim,
-    invocation_run,
-    invocation_wait,
-)
+from functions_app.accept import invocation_accept
+from functions_app.destinations import CHAIN_DEPTH_MAX, destination_payload
+from functions_app.invoke import invocation_wait
+from functions_app.lifecycle import CAPACITY_EXCEEDED, EXECUTOR_FAILED, invocation_claim, invocation_run
 from functions_app.models import DeadLetter, Invocation, InvocationStatus, InvocationType
 from functions_app.runtime import CapacityError, InvokeResult
+from functions_app.worker import function_spec
 
 pytestmark = pytest.mark.django_db
 
@@ -212,7 +206,7 @@ def test_a_payload_nested_too_deeply_is_refused_as_invalid_content(make_function
 def test_a_sync_caller_reads_the_row_while_redis_is_down(make_function, monkeypatch):
     import redis
 
-    from functions_app import invocations
+    from functions_app import invoke
 
     function = make_function()
     call = accept(function, kind=InvocationType.SYNC)
@@ -221,7 +215,7 @@ def test_a_sync_caller_reads_the_row_while_redis_is_down(make_function, monkeypa
     def down(*args, **kwargs):
         raise redis.ConnectionError("Redis is restarting")
 
-    monkeypatch.setattr(invocations, "blocking_pop", down)
+    monkeypatch.setattr(invoke, "blocking_pop", down)
     outcome = invocation_wait(invocation=call, wait_s=5)
     assert outcome.finished and outcome.status == InvocationStatus.SUCCEEDED and json.loads(outcome.result)
 
@@ -231,7 +225,7 @@ def test_a_sync_caller_gets_503_with_the_invocation_id_while_the_database_is_dow
     from django.db import OperationalError
 
     from console.exceptions import ServiceUnavailable
-    from functions_app import invocations
+    from functions_app import invoke
 
     call = accept(make_function(), kind=InvocationType.SYNC)
 
@@ -242,7 +236,7 @@ def test_a_sync_caller_gets_503_with_the_invocation_id_while_the_database_is_dow
         raise OperationalError("the connection is closed")
 
     settings.LEASE_S = 1  # the caller rides out an outage shorter than a lease
-    monkeypatch.setattr(invocations, "blocking_pop", down)
+    monkeypatch.setattr(invoke, "blocking_pop", down)
     monkeypatch.setattr(Invocation, "refresh_from_db", database_down)
     started = time.monotonic()
     with pytest.raises(ServiceUnavailable) as unavailable:
@@ -290,7 +284,7 @@ def test_an_event_the_host_has_no_room_for_waits_unclaimed_and_keeps_every_attem
 
 
 def test_a_function_larger_than_the_hosts_budget_fails_at_once_with_a_clear_error(make_function):
-    from functions_app.invocations import TOO_LARGE_FOR_HOSTS
+    from functions_app.lifecycle import TOO_LARGE_FOR_HOSTS
 
     event = accept(make_function(memory_mb=4096))
     claimed = invocation_claim(
@@ -303,12 +297,12 @@ def test_a_function_larger_than_the_hosts_budget_fails_at_once_with_a_clear_erro
 
 
 def test_code_that_cannot_be_prepared_fails_the_call_at_once_as_a_platform_error(make_function, monkeypatch):
-    from functions_app import invocations
+    from functions_app import worker
 
     def unpack_fails(sha256):
         raise OSError(36, "File name too long")
 
-    monkeypatch.setattr(invocations, "code_extracted_dir", unpack_fails)
+    monkeypatch.setattr(worker, "code_extracted_dir", unpack_fails)
     call = accept(make_function(name="unpackable"), kind=InvocationType.SYNC)
     invocation_run(invocation_id=str(call.pk), executor=FakeExecutor(result()))
     outcome = invocation_wait(invocation=call, wait_s=1)
@@ -322,10 +316,10 @@ def test_code_that_cannot_be_prepared_fails_the_call_at_once_as_a_platform_error
 def test_a_finished_run_writes_its_result_once_the_database_answers_again(make_function, monkeypatch):
     from django.db import OperationalError
 
-    from functions_app import invocations
+    from functions_app import lifecycle, outages
 
     call = accept(make_function(), kind=InvocationType.SYNC)
-    write = invocations._terminal_write
+    write = lifecycle._terminal_write
     refusals = []
 
     def restarting(*args, **kwargs):
@@ -334,8 +328,8 @@ def test_a_finished_run_writes_its_result_once_the_database_answers_again(make_f
             raise OperationalError("terminating connection due to administrator command")
         return write(*args, **kwargs)
 
-    monkeypatch.setattr(invocations, "DATABASE_RETRY_S", 0.01)
-    monkeypatch.setattr(invocations, "_terminal_write", restarting)
+    monkeypatch.setattr(outages, "DATABASE_RETRY_S", 0.01)
+    monkeypatch.setattr(lifecycle, "_terminal_write", restarting)
     invocation_run(invocation_id=str(call.pk), executor=FakeExecutor(result()))
     row = Invocation.objects.get(pk=call.pk)
     assert len(refusals) == 2
@@ -343,48 +337,48 @@ def test_a_finished_run_writes_its_result_once_the_database_answers_again(make_f
 
 
 def test_the_sweeper_leaves_expired_leases_to_their_heartbeats_just_after_a_database_outage(make_function, monkeypatch):
-    from functions_app import invocations
+    from functions_app import lifecycle, outages, sweeper
 
-    monkeypatch.setattr(invocations, "database_outage", invocations._OutageClock())
+    monkeypatch.setattr(outages, "database_outage", outages._OutageClock())
     call = accept(make_function(), kind=InvocationType.SYNC)
     claim(call)
     Invocation.objects.filter(pk=call.pk).update(lease_until=timezone.now() - timedelta(seconds=1))
-    invocations.database_outage.failed()  # the sweeper could not reach the database a moment ago
-    assert invocations.invocations_sweep()["leases_held"] == 1
+    outages.database_outage.failed()  # the sweeper could not reach the database a moment ago
+    assert sweeper.invocations_sweep()["leases_held"] == 1
     assert Invocation.objects.get(pk=call.pk).status == InvocationStatus.RUNNING
-    monkeypatch.setattr(invocations.database_outage, "_last_failure", time.monotonic() - 60)
-    assert invocations.invocations_sweep()["lost"] == 1
-    assert Invocation.objects.get(pk=call.pk).error_type == invocations.WORKER_LOST
+    monkeypatch.setattr(outages.database_outage, "_last_failure", time.monotonic() - 60)
+    assert sweeper.invocations_sweep()["lost"] == 1
+    assert Invocation.objects.get(pk=call.pk).error_type == lifecycle.WORKER_LOST
 
 
 def test_a_sweep_that_cannot_reach_the_database_is_skipped_quietly(monkeypatch):
     from django.db import OperationalError
 
-    from functions_app import invocations
+    from functions_app import outages, sweeper
 
     def down():
         raise OperationalError("connection refused")
 
-    monkeypatch.setattr(invocations, "database_outage", invocations._OutageClock())
-    monkeypatch.setattr(invocations, "_sweep", down)
-    assert invocations.invocations_sweep() == {}
-    assert not invocations.leases_settled()
+    monkeypatch.setattr(outages, "database_outage", outages._OutageClock())
+    monkeypatch.setattr(sweeper, "_sweep", down)
+    assert sweeper.invocations_sweep() == {}
+    assert not outages.leases_settled()
 
 
 def test_after_a_redis_restart_the_sweeper_publishes_every_queued_invocation_at_once(make_function, monkeypatch):
     from console.redis import redis_client
-    from functions_app import invocations
+    from functions_app import sweeper
 
     events = [accept(make_function(name=f"f{n}")) for n in range(3)]  # just published: not stale
     published = []
-    monkeypatch.setattr(invocations, "invocation_publish", lambda **kwargs: published.append(kwargs["invocation_id"]))
-    invocations.invocations_sweep()  # the first sweep of this Redis
+    monkeypatch.setattr(sweeper, "invocation_publish", lambda **kwargs: published.append(kwargs["invocation_id"]))
+    sweeper.invocations_sweep()  # the first sweep of this Redis
     published.clear()
-    assert invocations.invocations_sweep()["published"] == 0
-    redis_client().set(invocations.BROKER_RUN_ID_KEY, "the run id of the Redis before its restart")
-    assert invocations.invocations_sweep()["published"] == 3
+    assert sweeper.invocations_sweep()["published"] == 0
+    redis_client().set(sweeper.BROKER_RUN_ID_KEY, "the run id of the Redis before its restart")
+    assert sweeper.invocations_sweep()["published"] == 3
     assert sorted(published) == sorted(str(event.pk) for event in events)
-    assert invocations.invocations_sweep()["published"] == 0  # once
+    assert sweeper.invocations_sweep()["published"] == 0  # once
 
 
 @pytest.mark.django_db(transaction=True)
@@ -397,7 +391,7 @@ def test_a_heartbeat_renews_leases_at_once_after_its_database_connection_was_bro
     from django.db import connection
 
     from functions_app import worker
-    from functions_app.invocations import leases
+    from functions_app.worker import leases
 
     if connection.vendor != "postgresql":
         pytest.skip("needs a database server whose backends can be terminated")
@@ -457,17 +451,17 @@ def test_the_sweeper_republishes_only_what_the_broker_is_short_of_never_a_whole_
     from datetime import timedelta
 
     from console.redis import redis_client
-    from functions_app import invocations
+    from functions_app import sweeper
 
     settings.REPUBLISH_AFTER_S = 30.0
     function = make_function()
     events = [accept(function, payload=json.dumps({"n": n}).encode()) for n in range(6)]
     long_ago = timezone.now() - timedelta(minutes=5)
     Invocation.objects.filter(pk__in=[e.pk for e in events]).update(published_at=long_ago)  # all stale
-    invocations.invocations_sweep()  # the first sweep of this Redis remembers its run id
+    sweeper.invocations_sweep()  # the first sweep of this Redis remembers its run id
     Invocation.objects.filter(pk__in=[e.pk for e in events]).update(published_at=long_ago)
     redis_client().delete("sync", "celery")
     redis_client().rpush("celery", *[b"a message still waiting"] * 4)  # a backlog: 4 of the 6 messages are there
-    assert invocations.invocations_sweep()["published"] == 2  # only the 2 the broker is short of
+    assert sweeper.invocations_sweep()["published"] == 2  # only the 2 the broker is short of
     Invocation.objects.filter(pk__in=[e.pk for e in events]).update(published_at=long_ago)
-    assert invocations.invocations_sweep()["published"] == 0  # 6 messages for 6 rows: nothing is lost
+    assert sweeper.invocations_sweep()["published"] == 0  # 6 messages for 6 rows: nothing is lost

@@ -1,0 +1,524 @@
+"""An invocation's life on the worker's side: claim, run through the executor, complete, and every other way a row
+leaves RUNNING (requeue, reclaim, expiry, platform failures). Every write here is fenced.
+
+A claim is a compare-and-set on ``attempt``; completion is written only while that attempt still holds the row (the
+fence), so a duplicate, late or zombie delivery never produces a second visible result. A running attempt holds a
+lease its worker renews (functions_app.worker); the sweeper takes back what a dead or paused worker held. The
+states and the guarantees are drawn in docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import math
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+from redis.exceptions import RedisError
+
+from console.redis import redis_client
+from functions_app import concurrency
+from functions_app.accept import invocation_publish, slot_hold_s
+from functions_app.destinations import destination_deliver
+from functions_app.models import DeadLetterCondition, Invocation, InvocationStatus, InvocationType
+from functions_app.outages import database_retry
+from functions_app.runtime import (
+    INIT_TIMEOUT_S,
+    SYNC_RESPONSE_MAX_BYTES,
+    CapacityError,
+    FunctionSpec,
+    InvokeRequest,
+    InvokeResult,
+)
+from functions_app.worker import configs, function_spec, leases
+from metrics_app.services import invocation_attempt_failed, invocation_finished, invocation_meter, invocation_throttled
+
+logger = logging.getLogger(__name__)
+
+
+# Lambda's response limit, for async calls too (a result past it is Function.ResponseSizeTooLarge, never stored);
+# an async result reaches a destination inside its record, which destination_payload keeps within 1 MB.
+RESPONSE_MAX_BYTES = SYNC_RESPONSE_MAX_BYTES
+LOG_TAIL_BYTES = 4096  # Lambda's LogType=Tail
+REPLY_KEY = "ephemera:reply:{id}"
+REPLY_TTL_S = 120
+WORKER_LOST = "Platform.WorkerLost"
+EXECUTOR_FAILED = "Platform.ExecutorError"
+# Deliveries the claim turned away (duplicates, late redeliveries): a counter for operators and tests.
+SKIPPED_DELIVERIES_KEY = "ephemera:stats:skipped_deliveries"
+_STATUS_BY_RESULT = {"succeeded": InvocationStatus.SUCCEEDED, "timed_out": InvocationStatus.TIMED_OUT}
+
+
+@dataclass(frozen=True)
+class InvocationOutcome:
+    """What a synchronous caller gets back: from the worker's reply, or from the row."""
+
+    invocation_id: str
+    status: str
+    executed_version: str
+    result: str
+    function_error: bool
+    error_type: str
+    log_tail: str
+    is_cold: bool
+    duration_ms: float | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status not in (InvocationStatus.QUEUED, InvocationStatus.RUNNING)
+
+    @property
+    def platform_error(self) -> bool:
+        """The platform failed the call (the worker was lost, the executor broke): not the function's error."""
+        return self.error_type.startswith("Platform.")
+
+
+def outcome_from_row(invocation: Invocation) -> InvocationOutcome:
+    return InvocationOutcome(
+        invocation_id=str(invocation.id),
+        status=invocation.status,
+        executed_version=invocation.executed_version,
+        result=invocation.result,
+        function_error=invocation.function_error,
+        error_type=invocation.error_type,
+        log_tail=invocation.log.encode()[-LOG_TAIL_BYTES:].decode("utf-8", errors="ignore"),
+        is_cold=invocation.is_cold,
+        duration_ms=invocation.duration_ms,
+    )
+
+
+class Capacity(Protocol):
+    """What the claim asks of the executor before it takes work."""
+
+    def has_room(self, memory_mb: int) -> bool: ...
+
+    def can_ever_host(self, memory_mb: int) -> bool: ...
+
+
+class ExecutorHost(Capacity, Protocol):
+    """The executor as the lifecycle uses it (functions_app.runtime.Executor; a fake one in the tests)."""
+
+    def invoke(self, spec: FunctionSpec, request: InvokeRequest) -> InvokeResult: ...
+
+
+def invocation_claim(*, invocation_id: str, host: str, capacity: Capacity | None = None) -> Invocation | None:
+    """Take the invocation for one attempt, or return None when it is not ours to run now.
+
+    Of two deliveries racing for the same row exactly one compare-and-set on ``attempt`` matches. With
+    ``capacity``, work that the host has no room for is refused before it is claimed (see
+    ``_refused_for_capacity``), so a refusal never uses up an attempt.
+    """
+    # order_by() drops the model's default ordering: this is the hot path, and one row has no order.
+    invocation = (
+        Invocation.objects.filter(pk=invocation_id)
+        .annotate(current_revision=F("function__revision_id"))
+        .order_by()
+        .first()
+    )
+    now = timezone.now()
+    if invocation is None or not _claimable(invocation, now):
+        return None
+    configs.attach(invocation, invocation.current_revision)
+    if invocation.expires_at and invocation.expires_at < now:
+        invocation_expire(invocation=invocation)
+        return None
+    if invocation.attempt >= invocation.max_attempts:
+        _finish_worker_lost(invocation)  # a poison message redelivered after its last attempt died
+        return None
+    if capacity is not None and _refused_for_capacity(invocation, capacity):
+        return None
+    if not _admitted_for_run(invocation, now):
+        return None
+    lease = now + timedelta(seconds=settings.LEASE_S)
+    claimed = Invocation.objects.filter(
+        Q(status=InvocationStatus.QUEUED) | Q(status=InvocationStatus.RUNNING, lease_until__lt=now),
+        pk=invocation_id,
+        attempt=invocation.attempt,
+    ).update(
+        status=InvocationStatus.RUNNING,
+        attempt=invocation.attempt + 1,
+        lease_until=lease,
+        started_at=now,
+        worker_host=host,
+    )
+    if not claimed:
+        return None
+    invocation.status, invocation.attempt, invocation.lease_until = (
+        InvocationStatus.RUNNING,
+        invocation.attempt + 1,
+        lease,
+    )
+    invocation.started_at, invocation.worker_host = now, host
+    return invocation
+
+
+def _claimable(invocation: Invocation, now: datetime) -> bool:
+    if invocation.status == InvocationStatus.QUEUED:
+        return invocation.available_at <= now  # an early duplicate of a delayed retry waits for the sweeper
+    return (
+        invocation.status == InvocationStatus.RUNNING
+        and invocation.lease_until is not None
+        and (invocation.lease_until < now)
+    )
+
+
+def _refused_for_capacity(invocation: Invocation, capacity: Capacity) -> bool:
+    """A function larger than the host's whole memory budget can never run here: a clear error at once, sync or
+    async. One that does not fit now (every environment busy) is refused as a throttle: a sync caller hears it at
+    once (429, retryable), an event waits in the queue; neither was claimed, so no attempt is used up."""
+    fenced = {"pk": invocation.pk, "attempt": invocation.attempt, "status": invocation.status}
+    if not capacity.can_ever_host(invocation.memory_mb):
+        message = (
+            f"This function needs {invocation.memory_mb} MB of memory, more than an executor host offers "
+            "(RUNTIME_MEMORY_BUDGET_MB); lower its memory size or raise the hosts' budget."
+        )
+        _finish_platform_failure(invocation, TOO_LARGE_FOR_HOSTS, message)
+        return True
+    if capacity.has_room(invocation.memory_mb):
+        return False
+    invocation_throttled(function=invocation.function, reason=CAPACITY_EXCEEDED.removeprefix("Throttled."))
+    if invocation.invocation_type == InvocationType.ASYNC:
+        _requeue(invocation, fenced, delay_s=settings.THROTTLE_RETRY_S, error_type=CAPACITY_EXCEEDED)
+    else:
+        _finish_refused_sync(invocation, fenced, "every environment of the host is busy")
+    return True
+
+
+def _admitted_for_run(invocation: Invocation, now: datetime) -> bool:
+    """Sync calls were admitted at the door (a long wait in the queue extends their slot); async events are
+    admitted here, and an event over the limit waits in the queue and tries again, until its maximum age."""
+    is_sync = invocation.invocation_type == InvocationType.SYNC
+    if is_sync and (now - invocation.queued_at).total_seconds() < INIT_TIMEOUT_S:
+        return True  # the slot taken at the door still covers the whole run
+    try:
+        admission = concurrency.slot_acquire(
+            function_id=invocation.function_id,
+            owner_id=invocation.owner_id,
+            member=str(invocation.id),
+            hold_s=slot_hold_s(invocation.timeout_s),
+            reserved=None if is_sync else invocation.function.reserved_concurrency,
+            account_limit=1 << 30 if is_sync else settings.ACCOUNT_CONCURRENCY_LIMIT,
+        )
+    except RedisError as exc:
+        # The row stays queued; the sweeper publishes it again once Redis is back (see _forget_lost_publishes).
+        logger.warning("Invocation %s waits: its concurrency cannot be counted (%r)", invocation.pk, exc)
+        return False
+    if admission.admitted:
+        return True
+    invocation_throttled(function=invocation.function, reason=admission.reason)
+    fenced = {"pk": invocation.pk, "attempt": invocation.attempt, "status": invocation.status}
+    _requeue(invocation, fenced, delay_s=settings.THROTTLE_RETRY_S, error_type=f"Throttled.{admission.reason}")
+    return False
+
+
+def _requeue(invocation: Invocation, fenced: dict[str, Any], *, delay_s: float, **fields: Any) -> bool:
+    """Put the invocation back in the queue, due in ``delay_s``, if ``fenced`` still matches its row.
+
+    Published at once with a countdown; should that message be lost, the sweeper publishes it once it is stale.
+    """
+    due = timezone.now() + timedelta(seconds=delay_s)
+    requeued = bool(
+        Invocation.objects.filter(**fenced).update(
+            status=InvocationStatus.QUEUED, available_at=due, published_at=due, lease_until=None, **fields
+        )
+    )
+    if requeued:
+        invocation_publish(
+            invocation_id=str(invocation.id),
+            sync=invocation.invocation_type == InvocationType.SYNC,
+            countdown=delay_s,
+        )
+    return requeued
+
+
+def invocation_run(*, invocation_id: str, executor: ExecutorHost) -> Invocation | None:
+    """Claim, execute in a sandbox, write the fenced result and answer a waiting caller."""
+    host = f"{socket.gethostname()}:{os.getpid()}"
+    invocation = invocation_claim(invocation_id=invocation_id, host=host, capacity=executor)
+    if invocation is None:
+        logger.info("Invocation %s is not ours to run now (duplicate, finished or not due); skipped", invocation_id)
+        with contextlib.suppress(RedisError):
+            redis_client().incr(SKIPPED_DELIVERIES_KEY)
+        return None
+    claimed_at = time.perf_counter()
+    leases.add(str(invocation.id), invocation.attempt)
+    try:
+        request = InvokeRequest(
+            request_id=str(invocation.id),
+            event=invocation.payload.encode(),
+            invoked_function_arn=invocation.function_arn,
+            attempt=invocation.attempt,
+            response_max_bytes=RESPONSE_MAX_BYTES,
+        )
+        try:
+            spec = function_spec(invocation)  # on a host's first call of new code: its download and extraction
+            invocation.prepare_ms = (time.perf_counter() - claimed_at) * 1000
+            result = executor.invoke(spec, request)
+        except CapacityError as exc:
+            refuse = functools.partial(invocation_refuse_for_capacity, invocation=invocation, reason=str(exc))
+            database_retry(refuse, what=f"Invocation {invocation.pk}")
+            return invocation
+        except Exception as exc:  # preparing (the code store, unpacking) or the executor itself
+            logger.exception("The executor failed invocation %s", invocation.pk)
+            fail = functools.partial(invocation_fail_for_executor, invocation=invocation, error=exc)
+            database_retry(fail, what=f"Invocation {invocation.pk}")
+            return invocation
+        # The run is over: its result is written even across a database restart (the lease stays renewed).
+        database_retry(
+            lambda: invocation_complete(invocation=invocation, result=result), what=f"Invocation {invocation.pk}"
+        )
+    finally:
+        leases.remove(str(invocation.id))
+    return invocation
+
+
+CAPACITY_EXCEEDED = "Throttled.ExecutorCapacityExceeded"
+TOO_LARGE_FOR_HOSTS = "Platform.FunctionTooLarge"
+
+
+def invocation_refuse_for_capacity(*, invocation: Invocation, reason: str) -> None:
+    """The host had no room for another environment after all (the claim's check raced another call): nothing
+    ran. A sync caller hears it at once as a throttle it may retry; an async event goes back to the queue, its
+    attempt number moved on (fencing needs that) but not its retry budget."""
+    fenced = {"pk": invocation.pk, "status": InvocationStatus.RUNNING, "attempt": invocation.attempt}
+    invocation_throttled(function=invocation.function, reason=CAPACITY_EXCEEDED.removeprefix("Throttled."))
+    if invocation.invocation_type == InvocationType.ASYNC:
+        if _requeue(
+            invocation,
+            fenced,
+            delay_s=settings.THROTTLE_RETRY_S,
+            error_type=CAPACITY_EXCEEDED,
+            max_attempts=F("max_attempts") + 1,  # the attempt number moves on (fencing); the budget does not
+        ):
+            _release(invocation)
+        return
+    _finish_refused_sync(invocation, fenced, reason)
+
+
+def _finish_refused_sync(invocation: Invocation, fenced: dict[str, Any], reason: str) -> None:
+    body = {"errorType": CAPACITY_EXCEEDED, "errorMessage": f"No executor capacity: {reason}.", "stackTrace": []}
+    fields = {
+        "status": InvocationStatus.FAILED,
+        "finished_at": timezone.now(),
+        "error_type": CAPACITY_EXCEEDED,
+        "result": json.dumps(body),
+        "lease_until": None,
+    }
+    _terminal_write(invocation, fenced, fields, DeadLetterCondition.RETRIES_EXHAUSTED, metered=False)
+
+
+def invocation_complete(*, invocation: Invocation, result: InvokeResult) -> bool:
+    """Write this attempt's outcome if it still holds the row (the fence); False for a zombie attempt.
+
+    A failed async attempt with attempts left goes back to the queue after a backoff; anything else is final.
+    """
+    now = timezone.now()
+    cost = invocation_meter(memory_mb=invocation.memory_mb, init_ms=result.init_ms, duration_ms=result.duration_ms)
+    succeeded = result.status == "succeeded"
+    retry = (
+        not succeeded
+        and invocation.invocation_type == InvocationType.ASYNC
+        and invocation.attempt < invocation.max_attempts
+        and not (invocation.expires_at and invocation.expires_at < now)
+    )
+    fields: dict[str, Any] = {
+        "result": result.payload.decode("utf-8", errors="replace"),
+        "function_error": not succeeded,
+        "error_type": result.error_type or "",
+        "log": invocation_log(invocation=invocation, result=result, billed_ms=cost.billed_ms),
+        "is_cold": result.is_cold,
+        "queue_wait_ms": (invocation.started_at - invocation.queued_at).total_seconds() * 1000,
+        "prepare_ms": invocation.prepare_ms,
+        "overhead_ms": _overhead_ms(invocation, now, result),
+        "init_ms": result.init_ms,
+        "duration_ms": result.duration_ms,
+        "billed_ms": cost.billed_ms,
+        "peak_memory_mb": result.peak_memory_mb,
+        "cpu_ms": result.cpu_ms,
+        "environment_id": result.environment_id,
+        "cost_usd": cost.total_usd,
+        "cost_request_usd": cost.request_usd,
+        "cost_run_usd": cost.run_usd,
+        "cost_init_usd": cost.init_usd,
+        "lease_until": None,
+    }
+    fenced = {"pk": invocation.pk, "status": InvocationStatus.RUNNING, "attempt": invocation.attempt}
+    if not retry:
+        fields.update(status=_STATUS_BY_RESULT.get(result.status, InvocationStatus.FAILED), finished_at=now)
+        written = _terminal_write(invocation, fenced, fields, DeadLetterCondition.RETRIES_EXHAUSTED)
+    else:
+        backoff = settings.RETRY_BACKOFF_S * 2 ** (invocation.attempt - 1)
+        written = _requeue(invocation, fenced, delay_s=backoff, **_without(fields, "lease_until"))
+        if written:
+            for name, value in fields.items():
+                setattr(invocation, name, value)
+            _release(invocation)
+            invocation_attempt_failed(invocation=invocation)  # Lambda bills every attempt, not only the last
+    if not written:
+        logger.warning(
+            "Invocation %s attempt %s lost its lease; its result is discarded", invocation.pk, invocation.attempt
+        )
+    return written
+
+
+def _overhead_ms(invocation: Invocation, now: datetime, result: InvokeResult) -> float:
+    elapsed_ms = (now - invocation.started_at).total_seconds() * 1000
+    return max(elapsed_ms - (invocation.prepare_ms or 0.0) - result.init_ms - result.duration_ms, 0.0)
+
+
+def _without(fields: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {name: value for name, value in fields.items() if name not in names}
+
+
+def invocation_log(*, invocation: Invocation, result: InvokeResult, billed_ms: int) -> str:
+    """The sandbox's output between Lambda's START, END and REPORT lines (what `?log=tail` shows the end of)."""
+    request_id = invocation.pk
+    lines = [f"START RequestId: {request_id} Version: {invocation.executed_version}\n", result.log]
+    if result.log and not result.log.endswith("\n"):
+        lines.append("\n")
+    if result.status == "timed_out":
+        lines.append(
+            f"{timezone.now():%Y-%m-%dT%H:%M:%S.%fZ} {request_id} Task timed out after "
+            f"{invocation.timeout_s:.2f} seconds\n"
+        )
+    report = [
+        f"REPORT RequestId: {request_id}",
+        f"Duration: {result.duration_ms:.2f} ms",
+        f"Billed Duration: {billed_ms} ms",
+        f"Memory Size: {invocation.memory_mb} MB",
+        f"Max Memory Used: {math.ceil(result.peak_memory_mb or 0)} MB",
+    ]
+    if result.is_cold:
+        report.append(f"Init Duration: {result.init_ms:.2f} ms")
+    lines += [f"END RequestId: {request_id}\n", "\t".join(report) + "\n"]
+    return "".join(lines)
+
+
+def _release(invocation: Invocation) -> None:
+    try:
+        concurrency.slot_release(
+            function_id=invocation.function_id, owner_id=invocation.owner_id, member=str(invocation.id)
+        )
+    except RedisError as exc:  # the slot expires on its own (see functions_app.concurrency)
+        logger.warning("Could not release the concurrency slot of %s (%r)", invocation.pk, exc)
+
+
+def _terminal_write(
+    invocation: Invocation,
+    fenced: dict[str, Any],
+    fields: dict[str, Any],
+    failure_condition: str,
+    *,
+    metered: bool = True,
+) -> bool:
+    """Make the invocation terminal, if ``fenced`` still matches, together with its destination in one
+    transaction: a worker dying in between can leave neither a result without its dead letter nor the reverse.
+    ``terminal_writes`` counts these writes so that the chaos checker can prove there was exactly one.
+
+    Then, after the commit: free the concurrency slot, answer a sync caller, and queue the metering (a crash
+    between the commit and these loses at most one roll-up contribution, which rollups_rebuild repairs).
+    """
+    with transaction.atomic():
+        written = Invocation.objects.filter(**fenced).update(**fields, terminal_writes=F("terminal_writes") + 1)
+        if not written:
+            return False
+        for name, value in fields.items():
+            setattr(invocation, name, value)
+        if invocation.invocation_type == InvocationType.ASYNC:
+            succeeded = invocation.status == InvocationStatus.SUCCEEDED
+            function = invocation.function
+            destination_deliver(
+                invocation=invocation,
+                destination=function.on_success_destination if succeeded else function.on_failure_destination,
+                condition="Success" if succeeded else failure_condition,
+            )
+    _release(invocation)
+    if invocation.invocation_type == InvocationType.SYNC:
+        invocation_reply(invocation=invocation)
+    if metered:
+        invocation_finished(invocation=invocation)
+    return True
+
+
+def invocation_reply(*, invocation: Invocation) -> None:
+    """Hand the outcome to a synchronous caller blocked on the reply key (it expires if nobody waits). With
+    Redis down the caller reads the row instead, which is already written."""
+    key = REPLY_KEY.format(id=invocation.id)
+    pipeline = redis_client().pipeline()
+    pipeline.rpush(key, json.dumps(asdict(outcome_from_row(invocation))))
+    pipeline.expire(key, REPLY_TTL_S)
+    try:
+        pipeline.execute()
+    except RedisError as exc:
+        logger.warning("Could not reply to the caller of %s (%r); it reads the row instead", invocation.pk, exc)
+
+
+def invocation_expire(*, invocation: Invocation) -> bool:
+    """An async event past its maximum age: EXPIRED without running, then to its failure destination."""
+    fields = {
+        "status": InvocationStatus.EXPIRED,
+        "finished_at": timezone.now(),
+        "error_type": "EventAgeExceeded",
+        "lease_until": None,
+    }
+    fenced = {"pk": invocation.pk, "status": InvocationStatus.QUEUED}
+    return _terminal_write(invocation, fenced, fields, DeadLetterCondition.EVENT_AGE_EXCEEDED)
+
+
+def _finish_worker_lost(invocation: Invocation) -> bool:
+    return _finish_platform_failure(invocation, WORKER_LOST, "The worker running this invocation was lost.")
+
+
+def _finish_platform_failure(invocation: Invocation, error_type: str, message: str) -> bool:
+    """The platform, not the function, failed this attempt: a terminal error the caller can tell apart."""
+    body = {"errorType": error_type, "errorMessage": message, "stackTrace": []}
+    fields = {
+        "status": InvocationStatus.FAILED,
+        "finished_at": timezone.now(),
+        "error_type": error_type,
+        "result": json.dumps(body),
+        "function_error": True,
+        "lease_until": None,
+    }
+    fenced = {"pk": invocation.pk, "status": invocation.status, "attempt": invocation.attempt}
+    return _terminal_write(invocation, fenced, fields, DeadLetterCondition.RETRIES_EXHAUSTED)
+
+
+def invocation_fail_for_executor(*, invocation: Invocation, error: Exception) -> None:
+    """The executor raised instead of answering (a bug, or the host out of a resource): the caller hears it now
+    rather than at the end of the lease. An async event with attempts left is retried after the usual backoff."""
+    message = f"The executor could not run this invocation: {error!r}"
+    if invocation.invocation_type == InvocationType.ASYNC and invocation.attempt < invocation.max_attempts:
+        fenced = {"pk": invocation.pk, "status": InvocationStatus.RUNNING, "attempt": invocation.attempt}
+        backoff = settings.RETRY_BACKOFF_S * 2 ** (invocation.attempt - 1)
+        if _requeue(invocation, fenced, delay_s=backoff, error_type=EXECUTOR_FAILED):
+            _release(invocation)
+        return
+    _finish_platform_failure(invocation, EXECUTOR_FAILED, message)
+
+
+def invocation_reclaim(*, invocation: Invocation, now: datetime) -> str:
+    """A lease ran out: its worker died or stalled. Sync calls fail (no platform retries); async retry.
+
+    The sweeper calls this for every expired lease, and a waiting sync caller for its own call (a deployment
+    without a sweeper still answers its callers). Returns "requeued", "lost", or "raced" (someone else did it)."""
+    if invocation.invocation_type == InvocationType.ASYNC and invocation.attempt < invocation.max_attempts:
+        fenced = {
+            "pk": invocation.pk,
+            "status": InvocationStatus.RUNNING,
+            "attempt": invocation.attempt,
+            "lease_until__lt": now,
+        }
+        return "requeued" if _requeue(invocation, fenced, delay_s=0) else "raced"
+    return "lost" if _finish_worker_lost(invocation) else "raced"
