@@ -3,8 +3,9 @@
 Usage: .venv/bin/python bench/bench_sync_invoke.py [--runs 300]
 
 Starts, in a temporary var dir, the embedded Redis, gunicorn (2 sync workers, as in production) and one Ephemera
-worker; then the baseline's own Celery worker. Requests alternate between the two paths so that machine noise
-hits both alike. Prints JSON.
+worker; a second gunicorn whose sync calls take Celery's sync queue instead of the fast lane; then the baseline's
+own Celery worker. Requests alternate between the three paths so that machine noise hits all alike. Each response's
+Server-Timing header gives the per-phase breakdown. Prints JSON.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 
 from console.embedded import redis_start  # noqa: E402
-from console.processes import die_with_parent, stop_all  # noqa: E402
+from console.processes import die_with_parent, executor_worker_args, stop_all  # noqa: E402
 
 NOOP = "def handler(event, context):\n    return None\n"
 
@@ -64,7 +65,8 @@ def spawn(command: list[str], **env: str) -> subprocess.Popen:
     )
 
 
-def invoke_http(port: int, token: str) -> float:
+def invoke_http(port: int, token: str, phases: dict[str, list[float]] | None = None) -> float:
+    """One call on a new connection; its Server-Timing phases are appended to ``phases``."""
     started = time.perf_counter()
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     connection.request(
@@ -76,7 +78,17 @@ def invoke_http(port: int, token: str) -> float:
     elapsed = (time.perf_counter() - started) * 1000
     if response.status != 200 or response.getheader("X-Function-Error"):
         raise RuntimeError(f"invoke failed: {response.status}")
+    if phases is not None:
+        server = server_timing(response.getheader("Server-Timing", ""))
+        for name, duration in server.items():
+            phases.setdefault(name, []).append(duration)
+        phases.setdefault("http (client minus server total)", []).append(elapsed - server["total"])
     return elapsed
+
+
+def server_timing(header: str) -> dict[str, float]:
+    entries = (entry.split(";dur=") for entry in header.split(", ") if ";dur=" in entry)
+    return {name: float(duration) for name, duration in entries}
 
 
 def wait_http(port: int, token: str, timeout_s: float = 60) -> None:
@@ -101,15 +113,9 @@ def summary(values: list[float]) -> dict:
     }
 
 
-def phases() -> dict:
-    """Where the time goes, from the invocation rows: accepted → claimed → finished (worker side)."""
-    from functions_app.models import Invocation
-
-    rows = list(Invocation.objects.filter(is_cold=False).values_list("queue_wait_ms", "started_at", "finished_at"))
-    return {
-        "queue_wait_p50": round(statistics.median(r[0] for r in rows), 3),
-        "claim_to_finish_p50": round(statistics.median((r[2] - r[1]).total_seconds() * 1000 for r in rows), 3),
-    }
+def phase_medians(phases: dict[str, list[float]]) -> dict[str, float]:
+    """Each phase's median, in the order of the path (web, then the worker's share, then the reply)."""
+    return {name: round(statistics.median(values), 3) for name, values in phases.items()}
 
 
 def main() -> None:
@@ -121,32 +127,15 @@ def main() -> None:
     try:
         call_command("migrate", verbosity=0)
         token = seed()
-        port = free_port()
+        port, celery_port = free_port(), free_port()
         python = sys.executable
-        processes.append(
-            spawn([python, "-m", "gunicorn", "console.wsgi:application", "-b", f"127.0.0.1:{port}", "-w", "2"])
-        )
-        processes.append(
-            spawn(
-                [
-                    python,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "console",
-                    "worker",
-                    "--pool",
-                    "threads",
-                    "-c",
-                    "2",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--without-heartbeat",
-                    "--loglevel",
-                    "WARNING",
-                ]
-            )
-        )
+        gunicorn = [python, "-m", "gunicorn", "console.wsgi:application", "-w", "2", "-b"]
+        processes.append(spawn([*gunicorn, f"127.0.0.1:{port}"]))
+        # The same platform with sync calls on Celery's sync queue instead of the fast lane: the path before it.
+        processes.append(spawn([*gunicorn, f"127.0.0.1:{celery_port}"], SYNC_FAST_LANE="0"))
+        # The executor host as `make run` and compose start it (its queues, its pool), with two task slots.
+        worker = executor_worker_args(level="WARNING", concurrency=2)
+        processes.append(spawn([python, "-m", "celery", "-A", "console", *worker]))
         socket_url = f"redis+socket://{settings.REDIS_SOCKET}"
         baseline_env = {"BENCH_BROKER": f"{socket_url}?virtual_host=2", "BENCH_BACKEND": f"{socket_url}?db=3"}
         processes.append(
@@ -175,23 +164,31 @@ def main() -> None:
         from bench.baseline_app import noop
 
         wait_http(port, token)
+        wait_http(celery_port, token)
         noop.delay().get(timeout=60)
-        for _ in range(30):  # warm both paths: connections, the environment, the worker's imports
+        for _ in range(30):  # warm every path: connections, the environment, the worker's imports
             invoke_http(port, token)
+            invoke_http(celery_port, token)
             noop.delay().get(timeout=10)
-        ephemera, celery = [], []
+        ephemera, ephemera_via_celery, celery = [], [], []
+        phases: dict[str, list[float]] = {}
+        phases_via_celery: dict[str, list[float]] = {}
         for _ in range(args.runs):
-            ephemera.append(invoke_http(port, token))
+            ephemera.append(invoke_http(port, token, phases))
+            ephemera_via_celery.append(invoke_http(celery_port, token, phases_via_celery))
             started = time.perf_counter()
             noop.delay().get(timeout=10)
             celery.append((time.perf_counter() - started) * 1000)
         result = {
             "P2_warm_sync_invoke_http_ms": summary(ephemera),
-            "phases_ms": phases(),
+            "phases_p50_ms": phase_medians(phases),
+            "sync_via_celery_queue_ms": summary(ephemera_via_celery),
+            "sync_via_celery_queue_phases_p50_ms": phase_medians(phases_via_celery),
             "baseline_celery_delay_get_ms": summary(celery),
             "ratio_p50": round(statistics.median(ephemera) / statistics.median(celery), 3),
             "goal": "ratio_p50 <= 1.0",
-            "setup": "gunicorn 2 sync workers, new connection per request; Ephemera worker threads c=2; SQLite + "
+            "setup": "gunicorn 2 sync workers, new connection per request; Ephemera worker threads c=2 (and as many "
+            "fast-lane threads); `sync_via_celery_queue`: the same platform with SYNC_FAST_LANE=0; SQLite + "
             "embedded Redis (unix socket); baseline: Celery threads c=1 with a Redis result backend, same Redis",
         }
         print(json.dumps(result, indent=2))

@@ -9,6 +9,7 @@ from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
 from console.accounts import api_key_authenticate
+from console.timing import phase
 
 KEYWORDS = ("token", "bearer")
 
@@ -24,7 +25,8 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             key = parts[1].decode()
         except UnicodeDecodeError:
             raise exceptions.AuthenticationFailed("The API key is not text.") from None
-        user = api_key_authenticate(key=key)
+        with phase("auth"):
+            user = api_key_authenticate(key=key)
         if user is None:
             raise exceptions.AuthenticationFailed("Invalid, expired or revoked API key.")
         return user, None

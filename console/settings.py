@@ -118,6 +118,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "console.exceptions.ApiMiddleware",  # first: it also answers for what the others refuse under /api/
+    "console.timing.ServerTimingMiddleware",  # the Server-Timing header of the requests that mark phases
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",  # static files from the app server itself, in every shape
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -224,6 +225,12 @@ CELERY_TASK_ROUTES = {
     name: {"queue": "control"}
     for name in ("ephemera.invocations_sweep", "ephemera.metering_flush", "ephemera.metrics_retention")
 }
+
+# Synchronous calls travel on the fast lane (functions_app/lane.py): a Redis list executor threads block on. 0 sends
+# them through Celery's `sync` queue instead (the path before the lane, kept as a fallback and for comparison).
+SYNC_FAST_LANE = env_bool("SYNC_FAST_LANE", True)
+# Fast-lane threads per executor host; 0 = as many as the worker's task slots (--concurrency).
+SYNC_LANE_THREADS = env_int("SYNC_LANE_THREADS", 0)
 
 # The executor (functions_app/runtime). Tier "auto" picks the strongest isolation the host supports; "insecure-dev"
 # (a plain forked process with rlimits) must be asked for by name and is shown loudly. See DESIGN.md §4.

@@ -21,7 +21,9 @@ from redis.exceptions import RedisError
 from console.exceptions import RequestTooLarge, ResourceConflict, ServiceError, TooManyRequests
 from console.json_api import json_strict_loads
 from console.processes import INVOCATION_QUEUE, SYNC_QUEUE
+from console.timing import phase
 from functions_app import concurrency
+from functions_app.lane import lane_publish
 from functions_app.models import LATEST, Function, Invocation, InvocationType
 from functions_app.runtime import INIT_TIMEOUT_S
 from functions_app.selectors import qualifier_resolve
@@ -77,8 +79,9 @@ def invocation_accept(
     ``chain_depth`` counts the destination hops that led to this call (see ``destination_deliver``).
     """
     is_async = invocation_type == InvocationType.ASYNC
-    payload = payload_validate(raw_payload, limit=ASYNC_PAYLOAD_MAX_BYTES if is_async else SYNC_PAYLOAD_MAX_BYTES)
-    target = qualifier_resolve(function=function, qualifier=qualifier or LATEST)
+    with phase("validate"):
+        payload = payload_validate(raw_payload, limit=ASYNC_PAYLOAD_MAX_BYTES if is_async else SYNC_PAYLOAD_MAX_BYTES)
+        target = qualifier_resolve(function=function, qualifier=qualifier or LATEST)
     if invocation_type == DRY_RUN:
         return None
     payload_sha = hashlib.sha256(payload.encode()).hexdigest()
@@ -89,7 +92,8 @@ def invocation_accept(
     config = target.version or function
     invocation_id = uuid.uuid4()
     if not is_async:
-        _admit_or_throttle(function, owner.pk, str(invocation_id), config.timeout_s)
+        with phase("admission"):
+            _admit_or_throttle(function, owner.pk, str(invocation_id), config.timeout_s)
     now = timezone.now()
     fields: dict[str, Any] = {
         "id": invocation_id,
@@ -113,9 +117,8 @@ def invocation_accept(
         "published_at": now,
     }
     try:
-        with transaction.atomic():
+        with phase("persist"), transaction.atomic():
             invocation = Invocation.objects.create(**fields)
-            transaction.on_commit(lambda: invocation_publish(invocation_id=str(invocation_id), sync=not is_async))
     except IntegrityError:
         # Two requests raced with one idempotency key: the loser answers with the winner's invocation.
         concurrency.slot_release(function_id=function.pk, owner_id=owner.pk, member=str(invocation_id))
@@ -123,6 +126,8 @@ def invocation_accept(
         if existing is None:
             raise
         return existing
+    # At once, or, inside a caller's transaction (a dead letter's replay), once it commits.
+    transaction.on_commit(lambda: invocation_publish(invocation_id=str(invocation_id), sync=not is_async))
     return invocation
 
 
@@ -154,11 +159,16 @@ def _admit_or_throttle(function: Function, owner_id: int, member: str, timeout_s
 
 
 def invocation_publish(*, invocation_id: str, sync: bool = False, countdown: float | None = None) -> None:
-    """Ring the doorbell. A sync call goes to the queue executors drain first, so that a caller waiting on the
-    line never queues behind a backlog of events. Sent by task name: accepting never imports the worker's side."""
+    """Ring the doorbell. A sync call goes to the fast lane (functions_app.lane), or with SYNC_FAST_LANE=0 to the
+    Celery queue executors drain first: either way a caller waiting on the line never queues behind a backlog of
+    events. Tasks are sent by name: accepting never imports the worker's side."""
     queue = SYNC_QUEUE if sync else INVOCATION_QUEUE
     try:
-        current_app.send_task(EXECUTE_TASK, (invocation_id,), countdown=countdown, queue=queue)
+        with phase("publish"):
+            if sync and countdown is None and settings.SYNC_FAST_LANE:
+                lane_publish(invocation_id=invocation_id)
+            else:
+                current_app.send_task(EXECUTE_TASK, (invocation_id,), countdown=countdown, queue=queue)
     except (KombuOperationalError, RedisError, OSError) as exc:  # Redis is unreachable: an outage, not a bug
         logger.warning("Publishing invocation %s failed (%r); the sweeper will republish it", invocation_id, exc)
     except Exception:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from redis.client import Pipeline
+
 from console.redis import redis_client
 
 FUNCTION_KEY = "ephemera:conc:fn:{id}"
@@ -56,11 +58,13 @@ def slot_acquire(
     return Admission(code == 0, REASONS.get(code, ""))
 
 
-def slot_release(*, function_id: int, owner_id: int, member: str) -> None:
-    pipeline = redis_client().pipeline(transaction=False)
-    pipeline.zrem(FUNCTION_KEY.format(id=function_id), member)
-    pipeline.zrem(ACCOUNT_KEY.format(id=owner_id), member)
-    pipeline.execute()
+def slot_release(*, function_id: int, owner_id: int, member: str, pipeline: Pipeline | None = None) -> None:
+    """Free a slot; with ``pipeline``, as part of the caller's round trip (it executes it)."""
+    commands = pipeline if pipeline is not None else redis_client().pipeline(transaction=False)
+    commands.zrem(FUNCTION_KEY.format(id=function_id), member)
+    commands.zrem(ACCOUNT_KEY.format(id=owner_id), member)
+    if pipeline is None:
+        commands.execute()
 
 
 def slots_in_use(*, function_id: int) -> int:

@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from console.exceptions import OUTAGE_MESSAGE, ResourceNotFound, ServiceUnavailable
 from console.redis import blocking_pop
+from console.timing import phase_record
 from functions_app.accept import invocation_accept, slot_hold_s
 from functions_app.lifecycle import REPLY_KEY, InvocationOutcome, invocation_reclaim, outcome_from_row
 from functions_app.models import Function, Invocation, InvocationStatus, InvocationType
@@ -124,4 +125,22 @@ def function_invoke(
     )
     if invocation is None or invocation_type != InvocationType.SYNC:
         return InvokeAnswer(invocation)
-    return InvokeAnswer(invocation, invocation_wait(invocation=invocation, wait_s=sync_wait_budget(invocation)))
+    published_at, waited = time.time(), time.perf_counter()
+    outcome = invocation_wait(invocation=invocation, wait_s=sync_wait_budget(invocation))
+    _record_wait_phases(outcome, published_at, (time.perf_counter() - waited) * 1000)
+    return InvokeAnswer(invocation, outcome)
+
+
+def _record_wait_phases(outcome: InvocationOutcome, published_at: float, wait_ms: float) -> None:
+    """The wait for a sync outcome, split by the worker's own account of it: the message's transit to the worker
+    (queue), its claim, prepare, run and completion, and the reply's transit back. Without that account (an
+    outcome read from the row) the wait is one phase."""
+    worker = dict(outcome.phases)
+    received_at, replied_at = worker.pop("received_at", None), worker.pop("replied_at", None)
+    if received_at is None or replied_at is None:
+        phase_record("wait", wait_ms)
+        return
+    phase_record("queue", (received_at - published_at) * 1000)
+    for name, duration_ms in worker.items():
+        phase_record(name, duration_ms)
+    phase_record("reply", (time.time() - replied_at) * 1000)

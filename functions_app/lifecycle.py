@@ -14,10 +14,8 @@ import functools
 import json
 import logging
 import math
-import os
-import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -41,7 +39,7 @@ from functions_app.runtime import (
     InvokeRequest,
     InvokeResult,
 )
-from functions_app.worker import configs, function_spec, leases
+from functions_app.worker import configs, function_spec, host_name, leases
 from metrics_app.services import invocation_attempt_failed, invocation_finished, invocation_meter, invocation_throttled
 
 logger = logging.getLogger(__name__)
@@ -73,6 +71,8 @@ class InvocationOutcome:
     log_tail: str
     is_cold: bool
     duration_ms: float | None
+    # The worker's side of the call, for the caller's Server-Timing (see RunTimings.phases); empty from the row.
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -177,13 +177,13 @@ def _refused_for_capacity(invocation: Invocation, capacity: Capacity) -> bool:
     """A function larger than the host's whole memory budget can never run here: a clear error at once, sync or
     async. One that does not fit now (every environment busy) is refused as a throttle: a sync caller hears it at
     once (429, retryable), an event waits in the queue; neither was claimed, so no attempt is used up."""
-    fenced = {"pk": invocation.pk, "attempt": invocation.attempt, "status": invocation.status}
+    fenced = _fence_as_read(invocation)
     if not capacity.can_ever_host(invocation.memory_mb):
         message = (
             f"This function needs {invocation.memory_mb} MB of memory, more than an executor host offers "
             "(RUNTIME_MEMORY_BUDGET_MB); lower its memory size or raise the hosts' budget."
         )
-        _finish_platform_failure(invocation, TOO_LARGE_FOR_HOSTS, message)
+        _finish_platform_failure(invocation, TOO_LARGE_FOR_HOSTS, message, fenced)
         return True
     if capacity.has_room(invocation.memory_mb):
         return False
@@ -217,7 +217,7 @@ def _admitted_for_run(invocation: Invocation, now: datetime) -> bool:
     if admission.admitted:
         return True
     invocation_throttled(function=invocation.function, reason=admission.reason)
-    fenced = {"pk": invocation.pk, "attempt": invocation.attempt, "status": invocation.status}
+    fenced = _fence_as_read(invocation)
     _requeue(invocation, fenced, delay_s=settings.THROTTLE_RETRY_S, error_type=f"Throttled.{admission.reason}")
     return False
 
@@ -242,16 +242,36 @@ def _requeue(invocation: Invocation, fenced: dict[str, Any], *, delay_s: float, 
     return requeued
 
 
+@dataclass
+class RunTimings:
+    """Where a worker's time went on one call, handed to a synchronous caller with the outcome: wall-clock stamps
+    of receipt and reply (the caller turns them into queue and reply transit), and the phases in between."""
+
+    received_at: float = field(default_factory=time.time)
+    mark: float = field(default_factory=time.perf_counter)
+    spent_ms: dict[str, float] = field(default_factory=dict)
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.spent_ms[name] = (now - self.mark) * 1000
+        self.mark = now
+
+    def phases(self) -> dict[str, float]:
+        self.lap("complete")
+        return {"received_at": self.received_at, **self.spent_ms, "replied_at": time.time()}
+
+
 def invocation_run(*, invocation_id: str, executor: ExecutorHost) -> Invocation | None:
     """Claim, execute in a sandbox, write the fenced result and answer a waiting caller."""
-    host = f"{socket.gethostname()}:{os.getpid()}"
-    invocation = invocation_claim(invocation_id=invocation_id, host=host, capacity=executor)
+    timings = RunTimings()
+    invocation = invocation_claim(invocation_id=invocation_id, host=host_name(), capacity=executor)
     if invocation is None:
         logger.info("Invocation %s is not ours to run now (duplicate, finished or not due); skipped", invocation_id)
         with contextlib.suppress(RedisError):
             redis_client().incr(SKIPPED_DELIVERIES_KEY)
         return None
-    claimed_at = time.perf_counter()
+    timings.lap("claim")
+    invocation.timings = timings
     leases.add(str(invocation.id), invocation.attempt)
     try:
         request = InvokeRequest(
@@ -263,8 +283,10 @@ def invocation_run(*, invocation_id: str, executor: ExecutorHost) -> Invocation 
         )
         try:
             spec = function_spec(invocation)  # on a host's first call of new code: its download and extraction
-            invocation.prepare_ms = (time.perf_counter() - claimed_at) * 1000
+            timings.lap("prepare")
+            invocation.prepare_ms = timings.spent_ms["prepare"]
             result = executor.invoke(spec, request)
+            timings.lap("run")
         except CapacityError as exc:
             refuse = functools.partial(invocation_refuse_for_capacity, invocation=invocation, reason=str(exc))
             database_retry(refuse, what=f"Invocation {invocation.pk}")
@@ -291,7 +313,7 @@ def invocation_refuse_for_capacity(*, invocation: Invocation, reason: str) -> No
     """The host had no room for another environment after all (the claim's check raced another call): nothing
     ran. A sync caller hears it at once as a throttle it may retry; an async event goes back to the queue, its
     attempt number moved on (fencing needs that) but not its retry budget."""
-    fenced = {"pk": invocation.pk, "status": InvocationStatus.RUNNING, "attempt": invocation.attempt}
+    fenced = _own_fence(invocation)
     invocation_throttled(function=invocation.function, reason=CAPACITY_EXCEEDED.removeprefix("Throttled."))
     if invocation.invocation_type == InvocationType.ASYNC:
         if _requeue(
@@ -353,7 +375,7 @@ def invocation_complete(*, invocation: Invocation, result: InvokeResult) -> bool
         "cost_init_usd": cost.init_usd,
         "lease_until": None,
     }
-    fenced = {"pk": invocation.pk, "status": InvocationStatus.RUNNING, "attempt": invocation.attempt}
+    fenced = _own_fence(invocation)
     if not retry:
         fields.update(status=_STATUS_BY_RESULT.get(result.status, InvocationStatus.FAILED), finished_at=now)
         written = _terminal_write(invocation, fenced, fields, DeadLetterCondition.RETRIES_EXHAUSTED)
@@ -443,25 +465,34 @@ def _terminal_write(
                 destination=function.on_success_destination if succeeded else function.on_failure_destination,
                 condition="Success" if succeeded else failure_condition,
             )
-    _release(invocation)
-    if invocation.invocation_type == InvocationType.SYNC:
-        invocation_reply(invocation=invocation)
+    _release_and_reply(invocation)
     if metered:
         invocation_finished(invocation=invocation)
     return True
 
 
-def invocation_reply(*, invocation: Invocation) -> None:
-    """Hand the outcome to a synchronous caller blocked on the reply key (it expires if nobody waits). With
-    Redis down the caller reads the row instead, which is already written."""
-    key = REPLY_KEY.format(id=invocation.id)
-    pipeline = redis_client().pipeline()
-    pipeline.rpush(key, json.dumps(asdict(outcome_from_row(invocation))))
-    pipeline.expire(key, REPLY_TTL_S)
+def _release_and_reply(invocation: Invocation) -> None:
+    """Free the concurrency slot and hand a synchronous caller its outcome, in one round trip to Redis: the release
+    first, so that a caller who calls again at once finds its slot free. The reply key expires if nobody waits;
+    with Redis down the slot expires on its own and the caller reads the row, which is already written."""
+    pipeline = redis_client().pipeline(transaction=False)
+    concurrency.slot_release(
+        function_id=invocation.function_id, owner_id=invocation.owner_id, member=str(invocation.id), pipeline=pipeline
+    )
+    if invocation.invocation_type == InvocationType.SYNC:
+        outcome = outcome_from_row(invocation)
+        timings = getattr(invocation, "timings", None)
+        if timings is not None:
+            outcome = replace(outcome, phases=timings.phases())
+        key = REPLY_KEY.format(id=invocation.id)
+        pipeline.rpush(key, json.dumps(asdict(outcome)))
+        pipeline.expire(key, REPLY_TTL_S)
     try:
         pipeline.execute()
     except RedisError as exc:
-        logger.warning("Could not reply to the caller of %s (%r); it reads the row instead", invocation.pk, exc)
+        logger.warning(
+            "Could not release or answer invocation %s (%r); the slot expires, the row answers", invocation.pk, exc
+        )
 
 
 def invocation_expire(*, invocation: Invocation) -> bool:
@@ -476,11 +507,27 @@ def invocation_expire(*, invocation: Invocation) -> bool:
     return _terminal_write(invocation, fenced, fields, DeadLetterCondition.EVENT_AGE_EXCEEDED)
 
 
+def _fence_as_read(invocation: Invocation) -> dict[str, Any]:
+    """The fence of a write to a row as another party read it (a redelivery, the sweeper, a waiting caller): its
+    status and attempt unchanged and, if it was running, its lease still expired. A worker that was only slow
+    renews its lease with its heartbeat; once it has, its attempt is live again and nobody else may end it."""
+    fenced = {"pk": invocation.pk, "status": invocation.status, "attempt": invocation.attempt}
+    if invocation.status == InvocationStatus.RUNNING:
+        fenced["lease_until__lt"] = timezone.now()
+    return fenced
+
+
+def _own_fence(invocation: Invocation) -> dict[str, Any]:
+    """The fence of a write by the worker running the attempt: the attempt still holds the row."""
+    return {"pk": invocation.pk, "status": InvocationStatus.RUNNING, "attempt": invocation.attempt}
+
+
 def _finish_worker_lost(invocation: Invocation) -> bool:
-    return _finish_platform_failure(invocation, WORKER_LOST, "The worker running this invocation was lost.")
+    message = "The worker running this invocation was lost."
+    return _finish_platform_failure(invocation, WORKER_LOST, message, _fence_as_read(invocation))
 
 
-def _finish_platform_failure(invocation: Invocation, error_type: str, message: str) -> bool:
+def _finish_platform_failure(invocation: Invocation, error_type: str, message: str, fenced: dict[str, Any]) -> bool:
     """The platform, not the function, failed this attempt: a terminal error the caller can tell apart."""
     body = {"errorType": error_type, "errorMessage": message, "stackTrace": []}
     fields = {
@@ -491,7 +538,6 @@ def _finish_platform_failure(invocation: Invocation, error_type: str, message: s
         "function_error": True,
         "lease_until": None,
     }
-    fenced = {"pk": invocation.pk, "status": invocation.status, "attempt": invocation.attempt}
     return _terminal_write(invocation, fenced, fields, DeadLetterCondition.RETRIES_EXHAUSTED)
 
 
@@ -500,12 +546,11 @@ def invocation_fail_for_executor(*, invocation: Invocation, error: Exception) ->
     rather than at the end of the lease. An async event with attempts left is retried after the usual backoff."""
     message = f"The executor could not run this invocation: {error!r}"
     if invocation.invocation_type == InvocationType.ASYNC and invocation.attempt < invocation.max_attempts:
-        fenced = {"pk": invocation.pk, "status": InvocationStatus.RUNNING, "attempt": invocation.attempt}
         backoff = settings.RETRY_BACKOFF_S * 2 ** (invocation.attempt - 1)
-        if _requeue(invocation, fenced, delay_s=backoff, error_type=EXECUTOR_FAILED):
+        if _requeue(invocation, _own_fence(invocation), delay_s=backoff, error_type=EXECUTOR_FAILED):
             _release(invocation)
         return
-    _finish_platform_failure(invocation, EXECUTOR_FAILED, message)
+    _finish_platform_failure(invocation, EXECUTOR_FAILED, message, _own_fence(invocation))
 
 
 def invocation_reclaim(*, invocation: Invocation, now: datetime) -> str:
@@ -514,11 +559,5 @@ def invocation_reclaim(*, invocation: Invocation, now: datetime) -> str:
     The sweeper calls this for every expired lease, and a waiting sync caller for its own call (a deployment
     without a sweeper still answers its callers). Returns "requeued", "lost", or "raced" (someone else did it)."""
     if invocation.invocation_type == InvocationType.ASYNC and invocation.attempt < invocation.max_attempts:
-        fenced = {
-            "pk": invocation.pk,
-            "status": InvocationStatus.RUNNING,
-            "attempt": invocation.attempt,
-            "lease_until__lt": now,
-        }
-        return "requeued" if _requeue(invocation, fenced, delay_s=0) else "raced"
+        return "requeued" if _requeue(invocation, _fence_as_read(invocation), delay_s=0) else "raced"
     return "lost" if _finish_worker_lost(invocation) else "raced"

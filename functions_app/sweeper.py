@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from console.processes import INVOCATION_QUEUE, SYNC_QUEUE
 from console.redis import redis_client
 from functions_app.accept import invocation_publish
+from functions_app.lane import lane_waiting
 from functions_app.lifecycle import invocation_expire, invocation_reclaim
 from functions_app.models import Invocation, InvocationStatus, InvocationType
 from functions_app.outages import DATABASE_ERRORS, database_unreachable, leases_settled
@@ -100,16 +101,17 @@ def _republish_due(now: datetime) -> int:
 
 
 def _messages_in_broker() -> int:
-    """Invocation messages Redis holds: waiting in the two queues, or delivered to a worker and not yet acked
-    (kombu's `unacked` hash, which also holds the messages of delayed retries). The hash holds the control queue's
-    messages too (this sweep's own, while it runs), so its entries are counted by queue: counting them all would
-    hide a lost invocation message behind every running control task."""
+    """Invocation messages Redis holds: waiting in the fast lane or the two queues, or delivered to a worker and
+    not yet acked (kombu's `unacked` hash, which also holds the messages of delayed retries). The hash holds the
+    control queue's messages too (this sweep's own, while it runs), so its entries are counted by queue: counting
+    them all would hide a lost invocation message behind every running control task."""
     pipeline = redis_client().pipeline(transaction=False)
     pipeline.llen(SYNC_QUEUE)
     pipeline.llen(INVOCATION_QUEUE)
     pipeline.hvals(KOMBU_UNACKED_KEY)
     waiting_sync, waiting, unacked = pipeline.execute()
-    return waiting_sync + waiting + sum(1 for entry in unacked if _unacked_queue(entry) in INVOCATION_QUEUES)
+    delivered = sum(1 for entry in unacked if _unacked_queue(entry) in INVOCATION_QUEUES)
+    return waiting_sync + waiting + delivered + lane_waiting()
 
 
 INVOCATION_QUEUES = frozenset({SYNC_QUEUE, INVOCATION_QUEUE})

@@ -240,8 +240,7 @@ def executor_shutdown() -> None:
 
 
 def host_health() -> dict[str, Any]:
-    # Host name plus pid: several workers may share one machine.
-    return {"host": f"{socket.gethostname()}:{os.getpid()}", "at": time.time(), **(executor().health())}
+    return {"host": host_name(), "at": time.time(), **(executor().health())}
 
 
 def environments_reconcile(function_ids: set[int] | None = None) -> int:
@@ -345,10 +344,26 @@ def _publish_health() -> None:
     redis_client().set(HOST_KEY.format(host=health["host"]), json.dumps(health), ex=HEARTBEAT_S * 3)
 
 
-_stop_heartbeat = threading.Event()
+# Set when the worker shuts down: the heartbeat, the change listener and the serving threads stop.
+stopping = threading.Event()
+# Threads that run invocations outside Celery's pool (the fast lane): joined before the executor shuts down.
+serving_threads: list[threading.Thread] = []
+# How long a shutdown waits for the calls those threads are running.
+SERVING_JOIN_S = 30.0
 
 
-def _runs_invocations(consumer: Any) -> bool:
+def serving_thread_start(target: Callable[[], None], *, name: str) -> None:
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    serving_threads.append(thread)
+    thread.start()
+
+
+def host_name() -> str:
+    # Host name plus pid: several workers may share one machine.
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def runs_invocations(consumer: Any) -> bool:
     """Whether this worker consumes the invocation queue (the control worker does not: it needs no executor)."""
     queues = consumer.app.amqp.queues.consume_from or consumer.app.amqp.queues
     return INVOCATION_QUEUE in queues or SYNC_QUEUE in queues
@@ -356,23 +371,26 @@ def _runs_invocations(consumer: Any) -> bool:
 
 @signals.worker_ready.connect
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
-    if sender is not None and not _runs_invocations(sender):
+    if sender is not None and not runs_invocations(sender):
         return
     report = sandbox_doctor()
     level = logging.WARNING if report.get("tier") != "namespaces" else logging.INFO
     logger.log(level, "Sandbox doctor: tier=%s %s", report.get("tier"), json.dumps(report))
     executor()
-    threading.Thread(target=_heartbeat, args=(_stop_heartbeat,), name="executor-heartbeat", daemon=True).start()
+    threading.Thread(target=_heartbeat, args=(stopping,), name="executor-heartbeat", daemon=True).start()
     threading.Thread(
-        target=_on_function_changes, args=(_stop_heartbeat,), name="executor-function-changes", daemon=True
+        target=_on_function_changes, args=(stopping,), name="executor-function-changes", daemon=True
     ).start()
 
 
 @signals.worker_shutdown.connect
 def _on_worker_shutdown(**_: Any) -> None:
-    _stop_heartbeat.set()
+    stopping.set()
+    deadline = time.monotonic() + SERVING_JOIN_S
+    for thread in serving_threads:
+        thread.join(max(deadline - time.monotonic(), 0))
     if _executor is None:
         return  # the control worker, or an executor that never started
     executor_shutdown()
     with contextlib.suppress(Exception):  # the key expires anyway
-        redis_client().delete(HOST_KEY.format(host=f"{socket.gethostname()}:{os.getpid()}"))
+        redis_client().delete(HOST_KEY.format(host=host_name()))

@@ -32,6 +32,14 @@ COLOURS = {
 }
 
 
+# One line per time tick, short enough for a phone: plotly's own labels add the full date (with the year) under
+# the first tick, which sticks out of a narrow chart when that tick sits near its left edge.
+DATE_TICK_FORMATS = [
+    {"dtickrange": [None, 86_400_000], "value": "%H:%M"},
+    {"dtickrange": [86_400_000, None], "value": "%b %-d"},
+]
+
+
 def _layout(title: str, y_title: str, **extra: Any) -> dict[str, Any]:
     """A chart's layout. Every axis makes room for its own tick labels and title (``automargin``), so a right-hand
     axis is never clipped at any width, and the legend sits at the foot of the figure, below the x axis's title."""
@@ -41,7 +49,7 @@ def _layout(title: str, y_title: str, **extra: Any) -> dict[str, Any]:
         "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
         "hovermode": "x unified",
         "legend": {"orientation": "h", "x": 0, "xanchor": "left", "y": 0, "yanchor": "bottom", "yref": "container"},
-        "xaxis": _x_axis(type="date"),
+        "xaxis": _x_axis(type="date", tickformatstops=DATE_TICK_FORMATS, hoverformat="%b %-d, %H:%M"),
         "yaxis": _axis(title={"text": y_title}, rangemode="tozero"),
     }
     layout.update(extra)

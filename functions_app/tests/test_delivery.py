@@ -374,7 +374,7 @@ def test_a_redelivery_while_the_first_attempt_runs_is_skipped(api, cluster):
 
 
 def test_a_publish_lost_after_commit_is_republished_by_the_sweeper(api, cluster, monkeypatch):
-    from functions_app import tasks
+    from celery import current_app
 
     create(api)
     cluster.start_worker()
@@ -386,7 +386,7 @@ def test_a_publish_lost_after_commit_is_republished_by_the_sweeper(api, cluster,
         raise ConnectionError("the broker vanished")
 
     # The accept's own publish is lost (in this process); the sweeper runs in beat's process, unpatched.
-    monkeypatch.setattr(tasks.invocation_execute, "apply_async", lost)
+    monkeypatch.setattr(current_app, "send_task", lost)
     invocation_id = invoke_async(api, event={"x": 1})
     assert len(lost_publishes) == 1
     assert Invocation.objects.get(pk=invocation_id).status == "queued"  # nobody was told of it

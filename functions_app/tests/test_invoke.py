@@ -70,6 +70,22 @@ def test_the_first_call_is_cold_and_the_second_warm_in_the_same_environment(api,
     assert abs(parts - cold.cost_usd) <= Decimal("3e-12")  # each part is rounded to 12 places
 
 
+def test_a_sync_call_says_where_its_milliseconds_went_in_server_timing(api, worker):
+    create(api)
+    invoke(api)
+    response = invoke(api)
+    assert response.status_code == 200, response.content
+    phases = dict(entry.split(";dur=") for entry in response["Server-Timing"].split(", "))
+    durations = {name: float(value) for name, value in phases.items()}
+    web = ["auth", "validate", "admission", "persist", "publish"]
+    worker_side = ["queue", "claim", "prepare", "run", "complete", "reply"]
+    assert list(durations) == [*web, *worker_side, "total"]
+    assert all(value >= 0 for value in durations.values())
+    assert sum(durations[name] for name in web + worker_side) <= durations["total"]
+    warm = Invocation.objects.get(pk=response["X-Invocation-Id"])
+    assert durations["run"] >= warm.duration_ms  # the executor's call holds the handler's run
+
+
 def test_a_new_version_or_another_function_never_shares_an_environment(api, worker):
     create(api)
     create(api, name="other")
