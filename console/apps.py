@@ -8,4 +8,21 @@ class ConsoleConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.contrib.auth import get_user_model
+        from django.db.models.signals import post_delete, post_save
+
         from console import checks  # noqa: F401 - registers the deployment checks
+        from console.accounts import api_keys_forget_checked
+        from console.models import ApiKey
+
+        # Cache invalidation, not logic: a key deleted (with its owner, or alone, in the admin) or an owner
+        # deactivated must stop authenticating at once on every web process.
+        post_delete.connect(api_keys_forget_checked, sender=ApiKey, dispatch_uid="api-key-deleted")
+        post_save.connect(_owner_saved, sender=get_user_model(), dispatch_uid="api-key-owner-saved")
+
+
+def _owner_saved(instance: object, created: bool = False, **_: object) -> None:
+    from console.accounts import api_keys_forget_checked
+
+    if not created and not getattr(instance, "is_active", True):
+        api_keys_forget_checked()

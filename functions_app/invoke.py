@@ -140,7 +140,12 @@ def _record_wait_phases(outcome: InvocationOutcome, published_at: float, wait_ms
     if received_at is None or replied_at is None:
         phase_record("wait", wait_ms)
         return
+    # The worker may take the id before the web has returned from publishing it: that overlap is web time already
+    # counted, taken off the worker's first phases, so that the phases add up to the request's time.
+    overlap_ms = max(published_at - received_at, 0.0) * 1000
     phase_record("queue", (received_at - published_at) * 1000)
     for name, duration_ms in worker.items():
-        phase_record(name, duration_ms)
+        counted = min(duration_ms, overlap_ms)
+        overlap_ms -= counted
+        phase_record(name, duration_ms - counted)
     phase_record("reply", (time.time() - replied_at) * 1000)

@@ -15,12 +15,13 @@ import json
 import logging
 import math
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from redis.exceptions import RedisError
@@ -29,7 +30,7 @@ from console.redis import redis_client
 from functions_app import concurrency
 from functions_app.accept import invocation_publish, slot_hold_s
 from functions_app.destinations import destination_deliver
-from functions_app.models import DeadLetterCondition, Invocation, InvocationStatus, InvocationType
+from functions_app.models import DeadLetterCondition, Function, Invocation, InvocationStatus, InvocationType
 from functions_app.outages import database_retry
 from functions_app.runtime import (
     INIT_TIMEOUT_S,
@@ -112,6 +113,62 @@ class ExecutorHost(Capacity, Protocol):
     def invoke(self, spec: FunctionSpec, request: InvokeRequest) -> InvokeResult: ...
 
 
+def invocation_claim_sync(*, invocation_id: str, host: str, capacity: Capacity) -> Invocation | None:
+    """Claim a synchronous call the way most are claimed: one conditional UPDATE … RETURNING the row, where the
+    general claim reads it first. It matches only the plain case (queued, due, attempts left, still within the
+    slot taken at the door); anything else (a duplicate, a late or unusual delivery) takes the general claim.
+    A host without room learns it after the claim, which for a sync call ends the same way: refused, terminal.
+    """
+    now = timezone.now()
+    claimed = list(Invocation.objects.raw(_claim_sync_sql(), _claim_sync_params(invocation_id, host, now)))
+    if not claimed:
+        return invocation_claim(invocation_id=invocation_id, host=host, capacity=capacity)
+    invocation = claimed[0]
+    configs.attach(invocation, invocation.current_revision)
+    if not capacity.can_ever_host(invocation.memory_mb):
+        _finish_platform_failure(
+            invocation, TOO_LARGE_FOR_HOSTS, _too_large_message(invocation), _own_fence(invocation)
+        )
+        return None
+    if not capacity.has_room(invocation.memory_mb):
+        invocation_refuse_for_capacity(invocation=invocation, reason="every environment of the host is busy")
+        return None
+    return invocation
+
+
+@functools.cache
+def _claim_sync_sql() -> str:
+    quote = connection.ops.quote_name
+    table, functions = quote(Invocation._meta.db_table), quote(Function._meta.db_table)
+    columns = ", ".join(quote(field.column) for field in Invocation._meta.concrete_fields)
+    # Only the models' own quoted table and column names are formatted in; every value is a parameter.
+    return (
+        f"UPDATE {table} SET status = %s, attempt = attempt + 1, lease_until = %s, started_at = %s, "  # noqa: S608
+        "worker_host = %s "
+        "WHERE id = %s AND status = %s AND invocation_type = %s AND available_at <= %s AND queued_at > %s "
+        f"AND attempt < max_attempts RETURNING {columns}, "
+        f"(SELECT revision_id FROM {functions} WHERE {functions}.id = {table}.function_id) AS current_revision"
+    )
+
+
+def _claim_sync_params(invocation_id: str, host: str, now: datetime) -> list[Any]:
+    at = connection.ops.adapt_datetimefield_value
+    lease = now + timedelta(seconds=settings.LEASE_S)
+    door_slot_from = now - timedelta(seconds=INIT_TIMEOUT_S)  # older calls take a fresh slot: the general claim
+    pk = Invocation._meta.pk.get_db_prep_value(uuid.UUID(invocation_id), connection)
+    return [
+        InvocationStatus.RUNNING.value,
+        at(lease),
+        at(now),
+        host,
+        pk,
+        InvocationStatus.QUEUED.value,
+        InvocationType.SYNC.value,
+        at(now),
+        at(door_slot_from),
+    ]
+
+
 def invocation_claim(*, invocation_id: str, host: str, capacity: Capacity | None = None) -> Invocation | None:
     """Take the invocation for one attempt, or return None when it is not ours to run now.
 
@@ -179,11 +236,7 @@ def _refused_for_capacity(invocation: Invocation, capacity: Capacity) -> bool:
     once (429, retryable), an event waits in the queue; neither was claimed, so no attempt is used up."""
     fenced = _fence_as_read(invocation)
     if not capacity.can_ever_host(invocation.memory_mb):
-        message = (
-            f"This function needs {invocation.memory_mb} MB of memory, more than an executor host offers "
-            "(RUNTIME_MEMORY_BUDGET_MB); lower its memory size or raise the hosts' budget."
-        )
-        _finish_platform_failure(invocation, TOO_LARGE_FOR_HOSTS, message, fenced)
+        _finish_platform_failure(invocation, TOO_LARGE_FOR_HOSTS, _too_large_message(invocation), fenced)
         return True
     if capacity.has_room(invocation.memory_mb):
         return False
@@ -193,6 +246,13 @@ def _refused_for_capacity(invocation: Invocation, capacity: Capacity) -> bool:
     else:
         _finish_refused_sync(invocation, fenced, "every environment of the host is busy")
     return True
+
+
+def _too_large_message(invocation: Invocation) -> str:
+    return (
+        f"This function needs {invocation.memory_mb} MB of memory, more than an executor host offers "
+        "(RUNTIME_MEMORY_BUDGET_MB); lower its memory size or raise the hosts' budget."
+    )
 
 
 def _admitted_for_run(invocation: Invocation, now: datetime) -> bool:
@@ -261,10 +321,12 @@ class RunTimings:
         return {"received_at": self.received_at, **self.spent_ms, "replied_at": time.time()}
 
 
-def invocation_run(*, invocation_id: str, executor: ExecutorHost) -> Invocation | None:
-    """Claim, execute in a sandbox, write the fenced result and answer a waiting caller."""
+def invocation_run(*, invocation_id: str, executor: ExecutorHost, sync: bool = False) -> Invocation | None:
+    """Claim, execute in a sandbox, write the fenced result and answer a waiting caller. ``sync`` says the id came
+    by a sync call's transport (the fast lane), where the one-statement claim is tried first."""
     timings = RunTimings()
-    invocation = invocation_claim(invocation_id=invocation_id, host=host_name(), capacity=executor)
+    claim = invocation_claim_sync if sync else invocation_claim
+    invocation = claim(invocation_id=invocation_id, host=host_name(), capacity=executor)
     if invocation is None:
         logger.info("Invocation %s is not ours to run now (duplicate, finished or not due); skipped", invocation_id)
         with contextlib.suppress(RedisError):
@@ -451,13 +513,15 @@ def _terminal_write(
     Then, after the commit: free the concurrency slot, answer a sync caller, and queue the metering (a crash
     between the commit and these loses at most one roll-up contribution, which rollups_rebuild repairs).
     """
-    with transaction.atomic():
+    is_async = invocation.invocation_type == InvocationType.ASYNC
+    # A sync call has no destination: its one UPDATE is its own transaction.
+    with transaction.atomic() if is_async else contextlib.nullcontext():
         written = Invocation.objects.filter(**fenced).update(**fields, terminal_writes=F("terminal_writes") + 1)
         if not written:
             return False
         for name, value in fields.items():
             setattr(invocation, name, value)
-        if invocation.invocation_type == InvocationType.ASYNC:
+        if is_async:
             succeeded = invocation.status == InvocationStatus.SUCCEEDED
             function = invocation.function
             destination_deliver(

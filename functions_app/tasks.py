@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import shared_task, signals
+from celery import Task, shared_task, signals
 from django.conf import settings
 from django.db import close_old_connections
 
+from console.processes import SYNC_QUEUE
 from functions_app import lane, worker
 from functions_app.lifecycle import invocation_run
 from functions_app.outages import DATABASE_ERRORS, DATABASE_RETRY_S, database_retry
@@ -19,14 +20,16 @@ from functions_app.sweeper import invocations_sweep
 # the retry cannot be sent and the sweeper republishes the queued row.
 @shared_task(
     name="ephemera.invocation_execute",
+    bind=True,
     acks_late=True,
     ignore_result=True,
     autoretry_for=DATABASE_ERRORS,
     default_retry_delay=DATABASE_RETRY_S * 2,
     max_retries=None,
 )
-def invocation_execute(invocation_id: str) -> None:
-    invocation_run(invocation_id=invocation_id, executor=worker.executor())
+def invocation_execute(self: Task, invocation_id: str) -> None:
+    sync = (self.request.delivery_info or {}).get("routing_key") == SYNC_QUEUE
+    invocation_run(invocation_id=invocation_id, executor=worker.executor(), sync=sync)
 
 
 @shared_task(name="ephemera.invocations_sweep", ignore_result=True)
@@ -39,7 +42,7 @@ def lane_run(invocation_id: str) -> None:
     database unreachable (nothing ran) tried again for a while (then the sweeper republishes the call)."""
     close_old_connections()
     database_retry(
-        lambda: invocation_run(invocation_id=invocation_id, executor=worker.executor()),
+        lambda: invocation_run(invocation_id=invocation_id, executor=worker.executor(), sync=True),
         what=f"Invocation {invocation_id}",
         give_up_s=LANE_CLAIM_RETRY_MAX_S,
     )

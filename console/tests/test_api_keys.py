@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from console.accounts import api_key_create
+from console.accounts import REVOKED_AT_KEY, api_key_authenticate, api_key_create
 from console.models import ApiKey
+from console.redis import redis_client
 
 pytestmark = pytest.mark.django_db
 
@@ -41,10 +43,11 @@ def test_the_api_makes_lists_and_revokes_keys_and_shows_a_key_only_when_it_is_ma
     assert api.get(f"/api/v1/api-keys/{key_id}/").json()["active"] is False
 
 
-def test_an_expired_key_no_longer_authenticates(user):
-    api_key, key = api_key_create(owner=user, name="short", expires_at=timezone.now() + timedelta(hours=1))
+def test_an_expired_key_no_longer_authenticates(user, monkeypatch):
+    _, key = api_key_create(owner=user, name="short", expires_at=timezone.now() + timedelta(hours=1))
     assert client_with(key).get("/api/v1/functions/").status_code == 200
-    ApiKey.objects.filter(pk=api_key.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    later = timezone.now() + timedelta(hours=1, seconds=1)
+    monkeypatch.setattr(timezone, "now", lambda: later)
     response = client_with(key).get("/api/v1/functions/")
     assert response.status_code == 401 and response.json()["type"] == "AuthenticationFailed"
 
@@ -94,3 +97,38 @@ def test_tokens_of_the_former_plaintext_table_become_hashed_keys_that_still_work
     assert "authtoken_token" not in connection.introspection.table_names()
     assert ApiKey.objects.get(owner=user, prefix=legacy[:8]).name == "API token"
     assert client_with(legacy).get("/api/v1/functions/").status_code == 200
+
+
+def test_a_key_checked_once_costs_no_database_query_on_the_next_call(user, django_assert_num_queries):
+    _, key = api_key_create(owner=user, name="laptop")
+    assert api_key_authenticate(key=key) == user
+    with django_assert_num_queries(0):
+        assert api_key_authenticate(key=key) == user
+
+
+def test_a_key_revoked_by_another_web_process_stops_working_at_once(user):
+    api_key, key = api_key_create(owner=user, name="laptop")
+    assert api_key_authenticate(key=key) == user  # remembered here
+    # What api_key_revoke does in another process: the row, then the stamp in Redis (this process's memory stays).
+    ApiKey.objects.filter(pk=api_key.pk).update(revoked_at=timezone.now())
+    redis_client().set(REVOKED_AT_KEY, time.time())
+    assert api_key_authenticate(key=key) is None
+
+
+def test_a_remembered_key_stops_working_when_its_owner_is_deactivated_or_deleted(user, other_user):
+    _, key = api_key_create(owner=user, name="laptop")
+    _, other_key = api_key_create(owner=other_user, name="laptop")
+    assert api_key_authenticate(key=key) == user and api_key_authenticate(key=other_key) == other_user
+    user.is_active = False
+    user.save()
+    assert api_key_authenticate(key=key) is None
+    other_user.delete()
+    assert api_key_authenticate(key=other_key) is None
+
+
+def test_a_remembered_key_stops_working_when_it_expires(user, monkeypatch):
+    _, key = api_key_create(owner=user, name="laptop", expires_at=timezone.now() + timedelta(minutes=1))
+    assert api_key_authenticate(key=key) == user
+    later = timezone.now() + timedelta(minutes=2)
+    monkeypatch.setattr(timezone, "now", lambda: later)
+    assert api_key_authenticate(key=key) is None

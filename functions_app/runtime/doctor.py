@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import subprocess
@@ -95,7 +97,14 @@ def _network_reasons(checks: dict) -> list[str]:
 
 
 def sandbox_doctor() -> dict:
-    """Probe the host and pick the strongest tier; ``reasons`` explains each shortfall."""
+    """Probe the host and pick the strongest tier; ``reasons`` explains each shortfall. The probe runs once per
+    process (a worker's start asks three times: to log it, to pick the tier, to build the executor); each caller
+    gets its own copy of the report."""
+    return copy.deepcopy(_sandbox_doctor_once())
+
+
+@functools.cache
+def _sandbox_doctor_once() -> dict:
     reasons: list[str] = []
     if not os.access(SANDBOX_PYTHON, os.X_OK):
         return {"tier": None, "secure": False, "reasons": [f"{SANDBOX_PYTHON} is missing"], "checks": {}}

@@ -81,7 +81,8 @@ def test_a_sync_call_says_where_its_milliseconds_went_in_server_timing(api, work
     worker_side = ["queue", "claim", "prepare", "run", "complete", "reply"]
     assert list(durations) == [*web, *worker_side, "total"]
     assert all(value >= 0 for value in durations.values())
-    assert sum(durations[name] for name in web + worker_side) <= durations["total"]
+    # They account for the request without overlapping (each is rounded to a microsecond).
+    assert sum(durations[name] for name in web + worker_side) <= durations["total"] + 0.001 * len(durations)
     warm = Invocation.objects.get(pk=response["X-Invocation-Id"])
     assert durations["run"] >= warm.duration_ms  # the executor's call holds the handler's run
 
