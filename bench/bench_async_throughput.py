@@ -12,21 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.django_env import BASE_DIR, django_setup_in_temp_var_dir
+from bench.django_env import BASE_DIR, backends, django_setup_in_temp_var_dir, platform_services
 
 VAR_DIR = django_setup_in_temp_var_dir()
 
-from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 
-from console.embedded import redis_start  # noqa: E402
 from console.processes import die_with_parent, stop_all  # noqa: E402
 from console.redis import redis_client  # noqa: E402
 
@@ -96,9 +93,8 @@ def ephemera_run(user: object, processes: int, count: int) -> float:
     return rate(stamps)
 
 
-def baseline_run(count: int) -> float:
-    socket_url = f"redis+socket://{settings.REDIS_SOCKET}"
-    env = {"BENCH_BROKER": f"{socket_url}?virtual_host=2", "BENCH_BACKEND": f"{socket_url}?db=3"}
+def baseline_run(count: int, broker: str, backend: str) -> float:
+    env = {"BENCH_BROKER": broker, "BENCH_BACKEND": backend}
     os.environ.update(env)
     from bench.baseline_app import stamp
 
@@ -115,14 +111,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--invocations", type=int, default=1000)
     args = parser.parse_args()
-    redis = redis_start(VAR_DIR, settings.REDIS_SOCKET)
-    try:
+    with platform_services(VAR_DIR) as (broker, backend):
         call_command("migrate", verbosity=0)
         from django.contrib.auth import get_user_model
 
         user = get_user_model().objects.create_user("bench")
         redis_client().ping()
-        baseline = baseline_run(args.invocations)
+        baseline = baseline_run(args.invocations, broker, backend)
         scaling = {n: ephemera_run(user, n, args.invocations) for n in (1, 2, 4, 8)}
         p3 = scaling[2]
         result = {
@@ -134,13 +129,9 @@ def main() -> None:
             "P4_ratio_8_vs_2": round(scaling[8] / scaling[2], 3),
             "goals": "P3 ratio >= 1.5 (>= 1000/s); P4 2-vs-1 >= 1.6, no collapse at 8",
             "setup": f"{args.invocations} no-op async events pre-queued per run; executors: threads c={THREADS} each; "
-            f"{'SQLite + embedded Redis' if settings.EMBEDDED_REDIS else 'DATABASE_URL + REDIS_URL'}",
-            "median_note": statistics.median([1.0]),
+            f"{backends()}",
         }
-        result.pop("median_note")
         print(json.dumps(result, indent=2))
-    finally:
-        stop_all([redis])
 
 
 if __name__ == "__main__":

@@ -22,14 +22,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.django_env import BASE_DIR, django_setup_in_temp_var_dir
+from bench.django_env import BASE_DIR, backends, django_setup_in_temp_var_dir, platform_services
 
 VAR_DIR = django_setup_in_temp_var_dir()
 
-from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 
-from console.embedded import redis_start  # noqa: E402
 from console.processes import die_with_parent, executor_worker_args, stop_all  # noqa: E402
 
 NOOP = "def handler(event, context):\n    return None\n"
@@ -86,6 +84,21 @@ def invoke_http(port: int, token: str, phases: dict[str, list[float]] | None = N
     return elapsed
 
 
+def dry_run_http(port: int, token: str) -> float:
+    """A `DryRun` invoke: the request, the key check, the function's lookup and the payload's validation, then
+    204: what a call costs in the web before anything is admitted, stored or sent."""
+    started = time.perf_counter()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Authorization": f"Token {token}", "X-Invocation-Type": "DryRun"}
+    connection.request("POST", "/api/v1/functions/noop/invoke/", body=b"{}", headers=headers)
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    if response.status != 204:
+        raise RuntimeError(f"dry run failed: {response.status}")
+    return (time.perf_counter() - started) * 1000
+
+
 def server_timing(header: str) -> dict[str, float]:
     entries = (entry.split(";dur=") for entry in header.split(", ") if ";dur=" in entry)
     return {name: float(duration) for name, duration in entries}
@@ -123,78 +136,80 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300)
     args = parser.parse_args()
     processes: list[subprocess.Popen] = []
-    redis = redis_start(VAR_DIR, settings.REDIS_SOCKET)
-    try:
-        call_command("migrate", verbosity=0)
-        token = seed()
-        port, celery_port = free_port(), free_port()
-        python = sys.executable
-        gunicorn = [python, "-m", "gunicorn", "console.wsgi:application", "-w", "2", "-b"]
-        processes.append(spawn([*gunicorn, f"127.0.0.1:{port}"]))
-        # The same platform with sync calls on Celery's sync queue instead of the fast lane: the path before it.
-        processes.append(spawn([*gunicorn, f"127.0.0.1:{celery_port}"], SYNC_FAST_LANE="0"))
-        # The executor host as `make run` and compose start it (its queues, its pool), with two task slots.
-        worker = executor_worker_args(level="WARNING", concurrency=2)
-        processes.append(spawn([python, "-m", "celery", "-A", "console", *worker]))
-        socket_url = f"redis+socket://{settings.REDIS_SOCKET}"
-        baseline_env = {"BENCH_BROKER": f"{socket_url}?virtual_host=2", "BENCH_BACKEND": f"{socket_url}?db=3"}
-        processes.append(
-            spawn(
-                [
-                    python,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "bench.baseline_app",
-                    "worker",
-                    "--pool",
-                    "threads",
-                    "-c",
-                    "1",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--without-heartbeat",
-                    "--loglevel",
-                    "WARNING",
-                ],
-                **baseline_env,
+    with platform_services(VAR_DIR) as (broker, backend):
+        try:
+            call_command("migrate", verbosity=0)
+            token = seed()
+            port, celery_port = free_port(), free_port()
+            python = sys.executable
+            gunicorn = [python, "-m", "gunicorn", "console.wsgi:application", "-w", "2", "-b"]
+            processes.append(spawn([*gunicorn, f"127.0.0.1:{port}"]))
+            # The same platform with sync calls on Celery's sync queue instead of the fast lane: the path before it.
+            processes.append(spawn([*gunicorn, f"127.0.0.1:{celery_port}"], SYNC_FAST_LANE="0"))
+            # The executor host as `make run` and compose start it (its queues, its pool), with two task slots.
+            worker = executor_worker_args(level="WARNING", concurrency=2)
+            processes.append(spawn([python, "-m", "celery", "-A", "console", *worker]))
+            baseline_env = {"BENCH_BROKER": broker, "BENCH_BACKEND": backend}
+            processes.append(
+                spawn(
+                    [
+                        python,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "bench.baseline_app",
+                        "worker",
+                        "--pool",
+                        "threads",
+                        "-c",
+                        "1",
+                        "--without-gossip",
+                        "--without-mingle",
+                        "--without-heartbeat",
+                        "--loglevel",
+                        "WARNING",
+                    ],
+                    **baseline_env,
+                )
             )
-        )
-        os.environ.update(baseline_env)
-        from bench.baseline_app import noop
+            os.environ.update(baseline_env)
+            from bench.baseline_app import noop
 
-        wait_http(port, token)
-        wait_http(celery_port, token)
-        noop.delay().get(timeout=60)
-        for _ in range(30):  # warm every path: connections, the environment, the worker's imports
-            invoke_http(port, token)
-            invoke_http(celery_port, token)
-            noop.delay().get(timeout=10)
-        ephemera, ephemera_via_celery, celery = [], [], []
-        phases: dict[str, list[float]] = {}
-        phases_via_celery: dict[str, list[float]] = {}
-        for _ in range(args.runs):
-            ephemera.append(invoke_http(port, token, phases))
-            ephemera_via_celery.append(invoke_http(celery_port, token, phases_via_celery))
-            started = time.perf_counter()
-            noop.delay().get(timeout=10)
-            celery.append((time.perf_counter() - started) * 1000)
-        result = {
-            "P2_warm_sync_invoke_http_ms": summary(ephemera),
-            "phases_p50_ms": phase_medians(phases),
-            "sync_via_celery_queue_ms": summary(ephemera_via_celery),
-            "sync_via_celery_queue_phases_p50_ms": phase_medians(phases_via_celery),
-            "baseline_celery_delay_get_ms": summary(celery),
-            "ratio_p50": round(statistics.median(ephemera) / statistics.median(celery), 3),
-            "goal": "ratio_p50 <= 1.0",
-            "setup": "gunicorn 2 sync workers, new connection per request; Ephemera worker threads c=2 (and as many "
-            "fast-lane threads); `sync_via_celery_queue`: the same platform with SYNC_FAST_LANE=0; SQLite + "
-            "embedded Redis (unix socket); baseline: Celery threads c=1 with a Redis result backend, same Redis",
-        }
-        print(json.dumps(result, indent=2))
-    finally:
-        stop_all(processes)
-        stop_all([redis])
+            wait_http(port, token)
+            wait_http(celery_port, token)
+            noop.delay().get(timeout=60)
+            for _ in range(30):  # warm every path: connections, the environment, the worker's imports
+                invoke_http(port, token)
+                invoke_http(celery_port, token)
+                noop.delay().get(timeout=10)
+            ephemera, ephemera_via_celery, celery, floor = [], [], [], []
+            phases: dict[str, list[float]] = {}
+            phases_via_celery: dict[str, list[float]] = {}
+            for _ in range(args.runs):
+                ephemera.append(invoke_http(port, token, phases))
+                ephemera_via_celery.append(invoke_http(celery_port, token, phases_via_celery))
+                floor.append(dry_run_http(port, token))
+                started = time.perf_counter()
+                noop.delay().get(timeout=10)
+                celery.append((time.perf_counter() - started) * 1000)
+            result = {
+                "P2_warm_sync_invoke_http_ms": summary(ephemera),
+                "phases_p50_ms": phase_medians(phases),
+                "sync_via_celery_queue_ms": summary(ephemera_via_celery),
+                "sync_via_celery_queue_phases_p50_ms": phase_medians(phases_via_celery),
+                "baseline_celery_delay_get_ms": summary(celery),
+                "ratio_p50": round(statistics.median(ephemera) / statistics.median(celery), 3),
+                "goal": "ratio_p50 <= 1.0",
+                "web_floor_ms": summary(floor),
+                "web_floor_note": "a DryRun invoke through the same gunicorn (204): HTTP, Django, DRF, the key "
+                "check, the function's lookup, the payload's validation; nothing admitted, stored or sent",
+                "setup": "gunicorn 2 sync workers, new connection per request; Ephemera worker threads c=2 (and as "
+                "many fast-lane threads); `sync_via_celery_queue`: the same platform with SYNC_FAST_LANE=0; "
+                f"{backends()}; baseline: Celery threads c=1 with a Redis result backend, same Redis",
+            }
+            print(json.dumps(result, indent=2))
+        finally:
+            stop_all(processes)
 
 
 if __name__ == "__main__":

