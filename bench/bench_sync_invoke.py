@@ -145,7 +145,7 @@ def main() -> None:
             gunicorn = [python, "-m", "gunicorn", "console.wsgi:application", "-w", "2", "-b"]
             processes.append(spawn([*gunicorn, f"127.0.0.1:{port}"]))
             # The same platform with sync calls on Celery's sync queue instead of the fast lane: the path before it.
-            processes.append(spawn([*gunicorn, f"127.0.0.1:{celery_port}"], SYNC_FAST_LANE="0"))
+            processes.append(spawn([*gunicorn, f"127.0.0.1:{celery_port}"], FAST_LANE="0"))
             # The executor host as `make run` and compose start it (its queues, its pool), with two task slots.
             worker = executor_worker_args(level="WARNING", concurrency=2)
             processes.append(spawn([python, "-m", "celery", "-A", "console", *worker]))
@@ -204,7 +204,7 @@ def main() -> None:
                 "web_floor_note": "a DryRun invoke through the same gunicorn (204): HTTP, Django, DRF, the key "
                 "check, the function's lookup, the payload's validation; nothing admitted, stored or sent",
                 "setup": "gunicorn 2 sync workers, new connection per request; Ephemera worker threads c=2 (and as "
-                "many fast-lane threads); `sync_via_celery_queue`: the same platform with SYNC_FAST_LANE=0; "
+                "many fast-lane threads); `sync_via_celery_queue`: the same platform with FAST_LANE=0; "
                 f"{backends()}; baseline: Celery threads c=1 with a Redis result backend, same Redis",
             }
             print(json.dumps(result, indent=2))

@@ -226,9 +226,9 @@ CELERY_TASK_ROUTES = {
     for name in ("ephemera.invocations_sweep", "ephemera.metering_flush", "ephemera.metrics_retention")
 }
 
-# Synchronous calls travel on the fast lane (functions_app/lane.py): a Redis list executor threads block on. 0 sends
-# them through Celery's `sync` queue instead (the path before the lane, kept as a fallback and for comparison).
-SYNC_FAST_LANE = env_bool("SYNC_FAST_LANE", True)
+# Invocations travel on the fast lane (functions_app/lane.py): Redis lists executor threads block on. 0 sends them
+# through Celery (the `sync` and `celery` queues: the path before the lane, kept as a fallback and for comparison).
+FAST_LANE = env_bool("FAST_LANE", True)
 # Fast-lane threads per executor host; 0 = as many as the worker's task slots (--concurrency).
 SYNC_LANE_THREADS = env_int("SYNC_LANE_THREADS", 0)
 

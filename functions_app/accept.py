@@ -159,14 +159,15 @@ def _admit_or_throttle(function: Function, owner_id: int, member: str, timeout_s
 
 
 def invocation_publish(*, invocation_id: str, sync: bool = False, countdown: float | None = None) -> None:
-    """Ring the doorbell. A sync call goes to the fast lane (functions_app.lane), or with SYNC_FAST_LANE=0 to the
-    Celery queue executors drain first: either way a caller waiting on the line never queues behind a backlog of
-    events. Tasks are sent by name: accepting never imports the worker's side."""
+    """Ring the doorbell: the fast lane (functions_app.lane), or Celery for a delayed retry (a countdown) and with
+    FAST_LANE=0. A sync call goes where executors look first (the sync lane, or Celery's `sync` queue), so that a
+    caller waiting on the line never queues behind a backlog of events. Tasks are sent by name: accepting never
+    imports the worker's side."""
     queue = SYNC_QUEUE if sync else INVOCATION_QUEUE
     try:
         with phase("publish"):
-            if sync and countdown is None and settings.SYNC_FAST_LANE:
-                lane_publish(invocation_id=invocation_id)
+            if countdown is None and settings.FAST_LANE:
+                lane_publish(invocation_id=invocation_id, sync=sync)
             else:
                 current_app.send_task(EXECUTE_TASK, (invocation_id,), countdown=countdown, queue=queue)
     except (KombuOperationalError, RedisError, OSError) as exc:  # Redis is unreachable: an outage, not a bug

@@ -1,13 +1,15 @@
-"""The fast lane for synchronous calls: the invocation id on a plain Redis list that executor threads block on.
+"""The fast lane: invocation ids on plain Redis lists that executor threads block on.
 
-A Celery message costs a caller who waits on the line a millisecond or two at each end (the message envelope, the
-consumer's dispatch, the late ack); a list push and a blocking pop cost a round trip each. The guarantees do not
-live in the transport: the row is the truth, the claim and completion are fenced, the lease is renewed, and the
-sweeper republishes a call whose id was lost (a worker killed between its pop and its claim), so the lane keeps
-every one of them. Celery stays the transport of events, of delayed retries, and the fallback (SYNC_FAST_LANE=0).
+A Celery message costs a millisecond or two of CPU at each end (the message envelope, a new client per publish,
+the consumer's dispatch, the late ack): more than a warm call itself, paid by a caller waiting on the line and by
+every event of a backlog. A list push and a blocking pop cost a round trip each. The guarantees do not live in the
+transport: the row is the truth, the claim and completion are fenced, the lease is renewed, and the sweeper
+republishes an id that was lost (a worker killed between its pop and its claim), so the lane keeps every one of
+them. Celery stays the transport of delayed retries (a countdown), and of everything with FAST_LANE=0.
 
-A call can go to any executor host (``LANE_KEY``) or to one chosen host (its own lane, served first), which is
-where a placement that routes a call to the host holding a warm environment of its version plugs in.
+Sync calls and events have a list each; a thread takes sync calls first. A sync call can also go to one chosen
+host (its own list, served before the others): where a placement that routes a call to the host holding a warm
+environment of its version plugs in.
 """
 
 from __future__ import annotations
@@ -22,22 +24,25 @@ from console.redis import blocking_pop, redis_client
 
 logger = logging.getLogger(__name__)
 
-LANE_KEY = "ephemera:lane"
-HOST_LANE_KEY = "ephemera:lane:{host}"
+SYNC_LANE_KEY = "ephemera:lane:sync"
+EVENT_LANE_KEY = "ephemera:lane:events"
+HOST_LANE_KEY = "ephemera:lane:host:{host}"
 # The host lanes in use, so that the sweeper can count what waits in them.
 HOST_LANES_KEY = "ephemera:lanes"
 # How long an idle lane thread blocks before it looks at its stop flag again.
 POP_WAIT_S = 1.0
 
 
-def lane_publish(*, invocation_id: str, host: str | None = None) -> None:
-    redis_client().rpush(HOST_LANE_KEY.format(host=host) if host else LANE_KEY, invocation_id)
+def lane_publish(*, invocation_id: str, sync: bool, host: str | None = None) -> None:
+    """An id on its lane: an event's, a sync call's, or (``host``) a sync call's for one host."""
+    key = HOST_LANE_KEY.format(host=host) if host else SYNC_LANE_KEY if sync else EVENT_LANE_KEY
+    redis_client().rpush(key, invocation_id)
 
 
 def lane_waiting() -> int:
     """Ids waiting in every lane (not those popped and running: their rows say RUNNING)."""
     client = redis_client()
-    keys = [LANE_KEY, *(key.decode() for key in client.smembers(HOST_LANES_KEY))]
+    keys = [SYNC_LANE_KEY, EVENT_LANE_KEY, *(key.decode() for key in client.smembers(HOST_LANES_KEY))]
     pipeline = client.pipeline(transaction=False)
     for key in keys:
         pipeline.llen(key)
@@ -52,15 +57,15 @@ def lane_close(host: str) -> None:
     """Hand what still waits in a host's own lane to every host, then forget the lane."""
     client = redis_client()
     key = HOST_LANE_KEY.format(host=host)
-    while client.lmove(key, LANE_KEY, "LEFT", "RIGHT") is not None:
+    while client.lmove(key, SYNC_LANE_KEY, "LEFT", "RIGHT") is not None:
         pass
     client.srem(HOST_LANES_KEY, key)
 
 
-def lane_serve(*, host: str, run: Callable[[str], object], stop: threading.Event) -> None:
-    """Pop ids (this host's lane first) and run each, until ``stop``. An id popped after ``stop`` goes back to the
-    front of its lane; an outage of Redis is waited out."""
-    keys = [HOST_LANE_KEY.format(host=host), LANE_KEY]
+def lane_serve(*, host: str, run: Callable[[str, bool], object], stop: threading.Event) -> None:
+    """Pop ids (this host's lane, then sync calls, then events) and ``run(id, sync)`` each, until ``stop``. An id
+    popped after ``stop`` goes back to the front of its lane; an outage of Redis is waited out."""
+    keys = [HOST_LANE_KEY.format(host=host), SYNC_LANE_KEY, EVENT_LANE_KEY]
     while not stop.is_set():
         try:
             popped = blocking_pop(keys, POP_WAIT_S)
@@ -75,6 +80,6 @@ def lane_serve(*, host: str, run: Callable[[str], object], stop: threading.Event
             redis_client().lpush(key, invocation_id)
             return
         try:
-            run(invocation_id)
+            run(invocation_id, key != EVENT_LANE_KEY)
         except Exception:  # the lifecycle records its own failures; this thread must outlive any of them
             logger.exception("The fast lane failed to run invocation %s", invocation_id)

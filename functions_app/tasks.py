@@ -37,12 +37,12 @@ def invocations_sweep_task() -> dict[str, int]:
     return invocations_sweep()
 
 
-def lane_run(invocation_id: str) -> None:
+def lane_run(invocation_id: str, sync: bool) -> None:
     """One call from the fast lane, as a task runs one: fresh database connections, and a claim that found the
     database unreachable (nothing ran) tried again for a while (then the sweeper republishes the call)."""
     close_old_connections()
     database_retry(
-        lambda: invocation_run(invocation_id=invocation_id, executor=worker.executor(), sync=True),
+        lambda: invocation_run(invocation_id=invocation_id, executor=worker.executor(), sync=sync),
         what=f"Invocation {invocation_id}",
         give_up_s=LANE_CLAIM_RETRY_MAX_S,
     )

@@ -452,6 +452,7 @@ def test_the_sweeper_republishes_only_what_the_broker_is_short_of_never_a_whole_
 
     from console.redis import redis_client
     from functions_app import sweeper
+    from functions_app.lane import EVENT_LANE_KEY
 
     settings.REPUBLISH_AFTER_S = 30.0
     function = make_function()
@@ -460,8 +461,8 @@ def test_the_sweeper_republishes_only_what_the_broker_is_short_of_never_a_whole_
     Invocation.objects.filter(pk__in=[e.pk for e in events]).update(published_at=long_ago)  # all stale
     sweeper.invocations_sweep()  # the first sweep of this Redis remembers its run id
     Invocation.objects.filter(pk__in=[e.pk for e in events]).update(published_at=long_ago)
-    redis_client().delete("sync", "celery")
-    redis_client().rpush("celery", *[b"a message still waiting"] * 4)  # a backlog: 4 of the 6 messages are there
+    redis_client().delete("sync", "celery", EVENT_LANE_KEY)
+    redis_client().rpush(EVENT_LANE_KEY, *[b"an id still waiting"] * 4)  # a backlog: 4 of the 6 ids are there
     assert sweeper.invocations_sweep()["published"] == 2  # only the 2 the broker is short of
     Invocation.objects.filter(pk__in=[e.pk for e in events]).update(published_at=long_ago)
     assert sweeper.invocations_sweep()["published"] == 0  # 6 messages for 6 rows: nothing is lost

@@ -1,5 +1,5 @@
-"""The fast lane for synchronous calls, in process: what goes on it, how it is served, and the sweeper's view of it.
-Calls served from it end to end by a real worker are in test_invoke.py (every sync call there takes the lane)."""
+"""The fast lane, in process: what goes on it, how it is served, and the sweeper's view of it. Calls served from it
+end to end by real workers are in test_invoke.py and test_delivery.py (every call there takes a lane)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,16 @@ from django.utils import timezone
 from console.processes import INVOCATION_QUEUE, SYNC_QUEUE
 from console.redis import redis_client
 from functions_app.accept import invocation_accept
-from functions_app.lane import HOST_LANE_KEY, LANE_KEY, lane_close, lane_open, lane_publish, lane_serve, lane_waiting
+from functions_app.lane import (
+    EVENT_LANE_KEY,
+    HOST_LANE_KEY,
+    SYNC_LANE_KEY,
+    lane_close,
+    lane_open,
+    lane_publish,
+    lane_serve,
+    lane_waiting,
+)
 from functions_app.models import Invocation, InvocationStatus, InvocationType
 from functions_app.sweeper import invocations_sweep
 
@@ -33,47 +42,51 @@ def accept(django_capture_on_commit_callbacks: Any) -> Any:
     return accept
 
 
-def lane(key: str = LANE_KEY) -> list[str]:
+def lane(key: str = SYNC_LANE_KEY) -> list[str]:
     return [item.decode() for item in redis_client().lrange(key, 0, -1)]
 
 
-def test_a_sync_call_takes_the_fast_lane_and_an_event_the_celery_queue(make_function, accept):
+def test_a_sync_call_and_an_event_take_their_own_lanes_and_celery_carries_nothing(make_function, accept):
     function = make_function()
     call = accept(function, InvocationType.SYNC)
+    event = accept(function, InvocationType.ASYNC)
+    assert lane() == [str(call.pk)] and lane(EVENT_LANE_KEY) == [str(event.pk)]
+    assert redis_client().llen(SYNC_QUEUE) == 0 and redis_client().llen(INVOCATION_QUEUE) == 0
+
+
+def test_with_the_fast_lane_off_calls_and_events_go_through_celerys_queues(make_function, settings, accept):
+    settings.FAST_LANE = False
+    function = make_function()
+    accept(function, InvocationType.SYNC)
     accept(function, InvocationType.ASYNC)
-    assert lane() == [str(call.pk)]
-    assert redis_client().llen(SYNC_QUEUE) == 0 and redis_client().llen(INVOCATION_QUEUE) == 1
+    assert lane() == [] and lane(EVENT_LANE_KEY) == []
+    assert redis_client().llen(SYNC_QUEUE) == 1 and redis_client().llen(INVOCATION_QUEUE) == 1
 
 
-def test_with_the_fast_lane_off_a_sync_call_goes_through_celerys_sync_queue(make_function, settings, accept):
-    settings.SYNC_FAST_LANE = False
-    accept(make_function(), InvocationType.SYNC)
-    assert lane() == [] and redis_client().llen(SYNC_QUEUE) == 1
-
-
-def test_a_lane_thread_serves_its_hosts_own_lane_first_and_stops_when_told():
-    lane_publish(invocation_id="for-anyone")
-    lane_publish(invocation_id="for-host-a", host="a")
+def test_a_lane_thread_serves_its_hosts_lane_then_sync_calls_then_events_and_stops_when_told():
+    lane_publish(invocation_id="an-event", sync=False)
+    lane_publish(invocation_id="for-anyone", sync=True)
+    lane_publish(invocation_id="for-host-a", sync=True, host="a")
     stop = threading.Event()
-    ran: list[str] = []
+    ran: list[tuple[str, bool]] = []
 
-    def run(invocation_id: str) -> None:
-        ran.append(invocation_id)
-        if len(ran) == 2:
+    def run(invocation_id: str, sync: bool) -> None:
+        ran.append((invocation_id, sync))
+        if len(ran) == 3:
             stop.set()
 
     lane_serve(host="a", run=run, stop=stop)
-    assert ran == ["for-host-a", "for-anyone"]
+    assert ran == [("for-host-a", True), ("for-anyone", True), ("an-event", False)]
 
 
 def test_an_id_popped_after_the_stop_goes_back_to_the_front_of_its_lane():
-    lane_publish(invocation_id="first")
-    lane_publish(invocation_id="second")
+    lane_publish(invocation_id="first", sync=True)
+    lane_publish(invocation_id="second", sync=True)
     stop = threading.Event()
 
-    def run(invocation_id: str) -> None:
+    def run(invocation_id: str, sync: bool) -> None:
         stop.set()  # the stop arrives while the first call runs; the thread must not take the second
-        lane_publish(invocation_id="third")
+        lane_publish(invocation_id="third", sync=True)
 
     lane_serve(host="a", run=run, stop=stop)
     assert lane() == ["second", "third"]
@@ -81,11 +94,11 @@ def test_an_id_popped_after_the_stop_goes_back_to_the_front_of_its_lane():
 
 def test_a_failing_run_does_not_end_the_lane_thread():
     for name in ("boom", "fine"):
-        lane_publish(invocation_id=name)
+        lane_publish(invocation_id=name, sync=True)
     stop = threading.Event()
     ran: list[str] = []
 
-    def run(invocation_id: str) -> None:
+    def run(invocation_id: str, sync: bool) -> None:
         ran.append(invocation_id)
         if invocation_id == "boom":
             raise RuntimeError("a bug in the lifecycle")
@@ -97,9 +110,9 @@ def test_a_failing_run_does_not_end_the_lane_thread():
 
 def test_closing_a_hosts_lane_hands_its_waiting_calls_to_every_host():
     lane_open("a")
-    lane_publish(invocation_id="shared")
+    lane_publish(invocation_id="shared", sync=True)
     for name in ("x", "y"):
-        lane_publish(invocation_id=name, host="a")
+        lane_publish(invocation_id=name, sync=True, host="a")
     assert lane_waiting() == 3
     lane_close("a")
     assert lane() == ["shared", "x", "y"] and lane(HOST_LANE_KEY.format(host="a")) == []
@@ -113,7 +126,7 @@ def test_the_sweeper_leaves_a_stale_sync_call_on_the_lane_and_republishes_one_th
     invocations_sweep()  # the first sweep of this Redis forgets every publish; its id is still on the lane
     Invocation.objects.filter(pk=call.pk).update(published_at=stale)
     assert invocations_sweep()["published"] == 0 and lane() == [str(call.pk)]
-    redis_client().delete(LANE_KEY)  # a worker popped it and died before its claim
+    redis_client().delete(SYNC_LANE_KEY)  # a worker popped it and died before its claim
     assert invocations_sweep()["published"] == 1
     assert lane() == [str(call.pk)]
     assert Invocation.objects.get(pk=call.pk).status == InvocationStatus.QUEUED
