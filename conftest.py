@@ -33,8 +33,10 @@ def clean_redis(redis_server: str) -> None:
     """Each test starts with an empty Redis database: no pending metering, slots or messages of earlier tests
     (database ids are reused after a flush, so their leftovers would land on this test's objects)."""
     from console.redis import redis_client
+    from functions_app.lane import lane_served_forget
 
     redis_client().flushdb()
+    lane_served_forget()
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,8 @@ within the platform's promised wait (SYNC_WAIT_MAX_S)."""
 from __future__ import annotations
 
 import os
+import socket
+import struct
 
 import django
 
@@ -28,12 +30,17 @@ loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 # One line per request, on stdout, where compose and `make run --verbose` show it.
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
 
-# A client that stops sending mid-request (a Content-Length larger than what it sends, or a slow-loris) would hold a
-# thread until it gives up; every read of the request waits at most this long for more bytes instead.
+# A client that stops sending its body mid-request (a Content-Length larger than what it sends, a slow upload that
+# stalls) would hold a thread until it gives up; every read of the body waits at most this long for more bytes
+# instead (then 408). A receive timeout only (SO_RCVTIMEO): a socket timeout would also bound each whole write, and
+# cut a large response to a slow reader. Headers are read before this hook runs: gunicorn's own `timeout` and
+# `keepalive` bound those.
 read_timeout_s = float(os.environ.get("GUNICORN_READ_TIMEOUT_S", "30"))
 
 
 def pre_request(worker: object, req: object) -> None:
     sock = getattr(getattr(req, "unreader", None), "sock", None)
     if sock is not None:
-        sock.settimeout(read_timeout_s)
+        seconds = int(read_timeout_s)
+        timeout = struct.pack("ll", seconds, int((read_timeout_s - seconds) * 1_000_000))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)

@@ -50,6 +50,7 @@ class ServerTimingMiddleware:
             phases = _phases.get() or []
         finally:
             _phases.reset(token)
-        if phases:
+        # Only for callers the platform knows: an unauthenticated request learns nothing of its timings.
+        if phases and getattr(getattr(request, "user", None), "is_authenticated", False):
             response["Server-Timing"] = server_timing_header(phases, (time.perf_counter() - started) * 1000)
         return response

@@ -23,7 +23,7 @@ from console.json_api import json_strict_loads
 from console.processes import INVOCATION_QUEUE, SYNC_QUEUE
 from console.timing import phase
 from functions_app import concurrency
-from functions_app.lane import lane_publish
+from functions_app.lane import lane_publish, lane_served
 from functions_app.models import LATEST, Function, Invocation, InvocationType
 from functions_app.runtime import INIT_TIMEOUT_S
 from functions_app.selectors import qualifier_resolve
@@ -166,7 +166,7 @@ def invocation_publish(*, invocation_id: str, sync: bool = False, countdown: flo
     queue = SYNC_QUEUE if sync else INVOCATION_QUEUE
     try:
         with phase("publish"):
-            if countdown is None and settings.FAST_LANE:
+            if countdown is None and settings.FAST_LANE and lane_served():
                 lane_publish(invocation_id=invocation_id, sync=sync)
             else:
                 current_app.send_task(EXECUTE_TASK, (invocation_id,), countdown=countdown, queue=queue)

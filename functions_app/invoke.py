@@ -3,6 +3,7 @@ call, wait for the outcome on the reply channel."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -45,7 +46,7 @@ def invocation_wait(*, invocation: Invocation, wait_s: float) -> InvocationOutco
             reply = None
             time.sleep(min(remaining, REPLY_POLL_S))
         if reply is not None:
-            return InvocationOutcome(**json.loads(reply[1]))
+            return outcome_from_reply(reply[1])
         if not _refresh_or_gone(invocation):
             unreachable_since = unreachable_since or time.monotonic()
             if time.monotonic() - unreachable_since >= settings.LEASE_S:
@@ -72,6 +73,13 @@ def invocation_wait(*, invocation: Invocation, wait_s: float) -> InvocationOutco
 
 # How often a sync caller reads the row while Redis (its reply channel) is down.
 REPLY_POLL_S = 0.5
+
+
+def outcome_from_reply(raw: bytes) -> InvocationOutcome:
+    """The worker's reply, keeping only the fields this version knows: during a rolling deploy a worker of another
+    version may send more (or fewer, defaulted) fields."""
+    known = {field.name for field in dataclasses.fields(InvocationOutcome)}
+    return InvocationOutcome(**{name: value for name, value in json.loads(raw).items() if name in known})
 
 
 def _refresh_or_gone(invocation: Invocation) -> bool:

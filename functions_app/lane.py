@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from redis.exceptions import RedisError
@@ -31,6 +32,34 @@ HOST_LANE_KEY = "ephemera:lane:host:{host}"
 HOST_LANES_KEY = "ephemera:lanes"
 # How long an idle lane thread blocks before it looks at its stop flag again.
 POP_WAIT_S = 1.0
+# Set by every host serving the lanes, renewed with its heartbeat: while it exists, ids pushed on a lane will be
+# taken. Without it (no executor serves the lanes: every one is down, or of a version before them) the web sends
+# calls through Celery and the sweeper counts no id on a lane as delivered.
+SERVED_KEY = "ephemera:lane:served"
+SERVED_TTL_S = 30
+# How long a process trusts what it last read of SERVED_KEY: one GET per second, not one per call.
+SERVED_CHECK_S = 1.0
+_served: list[float | bool] = [0.0, False]  # [read at (monotonic), value]
+
+
+def lane_mark_served() -> None:
+    redis_client().set(SERVED_KEY, 1, ex=SERVED_TTL_S)
+
+
+def lane_served() -> bool:
+    read_at, served = _served
+    if time.monotonic() - float(read_at) > SERVED_CHECK_S:
+        try:
+            served = bool(redis_client().exists(SERVED_KEY))
+        except RedisError:
+            served = False  # Celery will fail alike; the sweeper republishes once Redis is back
+        _served[:] = [time.monotonic(), served]
+    return bool(served)
+
+
+def lane_served_forget() -> None:
+    """Read SERVED_KEY again at the next call (tests, after they empty Redis)."""
+    _served[:] = [0.0, False]
 
 
 def lane_publish(*, invocation_id: str, sync: bool, host: str | None = None) -> None:
@@ -77,7 +106,10 @@ def lane_serve(*, host: str, run: Callable[[str, bool], object], stop: threading
             continue
         key, invocation_id = popped[0].decode(), popped[1].decode()
         if stop.is_set():
-            redis_client().lpush(key, invocation_id)
+            try:
+                redis_client().lpush(key, invocation_id)
+            except RedisError as exc:  # the row stays queued: the sweeper republishes it
+                logger.warning("Could not put invocation %s back on its lane (%r)", invocation_id, exc)
             return
         try:
             run(invocation_id, key != EVENT_LANE_KEY)

@@ -124,15 +124,25 @@ def invocation_claim_sync(*, invocation_id: str, host: str, capacity: Capacity) 
     if not claimed:
         return invocation_claim(invocation_id=invocation_id, host=host, capacity=capacity)
     invocation = claimed[0]
-    configs.attach(invocation, invocation.current_revision)
-    if not capacity.can_ever_host(invocation.memory_mb):
-        _finish_platform_failure(
-            invocation, TOO_LARGE_FOR_HOSTS, _too_large_message(invocation), _own_fence(invocation)
+    # The claim is committed: from here the attempt is this worker's to finish, its lease renewed meanwhile (a
+    # database that fails the configuration's read is waited for, as a result's write is).
+    leases.add(str(invocation.id), invocation.attempt)
+    try:
+        database_retry(
+            lambda: configs.attach(invocation, invocation.current_revision), what=f"Invocation {invocation_id}"
         )
-        return None
-    if not capacity.has_room(invocation.memory_mb):
-        invocation_refuse_for_capacity(invocation=invocation, reason="every environment of the host is busy")
-        return None
+        if not capacity.can_ever_host(invocation.memory_mb):
+            message = _too_large_message(invocation)
+            _finish_platform_failure(invocation, TOO_LARGE_FOR_HOSTS, message, _own_fence(invocation))
+            leases.remove(str(invocation.id))
+            return None
+        if not capacity.has_room(invocation.memory_mb):
+            invocation_refuse_for_capacity(invocation=invocation, reason="every environment of the host is busy")
+            leases.remove(str(invocation.id))
+            return None
+    except BaseException:
+        leases.remove(str(invocation.id))
+        raise
     return invocation
 
 
@@ -145,7 +155,7 @@ def _claim_sync_sql() -> str:
     return (
         f"UPDATE {table} SET status = %s, attempt = attempt + 1, lease_until = %s, started_at = %s, "  # noqa: S608
         "worker_host = %s "
-        "WHERE id = %s AND status = %s AND invocation_type = %s AND available_at <= %s AND queued_at > %s "
+        "WHERE id = %s AND status = %s AND invocation_type = %s AND queued_at > %s "
         f"AND attempt < max_attempts RETURNING {columns}, "
         f"(SELECT revision_id FROM {functions} WHERE {functions}.id = {table}.function_id) AS current_revision"
     )
@@ -154,7 +164,9 @@ def _claim_sync_sql() -> str:
 def _claim_sync_params(invocation_id: str, host: str, now: datetime) -> list[Any]:
     at = connection.ops.adapt_datetimefield_value
     lease = now + timedelta(seconds=settings.LEASE_S)
-    door_slot_from = now - timedelta(seconds=INIT_TIMEOUT_S)  # older calls take a fresh slot: the general claim
+    # Older calls take a fresh slot: the general claim. (A sync call is due when it is made: no `available_at` test,
+    # which a web host's clock ahead of this one's would fail.)
+    door_slot_from = now - timedelta(seconds=INIT_TIMEOUT_S)
     pk = Invocation._meta.pk.get_db_prep_value(uuid.UUID(invocation_id), connection)
     return [
         InvocationStatus.RUNNING.value,
@@ -164,7 +176,6 @@ def _claim_sync_params(invocation_id: str, host: str, now: datetime) -> list[Any
         pk,
         InvocationStatus.QUEUED.value,
         InvocationType.SYNC.value,
-        at(now),
         at(door_slot_from),
     ]
 
@@ -222,7 +233,9 @@ def invocation_claim(*, invocation_id: str, host: str, capacity: Capacity | None
 
 def _claimable(invocation: Invocation, now: datetime) -> bool:
     if invocation.status == InvocationStatus.QUEUED:
-        return invocation.available_at <= now  # an early duplicate of a delayed retry waits for the sweeper
+        # An early duplicate of a delayed retry waits for the sweeper; "early" allows for the web's clock running
+        # a little ahead of this host's (ids arrive within a millisecond on the fast lane).
+        return invocation.available_at <= now + timedelta(seconds=CLOCK_SKEW_S)
     return (
         invocation.status == InvocationStatus.RUNNING
         and invocation.lease_until is not None
@@ -246,6 +259,10 @@ def _refused_for_capacity(invocation: Invocation, capacity: Capacity) -> bool:
     else:
         _finish_refused_sync(invocation, fenced, "every environment of the host is busy")
     return True
+
+
+# How far the web's and the executor hosts' clocks may disagree before a just-made call looks not yet due.
+CLOCK_SKEW_S = 1.0
 
 
 def _too_large_message(invocation: Invocation) -> str:

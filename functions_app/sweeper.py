@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from console.processes import INVOCATION_QUEUE, SYNC_QUEUE
 from console.redis import redis_client
 from functions_app.accept import invocation_publish
-from functions_app.lane import lane_waiting
+from functions_app.lane import lane_served, lane_waiting
 from functions_app.lifecycle import invocation_expire, invocation_reclaim
 from functions_app.models import Invocation, InvocationStatus, InvocationType
 from functions_app.outages import DATABASE_ERRORS, database_unreachable, leases_settled
@@ -111,7 +111,7 @@ def _messages_in_broker() -> int:
     pipeline.hvals(KOMBU_UNACKED_KEY)
     waiting_sync, waiting, unacked = pipeline.execute()
     delivered = sum(1 for entry in unacked if _unacked_queue(entry) in INVOCATION_QUEUES)
-    return waiting_sync + waiting + delivered + lane_waiting()
+    return waiting_sync + waiting + delivered + (lane_waiting() if lane_served() else 0)
 
 
 INVOCATION_QUEUES = frozenset({SYNC_QUEUE, INVOCATION_QUEUE})

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from console.processes import SYNC_QUEUE
-from functions_app import lane, worker
+from functions_app import worker
 from functions_app.lifecycle import invocation_run
 from functions_app.outages import DATABASE_ERRORS, DATABASE_RETRY_S, database_retry
 from functions_app.sweeper import invocations_sweep
@@ -39,12 +39,13 @@ def invocations_sweep_task() -> dict[str, int]:
 
 def lane_run(invocation_id: str, sync: bool) -> None:
     """One call from the fast lane, as a task runs one: fresh database connections, and a claim that found the
-    database unreachable (nothing ran) tried again for a while (then the sweeper republishes the call)."""
+    database unreachable (nothing ran) tried again for a while, unless the host is shutting down (the sweeper
+    republishes the call)."""
     close_old_connections()
     database_retry(
         lambda: invocation_run(invocation_id=invocation_id, executor=worker.executor(), sync=sync),
         what=f"Invocation {invocation_id}",
-        give_up_s=LANE_CLAIM_RETRY_MAX_S,
+        give_up_s=0 if worker.lane_stopping.is_set() else LANE_CLAIM_RETRY_MAX_S,
     )
 
 
@@ -53,19 +54,8 @@ LANE_CLAIM_RETRY_MAX_S = 60.0
 
 @signals.worker_ready.connect
 def _serve_the_fast_lane(sender: Any = None, **_: Any) -> None:
-    """An executor host serves the fast lane with as many threads as it has task slots."""
-    if sender is None or not worker.runs_invocations(sender):
+    """An executor host serves the fast lane with as many threads as it has task slots (after the worker's own
+    handler, connected first when this module imported it, started the executor)."""
+    if sender is None or not worker.runs_invocations(sender) or not worker.executor_started():
         return
-    host = worker.host_name()
-    lane.lane_open(host)
-    for number in range(settings.SYNC_LANE_THREADS or sender.pool.limit or 1):
-        worker.serving_thread_start(
-            lambda: lane.lane_serve(host=host, run=lane_run, stop=worker.stopping), name=f"fast-lane-{number}"
-        )
-
-
-@signals.worker_shutdown.connect
-def _close_the_fast_lane(**_: Any) -> None:
-    # After the worker's own shutdown handler (connected first, when this module imported it) joined the threads.
-    if worker.serving_threads:
-        lane.lane_close(worker.host_name())
+    worker.lanes_serve(lane_run, threads=settings.SYNC_LANE_THREADS or sender.pool.limit or 1)

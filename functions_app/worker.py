@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from console.processes import INVOCATION_QUEUE, SYNC_QUEUE
 from console.redis import redis_client
 from functions_app.code_storage import code_extracted_dir
+from functions_app.lane import lane_close, lane_mark_served, lane_open, lane_serve
 from functions_app.models import Function, Invocation, InvocationStatus, Version
 from functions_app.notices import FUNCTION_CHANGED_CHANNEL
 from functions_app.outages import DATABASE_ERRORS, database_unreachable
@@ -227,6 +228,8 @@ def executor() -> Executor:
     global _executor
     with _lock:
         if _executor is None:
+            if _closed.is_set():
+                raise RuntimeError("The executor host is shutting down.")
             _executor = Executor(runtime_config())
         return _executor
 
@@ -234,9 +237,17 @@ def executor() -> Executor:
 def executor_shutdown() -> None:
     global _executor
     with _lock:
+        _closed.set()
         if _executor is not None:
             _executor.shutdown()
             _executor = None
+
+
+_closed = threading.Event()
+
+
+def executor_started() -> bool:
+    return _executor is not None
 
 
 def host_health() -> dict[str, Any]:
@@ -342,20 +353,32 @@ def _duty(action: Callable[[], Any]) -> bool:
 def _publish_health() -> None:
     health = host_health()
     redis_client().set(HOST_KEY.format(host=health["host"]), json.dumps(health), ex=HEARTBEAT_S * 3)
+    if lane_threads and not lane_stopping.is_set():
+        lane_mark_served()
 
 
-# Set when the worker shuts down: the heartbeat, the change listener and the serving threads stop.
+# Set when the worker shuts down, once its calls are over: the heartbeat and the change listener stop.
 stopping = threading.Event()
-# Threads that run invocations outside Celery's pool (the fast lane): joined before the executor shuts down.
-serving_threads: list[threading.Thread] = []
-# How long a shutdown waits for the calls those threads are running.
-SERVING_JOIN_S = 30.0
+# Set as soon as a warm shutdown begins: the lane threads take no new call and end with their current one.
+lane_stopping = threading.Event()
+# The lane threads (functions_app/lane.py), joined, while the heartbeat still renews their leases, before the
+# executor shuts down; a call still running when the supervisor's grace runs out dies with the process, as a
+# Celery task would, and is reported by the sweeper.
+lane_threads: list[threading.Thread] = []
 
 
-def serving_thread_start(target: Callable[[], None], *, name: str) -> None:
-    thread = threading.Thread(target=target, name=name, daemon=True)
-    serving_threads.append(thread)
-    thread.start()
+def lanes_serve(run: Callable[[str, bool], object], *, threads: int) -> None:
+    """Serve the fast lane with ``threads`` threads, each running ``run(invocation_id, sync)``."""
+    host = host_name()
+    lane_open(host)
+    lane_mark_served()
+    for number in range(threads):
+        thread = threading.Thread(
+            target=lane_serve, kwargs={"host": host, "run": run, "stop": lane_stopping}, name=f"lane-{number}"
+        )
+        thread.daemon = True
+        lane_threads.append(thread)
+        thread.start()
 
 
 def host_name() -> str:
@@ -383,14 +406,25 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     ).start()
 
 
+@signals.worker_shutting_down.connect
+def _on_worker_shutting_down(**_: Any) -> None:
+    # Sent as a warm shutdown begins (Celery then stops consuming and waits for its tasks): the lanes stop taking
+    # calls at the same moment, so a host going away does not keep accepting work other hosts could do.
+    lane_stopping.set()
+
+
 @signals.worker_shutdown.connect
 def _on_worker_shutdown(**_: Any) -> None:
+    """In this order: no new lane call; the running ones finish (their leases still renewed); then the heartbeat
+    stops, the executor shuts down, and what waits in this host's own lane goes to every host."""
+    lane_stopping.set()
+    for thread in lane_threads:
+        thread.join()
     stopping.set()
-    deadline = time.monotonic() + SERVING_JOIN_S
-    for thread in serving_threads:
-        thread.join(max(deadline - time.monotonic(), 0))
     if _executor is None:
         return  # the control worker, or an executor that never started
     executor_shutdown()
-    with contextlib.suppress(Exception):  # the key expires anyway
+    with contextlib.suppress(Exception):  # the key expires anyway; what waits in the host's lane is republished
+        if lane_threads:
+            lane_close(host_name())
         redis_client().delete(HOST_KEY.format(host=host_name()))

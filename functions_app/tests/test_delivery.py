@@ -362,7 +362,8 @@ def test_when_one_of_two_workers_dies_the_other_finishes_its_work(api, cluster):
     assert concurrency.slots_in_use(function_id=final.function_id) == 0  # the dead worker's slot did not leak
 
 
-def test_a_redelivery_while_the_first_attempt_runs_is_skipped(api, cluster):
+def test_a_redelivery_while_the_first_attempt_runs_is_skipped(api, cluster, settings):
+    settings.FAST_LANE = False  # Celery's redelivery past its visibility timeout (the lane never redelivers)
     create(api, timeout_s=30)
     redis_client().delete(lifecycle.SKIPPED_DELIVERIES_KEY)
     for _ in range(2):
@@ -376,6 +377,8 @@ def test_a_redelivery_while_the_first_attempt_runs_is_skipped(api, cluster):
 def test_a_publish_lost_after_commit_is_republished_by_the_sweeper(api, cluster, monkeypatch):
     from celery import current_app
 
+    from functions_app import accept
+
     create(api)
     cluster.start_worker()
     cluster.start_beat()
@@ -386,7 +389,8 @@ def test_a_publish_lost_after_commit_is_republished_by_the_sweeper(api, cluster,
         raise ConnectionError("the broker vanished")
 
     # The accept's own publish is lost (in this process); the sweeper runs in beat's process, unpatched.
-    monkeypatch.setattr(current_app, "send_task", lost)
+    monkeypatch.setattr(accept, "lane_publish", lost)  # the fast lane's push, or (no executor serving it yet)
+    monkeypatch.setattr(current_app, "send_task", lost)  # Celery's
     invocation_id = invoke_async(api, event={"x": 1})
     assert len(lost_publishes) == 1
     assert Invocation.objects.get(pk=invocation_id).status == "queued"  # nobody was told of it
@@ -498,11 +502,12 @@ def test_when_the_database_cuts_every_connection_leases_are_renewed_and_runs_fin
     assert row.status == "succeeded" and row.attempt == 1 and row.terminal_writes == 1
 
 
-def test_a_lost_worker_is_recovered_within_the_bound_behind_a_backlog_of_ten_thousand_events(api, cluster):
+def test_a_lost_worker_is_recovered_within_the_bound_behind_a_backlog_of_ten_thousand_events(api, cluster, settings):
     from django.utils import timezone
 
     from functions_app.tasks import invocation_execute
 
+    settings.FAST_LANE = False  # the backlog in Celery's queue, where a delivered message waits unacked
     create(api, timeout_s=60)
     first = cluster.start_worker(concurrency=1)
     cluster.start_beat()

@@ -3,6 +3,8 @@ end to end by real workers are in test_invoke.py and test_delivery.py (every cal
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 from datetime import timedelta
 from typing import Any
@@ -16,17 +18,26 @@ from functions_app.accept import invocation_accept
 from functions_app.lane import (
     EVENT_LANE_KEY,
     HOST_LANE_KEY,
+    SERVED_KEY,
     SYNC_LANE_KEY,
     lane_close,
+    lane_mark_served,
     lane_open,
     lane_publish,
     lane_serve,
+    lane_served_forget,
     lane_waiting,
 )
 from functions_app.models import Invocation, InvocationStatus, InvocationType
-from functions_app.sweeper import invocations_sweep
+from functions_app.sweeper import BROKER_RUN_ID_KEY, invocations_sweep
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def served(clean_redis: None) -> None:
+    """An executor host serves the lanes (what its worker says on start and with every heartbeat)."""
+    lane_mark_served()
 
 
 @pytest.fixture
@@ -42,6 +53,12 @@ def accept(django_capture_on_commit_callbacks: Any) -> Any:
     return accept
 
 
+def published_ids(queue: str) -> list[str]:
+    """The invocation ids of the Celery messages waiting in a queue (a message's body is [args, kwargs, embed])."""
+    messages = [json.loads(raw) for raw in redis_client().lrange(queue, 0, -1)]
+    return [json.loads(base64.b64decode(message["body"]))[0][0] for message in messages]
+
+
 def lane(key: str = SYNC_LANE_KEY) -> list[str]:
     return [item.decode() for item in redis_client().lrange(key, 0, -1)]
 
@@ -52,6 +69,23 @@ def test_a_sync_call_and_an_event_take_their_own_lanes_and_celery_carries_nothin
     event = accept(function, InvocationType.ASYNC)
     assert lane() == [str(call.pk)] and lane(EVENT_LANE_KEY) == [str(event.pk)]
     assert redis_client().llen(SYNC_QUEUE) == 0 and redis_client().llen(INVOCATION_QUEUE) == 0
+
+
+def test_while_no_executor_serves_the_lanes_calls_go_through_celery_and_the_sweeper_counts_no_lane(
+    make_function, accept
+):
+    function = make_function()
+    stranded = accept(function, InvocationType.ASYNC)  # on the lane, whose last executor then went away
+    redis_client().delete(SERVED_KEY)
+    lane_served_forget()
+    accept(function, InvocationType.SYNC)
+    assert lane(EVENT_LANE_KEY) == [str(stranded.pk)] and lane() == []
+    assert redis_client().llen(SYNC_QUEUE) == 1
+    client = redis_client()
+    client.set(BROKER_RUN_ID_KEY, client.info("server")["run_id"])  # this Redis did not restart
+    Invocation.objects.filter(pk=stranded.pk).update(published_at=timezone.now() - timedelta(minutes=5))
+    # Its id on the lane counts for nothing: the sweeper republishes it, through Celery.
+    assert invocations_sweep()["published"] == 1 and published_ids(INVOCATION_QUEUE) == [str(stranded.pk)]
 
 
 def test_with_the_fast_lane_off_calls_and_events_go_through_celerys_queues(make_function, settings, accept):

@@ -25,7 +25,7 @@ from console.processes import CONTROL_QUEUE, INVOCATION_QUEUE, SYNC_QUEUE
 from console.redis import redis_client
 from functions_app.accept import invocation_accept, invocation_publish
 from functions_app.concurrency import slots_in_use
-from functions_app.lane import EVENT_LANE_KEY, SYNC_LANE_KEY
+from functions_app.lane import EVENT_LANE_KEY, SYNC_LANE_KEY, lane_mark_served
 from functions_app.lifecycle import (
     CAPACITY_EXCEEDED,
     EXECUTOR_FAILED,
@@ -55,6 +55,7 @@ def settled_platform(clean_redis: None, monkeypatch: pytest.MonkeyPatch) -> None
     leases for half a lease), and the sweeper knows this Redis (its first sweep of a new Redis takes it for
     restarted and publishes every queued row again)."""
     monkeypatch.setattr("functions_app.outages.database_outage", _OutageClock())
+    lane_mark_served()  # an executor host serves the fast lane
     client = redis_client()
     client.set(BROKER_RUN_ID_KEY, client.info("server")["run_id"])
 
