@@ -1,7 +1,7 @@
 """Deployment packages: building them from inline source, checking zips are safe, finding the handler module.
 
 Nothing here executes user code. The syntax check compiles the handler module in a separate, resource-limited
-interpreter, because compiling hostile source can cost hundreds of MB and seconds (DESIGN.md §2).
+interpreter, because compiling hostile source can cost hundreds of MB and seconds.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Cost arithmetic, pure functions over a price table (Lambda's us-east-1 model by default).
 
 Lambda bills duration rounded up to 1 ms, and since 2025-08-01 the INIT phase too, at the same GB-second rate;
-GB-seconds are priced in monthly volume tiers per account and architecture: shared/reference/lambda-contract.md
-§16. Per-invocation costs (``invocation_cost``) use the first tier's rate; the volume discount of a month is
+GB-seconds are priced in monthly volume tiers per account and architecture (the default table below is Lambda's
+published one). Per-invocation costs (``invocation_cost``) use the first tier's rate; the volume discount of a month is
 ``compute_cost_tiered`` over that month's GB-seconds. The free tier is not applied (a self-hosted platform has
 no free tier to give; the figures stay comparable with a Lambda bill before its free tier).
 
@@ -88,7 +88,7 @@ def price_table() -> PriceTable:
     """The table in force: ``settings.PRICING_TABLE_JSON`` when set, else Lambda's us-east-1 prices."""
     from django.conf import settings
 
-    return _cached_table(getattr(settings, "PRICING_TABLE_JSON", "") or "")
+    return _cached_table(settings.PRICING_TABLE_JSON)
 
 
 @lru_cache(maxsize=4)

@@ -168,8 +168,8 @@ def granularity_for(*, start: datetime, end: datetime, now: datetime | None = No
     """Minute up to 6 hours, hour up to 14 days, else day; coarser when the finer rows are past retention."""
     now = now or timezone.now()
     span = end - start
-    minute_kept = now - timedelta(days=getattr(settings, "ROLLUP_MINUTE_RETENTION_DAYS", 2))
-    hour_kept = now - timedelta(days=getattr(settings, "ROLLUP_HOUR_RETENTION_DAYS", 90))
+    minute_kept = now - timedelta(days=settings.ROLLUP_MINUTE_RETENTION_DAYS)
+    hour_kept = now - timedelta(days=settings.ROLLUP_HOUR_RETENTION_DAYS)
     if span <= MINUTE_RANGE_MAX and start >= minute_kept:
         return Granularity.MINUTE
     if span <= HOUR_RANGE_MAX and start >= hour_kept:

@@ -542,18 +542,18 @@ def _names_of(function_id: int | None) -> dict[str, Any]:
 
 # ---- retention ----------------------------------------------------------------------------------------------
 
-RETENTION_DEFAULT_DAYS = {
-    Granularity.MINUTE: ("ROLLUP_MINUTE_RETENTION_DAYS", 2),
-    Granularity.HOUR: ("ROLLUP_HOUR_RETENTION_DAYS", 90),
-    Granularity.DAY: ("ROLLUP_DAY_RETENTION_DAYS", 800),
+RETENTION_SETTINGS = {
+    Granularity.MINUTE: "ROLLUP_MINUTE_RETENTION_DAYS",
+    Granularity.HOUR: "ROLLUP_HOUR_RETENTION_DAYS",
+    Granularity.DAY: "ROLLUP_DAY_RETENTION_DAYS",
 }
 
 
 def _retention_cutoffs(now: datetime) -> dict[str, datetime]:
     """The oldest bucket start each granularity keeps (the running totals are kept forever)."""
     return {
-        granularity: now - timedelta(days=getattr(settings, setting, default))
-        for granularity, (setting, default) in RETENTION_DEFAULT_DAYS.items()
+        granularity: now - timedelta(days=getattr(settings, setting))
+        for granularity, setting in RETENTION_SETTINGS.items()
     }
 
 
@@ -568,7 +568,7 @@ def metrics_retention(*, now: datetime | None = None) -> dict[str, int]:
     deleted: dict[str, int] = {}
     for granularity, cutoff in _retention_cutoffs(now).items():
         deleted[granularity] = Rollup.objects.filter(granularity=granularity, bucket_start__lt=cutoff).delete()[0]
-    cutoff = now - timedelta(days=getattr(settings, "INVOCATION_RETENTION_DAYS", 30))
+    cutoff = now - timedelta(days=settings.INVOCATION_RETENTION_DAYS)
     old = Invocation.objects.filter(
         status__in=TERMINAL_STATUSES, finished_at__lt=cutoff, dead_letter__isnull=True
     ).order_by()

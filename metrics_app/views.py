@@ -30,7 +30,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
     METRICS_TOKEN unset, only staff sessions get in.
     """
     header = request.headers.get("Authorization", "")
-    token = getattr(settings, "METRICS_TOKEN", "")
+    token = settings.METRICS_TOKEN
     if header.startswith("Bearer "):
         if not token or not constant_time_compare(header.removeprefix("Bearer ").strip(), token):
             return HttpResponse("Forbidden: wrong metrics token.\n", status=403, content_type="text/plain")
