@@ -84,6 +84,8 @@ def seed(rows: int, now: datetime) -> tuple:
         "cpu_ms",
         "cost_usd",
         "terminal_writes",
+        "chain_depth",
+        "timeout_s",
     ]
     # Identifiers from the model and our own column list, never from input.
     sql = f"INSERT INTO {Invocation._meta.db_table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608
@@ -139,6 +141,8 @@ def seed(rows: int, now: datetime) -> tuple:
                     duration * 0.4,
                     str(round(0.0000002 + 0.5 * billed / 1000 * 0.0000166667, 12)),
                     1,
+                    0,
+                    3,
                 )
             )
         with transaction.atomic():
