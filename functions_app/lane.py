@@ -82,10 +82,20 @@ def lane_open(host: str) -> None:
     redis_client().sadd(HOST_LANES_KEY, HOST_LANE_KEY.format(host=host))
 
 
+def lane_wake(host: str, threads: int) -> None:
+    """Wake a host's lane threads blocked on their pop, so that a shutdown does not wait out POP_WAIT_S: one empty
+    value each at the front of the host's own lane (a thread that pops one looks at its stop flag again)."""
+    redis_client().lpush(HOST_LANE_KEY.format(host=host), *([WAKE] * threads))
+
+
+WAKE = b""
+
+
 def lane_close(host: str) -> None:
-    """Hand what still waits in a host's own lane to every host, then forget the lane."""
+    """Hand what still waits in a host's own lane to every host (wake-ups left over are dropped), then forget it."""
     client = redis_client()
     key = HOST_LANE_KEY.format(host=host)
+    client.lrem(key, 0, WAKE)
     while client.lmove(key, SYNC_LANE_KEY, "LEFT", "RIGHT") is not None:
         pass
     client.srem(HOST_LANES_KEY, key)
@@ -102,7 +112,7 @@ def lane_serve(*, host: str, run: Callable[[str, bool], object], stop: threading
             logger.warning("The fast lane is unavailable (%r); trying again in a second", exc)
             stop.wait(POP_WAIT_S)
             continue
-        if popped is None:
+        if popped is None or popped[1] == WAKE:
             continue
         key, invocation_id = popped[0].decode(), popped[1].decode()
         if stop.is_set():

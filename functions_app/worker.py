@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from console.processes import INVOCATION_QUEUE, SYNC_QUEUE
 from console.redis import redis_client
 from functions_app.code_storage import code_extracted_dir
-from functions_app.lane import lane_close, lane_mark_served, lane_open, lane_serve
+from functions_app.lane import lane_close, lane_mark_served, lane_open, lane_serve, lane_wake
 from functions_app.models import Function, Invocation, InvocationStatus, Version
 from functions_app.notices import FUNCTION_CHANGED_CHANNEL
 from functions_app.outages import DATABASE_ERRORS, database_unreachable
@@ -418,6 +418,9 @@ def _on_worker_shutdown(**_: Any) -> None:
     """In this order: no new lane call; the running ones finish (their leases still renewed); then the heartbeat
     stops, the executor shuts down, and what waits in this host's own lane goes to every host."""
     lane_stopping.set()
+    if lane_threads:
+        with contextlib.suppress(RedisError):  # without it, each thread notices within a second
+            lane_wake(host_name(), len(lane_threads))
     for thread in lane_threads:
         thread.join()
     stopping.set()

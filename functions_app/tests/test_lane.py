@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -18,6 +19,7 @@ from functions_app.accept import invocation_accept
 from functions_app.lane import (
     EVENT_LANE_KEY,
     HOST_LANE_KEY,
+    POP_WAIT_S,
     SERVED_KEY,
     SYNC_LANE_KEY,
     lane_close,
@@ -27,6 +29,7 @@ from functions_app.lane import (
     lane_serve,
     lane_served_forget,
     lane_waiting,
+    lane_wake,
 )
 from functions_app.models import Invocation, InvocationStatus, InvocationType
 from functions_app.sweeper import BROKER_RUN_ID_KEY, invocations_sweep
@@ -164,3 +167,17 @@ def test_the_sweeper_leaves_a_stale_sync_call_on_the_lane_and_republishes_one_th
     assert invocations_sweep()["published"] == 1
     assert lane() == [str(call.pk)]
     assert Invocation.objects.get(pk=call.pk).status == InvocationStatus.QUEUED
+
+
+def test_a_lane_thread_blocked_on_empty_lanes_wakes_at_once_when_told_to_stop():
+    stop = threading.Event()
+    thread = threading.Thread(target=lane_serve, kwargs={"host": "a", "run": lambda *args: None, "stop": stop})
+    thread.start()
+    time.sleep(0.2)  # blocked in its pop
+    stop.set()
+    started = time.monotonic()
+    lane_wake("a", 1)
+    thread.join(timeout=5)
+    assert not thread.is_alive() and time.monotonic() - started < POP_WAIT_S / 2
+    lane_close("a")  # a wake-up is never handed on as a call
+    assert lane() == []
