@@ -32,7 +32,7 @@ SERVER_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"
 
 
 def summary_rows(results: dict[str, dict]) -> list[str]:
-    """One line per goal of DESIGN.md §7: the figure, its baseline from the same run, and the goal."""
+    """One line per performance goal (the goal column): the figure, its baseline from the same run, and the goal."""
     cold = results["P1 + P5: zygote cold start, idle warm environment memory"]
     sync = results["P2: warm synchronous invoke through HTTP"]
     flow = results["P3 + P4: async completions per second and scaling"]
@@ -157,7 +157,7 @@ def main() -> None:
         f"Latest run: **{stamp}** on {machine()}.",
         "",
         "Produced by `make bench` (`python -m bench`); every figure is measured against its baseline in the same run.",
-        "Goals are DESIGN.md §7. Raw JSON of each benchmark follows the summary.",
+        "The goal column holds the project's performance goals. Raw JSON of each benchmark follows.",
         "",
         *summary_rows(by_title),
         "",

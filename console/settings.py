@@ -185,7 +185,7 @@ REDIS_URL = env_str("REDIS_URL") or f"unix://{REDIS_SOCKET}?db=0"
 EMBEDDED_REDIS = not env_str("REDIS_URL")
 
 # Celery is transport only: messages carry ids, results live in the database.
-# Delivery facts behind these values: shared/reference/isolation-and-delivery.md §5-6.
+# Delivery facts behind these values: docs/architecture.md §8 (Celery on Redis, as measured).
 MAX_FUNCTION_TIMEOUT_S = 900
 # kombu spells a unix socket redis+socket://, redis-py spells it unix://.
 CELERY_BROKER_URL = REDIS_URL.replace("unix://", "redis+socket://", 1) if REDIS_URL.startswith("unix://") else REDIS_URL
@@ -233,7 +233,7 @@ FAST_LANE = env_bool("FAST_LANE", True)
 SYNC_LANE_THREADS = env_int("SYNC_LANE_THREADS", 0)
 
 # The executor (functions_app/runtime). Tier "auto" picks the strongest isolation the host supports; "insecure-dev"
-# (a plain forked process with rlimits) must be asked for by name and is shown loudly. See DESIGN.md §4.
+# (a plain forked process with rlimits) must be asked for by name and is shown loudly. See docs/architecture.md §6.
 SANDBOX_TIER = env_str("SANDBOX_TIER", "auto")
 # Environments run as host uid SANDBOX_UID + (owner id mod SANDBOX_UID_COUNT): a uid per tenant, none of them an
 # account of the host (so no file, process or per-user kernel limit is shared with anything else).
@@ -276,7 +276,7 @@ AWS_REGION = env_str("EPHEMERA_REGION", "us-east-1")
 # The longest a synchronous HTTP caller is held; past it the answer is the invocation id to poll.
 SYNC_WAIT_MAX_S = env_int("SYNC_WAIT_MAX_S", 120)
 
-# Delivery (shared/reference/isolation-and-delivery.md §7). A worker holds a running invocation by a lease it
+# Delivery (docs/architecture.md §4 and §8). A worker holds a running invocation by a lease it
 # renews every LEASE_S/3; the sweeper (beat, every SWEEP_INTERVAL_S) takes back expired leases, republishes
 # queued rows whose message is older than REPUBLISH_AFTER_S, and expires async events past their maximum age.
 # Recovery from a dead worker is therefore bounded by LEASE_S + SWEEP_INTERVAL_S.
