@@ -231,6 +231,9 @@ CELERY_TASK_ROUTES = {
 FAST_LANE = env_bool("FAST_LANE", True)
 # Fast-lane threads per executor host; 0 = as many as the worker's task slots (--concurrency).
 SYNC_LANE_THREADS = env_int("SYNC_LANE_THREADS", 0)
+# Events a lane thread takes at once from a backlog: claimed in one statement, their results written in one
+# transaction (functions_app/lifecycle.py, invocation_run_events). 1 takes them one by one.
+EVENT_BATCH_SIZE = env_int("EVENT_BATCH_SIZE", 8)
 
 # The executor (functions_app/runtime). Tier "auto" picks the strongest isolation the host supports; "insecure-dev"
 # (a plain forked process with rlimits) must be asked for by name and is shown loudly. See docs/architecture.md §6.

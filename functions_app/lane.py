@@ -101,9 +101,12 @@ def lane_close(host: str) -> None:
     client.srem(HOST_LANES_KEY, key)
 
 
-def lane_serve(*, host: str, run: Callable[[str, bool], object], stop: threading.Event) -> None:
-    """Pop ids (this host's lane, then sync calls, then events) and ``run(id, sync)`` each, until ``stop``. An id
-    popped after ``stop`` goes back to the front of its lane; an outage of Redis is waited out."""
+def lane_serve(
+    *, host: str, run: Callable[[list[str], bool], object], stop: threading.Event, event_batch: int = 1
+) -> None:
+    """Pop ids (this host's lane, then sync calls, then events) and ``run(ids, sync)``, until ``stop``: a sync call
+    alone, events up to ``event_batch`` at a time (whatever waits behind the first, never waiting for more). Ids
+    popped after ``stop`` go back to the front of their lane; an outage of Redis is waited out."""
     keys = [HOST_LANE_KEY.format(host=host), SYNC_LANE_KEY, EVENT_LANE_KEY]
     while not stop.is_set():
         try:
@@ -114,14 +117,28 @@ def lane_serve(*, host: str, run: Callable[[str, bool], object], stop: threading
             continue
         if popped is None or popped[1] == WAKE:
             continue
-        key, invocation_id = popped[0].decode(), popped[1].decode()
+        key, ids = popped[0].decode(), [popped[1]]
+        if key == EVENT_LANE_KEY and event_batch > 1:
+            ids += _pop_more(key, event_batch - 1)
+        invocation_ids = [invocation_id.decode() for invocation_id in ids]
         if stop.is_set():
-            try:
-                redis_client().lpush(key, invocation_id)
-            except RedisError as exc:  # the row stays queued: the sweeper republishes it
-                logger.warning("Could not put invocation %s back on its lane (%r)", invocation_id, exc)
+            _put_back(key, invocation_ids)
             return
         try:
-            run(invocation_id, key != EVENT_LANE_KEY)
+            run(invocation_ids, key != EVENT_LANE_KEY)
         except Exception:  # the lifecycle records its own failures; this thread must outlive any of them
-            logger.exception("The fast lane failed to run invocation %s", invocation_id)
+            logger.exception("The fast lane failed to run invocations %s", invocation_ids)
+
+
+def _pop_more(key: str, count: int) -> list[bytes]:
+    try:
+        return redis_client().lpop(key, count) or []
+    except RedisError:  # what could not be popped waits for the next pop
+        return []
+
+
+def _put_back(key: str, invocation_ids: list[str]) -> None:
+    try:
+        redis_client().lpush(key, *reversed(invocation_ids))
+    except RedisError as exc:  # the rows stay queued: the sweeper republishes them
+        logger.warning("Could not put invocations %s back on their lane (%r)", invocation_ids, exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from celery import Task, shared_task, signals
@@ -10,7 +11,7 @@ from django.db import close_old_connections
 
 from console.processes import SYNC_QUEUE
 from functions_app import worker
-from functions_app.lifecycle import invocation_run
+from functions_app.lifecycle import invocation_run, invocation_run_events
 from functions_app.outages import DATABASE_ERRORS, DATABASE_RETRY_S, database_retry
 from functions_app.sweeper import invocations_sweep
 
@@ -37,16 +38,19 @@ def invocations_sweep_task() -> dict[str, int]:
     return invocations_sweep()
 
 
-def lane_run(invocation_id: str, sync: bool) -> None:
-    """One call from the fast lane, as a task runs one: fresh database connections, and a claim that found the
-    database unreachable (nothing ran) tried again for a while, unless the host is shutting down (the sweeper
-    republishes the call)."""
+def lane_run(invocation_ids: list[str], sync: bool) -> None:
+    """Calls from the fast lane (a sync call, or a batch of events), as a task runs one: fresh database connections,
+    and a claim that found the database unreachable (nothing ran) tried again for a while, unless the host is
+    shutting down (the sweeper republishes the calls)."""
     close_old_connections()
-    database_retry(
-        lambda: invocation_run(invocation_id=invocation_id, executor=worker.executor(), sync=sync),
-        what=f"Invocation {invocation_id}",
-        give_up_s=0 if worker.lane_stopping.is_set() else LANE_CLAIM_RETRY_MAX_S,
-    )
+    executor = worker.executor()
+    if sync:
+        (invocation_id,) = invocation_ids
+        run = functools.partial(invocation_run, invocation_id=invocation_id, executor=executor, sync=True)
+    else:
+        run = functools.partial(invocation_run_events, invocation_ids=invocation_ids, executor=executor)
+    give_up_s = 0 if worker.lane_stopping.is_set() else LANE_CLAIM_RETRY_MAX_S
+    database_retry(run, what=f"Invocations {invocation_ids}", give_up_s=give_up_s)
 
 
 LANE_CLAIM_RETRY_MAX_S = 60.0

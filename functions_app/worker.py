@@ -367,15 +367,14 @@ lane_stopping = threading.Event()
 lane_threads: list[threading.Thread] = []
 
 
-def lanes_serve(run: Callable[[str, bool], object], *, threads: int) -> None:
-    """Serve the fast lane with ``threads`` threads, each running ``run(invocation_id, sync)``."""
+def lanes_serve(run: Callable[[list[str], bool], object], *, threads: int) -> None:
+    """Serve the fast lane with ``threads`` threads, each running ``run(invocation_ids, sync)``."""
     host = host_name()
     lane_open(host)
     lane_mark_served()
+    serving = {"host": host, "run": run, "stop": lane_stopping, "event_batch": settings.EVENT_BATCH_SIZE}
     for number in range(threads):
-        thread = threading.Thread(
-            target=lane_serve, kwargs={"host": host, "run": run, "stop": lane_stopping}, name=f"lane-{number}"
-        )
+        thread = threading.Thread(target=lane_serve, kwargs=serving, name=f"lane-{number}")
         thread.daemon = True
         lane_threads.append(thread)
         thread.start()

@@ -107,8 +107,8 @@ def test_a_lane_thread_serves_its_hosts_lane_then_sync_calls_then_events_and_sto
     stop = threading.Event()
     ran: list[tuple[str, bool]] = []
 
-    def run(invocation_id: str, sync: bool) -> None:
-        ran.append((invocation_id, sync))
+    def run(invocation_ids: list[str], sync: bool) -> None:
+        ran.extend((invocation_id, sync) for invocation_id in invocation_ids)
         if len(ran) == 3:
             stop.set()
 
@@ -116,12 +116,54 @@ def test_a_lane_thread_serves_its_hosts_lane_then_sync_calls_then_events_and_sto
     assert ran == [("for-host-a", True), ("for-anyone", True), ("an-event", False)]
 
 
+def test_a_lane_thread_takes_events_in_batches_of_what_waits_and_sync_calls_one_by_one():
+    for number in range(5):
+        lane_publish(invocation_id=f"event-{number}", sync=False)
+    for name in ("call-1", "call-2"):
+        lane_publish(invocation_id=name, sync=True)
+    stop = threading.Event()
+    runs: list[tuple[list[str], bool]] = []
+
+    def run(invocation_ids: list[str], sync: bool) -> None:
+        runs.append((invocation_ids, sync))
+        if len(runs) == 4:
+            stop.set()
+
+    lane_serve(host="a", run=run, stop=stop, event_batch=3)
+    assert runs == [
+        (["call-1"], True),
+        (["call-2"], True),
+        (["event-0", "event-1", "event-2"], False),
+        (["event-3", "event-4"], False),  # what waits, never waiting for more
+    ]
+
+
+def test_a_batch_popped_as_the_stop_arrives_goes_back_to_the_front_of_its_lane_in_order(monkeypatch):
+    from functions_app import lane as lane_module
+
+    for number in range(4):
+        lane_publish(invocation_id=f"event-{number}", sync=False)
+    stop = threading.Event()
+    pop = lane_module.blocking_pop
+
+    def pop_as_the_stop_arrives(keys: list[str], timeout_s: float) -> Any:
+        popped = pop(keys, timeout_s)
+        stop.set()
+        return popped
+
+    monkeypatch.setattr(lane_module, "blocking_pop", pop_as_the_stop_arrives)
+    ran: list[list[str]] = []
+    lane_serve(host="a", run=lambda invocation_ids, sync: ran.append(invocation_ids), stop=stop, event_batch=3)
+    assert ran == []
+    assert lane(EVENT_LANE_KEY) == ["event-0", "event-1", "event-2", "event-3"]
+
+
 def test_an_id_popped_after_the_stop_goes_back_to_the_front_of_its_lane():
     lane_publish(invocation_id="first", sync=True)
     lane_publish(invocation_id="second", sync=True)
     stop = threading.Event()
 
-    def run(invocation_id: str, sync: bool) -> None:
+    def run(invocation_ids: list[str], sync: bool) -> None:
         stop.set()  # the stop arrives while the first call runs; the thread must not take the second
         lane_publish(invocation_id="third", sync=True)
 
@@ -135,9 +177,9 @@ def test_a_failing_run_does_not_end_the_lane_thread():
     stop = threading.Event()
     ran: list[str] = []
 
-    def run(invocation_id: str, sync: bool) -> None:
-        ran.append(invocation_id)
-        if invocation_id == "boom":
+    def run(invocation_ids: list[str], sync: bool) -> None:
+        ran.extend(invocation_ids)
+        if invocation_ids == ["boom"]:
             raise RuntimeError("a bug in the lifecycle")
         stop.set()
 

@@ -18,13 +18,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import DatabaseError, connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from console.processes import CONTROL_QUEUE, INVOCATION_QUEUE, SYNC_QUEUE
 from console.redis import redis_client
 from functions_app.accept import invocation_accept, invocation_publish
-from functions_app.concurrency import slots_in_use
+from functions_app.concurrency import slot_acquire, slots_in_use
 from functions_app.lane import EVENT_LANE_KEY, SYNC_LANE_KEY, lane_mark_served
 from functions_app.lifecycle import (
     CAPACITY_EXCEEDED,
@@ -36,6 +37,7 @@ from functions_app.lifecycle import (
     invocation_complete,
     invocation_reclaim,
     invocation_run,
+    invocation_run_events,
 )
 from functions_app.models import DeadLetter, DeadLetterCondition, Function, Invocation, InvocationStatus, InvocationType
 from functions_app.outages import _OutageClock
@@ -465,6 +467,131 @@ def test_an_event_over_its_reserved_concurrency_waits_unclaimed_until_the_sweepe
     letter = DeadLetter.objects.get()
     assert letter.condition == DeadLetterCondition.EVENT_AGE_EXCEEDED
     assert (letter.error_type, letter.attempts) == ("EventAgeExceeded", 0)
+
+
+# ---- events taken together from the fast lane ------------------------------------------------------------------
+
+
+def run_events(events: list[Invocation], executor: FakeExecutor) -> None:
+    invocation_run_events(invocation_ids=[str(event.pk) for event in events], executor=executor)
+
+
+def claims_in(queries: CaptureQueriesContext) -> int:
+    return sum("attempt = attempt + 1" in query["sql"] for query in queries.captured_queries)
+
+
+def test_events_taken_together_are_claimed_in_one_statement_and_their_results_written_in_one_transaction(
+    make_function,
+):
+    function = make_function()
+    events = [accept(function) for _ in range(3)]
+    executor = FakeExecutor(succeeded(), failed(), succeeded())
+    with CaptureQueriesContext(connection) as queries:
+        run_events(events, executor)
+    assert claims_in(queries) == 1
+    # One transaction for the three results (the test's own transaction makes it a savepoint).
+    assert sum(query["sql"].startswith("SAVEPOINT") for query in queries.captured_queries) == 1
+    assert executor.attempts == [1, 1, 1]
+    first, second, third = (row(event) for event in events)
+    assert (first.status, first.terminal_writes) == (InvocationStatus.SUCCEEDED, 1)
+    assert (second.status, second.attempt, second.error_type) == (InvocationStatus.QUEUED, 1, "RuntimeError")
+    assert published_ids() == [str(second.pk)]  # its retry, published after the batch's write
+    assert (third.status, third.terminal_writes) == (InvocationStatus.SUCCEEDED, 1)
+    assert slots_in_use(function_id=first.function_id) == 0 and leases.held() == []
+
+
+def test_an_event_that_waited_its_turn_in_a_batch_counts_the_wait_as_queue_time(make_function):
+    function = make_function()
+    events = [accept(function) for _ in range(2)]
+
+    def slow() -> InvokeResult:
+        time.sleep(0.2)
+        return succeeded()
+
+    run_events(events, FakeExecutor(slow, succeeded()))
+    first, second = (row(event) for event in events)
+    assert second.started_at - first.started_at >= timedelta(seconds=0.2)
+    assert second.queue_wait_ms >= 200 and second.overhead_ms < 200
+
+
+def test_a_batch_leaves_duplicates_and_events_past_their_maximum_age_to_the_general_path(make_function):
+    function = make_function()
+    running, expired, plain = (accept(function) for _ in range(3))
+    claim(running)
+    set_row(expired, expires_at=timezone.now() - timedelta(seconds=1))
+    executor = FakeExecutor(succeeded())
+    run_events([running, expired, plain], executor)
+    assert executor.attempts == [1]
+    assert (row(running).status, row(running).attempt) == (InvocationStatus.RUNNING, 1)
+    assert (row(expired).status, row(expired).terminal_writes) == (InvocationStatus.EXPIRED, 1)
+    assert row(plain).status == InvocationStatus.SUCCEEDED
+    assert int(redis_client().get(SKIPPED_DELIVERIES_KEY)) == 2  # the duplicate and the expired one: nothing ran
+
+
+def test_a_batched_event_over_its_reserved_concurrency_goes_back_with_its_whole_retry_budget(make_function, settings):
+    settings.THROTTLE_RETRY_S = 30.0
+    function = make_function(reserved_concurrency=1, max_retry_attempts=1)
+    events = [accept(function) for _ in range(2)]
+    executor = FakeExecutor(succeeded(), succeeded())
+    before = timezone.now()
+
+    slot_acquire(  # another host runs one meanwhile
+        function_id=function.pk, owner_id=function.owner_id, member="elsewhere", hold_s=60, reserved=1, account_limit=9
+    )
+    run_events(events, executor)
+    assert executor.attempts == []
+    for event in map(row, events):
+        assert (event.status, event.attempt, event.max_attempts) == (InvocationStatus.QUEUED, 1, 3)
+        assert event.error_type == "Throttled.ReservedFunctionConcurrentInvocationLimitExceeded"
+        assert event.available_at >= before + timedelta(seconds=30)
+
+
+def test_events_of_one_function_with_a_reserved_concurrency_of_one_run_one_after_another_in_a_batch(make_function):
+    function = make_function(reserved_concurrency=1)
+    events = [accept(function) for _ in range(3)]
+    executor = FakeExecutor(succeeded(), succeeded(), succeeded())
+    run_events(events, executor)
+    assert [row(event).status for event in events] == [InvocationStatus.SUCCEEDED] * 3
+    assert slots_in_use(function_id=function.pk) == 0
+
+
+def test_a_batch_whose_write_fails_is_written_again_whole_and_answered_once(make_function, monkeypatch):
+    from functions_app import lifecycle
+
+    monkeypatch.setattr(lifecycle, "database_retry", _retry_at_once)
+    function = make_function()
+    events = [accept(function) for _ in range(2)]
+    completions = {"calls": 0}
+    complete = lifecycle.invocation_complete
+
+    def fails_once_on_the_second(*, invocation: Invocation, result: InvokeResult) -> bool:
+        completions["calls"] += 1
+        if completions["calls"] == 2:
+            raise DatabaseError("the connection dropped mid-batch")
+        return complete(invocation=invocation, result=result)
+
+    monkeypatch.setattr(lifecycle, "invocation_complete", fails_once_on_the_second)
+    answered: list[str] = []
+    release_and_reply = lifecycle._release_and_reply
+    monkeypatch.setattr(
+        lifecycle,
+        "_release_and_reply",
+        lambda invocation: (answered.append(str(invocation.pk)), release_and_reply(invocation)),
+    )
+    run_events(events, FakeExecutor(succeeded(), succeeded()))
+    assert completions["calls"] == 4  # the first transaction rolled back after one write; the second wrote both
+    assert [(row(event).status, row(event).terminal_writes) for event in events] == [
+        (InvocationStatus.SUCCEEDED, 1)
+    ] * 2
+    assert answered == [str(event.pk) for event in events]  # not the rolled-back write's
+
+
+def _retry_at_once(action: Callable[[], Any], *, what: str, give_up_s: float = 1.0) -> Any:
+    """database_retry without its pause: one failure, then the action again."""
+    try:
+        return action()
+    except DatabaseError:
+        return action()
 
 
 # ---- maximum event age ----------------------------------------------------------------------------------------
