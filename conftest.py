@@ -10,6 +10,17 @@ from typing import Any
 
 import pytest
 
+BACKEND_FIXTURES = {"db", "transactional_db", "django_db_reset_sequences", "live_server", "cluster", "worker"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test marked backend_free must not reach for the database (CI runs such tests on one backend only)."""
+    for item in items:
+        if item.get_closest_marker("backend_free") is None:
+            continue
+        if item.get_closest_marker("django_db") or BACKEND_FIXTURES & set(getattr(item, "fixturenames", ())):
+            raise pytest.UsageError(f"{item.nodeid} is marked backend_free but uses the database")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def redis_server() -> Iterator[str]:

@@ -90,7 +90,7 @@ def test_an_async_event_is_accepted_at_once_and_completes(api, worker):
     assert detail["result"] == {"attempt": 1, "event": {"x": 1}}
 
 
-def test_an_async_payload_over_one_megabyte_is_refused(api, worker):
+def test_an_async_payload_over_one_megabyte_is_refused(api):  # no worker: nothing may reach one
     create(api)
     response = invoke(api, event={"blob": "x" * (1024 * 1024)}, kind="Event")
     assert response.status_code == 413 and response.json()["type"] == "RequestTooLarge"
@@ -222,7 +222,7 @@ def test_concurrent_requests_with_one_idempotency_key_create_one_invocation(api,
 # ---- concurrency --------------------------------------------------------------------------------------------
 
 
-def test_reserved_concurrency_zero_throttles_every_call_and_runs_nothing(api, worker):
+def test_reserved_concurrency_zero_throttles_every_call_and_runs_nothing(api):  # no worker: nothing may reach one
     create(api, reserved_concurrency=0)
     response = invoke(api)
     assert response.status_code == 429 and response["Retry-After"] == "1"

@@ -37,9 +37,12 @@ SANDBOX_UID = int(os.environ["SANDBOX_UID"])
 SANDBOX_UID_COUNT = int(os.environ["SANDBOX_UID_COUNT"])
 SANDBOX_UIDS = range(SANDBOX_UID, SANDBOX_UID + SANDBOX_UID_COUNT)
 DOCTOR = sandbox_doctor()
-pytestmark = pytest.mark.skipif(
-    DOCTOR["tier"] != "namespaces", reason="needs the namespaces tier: " + "; ".join(DOCTOR["reasons"])
-)
+pytestmark = [
+    pytest.mark.skipif(
+        DOCTOR["tier"] != "namespaces", reason="needs the namespaces tier: " + "; ".join(DOCTOR["reasons"])
+    ),
+    pytest.mark.backend_free,  # the executor knows no database or Redis
+]
 
 
 # ---------------------------------------------------------------- helpers

@@ -11,7 +11,7 @@ from django.core.management.base import CommandError, SystemCheckError
 
 from functions_app import worker
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the production shape needs root")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the production shape needs root"), pytest.mark.backend_free]
 
 WEAK = {
     "tier": "insecure-dev",
