@@ -27,7 +27,7 @@ from functions_app.lane import lane_publish, lane_served
 from functions_app.models import LATEST, Function, Invocation, InvocationType
 from functions_app.runtime import INIT_TIMEOUT_S
 from functions_app.selectors import qualifier_resolve
-from metrics_app.services import invocation_throttled
+from metrics_app.services import invocation_record
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def _admit_or_throttle(function: Function, owner_id: int, member: str, timeout_s
         account_limit=settings.ACCOUNT_CONCURRENCY_LIMIT,
     )
     if not admission.admitted:
-        invocation_throttled(function=function, reason=admission.reason)
+        invocation_record(event="throttled", function=function)
         raise TooManyRequests(
             f"Rate exceeded: {admission.reason}.",
             details={"reason": admission.reason, "retry_after_s": 1},

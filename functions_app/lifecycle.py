@@ -41,7 +41,8 @@ from functions_app.runtime import (
     InvokeResult,
 )
 from functions_app.worker import configs, function_spec, host_name, leases
-from metrics_app.services import invocation_attempt_failed, invocation_finished, invocation_meter, invocation_throttled
+from metrics_app.pricing import invocation_cost
+from metrics_app.services import invocation_record
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ def _refused_for_capacity(invocation: Invocation, capacity: Capacity) -> bool:
         return True
     if capacity.has_room(invocation.memory_mb):
         return False
-    invocation_throttled(function=invocation.function, reason=CAPACITY_EXCEEDED.removeprefix("Throttled."))
+    invocation_record(event="throttled", function=invocation.function)
     if invocation.invocation_type == InvocationType.ASYNC:
         _requeue(invocation, fenced, delay_s=settings.THROTTLE_RETRY_S, error_type=CAPACITY_EXCEEDED)
     else:
@@ -293,7 +294,7 @@ def _admitted_for_run(invocation: Invocation, now: datetime) -> bool:
         return False
     if admission.admitted:
         return True
-    invocation_throttled(function=invocation.function, reason=admission.reason)
+    invocation_record(event="throttled", function=invocation.function)
     fenced = _fence_as_read(invocation)
     _requeue(invocation, fenced, delay_s=settings.THROTTLE_RETRY_S, error_type=f"Throttled.{admission.reason}")
     return False
@@ -393,7 +394,7 @@ def invocation_refuse_for_capacity(*, invocation: Invocation, reason: str) -> No
     ran. A sync caller hears it at once as a throttle it may retry; an async event goes back to the queue, its
     attempt number moved on (fencing needs that) but not its retry budget."""
     fenced = _own_fence(invocation)
-    invocation_throttled(function=invocation.function, reason=CAPACITY_EXCEEDED.removeprefix("Throttled."))
+    invocation_record(event="throttled", function=invocation.function)
     if invocation.invocation_type == InvocationType.ASYNC:
         if _requeue(
             invocation,
@@ -425,7 +426,7 @@ def invocation_complete(*, invocation: Invocation, result: InvokeResult) -> bool
     A failed async attempt with attempts left goes back to the queue after a backoff; anything else is final.
     """
     now = timezone.now()
-    cost = invocation_meter(memory_mb=invocation.memory_mb, init_ms=result.init_ms, duration_ms=result.duration_ms)
+    cost = invocation_cost(memory_mb=invocation.memory_mb, init_ms=result.init_ms, duration_ms=result.duration_ms)
     succeeded = result.status == "succeeded"
     retry = (
         not succeeded
@@ -465,7 +466,8 @@ def invocation_complete(*, invocation: Invocation, result: InvokeResult) -> bool
             for name, value in fields.items():
                 setattr(invocation, name, value)
             _release(invocation)
-            invocation_attempt_failed(invocation=invocation)  # Lambda bills every attempt, not only the last
+            # Lambda bills every attempt, not only the last.
+            invocation_record(event="attempt_failed", invocation=invocation)
     if not written:
         logger.warning(
             "Invocation %s attempt %s lost its lease; its result is discarded", invocation.pk, invocation.attempt
@@ -548,7 +550,7 @@ def _terminal_write(
             )
     _release_and_reply(invocation)
     if metered:
-        invocation_finished(invocation=invocation)
+        invocation_record(event="finished", invocation=invocation)
     return True
 
 
