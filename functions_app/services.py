@@ -1,5 +1,6 @@
-"""Writes to the function registry. Every rule Lambda enforces on configuration is checked here, so the API,
-the console forms and the admin-free management commands share one set of rules."""
+"""Writes to the function registry, and the retention of its invocation history. Every rule Lambda enforces on
+configuration is checked here, so the API, the console forms and the admin-free management commands share one set
+of rules."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import uuid
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -33,11 +35,13 @@ from functions_app.models import (
     MEMORY_MAX_MB,
     MEMORY_MIN_MB,
     RETRIES_MAX,
+    TERMINAL_STATUSES,
     TIMEOUT_MAX_S,
     TIMEOUT_MIN_S,
     Alias,
     CodeArtifact,
     Function,
+    Invocation,
     Runtime,
     TestEvent,
     Version,
@@ -579,3 +583,26 @@ def environments_reencrypt(*, progress: Any = None, batch: int = 500) -> dict[st
                 progress(done)
         counts[name] = done
     return counts
+
+
+# ---- invocation history -------------------------------------------------------------------------------------
+
+# Rows per DELETE: the first prune after a long pause may face months of rows, and one statement over all of
+# them would hold its locks (and Django's cascade collector its objects) for as long as that takes.
+PRUNE_BATCH = 1000
+
+
+def invocations_prune(*, now: datetime | None = None) -> int:
+    """Delete finished invocation rows older than INVOCATION_RETENTION_DAYS; returns how many went.
+
+    Rows still referenced by a dead letter are kept: the dead-letter inbox owns them until deleted. Roll-ups are
+    metrics_app's (``metrics_retention``), so charts and costs outlive the rows they were metered from.
+    """
+    cutoff = (now or timezone.now()) - timedelta(days=settings.INVOCATION_RETENTION_DAYS)
+    old = Invocation.objects.filter(
+        status__in=TERMINAL_STATUSES, finished_at__lt=cutoff, dead_letter__isnull=True
+    ).order_by()
+    deleted = 0
+    while ids := list(old.values_list("pk", flat=True)[:PRUNE_BATCH]):
+        deleted += Invocation.objects.filter(pk__in=ids).delete()[1].get("functions_app.Invocation", 0)
+    return deleted

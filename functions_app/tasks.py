@@ -12,6 +12,7 @@ from console.processes import SYNC_QUEUE
 from functions_app import worker
 from functions_app.lifecycle import invocation_run
 from functions_app.outages import DATABASE_ERRORS, DATABASE_RETRY_S, database_retry
+from functions_app.services import invocations_prune
 from functions_app.sweeper import invocations_sweep
 
 
@@ -35,6 +36,11 @@ def invocation_execute(self: Task, invocation_id: str) -> None:
 @shared_task(name="ephemera.invocations_sweep", ignore_result=True)
 def invocations_sweep_task() -> dict[str, int]:
     return invocations_sweep()
+
+
+@shared_task(name="ephemera.invocations_prune", ignore_result=True)
+def invocations_prune_task() -> int:
+    return invocations_prune()
 
 
 def lane_run(invocation_id: str, sync: bool) -> None:

@@ -40,7 +40,6 @@ LIVE_GRANULARITIES = (Granularity.MINUTE, Granularity.HOUR, Granularity.DAY, Gra
 REBUILD_BATCH = 2000
 # Contributions waiting for metering_flush (JSON records); see _add_everywhere.
 PENDING_KEY = "ephemera:metering:pending"
-RETENTION_BATCH = 1000
 
 
 def bucket_start(moment: datetime, granularity: str) -> datetime:
@@ -558,19 +557,9 @@ def _retention_cutoffs(now: datetime) -> dict[str, datetime]:
 
 
 def metrics_retention(*, now: datetime | None = None) -> dict[str, int]:
-    """Delete raw invocation rows and roll-ups past their retention (settings, in days); the totals stay.
-
-    Raw rows still referenced by a dead letter are kept: the dead-letter inbox owns them until deleted.
-    """
-    now = now or timezone.now()
-    deleted: dict[str, int] = {}
-    for granularity, cutoff in _retention_cutoffs(now).items():
-        deleted[granularity] = Rollup.objects.filter(granularity=granularity, bucket_start__lt=cutoff).delete()[0]
-    cutoff = now - timedelta(days=settings.INVOCATION_RETENTION_DAYS)
-    old = Invocation.objects.filter(
-        status__in=TERMINAL_STATUSES, finished_at__lt=cutoff, dead_letter__isnull=True
-    ).order_by()
-    deleted["invocations"] = 0
-    while ids := list(old.values_list("pk", flat=True)[:RETENTION_BATCH]):
-        deleted["invocations"] += Invocation.objects.filter(pk__in=ids).delete()[1].get("functions_app.Invocation", 0)
-    return deleted
+    """Delete roll-ups past their retention (settings, in days); the running totals stay. Raw invocation rows
+    are functions_app's to delete (``functions_app.services.invocations_prune``)."""
+    return {
+        granularity: Rollup.objects.filter(granularity=granularity, bucket_start__lt=cutoff).delete()[0]
+        for granularity, cutoff in _retention_cutoffs(now or timezone.now()).items()
+    }

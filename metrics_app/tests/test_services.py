@@ -140,14 +140,16 @@ def test_rebuilding_rows_that_were_never_metered_fills_the_totals(make_function)
     assert row_of(function, Granularity.MINUTE).invocations == 3
 
 
-def test_retention_deletes_old_minute_rows_and_raw_rows_but_keeps_totals(make_function, settings):
+def test_retention_deletes_old_minute_rows_but_keeps_totals_and_leaves_raw_rows_to_functions_app(
+    make_function, settings
+):
     settings.INVOCATION_RETENTION_DAYS = 30
     function = make_function()
     finish(function, at=T0 - timedelta(days=40))
     finish(function, at=T0)
     deleted = metrics_retention(now=T0 + timedelta(minutes=1))
-    assert deleted["invocations"] == 1 and deleted["minute"] == 1 and deleted["hour"] == 0
-    assert Invocation.objects.count() == 1
+    assert deleted == {"minute": 1, "hour": 0, "day": 0}
+    assert Invocation.objects.count() == 2
     assert row_of(function, Granularity.TOTAL).invocations == 2
 
 
