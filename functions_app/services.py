@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -114,6 +114,12 @@ def _check_range(field: str, value: Any, low: int, high: int) -> None:
         raise _invalid(field, f"Must be an integer from {low} to {high}.")
 
 
+def _reserved_concurrency_validate(value: Any) -> None:
+    # Reserved concurrency beyond the account's limit could never be used (Lambda refuses it too); None: unreserved.
+    if value is not None:
+        _check_range("reserved_concurrency", value, 0, settings.ACCOUNT_CONCURRENCY_LIMIT)
+
+
 def config_validate(fields: dict[str, Any]) -> None:
     """Check every configuration field present in ``fields``; unknown fields are the caller's bug."""
     checks = {
@@ -122,10 +128,7 @@ def config_validate(fields: dict[str, Any]) -> None:
         "ephemeral_storage_mb": lambda v: _check_range("ephemeral_storage_mb", v, EPHEMERAL_MIN_MB, EPHEMERAL_MAX_MB),
         "max_retry_attempts": lambda v: _check_range("max_retry_attempts", v, 0, RETRIES_MAX),
         "max_event_age_s": lambda v: _check_range("max_event_age_s", v, EVENT_AGE_MIN_S, EVENT_AGE_MAX_S),
-        # Reserved concurrency beyond the account's limit could never be used (Lambda refuses it too).
-        "reserved_concurrency": lambda v: (
-            v is None or _check_range("reserved_concurrency", v, 0, settings.ACCOUNT_CONCURRENCY_LIMIT)
-        ),
+        "reserved_concurrency": _reserved_concurrency_validate,
         "runtime": _runtime_validate,
         "description": lambda v: _text_validate("description", v, 256),
         "network_enabled": _network_validate,
@@ -289,7 +292,7 @@ def code_with_module_replaced(*, function: Function, module: str, source: str) -
 
 def function_create(
     *,
-    owner: AbstractBaseUser,
+    owner: User,
     name: str,
     handler: str,
     code: CodeUpload,
