@@ -71,7 +71,7 @@ def lane_publish(*, invocation_id: str, sync: bool, host: str | None = None) -> 
 def lane_waiting() -> int:
     """Ids waiting in every lane (not those popped and running: their rows say RUNNING)."""
     client = redis_client()
-    keys = [SYNC_LANE_KEY, EVENT_LANE_KEY, *(key.decode() for key in client.smembers(HOST_LANES_KEY))]
+    keys = [SYNC_LANE_KEY, EVENT_LANE_KEY, *client.smembers(HOST_LANES_KEY)]
     pipeline = client.pipeline(transaction=False)
     for key in keys:
         pipeline.llen(key)
@@ -95,7 +95,7 @@ def lane_close(host: str) -> None:
     """Hand what still waits in a host's own lane to every host (wake-ups left over are dropped), then forget it."""
     client = redis_client()
     key = HOST_LANE_KEY.format(host=host)
-    client.lrem(key, 0, WAKE)
+    client.lrem(key, 0, WAKE)  # type: ignore[arg-type]  # redis-py annotates the value as str; bytes go as they are
     while client.lmove(key, SYNC_LANE_KEY, "LEFT", "RIGHT") is not None:
         pass
     client.srem(HOST_LANES_KEY, key)

@@ -18,7 +18,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -151,7 +151,8 @@ def invocation_claim_sync(*, invocation_id: str, host: str, capacity: Capacity) 
 def _claim_sync_sql() -> str:
     quote = connection.ops.quote_name
     table, functions = quote(Invocation._meta.db_table), quote(Function._meta.db_table)
-    columns = ", ".join(quote(field.column) for field in Invocation._meta.concrete_fields)
+    # A concrete field always has a column (the stubs allow None for the others).
+    columns = ", ".join(quote(cast(str, field.column)) for field in Invocation._meta.concrete_fields)
     # Only the models' own quoted table and column names are formatted in; every value is a parameter.
     return (
         f"UPDATE {table} SET status = %s, attempt = attempt + 1, lease_until = %s, started_at = %s, "  # noqa: S608
@@ -191,7 +192,8 @@ def invocation_claim(*, invocation_id: str, host: str, capacity: Capacity | None
     # order_by() drops the model's default ordering: this is the hot path, and one row has no order.
     invocation = (
         Invocation.objects.filter(pk=invocation_id)
-        .annotate(current_revision=F("function__revision_id"))
+        # Fills the in-memory attribute the model declares (for the raw claim too); the plugin sees a clash.
+        .annotate(current_revision=F("function__revision_id"))  # type: ignore[no-redef]
         .order_by()
         .first()
     )
@@ -425,7 +427,8 @@ def invocation_complete(*, invocation: Invocation, result: InvokeResult) -> bool
 
     A failed async attempt with attempts left goes back to the queue after a backoff; anything else is final.
     """
-    now = timezone.now()
+    now, started_at = timezone.now(), invocation.started_at
+    assert started_at is not None, "only a claimed invocation completes"  # every claim stamps started_at
     cost = invocation_cost(memory_mb=invocation.memory_mb, init_ms=result.init_ms, duration_ms=result.duration_ms)
     succeeded = result.status == "succeeded"
     retry = (
@@ -440,9 +443,9 @@ def invocation_complete(*, invocation: Invocation, result: InvokeResult) -> bool
         "error_type": result.error_type or "",
         "log": invocation_log(invocation=invocation, result=result, billed_ms=cost.billed_ms),
         "is_cold": result.is_cold,
-        "queue_wait_ms": (invocation.started_at - invocation.queued_at).total_seconds() * 1000,
+        "queue_wait_ms": (started_at - invocation.queued_at).total_seconds() * 1000,
         "prepare_ms": invocation.prepare_ms,
-        "overhead_ms": _overhead_ms(invocation, now, result),
+        "overhead_ms": _overhead_ms(invocation, now - started_at, result),
         "init_ms": result.init_ms,
         "duration_ms": result.duration_ms,
         "billed_ms": cost.billed_ms,
@@ -475,8 +478,8 @@ def invocation_complete(*, invocation: Invocation, result: InvokeResult) -> bool
     return written
 
 
-def _overhead_ms(invocation: Invocation, now: datetime, result: InvokeResult) -> float:
-    elapsed_ms = (now - invocation.started_at).total_seconds() * 1000
+def _overhead_ms(invocation: Invocation, elapsed: timedelta, result: InvokeResult) -> float:
+    elapsed_ms = elapsed.total_seconds() * 1000
     return max(elapsed_ms - (invocation.prepare_ms or 0.0) - result.init_ms - result.duration_ms, 0.0)
 
 
@@ -564,9 +567,8 @@ def _release_and_reply(invocation: Invocation) -> None:
     )
     if invocation.invocation_type == InvocationType.SYNC:
         outcome = outcome_from_row(invocation)
-        timings = getattr(invocation, "timings", None)
-        if timings is not None:
-            outcome = replace(outcome, phases=timings.phases())
+        if invocation.timings is not None:
+            outcome = replace(outcome, phases=invocation.timings.phases())
         key = REPLY_KEY.format(id=invocation.id)
         pipeline.rpush(key, json.dumps(asdict(outcome)))
         pipeline.expire(key, REPLY_TTL_S)

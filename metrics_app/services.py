@@ -18,7 +18,7 @@ import operator
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal, overload
+from typing import Any, Literal, cast, overload
 
 from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
@@ -149,10 +149,10 @@ def _contribution(invocation: Invocation) -> tuple[dict[str, Any], dict[str, flo
 
 def _stored_cost(invocation: Invocation) -> InvocationCost | None:
     """The cost the completion already computed and wrote on the row, so metering does not price it again."""
-    parts = (invocation.cost_request_usd, invocation.cost_run_usd, invocation.cost_init_usd)
-    if invocation.billed_ms is None or any(part is None for part in parts):
+    request, run, init = invocation.cost_request_usd, invocation.cost_run_usd, invocation.cost_init_usd
+    if invocation.billed_ms is None or request is None or run is None or init is None:
         return None
-    return InvocationCost(invocation.billed_ms, *parts)
+    return InvocationCost(invocation.billed_ms, request, run, init)
 
 
 def _add_everywhere(
@@ -481,7 +481,8 @@ def _insert(levels: dict[str, dict[tuple, list]], meta: dict[int, dict]) -> int:
                 row[position] = fields[columns[position]].get_db_prep_save(value, connection)
             params.append(row)
     table = connection.ops.quote_name(Rollup._meta.db_table)
-    names = ", ".join(connection.ops.quote_name(fields[name].column) for name in columns)
+    # A concrete field always has a column (the stubs allow None for the others).
+    names = ", ".join(connection.ops.quote_name(cast(str, fields[name].column)) for name in columns)
     sql = f"INSERT INTO {table} ({names}) VALUES ({', '.join(['%s'] * len(columns))})"  # noqa: S608 - our own names
     with connection.cursor() as cursor:
         for offset in range(0, len(params), 500):
@@ -535,8 +536,8 @@ def _correct_totals(days: dict[tuple, list], old_days: dict[tuple, dict[str, Any
 
 
 def _names_of(function_id: int | None) -> dict[str, Any]:
-    row = Rollup.objects.filter(function_id=function_id).values("function_name", "owner_id").first()
-    return row or {"function_name": "", "owner_id": None}
+    rows = Rollup.objects.filter(function_id=function_id) if function_id else Rollup.objects.filter(function=None)
+    return dict(rows.values("function_name", "owner_id").first() or {"function_name": "", "owner_id": None})
 
 
 # ---- retention ----------------------------------------------------------------------------------------------
