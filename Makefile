@@ -22,6 +22,7 @@ screenshots: install browser-deps
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
 
 format: install
 	$(BIN)/ruff format .

@@ -22,6 +22,7 @@ from bench.django_env import BASE_DIR, backends, django_setup_in_temp_var_dir, p
 
 VAR_DIR = django_setup_in_temp_var_dir()
 
+from django.contrib.auth.models import User  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 
 from console.processes import die_with_parent, stop_all  # noqa: E402
@@ -47,7 +48,7 @@ def rate(stamps: list[float]) -> float:
     return round((len(stamps) - 1) / (max(stamps) - min(stamps)), 1)
 
 
-def ephemera_run(user: object, processes: int, count: int) -> float:
+def ephemera_run(user: User, processes: int, count: int) -> float:
     """Fill the queue with ``count`` async no-op events, start ``processes`` executors, wait for the drain."""
     from functions_app import services
     from functions_app.accept import invocation_accept
@@ -88,7 +89,8 @@ def ephemera_run(user: object, processes: int, count: int) -> float:
             time.sleep(0.2)
     finally:
         stop_all(workers)
-    stamps = [t.timestamp() for t in Invocation.objects.filter(pk__in=ids).values_list("finished_at", flat=True)]
+    finished = Invocation.objects.filter(pk__in=ids).values_list("finished_at", flat=True)
+    stamps = [moment.timestamp() for moment in finished if moment is not None]
     assert Invocation.objects.filter(pk__in=ids, status="succeeded").count() == count
     return rate(stamps)
 

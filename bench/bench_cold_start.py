@@ -127,7 +127,7 @@ def _env_pid(ex: Executor, environment_id: str) -> int:
     # Bench-only peek at the pool, to attribute PSS to the environment's processes.
     for group in ex._envs.values():
         for env in group:
-            if env.id == environment_id:
+            if env.id == environment_id and env.pid is not None:
                 return env.pid
     raise LookupError(environment_id)
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from django.utils import timezone
 from redis.exceptions import RedisError
@@ -37,7 +37,7 @@ def key_sha256(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def api_key_create(*, owner: AbstractBaseUser, name: str, expires_at: datetime | None = None) -> tuple[ApiKey, str]:
+def api_key_create(*, owner: User, name: str, expires_at: datetime | None = None) -> tuple[ApiKey, str]:
     """A new key for ``owner``: the row, and the key itself (shown this once, never stored)."""
     name = name.strip() if isinstance(name, str) else name
     if not isinstance(name, str) or not name or len(name) > NAME_MAX:
@@ -73,7 +73,7 @@ def api_keys_forget_checked(**_: object) -> None:
         logger.warning("Other web processes may accept a revoked key for %s s more (%r)", CHECKED_FOR_S, exc)
 
 
-def api_key_list(*, owner: AbstractBaseUser, active_only: bool = False) -> QuerySet[ApiKey]:
+def api_key_list(*, owner: User, active_only: bool = False) -> QuerySet[ApiKey]:
     keys = ApiKey.objects.filter(owner=owner)
     if active_only:
         now = timezone.now()
@@ -81,14 +81,14 @@ def api_key_list(*, owner: AbstractBaseUser, active_only: bool = False) -> Query
     return keys
 
 
-def api_key_get(*, owner: AbstractBaseUser, pk: int) -> ApiKey:
+def api_key_get(*, owner: User, pk: int) -> ApiKey:
     try:
         return ApiKey.objects.get(owner=owner, pk=pk)
     except ApiKey.DoesNotExist:
         raise ResourceNotFound(f"API key not found: {pk}") from None
 
 
-def api_key_authenticate(*, key: str) -> AbstractBaseUser | None:
+def api_key_authenticate(*, key: str) -> User | None:
     """The active user a presented key belongs to, or None. Looked up by hash, so timing says nothing of a key.
 
     A key found good is remembered in this process for CHECKED_FOR_S, so that a call does not cost a database
@@ -120,7 +120,7 @@ REVOKED_AT_KEY = "ephemera:api_keys:revoked_at"
 
 @dataclass(frozen=True)
 class _CheckedKey:
-    owner: AbstractBaseUser
+    owner: User
     expires_at: datetime | None
     checked_at: float
 

@@ -1,9 +1,12 @@
-"""The REST API's key authentication: ``Authorization: Token <key>`` (or ``Bearer <key>``), checked by hash."""
+"""The REST API's key authentication: ``Authorization: Token <key>`` (or ``Bearer <key>``), checked by hash; and
+the request types of signed-in pages and API calls."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth.models import User
+from django.http import HttpRequest
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
@@ -12,6 +15,17 @@ from console.accounts import api_key_authenticate
 from console.timing import phase
 
 KEYWORDS = ("token", "bearer")
+
+
+# Annotations only: Django and DRF build their requests as always. A console page runs behind login_required and
+# every API view behind IsAuthenticated (REST_FRAMEWORK in console/settings.py), so the user they see is an
+# account, never AnonymousUser: these say so to the type checker, and the owner reaches selectors as a User.
+class SignedInRequest(HttpRequest):
+    user: User
+
+
+class ApiRequest(Request):
+    user: User
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):

@@ -32,7 +32,10 @@ def _connparams_of_a_live_connection(original: Any) -> Any:
 
 
 if not getattr(kombu_redis.Channel._connparams, "ephemera_patched", False):
-    kombu_redis.Channel._connparams = _connparams_of_a_live_connection(kombu_redis.Channel._connparams)
+    # A deliberate patch of kombu's method (see above), which the type checker rightly flags as unusual.
+    kombu_redis.Channel._connparams = _connparams_of_a_live_connection(  # type: ignore[method-assign]
+        kombu_redis.Channel._connparams
+    )
 
 # Said on every lost broker connection because of worker_cancel_long_running_tasks_on_connection_loss=False, which
 # is deliberate (console/settings.py).

@@ -87,7 +87,7 @@ OUTAGE_RETRY_AFTER_S = 5
 OUTAGE_MESSAGE = "A service the platform depends on is unavailable for a moment; retry shortly."
 
 
-def is_outage(exc: BaseException) -> bool:
+def is_outage(exc: BaseException | None) -> bool:
     """The database or Redis cannot be reached (restarting, say): not the request's fault, nor a bug."""
     return isinstance(exc, OperationalError | InterfaceError | RedisConnectionError | RedisTimeoutError)
 
@@ -151,8 +151,10 @@ def _unsupported_media_type(context: dict[str, Any]) -> Response:
 def _drf_response(exc: drf.APIException) -> Response:
     type_ = next((name for cls, name in _DRF_TYPES if isinstance(exc, cls)), "InvalidRequest")
     headers = {}
-    if isinstance(exc, drf.Throttled) and exc.wait:
-        headers["Retry-After"] = str(int(exc.wait))
+    # Throttled.__init__ sets ``wait``; djangorestframework-stubs do not declare it.
+    wait = exc.wait if isinstance(exc, drf.Throttled) else None  # type: ignore[attr-defined]
+    if wait:
+        headers["Retry-After"] = str(int(wait))
     if isinstance(exc, drf.ValidationError):
         details = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
         return Response(error_body(type_, _first_message(details), details), status=exc.status_code)

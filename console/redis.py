@@ -9,6 +9,7 @@ blocking pops go through ``blocking_pop``, whose client's socket outlasts the lo
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import cast
 
 import redis
 from django.conf import settings
@@ -36,7 +37,13 @@ def _client(socket_timeout_s: float) -> redis.Redis:
     )
 
 
+def as_text(reply: bytes | str) -> str:
+    """A reply as text (redis-py types replies as bytes or str: decode_responses is a run-time option)."""
+    return reply.decode() if isinstance(reply, bytes) else reply
+
+
 def blocking_pop(keys: list[str], timeout_s: float) -> tuple[bytes, bytes] | None:
     """BLPOP for at most ``min(timeout_s, BLOCKING_POP_MAX_S)`` seconds: (key, value), or None on timeout."""
     wait_s = min(max(timeout_s, 0.01), BLOCKING_POP_MAX_S)
-    return _blocking_client().blpop(keys, timeout=wait_s)
+    # These clients never decode (see as_text).
+    return cast("tuple[bytes, bytes] | None", _blocking_client().blpop(keys, timeout=wait_s))

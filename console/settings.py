@@ -223,7 +223,12 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {}  # filled below, once the sweep inter
 # executors' queue never delays, or expires, a sweep.
 CELERY_TASK_ROUTES = {
     name: {"queue": "control"}
-    for name in ("ephemera.invocations_sweep", "ephemera.metering_flush", "ephemera.metrics_retention")
+    for name in (
+        "ephemera.invocations_sweep",
+        "ephemera.invocations_prune",
+        "ephemera.metering_flush",
+        "ephemera.metrics_retention",
+    )
 }
 
 # Invocations travel on the fast lane (functions_app/lane.py): Redis lists executor threads block on. 0 sends them
@@ -307,8 +312,8 @@ METERING_FLUSH_INTERVAL_S = env_float("METERING_FLUSH_INTERVAL_S", 1.0)
 PRICING_TABLE_JSON = env_str("PRICING_TABLE_JSON", "")
 # Bearer token for /metrics (Prometheus); empty = staff sessions only.
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
-# Retention in days (beat: ephemera.metrics_retention, hourly). Running totals are kept forever; raw rows with
-# a dead letter are kept.
+# Retention in days, applied hourly by beat: raw invocation rows by ephemera.invocations_prune (functions_app;
+# rows with a dead letter are kept), roll-ups by ephemera.metrics_retention. Running totals are kept forever.
 INVOCATION_RETENTION_DAYS = env_int("INVOCATION_RETENTION_DAYS", 30)
 ROLLUP_MINUTE_RETENTION_DAYS = env_int("ROLLUP_MINUTE_RETENTION_DAYS", 2)
 ROLLUP_HOUR_RETENTION_DAYS = env_int("ROLLUP_HOUR_RETENTION_DAYS", 90)
@@ -320,6 +325,11 @@ CELERY_BEAT_SCHEDULE["metering-flush"] = {
 }
 CELERY_BEAT_SCHEDULE["metrics-retention"] = {
     "task": "ephemera.metrics_retention",
+    "schedule": 3600.0,
+    "options": {"expires": 3600},
+}
+CELERY_BEAT_SCHEDULE["invocations-prune"] = {
+    "task": "ephemera.invocations_prune",
     "schedule": 3600.0,
     "options": {"expires": 3600},
 }

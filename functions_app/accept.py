@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import current_app
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -26,8 +26,8 @@ from functions_app import concurrency
 from functions_app.lane import lane_publish, lane_served
 from functions_app.models import LATEST, Function, Invocation, InvocationType
 from functions_app.runtime import INIT_TIMEOUT_S
-from functions_app.selectors import qualifier_resolve
-from metrics_app.services import invocation_throttled
+from functions_app.selectors import ResolvedTarget, qualifier_resolve
+from metrics_app.services import invocation_record
 
 logger = logging.getLogger(__name__)
 
@@ -63,27 +63,36 @@ def payload_validate(raw: bytes, *, limit: int) -> str:
     return text
 
 
+def invocation_validate(
+    *, function: Function, qualifier: str, raw_payload: bytes, invocation_type: str
+) -> tuple[str, ResolvedTarget]:
+    """The event as JSON text and what the qualifier resolves to, or the error the call gets: all a dry run does."""
+    is_async = invocation_type == InvocationType.ASYNC
+    with phase("validate"):
+        payload = payload_validate(raw_payload, limit=ASYNC_PAYLOAD_MAX_BYTES if is_async else SYNC_PAYLOAD_MAX_BYTES)
+        target = qualifier_resolve(function=function, qualifier=qualifier or LATEST)
+    return payload, target
+
+
 def invocation_accept(
     *,
-    owner: AbstractBaseUser,
+    owner: User,
     function: Function,
     qualifier: str,
     raw_payload: bytes,
     invocation_type: str,
     idempotency_key: str = "",
     chain_depth: int = 0,
-) -> Invocation | None:
-    """Validate, admit and persist an invocation, publishing its id after commit. None for a dry run.
+) -> Invocation:
+    """Validate, admit and persist an invocation (sync or async), publishing its id after commit.
 
     A repeated ``idempotency_key`` returns the invocation it first created (409 if the payload differs).
     ``chain_depth`` counts the destination hops that led to this call (see ``destination_deliver``).
     """
     is_async = invocation_type == InvocationType.ASYNC
-    with phase("validate"):
-        payload = payload_validate(raw_payload, limit=ASYNC_PAYLOAD_MAX_BYTES if is_async else SYNC_PAYLOAD_MAX_BYTES)
-        target = qualifier_resolve(function=function, qualifier=qualifier or LATEST)
-    if invocation_type == DRY_RUN:
-        return None
+    payload, target = invocation_validate(
+        function=function, qualifier=qualifier, raw_payload=raw_payload, invocation_type=invocation_type
+    )
     payload_sha = hashlib.sha256(payload.encode()).hexdigest()
     if idempotency_key:
         existing = _idempotent_match(owner, function, idempotency_key, payload_sha)
@@ -131,7 +140,7 @@ def invocation_accept(
     return invocation
 
 
-def _idempotent_match(owner: AbstractBaseUser, function: Function, key: str, payload_sha: str) -> Invocation | None:
+def _idempotent_match(owner: User, function: Function, key: str, payload_sha: str) -> Invocation | None:
     existing = Invocation.objects.filter(owner=owner, function=function, idempotency_key=key).first()
     if existing is not None and existing.payload_sha256 != payload_sha:
         raise IdempotencyConflict(
@@ -150,7 +159,7 @@ def _admit_or_throttle(function: Function, owner_id: int, member: str, timeout_s
         account_limit=settings.ACCOUNT_CONCURRENCY_LIMIT,
     )
     if not admission.admitted:
-        invocation_throttled(function=function, reason=admission.reason)
+        invocation_record(event="throttled", function=function)
         raise TooManyRequests(
             f"Rate exceeded: {admission.reason}.",
             details={"reason": admission.reason, "retry_after_s": 1},

@@ -13,7 +13,8 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from console.exceptions import ServiceError
+from console.auth import ApiRequest
+from console.exceptions import RequestTooLarge, ServiceError
 from console.json_api import (
     ERRORS,
     Boolean,
@@ -31,6 +32,7 @@ from console.json_api import (
     unparsed_field,
 )
 from functions_app import selectors, services
+from functions_app.code import ZIPPED_MAX_BYTES
 from functions_app.models import LATEST, Alias, Function, Version
 from functions_app.secrets import env_masked
 
@@ -233,7 +235,7 @@ class FunctionListApi(JsonApi):
         ],
         responses={200: paginated_of(FunctionOutputSerializer), **ERRORS},
     )
-    def get(self, request: Request) -> Response:
+    def get(self, request: ApiRequest) -> Response:
         functions = selectors.function_list(
             owner=request.user,
             search=request.query_params.get("search", ""),
@@ -246,7 +248,7 @@ class FunctionListApi(JsonApi):
         request=FunctionCreateSerializer,
         responses={201: FunctionOutputSerializer, **ERRORS},
     )
-    def post(self, request: Request) -> Response:
+    def post(self, request: ApiRequest) -> Response:
         data = json_body(FunctionCreateSerializer, request)
         code = code_upload_from(data.pop("code"))
         function = services.function_create(owner=request.user, code=code, **data)
@@ -255,7 +257,7 @@ class FunctionListApi(JsonApi):
 
 class FunctionDetailApi(JsonApi):
     @extend_schema(operation_id="functions_retrieve", responses={200: FunctionOutputSerializer, **ERRORS})
-    def get(self, request: Request, name: str) -> Response:
+    def get(self, request: ApiRequest, name: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
         return Response(FunctionOutputSerializer(function).data)
 
@@ -264,14 +266,14 @@ class FunctionDetailApi(JsonApi):
         request=FunctionUpdateSerializer,
         responses={200: FunctionOutputSerializer, **ERRORS},
     )
-    def patch(self, request: Request, name: str) -> Response:
+    def patch(self, request: ApiRequest, name: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
         data = json_body(FunctionUpdateSerializer, request)
         function = services.function_update_configuration(function=function, **data)
         return Response(FunctionOutputSerializer(function).data)
 
     @extend_schema(operation_id="functions_destroy", responses={204: None, **ERRORS})
-    def delete(self, request: Request, name: str) -> Response:
+    def delete(self, request: ApiRequest, name: str) -> Response:
         services.function_delete(function=selectors.function_get(owner=request.user, name=name))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -285,7 +287,7 @@ class FunctionCodeApi(JsonApi):
         responses={200: FunctionOutputSerializer, **ERRORS},
         description="Replace the code of `$LATEST`: a multipart `zip` file, base64 zip in JSON, or inline files.",
     )
-    def put(self, request: Request, name: str) -> Response:
+    def put(self, request: ApiRequest, name: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
         code, revision_id = self._code_from(request)
         function = services.function_update_code(function=function, code=code, revision_id=revision_id)
@@ -295,8 +297,8 @@ class FunctionCodeApi(JsonApi):
         if request.content_type.startswith("multipart/"):
             data = json_body(CodeUploadSerializer, request)
             upload = data["zip"]
-            if upload.size > services.code_pkg.ZIPPED_MAX_BYTES:
-                raise services.RequestTooLarge(f"The zip is {upload.size} bytes; the limit is 50 MB.")
+            if upload.size > ZIPPED_MAX_BYTES:
+                raise RequestTooLarge(f"The zip is {upload.size} bytes; the limit is 50 MB.")
             return services.CodeUpload(zip_bytes=upload.read()), data.get("revision_id")
         data = json_body(CodeUpdateSerializer, request)
         return code_upload_from(data), data.get("revision_id")
@@ -304,7 +306,7 @@ class FunctionCodeApi(JsonApi):
 
 class VersionListApi(JsonApi):
     @extend_schema(operation_id="versions_list", responses={200: paginated_of(VersionOutputSerializer), **ERRORS})
-    def get(self, request: Request, name: str) -> Response:
+    def get(self, request: ApiRequest, name: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
         return paginated(request, self, selectors.version_list(function=function), VersionOutputSerializer)
 
@@ -315,7 +317,7 @@ class VersionListApi(JsonApi):
         description="Publish `$LATEST` as a new immutable version; unchanged code and configuration return the "
         "latest version with 200.",
     )
-    def post(self, request: Request, name: str) -> Response:
+    def post(self, request: ApiRequest, name: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
         data = json_body(PublishSerializer, request)
         version, created = services.version_publish(function=function, **data)
@@ -324,21 +326,21 @@ class VersionListApi(JsonApi):
 
 class VersionDetailApi(JsonApi):
     @extend_schema(operation_id="versions_retrieve", responses={200: VersionOutputSerializer, **ERRORS})
-    def get(self, request: Request, name: str, number: int) -> Response:
+    def get(self, request: ApiRequest, name: str, number: int) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
         return Response(VersionOutputSerializer(selectors.version_get(function=function, number=number)).data)
 
 
 class AliasListApi(JsonApi):
     @extend_schema(operation_id="aliases_list", responses={200: paginated_of(AliasOutputSerializer), **ERRORS})
-    def get(self, request: Request, name: str) -> Response:
+    def get(self, request: ApiRequest, name: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
         return paginated(request, self, selectors.alias_list(function=function), AliasOutputSerializer)
 
     @extend_schema(
         operation_id="aliases_create", request=AliasCreateSerializer, responses={201: AliasOutputSerializer, **ERRORS}
     )
-    def post(self, request: Request, name: str) -> Response:
+    def post(self, request: ApiRequest, name: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
         alias: Alias = services.alias_create(function=function, **json_body(AliasCreateSerializer, request))
         return Response(AliasOutputSerializer(alias).data, status=status.HTTP_201_CREATED)
@@ -346,21 +348,21 @@ class AliasListApi(JsonApi):
 
 class AliasDetailApi(JsonApi):
     @extend_schema(operation_id="aliases_retrieve", responses={200: AliasOutputSerializer, **ERRORS})
-    def get(self, request: Request, name: str, alias: str) -> Response:
+    def get(self, request: ApiRequest, name: str, alias: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
         return Response(AliasOutputSerializer(selectors.alias_get(function=function, name=alias)).data)
 
     @extend_schema(
         operation_id="aliases_update", request=AliasUpdateSerializer, responses={200: AliasOutputSerializer, **ERRORS}
     )
-    def patch(self, request: Request, name: str, alias: str) -> Response:
+    def patch(self, request: ApiRequest, name: str, alias: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
         target = selectors.alias_get(function=function, name=alias)
         updated = services.alias_update(alias=target, **json_body(AliasUpdateSerializer, request))
         return Response(AliasOutputSerializer(updated).data)
 
     @extend_schema(operation_id="aliases_destroy", responses={204: None, **ERRORS})
-    def delete(self, request: Request, name: str, alias: str) -> Response:
+    def delete(self, request: ApiRequest, name: str, alias: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
         services.alias_delete(alias=selectors.alias_get(function=function, name=alias))
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -368,7 +370,7 @@ class AliasDetailApi(JsonApi):
 
 class TestEventListApi(JsonApi):
     @extend_schema(operation_id="test_events_list", responses={200: paginated_of(TestEventOutputSerializer), **ERRORS})
-    def get(self, request: Request, name: str) -> Response:
+    def get(self, request: ApiRequest, name: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
         return paginated(request, self, selectors.test_event_list(function=function), TestEventOutputSerializer)
 
@@ -377,7 +379,7 @@ class TestEventListApi(JsonApi):
         request=TestEventCreateSerializer,
         responses={201: TestEventOutputSerializer, **ERRORS},
     )
-    def post(self, request: Request, name: str) -> Response:
+    def post(self, request: ApiRequest, name: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
         test_event = services.test_event_create(function=function, **json_body(TestEventCreateSerializer, request))
         return Response(TestEventOutputSerializer(test_event).data, status=status.HTTP_201_CREATED)
@@ -385,7 +387,7 @@ class TestEventListApi(JsonApi):
 
 class TestEventDetailApi(JsonApi):
     @extend_schema(operation_id="test_events_retrieve", responses={200: TestEventOutputSerializer, **ERRORS})
-    def get(self, request: Request, name: str, event: str) -> Response:
+    def get(self, request: ApiRequest, name: str, event: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
         return Response(TestEventOutputSerializer(selectors.test_event_get(function=function, name=event)).data)
 
@@ -394,14 +396,14 @@ class TestEventDetailApi(JsonApi):
         request=TestEventUpdateSerializer,
         responses={200: TestEventOutputSerializer, **ERRORS},
     )
-    def put(self, request: Request, name: str, event: str) -> Response:
+    def put(self, request: ApiRequest, name: str, event: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
         target = selectors.test_event_get(function=function, name=event)
         updated = services.test_event_update(test_event=target, **json_body(TestEventUpdateSerializer, request))
         return Response(TestEventOutputSerializer(updated).data)
 
     @extend_schema(operation_id="test_events_destroy", responses={204: None, **ERRORS})
-    def delete(self, request: Request, name: str, event: str) -> Response:
+    def delete(self, request: ApiRequest, name: str, event: str) -> Response:
         function = selectors.function_get(owner=request.user, name=name)
         services.test_event_delete(test_event=selectors.test_event_get(function=function, name=event))
         return Response(status=status.HTTP_204_NO_CONTENT)

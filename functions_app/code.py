@@ -18,6 +18,7 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from console.exceptions import RequestTooLarge, ServiceError
 
@@ -218,7 +219,7 @@ def zip_extract(data: bytes, destination: Path) -> None:
             os.chmod(target, 0o755 if executable else 0o644)
 
 
-def _copy_bounded(source: io.BufferedIOBase, sink: io.BufferedIOBase, budget: int) -> int:
+def _copy_bounded(source: IO[bytes], sink: IO[bytes], budget: int) -> int:
     copied = 0
     while chunk := source.read(1 << 20):
         copied += len(chunk)

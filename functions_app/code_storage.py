@@ -10,7 +10,7 @@ import tempfile
 import threading
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from django.conf import settings
 
@@ -50,7 +50,8 @@ class FilesystemCodeStore:
 
 
 class S3CodeStore:
-    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None = None, client: object | None = None) -> None:
+    # ``client``: a boto3 S3 client (boto3 has no type hints: Any), or a test's stand-in.
+    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None = None, client: Any = None) -> None:
         import boto3
 
         self.bucket = bucket

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.utils import timezone
@@ -130,7 +130,8 @@ class FunctionCreateForm(_CodeFields, _ConfigFields):
     field_order = ["name", "description", "handler", "source", "zip_file"]
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         if not cleaned.get("zip_file") and not (cleaned.get("source") or "").strip():
             self.add_error("source", "Write the handler's code or upload a zip.")
         return cleaned
@@ -144,7 +145,7 @@ class FunctionConfigurationForm(_ConfigFields):
 
     def __init__(self, *args: Any, environment_keys: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["env_remove"].choices = [(name, name) for name in environment_keys]
+        cast(forms.ChoiceField, self.fields["env_remove"]).choices = [(name, name) for name in environment_keys]
 
 
 class CodeForm(_CodeFields):
@@ -155,7 +156,8 @@ class CodeForm(_CodeFields):
         self.fields["source"].help_text = "The opened file. Ignored when a zip is uploaded."
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         if not cleaned.get("zip_file") and not (cleaned.get("source") or "").strip():
             self.add_error("source", "The code cannot be empty.")
         return cleaned
@@ -203,7 +205,7 @@ class InvokeForm(forms.Form):
 
     def __init__(self, *args: Any, qualifiers: list[tuple[str, str]], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["qualifier"].choices = qualifiers
+        cast(forms.ChoiceField, self.fields["qualifier"]).choices = qualifiers
 
     def clean_event(self) -> str:
         text = self.cleaned_data.get("event") or "{}"

@@ -14,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from console.auth import ApiRequest
 from console.exceptions import ServiceError, error_body
 from console.json_api import ERRORS, JsonTextSerializer, paginated, paginated_of, unparsed_field
 from functions_app import selectors
@@ -35,7 +36,8 @@ class RawBodyParser(BaseParser):
 
     media_type = "*/*"
 
-    def parse(self, stream, media_type=None, parser_context=None) -> bytes:  # noqa: ANN001
+    # DRF hands on whatever a parser returns as request.data; its stubs expect a mapping.
+    def parse(self, stream, media_type=None, parser_context=None) -> bytes:  # type: ignore[override]  # noqa: ANN001
         return stream.read() if stream else b""
 
 
@@ -118,7 +120,7 @@ class InvokeApi(APIView):
         description="Run the function. Errors of the platform use the error format; errors of the function come "
         "back with 200 and `X-Function-Error: Unhandled`, as on Lambda.",
     )
-    def post(self, request: Request, name: str) -> HttpResponse:
+    def post(self, request: ApiRequest, name: str) -> HttpResponse:
         function = selectors.function_get(owner=request.user, name=name)
         invocation_type = _invocation_type(request)
         log_mode = request.query_params.get("log", "none")
@@ -169,7 +171,7 @@ def _invoke_response(outcome: InvocationOutcome, *, with_log: bool) -> HttpRespo
     if outcome.platform_error:
         message = PLATFORM_ERROR_MESSAGES.get(outcome.error_type, "The platform failed this call; it was not retried.")
         body = error_body(outcome.error_type, message)
-        response = Response({**body, "details": {"invocation_id": outcome.invocation_id}}, status=502)
+        response: HttpResponse = Response({**body, "details": {"invocation_id": outcome.invocation_id}}, status=502)
     elif outcome.error_type == CAPACITY_EXCEEDED:
         message = "Rate exceeded: no executor has room for another environment now; nothing ran. Retry shortly."
         reason = CAPACITY_EXCEEDED.removeprefix("Throttled.")
@@ -253,7 +255,7 @@ class InvocationListApi(APIView):
         ],
         responses={200: paginated_of(InvocationOutputSerializer), **ERRORS},
     )
-    def get(self, request: Request) -> Response:
+    def get(self, request: ApiRequest) -> Response:
         params = request.query_params
         invocations = selectors.invocation_list(
             owner=request.user,
@@ -266,7 +268,7 @@ class InvocationListApi(APIView):
 
 class InvocationDetailApi(APIView):
     @extend_schema(operation_id="invocations_retrieve", responses={200: InvocationDetailSerializer, **ERRORS})
-    def get(self, request: Request, invocation_id: str) -> Response:
+    def get(self, request: ApiRequest, invocation_id: str) -> Response:
         invocation = selectors.invocation_get(owner=request.user, invocation_id=invocation_id)
         return Response(InvocationDetailSerializer(invocation).data)
 
@@ -298,7 +300,7 @@ class DeadLetterListApi(APIView):
         ],
         responses={200: paginated_of(DeadLetterOutputSerializer), **ERRORS},
     )
-    def get(self, request: Request) -> Response:
+    def get(self, request: ApiRequest) -> Response:
         params = request.query_params
         letters = selectors.dead_letter_list(
             owner=request.user,
@@ -311,11 +313,11 @@ class DeadLetterListApi(APIView):
 
 class DeadLetterDetailApi(APIView):
     @extend_schema(operation_id="dead_letters_retrieve", responses={200: DeadLetterOutputSerializer, **ERRORS})
-    def get(self, request: Request, letter_id: int) -> Response:
+    def get(self, request: ApiRequest, letter_id: int) -> Response:
         return Response(DeadLetterOutputSerializer(selectors.dead_letter_get(owner=request.user, pk=letter_id)).data)
 
     @extend_schema(operation_id="dead_letters_destroy", responses={204: None, **ERRORS})
-    def delete(self, request: Request, letter_id: int) -> Response:
+    def delete(self, request: ApiRequest, letter_id: int) -> Response:
         dead_letter_delete(dead_letter=selectors.dead_letter_get(owner=request.user, pk=letter_id))
         return Response(status=204)
 
@@ -332,7 +334,7 @@ class DeadLetterReplayApi(APIView):
         description="Run the stored event again as a new async invocation of the function's `$LATEST`. A letter "
         "runs once: replaying it again answers 200 with the invocation of its first replay (`replayed_as`).",
     )
-    def post(self, request: Request, letter_id: int) -> Response:
+    def post(self, request: ApiRequest, letter_id: int) -> Response:
         letter = selectors.dead_letter_get(owner=request.user, pk=letter_id)
         invocation, created = dead_letter_replay_once(dead_letter=letter)
         return _accepted(str(invocation.id), invocation.status, status=202 if created else 200)

@@ -10,14 +10,14 @@ import time
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.utils import timezone
 from redis.exceptions import RedisError
 
 from console.exceptions import OUTAGE_MESSAGE, ResourceNotFound, ServiceUnavailable
 from console.redis import blocking_pop
 from console.timing import phase_record
-from functions_app.accept import invocation_accept, slot_hold_s
+from functions_app.accept import DRY_RUN, invocation_accept, invocation_validate, slot_hold_s
 from functions_app.lifecycle import REPLY_KEY, InvocationOutcome, invocation_reclaim, outcome_from_row
 from functions_app.models import Function, Invocation, InvocationStatus, InvocationType
 from functions_app.outages import DATABASE_ERRORS, database_unreachable, leases_settled
@@ -115,14 +115,20 @@ class InvokeAnswer:
 
 def function_invoke(
     *,
-    owner: AbstractBaseUser,
+    owner: User,
     function: Function,
     qualifier: str,
     raw_payload: bytes,
     invocation_type: str,
     idempotency_key: str = "",
 ) -> InvokeAnswer:
-    """Accept the call and, for a synchronous one, wait for its outcome (see invocation_accept, invocation_wait)."""
+    """Accept the call and, for a synchronous one, wait for its outcome (see invocation_accept, invocation_wait).
+    A dry run is only validated: no invocation."""
+    if invocation_type == DRY_RUN:
+        invocation_validate(
+            function=function, qualifier=qualifier, raw_payload=raw_payload, invocation_type=invocation_type
+        )
+        return InvokeAnswer(None)
     invocation = invocation_accept(
         owner=owner,
         function=function,
@@ -131,7 +137,7 @@ def function_invoke(
         invocation_type=invocation_type,
         idempotency_key=idempotency_key,
     )
-    if invocation is None or invocation_type != InvocationType.SYNC:
+    if invocation_type != InvocationType.SYNC:
         return InvokeAnswer(invocation)
     published_at, waited = time.time(), time.perf_counter()
     outcome = invocation_wait(invocation=invocation, wait_s=sync_wait_budget(invocation))

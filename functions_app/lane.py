@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
-from console.redis import blocking_pop, redis_client
+from console.redis import as_text, blocking_pop, redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def lane_publish(*, invocation_id: str, sync: bool, host: str | None = None) -> 
 def lane_waiting() -> int:
     """Ids waiting in every lane (not those popped and running: their rows say RUNNING)."""
     client = redis_client()
-    keys = [SYNC_LANE_KEY, EVENT_LANE_KEY, *(key.decode() for key in client.smembers(HOST_LANES_KEY))]
+    keys = [SYNC_LANE_KEY, EVENT_LANE_KEY, *client.smembers(HOST_LANES_KEY)]
     pipeline = client.pipeline(transaction=False)
     for key in keys:
         pipeline.llen(key)
@@ -95,7 +95,7 @@ def lane_close(host: str) -> None:
     """Hand what still waits in a host's own lane to every host (wake-ups left over are dropped), then forget it."""
     client = redis_client()
     key = HOST_LANE_KEY.format(host=host)
-    client.lrem(key, 0, WAKE)
+    client.lrem(key, 0, WAKE)  # type: ignore[arg-type]  # redis-py annotates the value as str; bytes go as they are
     while client.lmove(key, SYNC_LANE_KEY, "LEFT", "RIGHT") is not None:
         pass
     client.srem(HOST_LANES_KEY, key)
@@ -117,10 +117,9 @@ def lane_serve(
             continue
         if popped is None or popped[1] == WAKE:
             continue
-        key, ids = popped[0].decode(), [popped[1]]
+        key, invocation_ids = popped[0].decode(), [popped[1].decode()]
         if key == EVENT_LANE_KEY and event_batch > 1:
-            ids += _pop_more(key, event_batch - 1)
-        invocation_ids = [invocation_id.decode() for invocation_id in ids]
+            invocation_ids += _pop_more(key, event_batch - 1)
         if stop.is_set():
             _put_back(key, invocation_ids)
             return
@@ -130,11 +129,12 @@ def lane_serve(
             logger.exception("The fast lane failed to run invocations %s", invocation_ids)
 
 
-def _pop_more(key: str, count: int) -> list[bytes]:
+def _pop_more(key: str, count: int) -> list[str]:
     try:
-        return redis_client().lpop(key, count) or []
+        popped = redis_client().lpop(key, count)  # a list of what there was, or None
     except RedisError:  # what could not be popped waits for the next pop
         return []
+    return [as_text(invocation_id) for invocation_id in popped] if isinstance(popped, list) else []
 
 
 def _put_back(key: str, invocation_ids: list[str]) -> None:

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -43,7 +43,8 @@ from functions_app.runtime import (
     InvokeResult,
 )
 from functions_app.worker import configs, function_spec, host_name, leases
-from metrics_app.services import invocation_attempt_failed, invocation_finished, invocation_meter, invocation_throttled
+from metrics_app.pricing import invocation_cost
+from metrics_app.services import invocation_record
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +246,8 @@ def _returned_columns() -> str:
     """The invocation's columns and its function's current revision (the configuration cache's key)."""
     quote = connection.ops.quote_name
     table, functions = quote(Invocation._meta.db_table), quote(Function._meta.db_table)
-    columns = ", ".join(quote(field.column) for field in Invocation._meta.concrete_fields)
+    # A concrete field always has a column (the stubs allow None for the others).
+    columns = ", ".join(quote(cast(str, field.column)) for field in Invocation._meta.concrete_fields)
     # Only the models' own quoted table and column names are formatted in.
     return (
         f"{columns}, (SELECT revision_id FROM {functions} WHERE {functions}.id = {table}.function_id) "  # noqa: S608
@@ -263,7 +265,8 @@ def invocation_claim(*, invocation_id: str, host: str, capacity: Capacity | None
     # order_by() drops the model's default ordering: this is the hot path, and one row has no order.
     invocation = (
         Invocation.objects.filter(pk=invocation_id)
-        .annotate(current_revision=F("function__revision_id"))
+        # Fills the in-memory attribute the model declares (for the raw claim too); the plugin sees a clash.
+        .annotate(current_revision=F("function__revision_id"))  # type: ignore[no-redef]
         .order_by()
         .first()
     )
@@ -326,7 +329,7 @@ def _refused_for_capacity(invocation: Invocation, capacity: Capacity) -> bool:
         return True
     if capacity.has_room(invocation.memory_mb):
         return False
-    invocation_throttled(function=invocation.function, reason=CAPACITY_EXCEEDED.removeprefix("Throttled."))
+    invocation_record(event="throttled", function=invocation.function)
     if invocation.invocation_type == InvocationType.ASYNC:
         _requeue(invocation, fenced, delay_s=settings.THROTTLE_RETRY_S, error_type=CAPACITY_EXCEEDED)
     else:
@@ -359,7 +362,7 @@ def _admitted_for_run(invocation: Invocation, now: datetime) -> bool:
         return False
     if admission.admitted:
         return True
-    invocation_throttled(function=invocation.function, reason=admission.reason)
+    invocation_record(event="throttled", function=invocation.function)
     fenced = _fence_as_read(invocation)
     _requeue(invocation, fenced, delay_s=settings.THROTTLE_RETRY_S, error_type=f"Throttled.{admission.reason}")
     return False
@@ -541,7 +544,7 @@ def _admitted_now(invocation: Invocation) -> bool:
         return False
     if admission.admitted:
         return True
-    invocation_throttled(function=invocation.function, reason=admission.reason)
+    invocation_record(event="throttled", function=invocation.function)
     database_retry(
         lambda: _give_back(invocation, error_type=f"Throttled.{admission.reason}"), what=f"Invocation {invocation.pk}"
     )
@@ -600,7 +603,7 @@ def invocation_refuse_for_capacity(*, invocation: Invocation, reason: str) -> No
     ran. A sync caller hears it at once as a throttle it may retry; an async event goes back to the queue, its
     attempt number moved on (fencing needs that) but not its retry budget."""
     fenced = _own_fence(invocation)
-    invocation_throttled(function=invocation.function, reason=CAPACITY_EXCEEDED.removeprefix("Throttled."))
+    invocation_record(event="throttled", function=invocation.function)
     if invocation.invocation_type == InvocationType.ASYNC:
         if _give_back(invocation, error_type=CAPACITY_EXCEEDED):
             _release(invocation)
@@ -625,8 +628,9 @@ def invocation_complete(*, invocation: Invocation, result: InvokeResult) -> bool
 
     A failed async attempt with attempts left goes back to the queue after a backoff; anything else is final.
     """
-    now = timezone.now()
-    cost = invocation_meter(memory_mb=invocation.memory_mb, init_ms=result.init_ms, duration_ms=result.duration_ms)
+    now, started_at = timezone.now(), invocation.started_at
+    assert started_at is not None, "only a claimed invocation completes"  # every claim stamps started_at
+    cost = invocation_cost(memory_mb=invocation.memory_mb, init_ms=result.init_ms, duration_ms=result.duration_ms)
     succeeded = result.status == "succeeded"
     retry = (
         not succeeded
@@ -640,10 +644,10 @@ def invocation_complete(*, invocation: Invocation, result: InvokeResult) -> bool
         "error_type": result.error_type or "",
         "log": invocation_log(invocation=invocation, result=result, billed_ms=cost.billed_ms),
         "is_cold": result.is_cold,
-        "started_at": invocation.started_at,
-        "queue_wait_ms": (invocation.started_at - invocation.queued_at).total_seconds() * 1000,
+        "started_at": started_at,
+        "queue_wait_ms": (started_at - invocation.queued_at).total_seconds() * 1000,
         "prepare_ms": invocation.prepare_ms,
-        "overhead_ms": _overhead_ms(invocation, now, result),
+        "overhead_ms": _overhead_ms(invocation, now - started_at, result),
         "init_ms": result.init_ms,
         "duration_ms": result.duration_ms,
         "billed_ms": cost.billed_ms,
@@ -667,8 +671,8 @@ def invocation_complete(*, invocation: Invocation, result: InvokeResult) -> bool
             for name, value in fields.items():
                 setattr(invocation, name, value)
             _after_write(functools.partial(_release, invocation))
-            # Lambda bills every attempt, not only the last
-            _after_write(functools.partial(invocation_attempt_failed, invocation=invocation))
+            # Lambda bills every attempt, not only the last.
+            _after_write(functools.partial(invocation_record, event="attempt_failed", invocation=invocation))
     if not written:
         logger.warning(
             "Invocation %s attempt %s lost its lease; its result is discarded", invocation.pk, invocation.attempt
@@ -676,8 +680,8 @@ def invocation_complete(*, invocation: Invocation, result: InvokeResult) -> bool
     return written
 
 
-def _overhead_ms(invocation: Invocation, now: datetime, result: InvokeResult) -> float:
-    elapsed_ms = (now - invocation.started_at).total_seconds() * 1000
+def _overhead_ms(invocation: Invocation, elapsed: timedelta, result: InvokeResult) -> float:
+    elapsed_ms = elapsed.total_seconds() * 1000
     return max(elapsed_ms - (invocation.prepare_ms or 0.0) - result.init_ms - result.duration_ms, 0.0)
 
 
@@ -752,7 +756,7 @@ def _terminal_write(
             )
     _after_write(functools.partial(_release_and_reply, invocation))
     if metered:
-        _after_write(functools.partial(invocation_finished, invocation=invocation))
+        _after_write(functools.partial(invocation_record, event="finished", invocation=invocation))
     return True
 
 
@@ -766,9 +770,8 @@ def _release_and_reply(invocation: Invocation) -> None:
     )
     if invocation.invocation_type == InvocationType.SYNC:
         outcome = outcome_from_row(invocation)
-        timings = getattr(invocation, "timings", None)
-        if timings is not None:
-            outcome = replace(outcome, phases=timings.phases())
+        if invocation.timings is not None:
+            outcome = replace(outcome, phases=invocation.timings.phases())
         key = REPLY_KEY.format(id=invocation.id)
         pipeline.rpush(key, json.dumps(asdict(outcome)))
         pipeline.expire(key, REPLY_TTL_S)

@@ -6,11 +6,15 @@ State changes only through ``functions_app.services``; ranges that must always h
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+
+if TYPE_CHECKING:
+    from functions_app.lifecycle import RunTimings
 
 LATEST = "$LATEST"
 MEMORY_MIN_MB, MEMORY_MAX_MB = 128, 10240
@@ -260,6 +264,11 @@ class Invocation(models.Model):
     cost_request_usd = models.DecimalField(max_digits=20, decimal_places=12, null=True, blank=True)
     cost_run_usd = models.DecimalField(max_digits=20, decimal_places=12, null=True, blank=True)
     cost_init_usd = models.DecimalField(max_digits=20, decimal_places=12, null=True, blank=True)
+
+    # Not columns: what the worker that claimed the row keeps on it in memory (functions_app.lifecycle). The
+    # function's revision as the claim read it, which picks the cached configuration; a sync call's timings.
+    current_revision: uuid.UUID
+    timings: RunTimings | None = None
 
     class Meta:
         ordering = ["-queued_at"]

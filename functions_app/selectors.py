@@ -11,7 +11,7 @@ import zipfile
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db.models import Q, QuerySet
 
@@ -22,7 +22,7 @@ from functions_app.code_storage import code_store
 from functions_app.models import LATEST, Alias, DeadLetter, Function, Invocation, TestEvent, Version
 
 
-def function_list(*, owner: AbstractBaseUser, search: str = "", runtime: str = "") -> QuerySet[Function]:
+def function_list(*, owner: User, search: str = "", runtime: str = "") -> QuerySet[Function]:
     functions = Function.objects.filter(owner=owner).select_related("code")
     if search:
         functions = functions.filter(Q(name__icontains=search) | Q(description__icontains=search))
@@ -31,7 +31,7 @@ def function_list(*, owner: AbstractBaseUser, search: str = "", runtime: str = "
     return functions
 
 
-def function_get(*, owner: AbstractBaseUser, name: str) -> Function:
+def function_get(*, owner: User, name: str) -> Function:
     try:
         return Function.objects.select_related("code").get(owner=owner, name=name)
     except Function.DoesNotExist:
@@ -106,7 +106,7 @@ def qualifier_resolve(
 
 def invocation_list(
     *,
-    owner: AbstractBaseUser,
+    owner: User,
     function_name: str = "",
     status: str = "",
     is_cold: bool | None = None,
@@ -127,7 +127,7 @@ def invocation_list(
     return invocations
 
 
-def invocation_get(*, owner: AbstractBaseUser, invocation_id: str) -> Invocation:
+def invocation_get(*, owner: User, invocation_id: str) -> Invocation:
     try:
         return Invocation.objects.select_related("function").get(owner=owner, pk=invocation_id)
     except (Invocation.DoesNotExist, ValueError, ValidationError):
@@ -152,7 +152,7 @@ def executor_hosts() -> list[dict]:
 
 
 def dead_letter_list(
-    *, owner: AbstractBaseUser, function_name: str = "", condition: str = "", replayed: bool | None = None
+    *, owner: User, function_name: str = "", condition: str = "", replayed: bool | None = None
 ) -> QuerySet[DeadLetter]:
     letters = DeadLetter.objects.filter(owner=owner).select_related("function")
     if function_name:
@@ -164,7 +164,7 @@ def dead_letter_list(
     return letters
 
 
-def dead_letter_get(*, owner: AbstractBaseUser, pk: int) -> DeadLetter:
+def dead_letter_get(*, owner: User, pk: int) -> DeadLetter:
     try:
         return DeadLetter.objects.select_related("function", "owner").get(owner=owner, pk=pk)
     except DeadLetter.DoesNotExist:

@@ -1,5 +1,6 @@
-"""Writes to the function registry. Every rule Lambda enforces on configuration is checked here, so the API,
-the console forms and the admin-free management commands share one set of rules."""
+"""Writes to the function registry, and the retention of its invocation history. Every rule Lambda enforces on
+configuration is checked here, so the API, the console forms and the admin-free management commands share one set
+of rules."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import uuid
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -33,11 +35,13 @@ from functions_app.models import (
     MEMORY_MAX_MB,
     MEMORY_MIN_MB,
     RETRIES_MAX,
+    TERMINAL_STATUSES,
     TIMEOUT_MAX_S,
     TIMEOUT_MIN_S,
     Alias,
     CodeArtifact,
     Function,
+    Invocation,
     Runtime,
     TestEvent,
     Version,
@@ -110,6 +114,12 @@ def _check_range(field: str, value: Any, low: int, high: int) -> None:
         raise _invalid(field, f"Must be an integer from {low} to {high}.")
 
 
+def _reserved_concurrency_validate(value: Any) -> None:
+    # Reserved concurrency beyond the account's limit could never be used (Lambda refuses it too); None: unreserved.
+    if value is not None:
+        _check_range("reserved_concurrency", value, 0, settings.ACCOUNT_CONCURRENCY_LIMIT)
+
+
 def config_validate(fields: dict[str, Any]) -> None:
     """Check every configuration field present in ``fields``; unknown fields are the caller's bug."""
     checks = {
@@ -118,10 +128,7 @@ def config_validate(fields: dict[str, Any]) -> None:
         "ephemeral_storage_mb": lambda v: _check_range("ephemeral_storage_mb", v, EPHEMERAL_MIN_MB, EPHEMERAL_MAX_MB),
         "max_retry_attempts": lambda v: _check_range("max_retry_attempts", v, 0, RETRIES_MAX),
         "max_event_age_s": lambda v: _check_range("max_event_age_s", v, EVENT_AGE_MIN_S, EVENT_AGE_MAX_S),
-        # Reserved concurrency beyond the account's limit could never be used (Lambda refuses it too).
-        "reserved_concurrency": lambda v: (
-            v is None or _check_range("reserved_concurrency", v, 0, settings.ACCOUNT_CONCURRENCY_LIMIT)
-        ),
+        "reserved_concurrency": _reserved_concurrency_validate,
         "runtime": _runtime_validate,
         "description": lambda v: _text_validate("description", v, 256),
         "network_enabled": _network_validate,
@@ -285,7 +292,7 @@ def code_with_module_replaced(*, function: Function, module: str, source: str) -
 
 def function_create(
     *,
-    owner: AbstractBaseUser,
+    owner: User,
     name: str,
     handler: str,
     code: CodeUpload,
@@ -579,3 +586,26 @@ def environments_reencrypt(*, progress: Any = None, batch: int = 500) -> dict[st
                 progress(done)
         counts[name] = done
     return counts
+
+
+# ---- invocation history -------------------------------------------------------------------------------------
+
+# Rows per DELETE: the first prune after a long pause may face months of rows, and one statement over all of
+# them would hold its locks (and Django's cascade collector its objects) for as long as that takes.
+PRUNE_BATCH = 1000
+
+
+def invocations_prune(*, now: datetime | None = None) -> int:
+    """Delete finished invocation rows older than INVOCATION_RETENTION_DAYS; returns how many went.
+
+    Rows still referenced by a dead letter are kept: the dead-letter inbox owns them until deleted. Roll-ups are
+    metrics_app's (``metrics_retention``), so charts and costs outlive the rows they were metered from.
+    """
+    cutoff = (now or timezone.now()) - timedelta(days=settings.INVOCATION_RETENTION_DAYS)
+    old = Invocation.objects.filter(
+        status__in=TERMINAL_STATUSES, finished_at__lt=cutoff, dead_letter__isnull=True
+    ).order_by()
+    deleted = 0
+    while ids := list(old.values_list("pk", flat=True)[:PRUNE_BATCH]):
+        deleted += Invocation.objects.filter(pk__in=ids).delete()[1].get("functions_app.Invocation", 0)
+    return deleted

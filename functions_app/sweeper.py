@@ -57,9 +57,8 @@ def _sweep() -> dict[str, int]:
         status=InvocationStatus.QUEUED, expires_at__lt=now
     )[:SWEEP_BATCH]:
         counts["expired"] += invocation_expire(invocation=invocation)
-    expired_leases = Invocation.objects.select_related(*related).filter(
-        status=InvocationStatus.RUNNING, lease_until__lt=now
-    )[:SWEEP_BATCH]
+    running = Invocation.objects.select_related(*related).filter(status=InvocationStatus.RUNNING, lease_until__lt=now)
+    expired_leases = list(running[:SWEEP_BATCH])
     if not leases_settled():
         # Just after an outage of the database no worker could renew its leases: wait for their heartbeats.
         counts["leases_held"] = len(expired_leases)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task, signals
@@ -13,6 +14,7 @@ from console.processes import SYNC_QUEUE
 from functions_app import worker
 from functions_app.lifecycle import invocation_run, invocation_run_events
 from functions_app.outages import DATABASE_ERRORS, DATABASE_RETRY_S, database_retry
+from functions_app.services import invocations_prune
 from functions_app.sweeper import invocations_sweep
 
 
@@ -38,12 +40,18 @@ def invocations_sweep_task() -> dict[str, int]:
     return invocations_sweep()
 
 
+@shared_task(name="ephemera.invocations_prune", ignore_result=True)
+def invocations_prune_task() -> int:
+    return invocations_prune()
+
+
 def lane_run(invocation_ids: list[str], sync: bool) -> None:
     """Calls from the fast lane (a sync call, or a batch of events), as a task runs one: fresh database connections,
     and a claim that found the database unreachable (nothing ran) tried again for a while, unless the host is
     shutting down (the sweeper republishes the calls)."""
     close_old_connections()
     executor = worker.executor()
+    run: Callable[[], object]
     if sync:
         (invocation_id,) = invocation_ids
         run = functools.partial(invocation_run, invocation_id=invocation_id, executor=executor, sync=True)

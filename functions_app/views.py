@@ -14,6 +14,7 @@ import plotly.io
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.contrib.auth.views import PasswordChangeView
 from django.contrib.messages.views import SuccessMessageMixin
 from django.db.models import QuerySet
@@ -26,6 +27,7 @@ from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_POST
 
 from console import accounts
+from console.auth import SignedInRequest
 from console.exceptions import ResourceNotFound, ServiceError
 from functions_app import forms, invoke, selectors, services
 from functions_app.code import handler_module_candidates
@@ -160,7 +162,7 @@ def _page(request: HttpRequest, rows: QuerySet) -> Page:
 
 
 @console_page
-def function_list(request: HttpRequest) -> HttpResponse:
+def function_list(request: SignedInRequest) -> HttpResponse:
     form = forms.FunctionFilterForm(request.GET)
     filters = form.cleaned_data if form.is_valid() else {}
     functions = selectors.function_list(
@@ -181,7 +183,7 @@ def function_list(request: HttpRequest) -> HttpResponse:
 
 
 @console_page
-def function_create(request: HttpRequest) -> HttpResponse:
+def function_create(request: SignedInRequest) -> HttpResponse:
     form = forms.FunctionCreateForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
@@ -214,7 +216,7 @@ def _code_upload(form: forms.FunctionCreateForm | forms.CodeForm, handler: str) 
 
 
 @console_page
-def function_code(request: HttpRequest, name: str) -> HttpResponse:
+def function_code(request: SignedInRequest, name: str) -> HttpResponse:
     """`$LATEST`'s package: its files, one opened in the editor (``?file=``, by default the handler's module)."""
     function = selectors.function_get(owner=request.user, name=name)
     package = selectors.package_view(
@@ -287,14 +289,14 @@ def _test_context(function: Function, **overrides: Any) -> dict[str, Any]:
 
 
 @console_page
-def function_test(request: HttpRequest, name: str) -> HttpResponse:
+def function_test(request: SignedInRequest, name: str) -> HttpResponse:
     function = selectors.function_get(owner=request.user, name=name)
     return _tab(request, function, "test", _test_context(function))
 
 
 @console_page
 @require_POST
-def function_invoke(request: HttpRequest, name: str) -> HttpResponse:
+def function_invoke(request: SignedInRequest, name: str) -> HttpResponse:
     """A synchronous invoke through the same service as the API's."""
     function = selectors.function_get(owner=request.user, name=name)
     form = _invoke_form(function, request.POST)
@@ -321,7 +323,7 @@ def function_invoke(request: HttpRequest, name: str) -> HttpResponse:
 
 @console_page
 @require_POST
-def test_event_create(request: HttpRequest, name: str) -> HttpResponse:
+def test_event_create(request: SignedInRequest, name: str) -> HttpResponse:
     function = selectors.function_get(owner=request.user, name=name)
     form = forms.TestEventForm(request.POST, auto_id="new_%s")
     if form.is_valid():
@@ -336,7 +338,7 @@ def test_event_create(request: HttpRequest, name: str) -> HttpResponse:
 
 @console_page
 @require_POST
-def test_event_update(request: HttpRequest, name: str, event_name: str) -> HttpResponse:
+def test_event_update(request: SignedInRequest, name: str, event_name: str) -> HttpResponse:
     function = selectors.function_get(owner=request.user, name=name)
     test_event = selectors.test_event_get(function=function, name=event_name)
     form = forms.TestEventForm(request.POST, prefix=event_name)
@@ -356,7 +358,7 @@ def test_event_update(request: HttpRequest, name: str, event_name: str) -> HttpR
 
 @console_page
 @require_POST
-def test_event_delete(request: HttpRequest, name: str, event_name: str) -> HttpResponse:
+def test_event_delete(request: SignedInRequest, name: str, event_name: str) -> HttpResponse:
     function = selectors.function_get(owner=request.user, name=name)
     services.test_event_delete(test_event=selectors.test_event_get(function=function, name=event_name))
     return redirect("function_test", name=function.name)
@@ -366,7 +368,7 @@ def test_event_delete(request: HttpRequest, name: str, event_name: str) -> HttpR
 
 
 @console_page
-def function_monitor(request: HttpRequest, name: str) -> HttpResponse:
+def function_monitor(request: SignedInRequest, name: str) -> HttpResponse:
     function = selectors.function_get(owner=request.user, name=name)
     window = request.GET.get("range", "24h")
     if window not in forms.TIME_RANGES:
@@ -423,13 +425,13 @@ def _alias_update_form(alias: Any, data: Any = None) -> forms.AliasUpdateForm:
 
 
 @console_page
-def function_versions(request: HttpRequest, name: str) -> HttpResponse:
+def function_versions(request: SignedInRequest, name: str) -> HttpResponse:
     function = selectors.function_get(owner=request.user, name=name)
     return _tab(request, function, "versions", _versions_context(function))
 
 
 @console_page
-def version_code(request: HttpRequest, name: str, number: int) -> HttpResponse:
+def version_code(request: SignedInRequest, name: str, number: int) -> HttpResponse:
     """A published version's package, read-only: its files, one opened (``?file=``)."""
     function = selectors.function_get(owner=request.user, name=name)
     version = selectors.version_get(function=function, number=number)
@@ -442,7 +444,7 @@ def version_code(request: HttpRequest, name: str, number: int) -> HttpResponse:
 
 @console_page
 @require_POST
-def version_publish(request: HttpRequest, name: str) -> HttpResponse:
+def version_publish(request: SignedInRequest, name: str) -> HttpResponse:
     function = selectors.function_get(owner=request.user, name=name)
     form = forms.PublishForm(request.POST)
     if form.is_valid():
@@ -455,7 +457,7 @@ def version_publish(request: HttpRequest, name: str) -> HttpResponse:
 
 @console_page
 @require_POST
-def alias_create(request: HttpRequest, name: str) -> HttpResponse:
+def alias_create(request: SignedInRequest, name: str) -> HttpResponse:
     function = selectors.function_get(owner=request.user, name=name)
     form = forms.AliasForm(request.POST)
     if form.is_valid():
@@ -478,7 +480,7 @@ def alias_create(request: HttpRequest, name: str) -> HttpResponse:
 
 @console_page
 @require_POST
-def alias_update(request: HttpRequest, name: str, alias_name: str) -> HttpResponse:
+def alias_update(request: SignedInRequest, name: str, alias_name: str) -> HttpResponse:
     function = selectors.function_get(owner=request.user, name=name)
     alias = selectors.alias_get(function=function, name=alias_name)
     form = _alias_update_form(alias, request.POST)
@@ -505,7 +507,7 @@ def alias_update(request: HttpRequest, name: str, alias_name: str) -> HttpRespon
 
 @console_page
 @require_POST
-def alias_delete(request: HttpRequest, name: str, alias_name: str) -> HttpResponse:
+def alias_delete(request: SignedInRequest, name: str, alias_name: str) -> HttpResponse:
     function = selectors.function_get(owner=request.user, name=name)
     services.alias_delete(alias=selectors.alias_get(function=function, name=alias_name))
     return redirect("function_versions", name=function.name)
@@ -520,7 +522,7 @@ def _with_colours(invocations: list[Invocation]) -> list[Invocation]:
     return invocations
 
 
-def _invocations_filtered(function: Function, form: forms.InvocationFilterForm, owner: Any) -> QuerySet[Invocation]:
+def _invocations_filtered(function: Function, form: forms.InvocationFilterForm, owner: User) -> QuerySet[Invocation]:
     data = form.cleaned_data if form.is_valid() else {}
     since = timezone.now() - timedelta(hours=forms.TIME_RANGES[data["since"]]) if data.get("since") else None
     return selectors.invocation_list(
@@ -534,7 +536,7 @@ def _invocations_filtered(function: Function, form: forms.InvocationFilterForm, 
 
 
 @console_page
-def function_invocations(request: HttpRequest, name: str) -> HttpResponse:
+def function_invocations(request: SignedInRequest, name: str) -> HttpResponse:
     function = selectors.function_get(owner=request.user, name=name)
     form = forms.InvocationFilterForm(request.GET)
     page = _page(request, _invocations_filtered(function, form, request.user))
@@ -543,7 +545,7 @@ def function_invocations(request: HttpRequest, name: str) -> HttpResponse:
 
 
 @console_page
-def invocation_row(request: HttpRequest, invocation_id: str) -> HttpResponse:
+def invocation_row(request: SignedInRequest, invocation_id: str) -> HttpResponse:
     """One row of the Invocations tab; it polls itself every second until the invocation is terminal."""
     invocation = selectors.invocation_get(owner=request.user, invocation_id=invocation_id)
     return render(request, "functions_app/_invocation_row.html", {"invocation": _with_colours([invocation])[0]})
@@ -551,8 +553,10 @@ def invocation_row(request: HttpRequest, invocation_id: str) -> HttpResponse:
 
 def _timeline(invocation: Invocation) -> list[dict[str, Any]]:
     """The phases of ``TIMELINE_PHASES`` that happened, each with its share of the whole (at least a sliver)."""
-    phases = [(label, getattr(invocation, field, None), colour) for label, field, colour in TIMELINE_PHASES]
-    phases = [(label, ms, colour) for label, ms, colour in phases if ms]
+    spent: list[tuple[str, float | None, str]] = [
+        (label, getattr(invocation, field), colour) for label, field, colour in TIMELINE_PHASES
+    ]
+    phases = [(label, ms, colour) for label, ms, colour in spent if ms]
     total = sum(ms for _, ms, _ in phases) or 1.0
     return [
         {"label": label, "ms": ms, "colour": colour, "percent": max(ms / total * 100, 0.5)}
@@ -570,7 +574,7 @@ def _invocation_context(invocation: Invocation) -> dict[str, Any]:
 
 
 @console_page
-def invocation_detail(request: HttpRequest, invocation_id: str) -> HttpResponse:
+def invocation_detail(request: SignedInRequest, invocation_id: str) -> HttpResponse:
     invocation = selectors.invocation_get(owner=request.user, invocation_id=invocation_id)
     template = "functions_app/_invocation_body.html" if _is_htmx(request) else "functions_app/invocation_detail.html"
     return render(request, template, _invocation_context(invocation))
@@ -580,15 +584,25 @@ def invocation_detail(request: HttpRequest, invocation_id: str) -> HttpResponse:
 
 
 def _configuration_form(function: Function, data: Any = None) -> forms.FunctionConfigurationForm:
-    fields = ("description", "handler", "memory_mb", "timeout_s", "ephemeral_storage_mb", "reserved_concurrency")
-    fields += ("network_enabled",)
-    fields += ("max_retry_attempts", "max_event_age_s", "on_success_destination", "on_failure_destination")
+    fields: tuple[str, ...] = (
+        "description",
+        "handler",
+        "memory_mb",
+        "timeout_s",
+        "ephemeral_storage_mb",
+        "reserved_concurrency",
+        "network_enabled",
+        "max_retry_attempts",
+        "max_event_age_s",
+        "on_success_destination",
+        "on_failure_destination",
+    )
     initial = {field: getattr(function, field) for field in fields} | {"revision_id": str(function.revision_id)}
     return forms.FunctionConfigurationForm(data, initial=initial, environment_keys=function.environment_keys)
 
 
 @console_page
-def function_configuration(request: HttpRequest, name: str) -> HttpResponse:
+def function_configuration(request: SignedInRequest, name: str) -> HttpResponse:
     function = selectors.function_get(owner=request.user, name=name)
     form = _configuration_form(function, request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -611,7 +625,7 @@ def function_configuration(request: HttpRequest, name: str) -> HttpResponse:
 
 @console_page
 @require_POST
-def function_delete(request: HttpRequest, name: str) -> HttpResponse:
+def function_delete(request: SignedInRequest, name: str) -> HttpResponse:
     services.function_delete(function=selectors.function_get(owner=request.user, name=name))
     messages.success(request, f"Deleted {name} with its versions, aliases and invocations.")
     return _back(request, reverse("function_list"))
@@ -621,7 +635,7 @@ def function_delete(request: HttpRequest, name: str) -> HttpResponse:
 
 
 @console_page
-def dead_letter_list(request: HttpRequest) -> HttpResponse:
+def dead_letter_list(request: SignedInRequest) -> HttpResponse:
     form = forms.DeadLetterFilterForm(request.GET)
     filters = form.cleaned_data if form.is_valid() else {}
     letters = selectors.dead_letter_list(
@@ -637,7 +651,7 @@ def dead_letter_list(request: HttpRequest) -> HttpResponse:
 
 @console_page
 @require_POST
-def dead_letter_replay_view(request: HttpRequest, letter_id: int) -> HttpResponse:
+def dead_letter_replay_view(request: SignedInRequest, letter_id: int) -> HttpResponse:
     letter: DeadLetter = selectors.dead_letter_get(owner=request.user, pk=letter_id)
     replayed = dead_letter_replay(dead_letter=letter)
     return redirect("invocation_detail", invocation_id=replayed.pk)
@@ -645,7 +659,7 @@ def dead_letter_replay_view(request: HttpRequest, letter_id: int) -> HttpRespons
 
 @console_page
 @require_POST
-def dead_letter_delete_view(request: HttpRequest, letter_id: int) -> HttpResponse:
+def dead_letter_delete_view(request: SignedInRequest, letter_id: int) -> HttpResponse:
     dead_letter_delete(dead_letter=selectors.dead_letter_get(owner=request.user, pk=letter_id))
     return _back(request, reverse("dead_letter_list"))
 
@@ -654,12 +668,12 @@ def dead_letter_delete_view(request: HttpRequest, letter_id: int) -> HttpRespons
 
 
 @console_page
-def account(request: HttpRequest) -> HttpResponse:
+def account(request: SignedInRequest) -> HttpResponse:
     return _account_page(request, forms.ApiKeyForm())
 
 
 def _account_page(
-    request: HttpRequest, key_form: forms.ApiKeyForm, new_key: str | None = None, status: int = 200
+    request: SignedInRequest, key_form: forms.ApiKeyForm, new_key: str | None = None, status: int = 200
 ) -> HttpResponse:
     context = {
         "api_keys": accounts.api_key_list(owner=request.user)[: accounts.KEYS_PER_USER_MAX * 2],
@@ -674,7 +688,7 @@ def _account_page(
 
 @console_page
 @require_POST
-def api_key_create(request: HttpRequest) -> HttpResponse:
+def api_key_create(request: SignedInRequest) -> HttpResponse:
     """Make a key and show it on this page, this once (it is stored as a hash: no later page can show it)."""
     form = forms.ApiKeyForm(request.POST)
     if form.is_valid():
@@ -690,7 +704,7 @@ def api_key_create(request: HttpRequest) -> HttpResponse:
 
 @console_page
 @require_POST
-def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
+def api_key_revoke(request: SignedInRequest, key_id: int) -> HttpResponse:
     api_key = accounts.api_key_revoke(api_key=accounts.api_key_get(owner=request.user, pk=key_id))
     messages.success(request, f"The key {api_key} is revoked: it no longer works.")
     return redirect("account")

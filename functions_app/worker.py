@@ -129,11 +129,8 @@ def function_spec(invocation: Invocation) -> FunctionSpec:
     Memory and timeout come from the invocation row (what was configured when it was accepted, and what it is
     billed for); code, handler and environment from the version, or from `$LATEST` as it is now.
     """
-    function = invocation.function
-    config = invocation.version or function
-    identity = (
-        f"v{config.number}:{config.config_sha256[:16]}" if invocation.version else f"latest:{function.revision_id}"
-    )
+    function, version = invocation.function, invocation.version
+    identity = f"v{version.number}:{version.config_sha256[:16]}" if version else f"latest:{function.revision_id}"
     key = f"{function.pk}:{identity}:{invocation.memory_mb}mb:{invocation.timeout_s}s"  # see environment_key_owner
     with _specs_lock:
         spec = _specs.get(key)

@@ -17,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from console.auth import ApiRequest
 from console.exceptions import ServiceError
 from console.json_api import ERRORS
 from functions_app.selectors import function_get
@@ -76,7 +77,8 @@ class UsageRowSerializer(serializers.Serializer):
     function = serializers.CharField(required=False)
     version = serializers.CharField(required=False)
     invocations = serializers.IntegerField()
-    errors = serializers.IntegerField()
+    # DRF's metaclass moves declared fields out of the class, so this does not shadow Serializer.errors.
+    errors = serializers.IntegerField()  # type: ignore[assignment]
     throttles = serializers.IntegerField()
     cold_starts = serializers.IntegerField()
     gb_seconds = serializers.FloatField()
@@ -119,7 +121,7 @@ class UsageReportApi(JsonOrCsvApi):
         ],
         responses={(200, "application/json"): UsageReportSerializer, (200, "text/csv"): OpenApiTypes.STR, **ERRORS},
     )
-    def get(self, request: Request) -> Response:
+    def get(self, request: ApiRequest) -> Response:
         query = _query(UsageReportQuerySerializer, request)
         everyone = query["scope"] == "all" or (query["group_by"] == "owner" and request.user.is_staff)
         if everyone and not request.user.is_staff:
@@ -178,7 +180,7 @@ class RightsizingApi(APIView):
         "last 14 days of telemetry, with OOM-risk flags and a recommendation; `model` states the assumptions.",
         responses={200: RightsizingSerializer, **ERRORS},
     )
-    def get(self, request: Request, name: str) -> Response:
+    def get(self, request: ApiRequest, name: str) -> Response:
         function = function_get(owner=request.user, name=name)
         analysis = rightsizing.function_rightsizing(function=function)
         body = {"function": function.name, "configured_memory_mb": function.memory_mb, **analysis.as_dict()}

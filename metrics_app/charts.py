@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from functions_app.models import Function
 from metrics_app import selectors
 from metrics_app.reports import GROUPINGS, KEY_LABELS
 from metrics_app.selectors import Timeseries, Usage
@@ -202,7 +203,7 @@ def _per_million(usage: Usage) -> float:
     return float(usage.total_usd) / usage.invocations * 1_000_000 if usage.invocations else 0.0
 
 
-def monitor_figures(*, function: Any, start: datetime, end: datetime) -> list[dict]:
+def monitor_figures(*, function: Function, start: datetime, end: datetime) -> list[dict]:
     """Every chart of a function's Monitor page over [start, end), each ``{"id", "title", "figure"}``."""
     series = selectors.function_timeseries(function=function, start=start, end=end)
     versions = selectors.function_versions(function=function, start=start, end=end)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.utils import timezone
 
 from console.exceptions import ServiceError
@@ -83,7 +83,7 @@ def report_granularity(start: datetime, end: datetime) -> str:
 
 def usage_report(
     *,
-    owner: AbstractBaseUser | None,
+    owner: User | None,
     start: datetime,
     end: datetime,
     group_by: str = "function",
@@ -132,7 +132,7 @@ def _money(value: Decimal) -> str:
 def _volume_discount(
     groups: list[tuple[dict, Usage]],
     group_by: str,
-    owner: AbstractBaseUser | None,
+    owner: User | None,
     start: datetime,
     end: datetime,
 ) -> Decimal:
@@ -153,7 +153,7 @@ def _volume_discount(
     return discount
 
 
-def month_forecast(*, owner: AbstractBaseUser | None, now: datetime) -> dict[str, Any]:
+def month_forecast(*, owner: User | None, now: datetime) -> dict[str, Any]:
     """The current month's cost so far and a linear month-end forecast (so far / elapsed fraction of the month)."""
     month_start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     month_end = _next_month(month_start)

@@ -23,6 +23,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from functions_app.models import Function
 from metrics_app import selectors
 from metrics_app.pricing import PriceTable, duration_cost, price_table
 from metrics_app.selectors import Usage
@@ -148,7 +149,7 @@ def _with(analysis: Analysis, recommended: int | None, saving: float, reason: st
     return Analysis(**values)
 
 
-def function_rightsizing(*, function: Any, now: datetime | None = None) -> Analysis:
+def function_rightsizing(*, function: Function, now: datetime | None = None) -> Analysis:
     """Right-sizing of a function from its last 14 days of day roll-ups, at its current memory size (or, if it
     has not run at that size, at the size it ran most)."""
     now = now or timezone.now()

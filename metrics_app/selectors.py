@@ -10,15 +10,16 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import F, Max, Q, QuerySet, Sum
 from django.utils import timezone
 
+from functions_app.models import Function
 from metrics_app.histograms import DURATION, INIT, MEMORY, percentile, percentile_upper
 from metrics_app.models import ADDITIVE_FIELDS, MAX_FIELDS, UNRESOLVED, Granularity, Rollup
 from metrics_app.services import bucket_start
 
-STEP = {
+STEP: dict[str, timedelta] = {
     Granularity.MINUTE: timedelta(minutes=1),
     Granularity.HOUR: timedelta(hours=1),
     Granularity.DAY: timedelta(days=1),
@@ -131,7 +132,7 @@ def _annotations() -> dict[str, Any]:
 
 def usage_from(aggregates: dict[str, Any]) -> Usage:
     row = {name.removeprefix("agg_"): value for name, value in aggregates.items()}
-    scalars = {name: row.get(name) or 0 for name in _SCALAR_FIELDS}
+    scalars: dict[str, Any] = {name: row.get(name) or 0 for name in _SCALAR_FIELDS}
     for name in ("request_usd", "run_usd", "init_usd"):
         scalars[name] = Decimal(str(scalars[name]))
     return Usage(
@@ -194,7 +195,9 @@ class Timeseries:
         return len(self.buckets)
 
 
-def function_timeseries(*, function: Any, start: datetime, end: datetime, granularity: str | None = None) -> Timeseries:
+def function_timeseries(
+    *, function: Function, start: datetime, end: datetime, granularity: str | None = None
+) -> Timeseries:
     """The function's roll-ups per minute, hour or day over [start, end), all versions together, gaps as zero."""
     granularity = granularity or granularity_for(start=start, end=end)
     rows = _grouped(_rollups(granularity, start, end).filter(function=function), "bucket_start")
@@ -207,7 +210,7 @@ def function_timeseries(*, function: Any, start: datetime, end: datetime, granul
     return Timeseries(granularity, step, buckets, [by_time.get(moment, Usage()) for moment in buckets])
 
 
-def function_versions(*, function: Any, start: datetime, end: datetime) -> dict[str, Usage]:
+def function_versions(*, function: Function, start: datetime, end: datetime) -> dict[str, Usage]:
     """Usage per executed version over the range (throttles, which have no version, left out)."""
     granularity = granularity_for(start=start, end=end)
     rows = _grouped(_rollups(granularity, start, end).filter(function=function).exclude(version=UNRESOLVED), "version")
@@ -218,7 +221,7 @@ def _version_order(label: str) -> tuple[int, int]:
     return (1, int(label)) if label.isdigit() else (0, 0)
 
 
-def function_overview(*, function: Any, start: datetime, end: datetime) -> dict[str, Any]:
+def function_overview(*, function: Function, start: datetime, end: datetime) -> dict[str, Any]:
     """Headline figures of a function over [start, end) for the top of its Monitor page."""
     usage = usage_merge(function_versions(function=function, start=start, end=end).values())
     throttles = sum(p.throttles for p in function_timeseries(function=function, start=start, end=end).points)
@@ -242,7 +245,7 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def function_memory_profile(*, function: Any, since: datetime) -> dict[int, Usage]:
+def function_memory_profile(*, function: Function, since: datetime) -> dict[int, Usage]:
     """Usage per configured memory size since a moment (day roll-ups, plus today's hours): for right-sizing."""
     rows = _grouped(
         Rollup.objects.filter(
@@ -253,9 +256,7 @@ def function_memory_profile(*, function: Any, since: datetime) -> dict[int, Usag
     return {row["memory_mb"]: usage_from(row) for row in rows}
 
 
-def function_summaries(
-    *, owner: AbstractBaseUser, since: datetime, function_ids: Iterable[int] | None = None
-) -> dict[int, dict]:
+def function_summaries(*, owner: User, since: datetime, function_ids: Iterable[int] | None = None) -> dict[int, dict]:
     """For the function list: per function id, its invocations, error rate, p50 duration (ms), cold-start rate
     and cost (USD) since a moment, from one aggregate query over the owner's roll-ups (of only ``function_ids``
     when given: the page shown)."""
@@ -312,7 +313,7 @@ def period_segments(*, start: datetime, end: datetime) -> list[tuple[str, dateti
 
 
 def usage_by(
-    *, owner: AbstractBaseUser | None, start: datetime, end: datetime, group_by: tuple[str, ...]
+    *, owner: User | None, start: datetime, end: datetime, group_by: tuple[str, ...]
 ) -> list[tuple[dict[str, Any], Usage]]:
     """Usage over [start, end) grouped by roll-up fields (e.g. function_name, version, owner__username), summed
     in one query over day rows for whole days and hour or minute rows at the ragged ends. ``owner=None`` means

@@ -1,5 +1,5 @@
-"""The one entry point through which functions_app hands finished invocations to metering, and the roll-up
-maintenance around it (rebuild from raw rows, retention).
+"""The one entry point through which functions_app hands invocations to metering (``invocation_record``), and
+the roll-up maintenance around it (flush, rebuild from raw rows, retention).
 
 Each finished invocation adds to four roll-up rows (its minute, hour, day and the running total) with
 ``UPDATE … SET col = col + value`` in one short transaction: no read-modify-write, so concurrent workers never
@@ -18,7 +18,7 @@ import operator
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, cast, overload
 
 from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
@@ -28,6 +28,7 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from console.redis import redis_client
+from functions_app.models import TERMINAL_STATUSES, Function, Invocation
 from metrics_app.histograms import DURATION, INIT, MEMORY
 from metrics_app.models import ADDITIVE_FIELDS, MAX_FIELDS, UNRESOLVED, Granularity, Rollup
 from metrics_app.pricing import InvocationCost, invocation_cost, price_table
@@ -39,7 +40,6 @@ LIVE_GRANULARITIES = (Granularity.MINUTE, Granularity.HOUR, Granularity.DAY, Gra
 REBUILD_BATCH = 2000
 # Contributions waiting for metering_flush (JSON records); see _add_everywhere.
 PENDING_KEY = "ephemera:metering:pending"
-RETENTION_BATCH = 1000
 
 
 def bucket_start(moment: datetime, granularity: str) -> datetime:
@@ -54,57 +54,60 @@ def bucket_start(moment: datetime, granularity: str) -> datetime:
     return EPOCH
 
 
-def invocation_meter(*, memory_mb: int, init_ms: float, duration_ms: float) -> InvocationCost:
-    """Billed time and cost of a finished invocation, at the operator's price table."""
-    return invocation_cost(memory_mb=memory_mb, init_ms=init_ms, duration_ms=duration_ms)
+MeteringEvent = Literal["finished", "attempt_failed", "throttled"]
 
 
-def invocation_finished(*, invocation: Any) -> None:
-    """Called by functions_app after every terminal write (succeeded, failed, timed out, expired).
+@overload
+def invocation_record(*, event: Literal["finished", "attempt_failed"], invocation: Invocation) -> None: ...
+
+
+@overload
+def invocation_record(*, event: Literal["throttled"], function: Function) -> None: ...
+
+
+def invocation_record(
+    *, event: MeteringEvent, invocation: Invocation | None = None, function: Function | None = None
+) -> None:
+    """The one way functions_app hands an invocation to metering: queue its record (one Redis RPUSH, never a
+    database write on the caller's path; ``metering_flush`` applies it).
+
+    - ``finished``, with the invocation, after every terminal write (succeeded, failed, timed out, expired).
+    - ``attempt_failed``, with the invocation, after the fenced write that sends a failed async attempt back to
+      be retried: its run time and cost count (Lambda bills every attempt) but not as an invocation, which is
+      counted once, when it finishes. Raw rows keep only the last attempt's metering, so ``rollups_rebuild``
+      cannot recover retried attempts.
+    - ``throttled``, with the function, when a call is refused for concurrency (429, or an async event sent
+      back). Refusals happen before a qualifier is resolved, so they are counted under the version label "-".
 
     A metering failure is logged and never breaks the caller's reply; ``rollups_rebuild`` repairs roll-ups.
     """
-    adds, maxes = _contribution(invocation)
+    if event == "throttled" and function is not None:
+        key = {"function_id": function.pk, "version": UNRESOLVED, "memory_mb": function.memory_mb}
+        names = {"function_name": function.name, "owner_id": function.owner_id}
+        _add_everywhere(key, names, timezone.now(), {"throttles": 1}, {})
+    elif event == "finished" and invocation is not None:
+        adds, maxes = _contribution(invocation)
+        _add_everywhere(*_row_of(invocation), invocation.finished_at or timezone.now(), adds, maxes)
+    elif event == "attempt_failed" and invocation is not None:
+        adds, maxes = _contribution(invocation)
+        for name in ("invocations", "errors", "timeouts", "queue_wait_ms_sum"):
+            adds.pop(name, None)
+        _add_everywhere(*_row_of(invocation), timezone.now(), adds, maxes)
+    else:  # the overloads above make this a type error
+        raise TypeError(f"invocation_record(event={event!r}) takes an invocation, or a function when throttled")
+
+
+def _row_of(invocation: Invocation) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The roll-up key of an invocation's record, and the names its row is created with."""
     key = {
         "function_id": invocation.function_id,
         "version": invocation.executed_version or UNRESOLVED,
         "memory_mb": invocation.memory_mb,
     }
-    names = {"function_name": invocation.function.name, "owner_id": invocation.owner_id}
-    _add_everywhere(key, names, invocation.finished_at or timezone.now(), adds, maxes)
+    return key, {"function_name": invocation.function.name, "owner_id": invocation.owner_id}
 
 
-def invocation_attempt_failed(*, invocation: Any) -> None:
-    """For an async attempt that failed and will be retried: its run time and cost count (Lambda bills every
-    attempt) but not as an invocation, which is counted once, when it finishes. Call it after the retry's
-    fenced write, with the row's fields as that attempt left them.
-
-    Raw rows keep only the last attempt's metering, so ``rollups_rebuild`` cannot recover retried attempts.
-    """
-    adds, maxes = _contribution(invocation)
-    for name in ("invocations", "errors", "timeouts"):
-        adds.pop(name, None)
-    adds.pop("queue_wait_ms_sum", None)
-    key = {
-        "function_id": invocation.function_id,
-        "version": invocation.executed_version or UNRESOLVED,
-        "memory_mb": invocation.memory_mb,
-    }
-    names = {"function_name": invocation.function.name, "owner_id": invocation.owner_id}
-    _add_everywhere(key, names, timezone.now(), adds, maxes)
-
-
-def invocation_throttled(*, function: Any, reason: str) -> None:
-    """Called by functions_app when a call is refused for concurrency (429, or an async event sent back).
-
-    Refusals happen before a qualifier is resolved, so they are counted under the version label "-".
-    """
-    key = {"function_id": function.pk, "version": UNRESOLVED, "memory_mb": function.memory_mb}
-    names = {"function_name": function.name, "owner_id": function.owner_id}
-    _add_everywhere(key, names, timezone.now(), {"throttles": 1}, {})
-
-
-def _contribution(invocation: Any) -> tuple[dict[str, Any], dict[str, float]]:
+def _contribution(invocation: Invocation) -> tuple[dict[str, Any], dict[str, float]]:
     status = str(invocation.status)
     adds: dict[str, Any] = {
         "invocations": 1,
@@ -121,7 +124,7 @@ def _contribution(invocation: Any) -> tuple[dict[str, Any], dict[str, float]]:
         return adds, maxes
     init_ms = float(invocation.init_ms or 0.0) if invocation.is_cold else 0.0
     duration = float(invocation.duration_ms)
-    cost = _stored_cost(invocation) or invocation_meter(
+    cost = _stored_cost(invocation) or invocation_cost(
         memory_mb=invocation.memory_mb, init_ms=init_ms, duration_ms=duration
     )
     adds.update(
@@ -144,12 +147,12 @@ def _contribution(invocation: Any) -> tuple[dict[str, Any], dict[str, float]]:
     return adds, maxes
 
 
-def _stored_cost(invocation: Any) -> InvocationCost | None:
+def _stored_cost(invocation: Invocation) -> InvocationCost | None:
     """The cost the completion already computed and wrote on the row, so metering does not price it again."""
-    parts = (invocation.cost_request_usd, invocation.cost_run_usd, invocation.cost_init_usd)
-    if invocation.billed_ms is None or any(part is None for part in parts):
+    request, run, init = invocation.cost_request_usd, invocation.cost_run_usd, invocation.cost_init_usd
+    if invocation.billed_ms is None or request is None or run is None or init is None:
         return None
-    return InvocationCost(invocation.billed_ms, *parts)
+    return InvocationCost(invocation.billed_ms, request, run, init)
 
 
 def _add_everywhere(
@@ -246,8 +249,6 @@ def _with_living_owners(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     roll-ups were deleted with them)."""
     from django.contrib.auth import get_user_model
 
-    from functions_app.models import Function
-
     function_ids = {record["key"]["function_id"] for record in records}
     owner_ids = {record["names"]["owner_id"] for record in records}
     living_functions = set(Function.objects.filter(pk__in=function_ids).values_list("pk", flat=True))
@@ -336,8 +337,6 @@ def rollups_rebuild(
     retention has already deleted would be emptied, so ``start`` defaults to the oldest raw row still kept.
     Run it over a quiet range: invocations finishing during the rebuild of their own day may be counted twice.
     """
-    from functions_app.models import TERMINAL_STATUSES, Invocation
-
     raw = Invocation.objects.filter(status__in=TERMINAL_STATUSES, finished_at__isnull=False)
     if function_ids is not None:
         raw = raw.filter(function_id__in=list(function_ids))
@@ -482,7 +481,8 @@ def _insert(levels: dict[str, dict[tuple, list]], meta: dict[int, dict]) -> int:
                 row[position] = fields[columns[position]].get_db_prep_save(value, connection)
             params.append(row)
     table = connection.ops.quote_name(Rollup._meta.db_table)
-    names = ", ".join(connection.ops.quote_name(fields[name].column) for name in columns)
+    # A concrete field always has a column (the stubs allow None for the others).
+    names = ", ".join(connection.ops.quote_name(cast(str, fields[name].column)) for name in columns)
     sql = f"INSERT INTO {table} ({names}) VALUES ({', '.join(['%s'] * len(columns))})"  # noqa: S608 - our own names
     with connection.cursor() as cursor:
         for offset in range(0, len(params), 500):
@@ -536,8 +536,8 @@ def _correct_totals(days: dict[tuple, list], old_days: dict[tuple, dict[str, Any
 
 
 def _names_of(function_id: int | None) -> dict[str, Any]:
-    row = Rollup.objects.filter(function_id=function_id).values("function_name", "owner_id").first()
-    return row or {"function_name": "", "owner_id": None}
+    rows = Rollup.objects.filter(function_id=function_id) if function_id else Rollup.objects.filter(function=None)
+    return dict(rows.values("function_name", "owner_id").first() or {"function_name": "", "owner_id": None})
 
 
 # ---- retention ----------------------------------------------------------------------------------------------
@@ -558,21 +558,9 @@ def _retention_cutoffs(now: datetime) -> dict[str, datetime]:
 
 
 def metrics_retention(*, now: datetime | None = None) -> dict[str, int]:
-    """Delete raw invocation rows and roll-ups past their retention (settings, in days); the totals stay.
-
-    Raw rows still referenced by a dead letter are kept: the dead-letter inbox owns them until deleted.
-    """
-    from functions_app.models import TERMINAL_STATUSES, Invocation
-
-    now = now or timezone.now()
-    deleted: dict[str, int] = {}
-    for granularity, cutoff in _retention_cutoffs(now).items():
-        deleted[granularity] = Rollup.objects.filter(granularity=granularity, bucket_start__lt=cutoff).delete()[0]
-    cutoff = now - timedelta(days=settings.INVOCATION_RETENTION_DAYS)
-    old = Invocation.objects.filter(
-        status__in=TERMINAL_STATUSES, finished_at__lt=cutoff, dead_letter__isnull=True
-    ).order_by()
-    deleted["invocations"] = 0
-    while ids := list(old.values_list("pk", flat=True)[:RETENTION_BATCH]):
-        deleted["invocations"] += Invocation.objects.filter(pk__in=ids).delete()[1].get("functions_app.Invocation", 0)
-    return deleted
+    """Delete roll-ups past their retention (settings, in days); the running totals stay. Raw invocation rows
+    are functions_app's to delete (``functions_app.services.invocations_prune``)."""
+    return {
+        granularity: Rollup.objects.filter(granularity=granularity, bucket_start__lt=cutoff).delete()[0]
+        for granularity, cutoff in _retention_cutoffs(now or timezone.now()).items()
+    }

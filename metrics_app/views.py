@@ -16,6 +16,7 @@ from django.utils.crypto import constant_time_compare
 from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET
 
+from console.auth import SignedInRequest
 from console.exceptions import ServiceError
 from metrics_app import reports
 from metrics_app.charts import report_figure, report_keys
@@ -63,7 +64,7 @@ def report_period(query: QueryDict) -> tuple[datetime, datetime]:
     return reports.month_period(query.get("month", "").strip() or f"{timezone.now():%Y-%m}")
 
 
-def _report(request: HttpRequest) -> reports.UsageReport:
+def _report(request: SignedInRequest) -> reports.UsageReport:
     """The report the query asks for: the caller's own functions, or every owner's for staff grouping by owner."""
     start, end = report_period(request.GET)
     group_by = request.GET.get("group_by", "function")
@@ -79,7 +80,7 @@ def _figure_json(figure: dict[str, Any]) -> SafeString:
 
 @login_required
 @require_GET
-def usage_report_page(request: HttpRequest) -> HttpResponse:
+def usage_report_page(request: SignedInRequest) -> HttpResponse:
     """The report page; bad input (a malformed month, an end before the start, an unknown grouping) is a message
     above the form."""
     context: dict[str, Any] = {
@@ -107,7 +108,7 @@ def usage_report_page(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_GET
-def usage_report_download(request: HttpRequest, fmt: str) -> HttpResponse:
+def usage_report_download(request: SignedInRequest, fmt: str) -> HttpResponse:
     """The page's report as CSV or JSON (the API's renderings); bad input is a plain-text 400."""
     try:
         report = _report(request)

@@ -116,6 +116,7 @@ class Output:
         threading.Thread(target=self._read, args=(process,), daemon=True).start()
 
     def _read(self, process: subprocess.Popen) -> None:
+        assert process.stdout is not None  # started with stdout=PIPE
         for line in process.stdout:
             self.lines.put(line)
 

@@ -240,12 +240,12 @@ class EnvCgroup:
 
         On v1 a frozen task does not even die of SIGKILL until thawed (see kill_all).
         """
-        if self.can_freeze:
+        if self.thaw_file is not None:  # the environment can be frozen
             path = self.thaw_file[0]
             os.pwrite(self._hot(path, os.O_WRONLY), b"1" if self.layout.version == "v2" else b"FROZEN", 0)
 
     def thaw(self) -> None:
-        if self.can_freeze:
+        if self.thaw_file is not None:  # the environment can be frozen
             path, value = self.thaw_file
             os.pwrite(self._hot(path, os.O_WRONLY), value.encode(), 0)
 

@@ -14,6 +14,7 @@ import termios
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from ._ephemera_runtime.protocol import MessageBuffer, ProtocolError
 from .cgroups import EnvCgroup
@@ -131,7 +132,7 @@ class Environment:
     _buffer: MessageBuffer = field(default_factory=MessageBuffer)
 
     @classmethod
-    def open(cls, **fields: object) -> Environment:
+    def open(cls, **fields: Any) -> Environment:
         """An environment with its pipes; the sandbox's ends are in ``sandbox_ends`` (req, resp, log, status)."""
         env = cls(**fields)
         try:
@@ -180,9 +181,12 @@ class Environment:
                 if timeout <= 0:
                     raise DeadlineExceeded
                 for key, _ in sel.select(timeout):
-                    pending = self._on_ready(sel, key.data, pending, log)
+                    pending = self._on_ready(sel, key, pending, log)
 
-    def _on_ready(self, sel: selectors.BaseSelector, what: str, pending: memoryview, log: LogBuffer) -> memoryview:
+    def _on_ready(
+        self, sel: selectors.BaseSelector, key: selectors.SelectorKey, pending: memoryview, log: LogBuffer
+    ) -> memoryview:
+        what = key.data
         if what == "req":
             try:
                 pending = pending[os.write(self.req_w, pending[: 1 << 20]) :]
@@ -208,7 +212,7 @@ class Environment:
             # Pid 1 exited. Whatever it wrote last is already in the pipe; read
             # it, and if that is no complete message, the environment is gone
             # (in insecure-dev an escaped child could keep the pipe open).
-            sel.unregister(self.pidfd)
+            sel.unregister(key.fileobj)
             while data := self._read(self.resp_r):
                 self._buffer.feed(data)
             self._exited = True

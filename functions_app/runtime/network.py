@@ -109,7 +109,7 @@ def _ipv4_addresses(host: str, entry: str) -> list[str]:
         infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
     except OSError as exc:
         raise EgressConfigError(f"EGRESS_ALLOW entry {entry!r}: {exc}") from exc
-    return sorted({info[4][0] for info in infos})
+    return sorted({str(info[4][0]) for info in infos})
 
 
 def host_resolvers(path: str = "/etc/resolv.conf") -> tuple[str, ...]:

@@ -138,14 +138,16 @@ class Executor:
         if self.config.ephemeral_storage != "auto":
             missing = [f"ephemeral_storage={self.config.ephemeral_storage!r}"]
         if missing:
-            return self._no_storage(missing)
+            self._no_storage(missing)
+            return None
         sweep_storage(self._work_dir)
         templates = Templates(self._work_dir)
         try:
             templates.ensure(_DEFAULT_TMP_MB)
         except OSError as exc:
             templates.remove()
-            return self._no_storage([str(exc)])
+            self._no_storage([str(exc)])
+            return None
         return templates
 
     def _no_storage(self, why: list[str]) -> None:
@@ -390,8 +392,8 @@ class Executor:
         with self._lock:
             env.busy = False
             env.last_used = time.monotonic()
-            group = self._envs.get(env.key)
-            keep = not self._closed and not env.retired and group is not None and env in group
+            group = self._envs.get(env.key) or []
+            keep = not self._closed and not env.retired and env in group
             if keep:
                 group.remove(env)
                 group.append(env)  # the end of the list is the most recently used

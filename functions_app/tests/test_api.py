@@ -361,7 +361,7 @@ def _theirs(other_user):
     return function
 
 
-CROSS_TENANT_REQUESTS = [
+CROSS_TENANT_REQUESTS: list[tuple[str, str, dict | None]] = [
     ("get", "/api/v1/functions/theirs/", None),
     ("patch", "/api/v1/functions/theirs/", {"memory_mb": 256}),
     ("delete", "/api/v1/functions/theirs/", None),

@@ -70,7 +70,7 @@ def wait_for(condition, timeout_s: float = 60) -> None:
 
 @pytest.fixture
 def page(live_server, monkeypatch) -> Iterator:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import Route, sync_playwright
 
     # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are still synchronous.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
@@ -81,10 +81,12 @@ def page(live_server, monkeypatch) -> Iterator:
         context.set_default_timeout(WAIT_MS)
         # The console must work offline: any request that leaves the live server fails the test.
         outside: list[str] = []
-        context.route(
-            re.compile(r"^(?!" + re.escape(live_server.url) + ")"),
-            lambda route: (outside.append(route.request.url), route.abort()),
-        )
+
+        def refuse(route: Route) -> None:
+            outside.append(route.request.url)
+            route.abort()
+
+        context.route(re.compile(r"^(?!" + re.escape(live_server.url) + ")"), refuse)
         yield context.new_page()
         browser.close()
     assert not outside, f"the console fetched from outside the server: {outside}"

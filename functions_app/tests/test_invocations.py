@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import close_old_connections
 from django.utils import timezone
 
 from functions_app import services
@@ -37,7 +38,7 @@ def claim(invocation: Invocation) -> Invocation | None:
 
 
 def result(**overrides: Any) -> InvokeResult:
-    fields = {
+    fields: dict[str, Any] = {
         "status": "succeeded",
         "payload": b'{"ok": true}',
         "error_type": None,
@@ -404,7 +405,7 @@ def test_a_heartbeat_renews_leases_at_once_after_its_database_connection_was_bro
         from django.db import connection as own
 
         while steps.get() is not None:
-            ok = worker._duty(worker.close_old_connections) and worker._duty(worker.leases_renew)
+            ok = worker._duty(close_old_connections) and worker._duty(worker.leases_renew)
             answers.put((ok, own.connection.info.backend_pid if own.connection else None))
 
     thread = threading.Thread(target=heartbeat_thread)

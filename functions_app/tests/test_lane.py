@@ -14,7 +14,7 @@ import pytest
 from django.utils import timezone
 
 from console.processes import INVOCATION_QUEUE, SYNC_QUEUE
-from console.redis import redis_client
+from console.redis import as_text, redis_client
 from functions_app.accept import invocation_accept
 from functions_app.lane import (
     EVENT_LANE_KEY,
@@ -63,7 +63,7 @@ def published_ids(queue: str) -> list[str]:
 
 
 def lane(key: str = SYNC_LANE_KEY) -> list[str]:
-    return [item.decode() for item in redis_client().lrange(key, 0, -1)]
+    return [as_text(item) for item in redis_client().lrange(key, 0, -1)]
 
 
 def test_a_sync_call_and_an_event_take_their_own_lanes_and_celery_carries_nothing(make_function, accept):

@@ -23,7 +23,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from console.processes import CONTROL_QUEUE, INVOCATION_QUEUE, SYNC_QUEUE
-from console.redis import redis_client
+from console.redis import as_text, redis_client
 from functions_app.accept import invocation_accept, invocation_publish
 from functions_app.concurrency import slot_acquire, slots_in_use
 from functions_app.lane import EVENT_LANE_KEY, SYNC_LANE_KEY, lane_mark_served
@@ -159,7 +159,7 @@ def published_ids(queue: str = INVOCATION_QUEUE) -> list[str]:
 
 def lane_ids(key: str = SYNC_LANE_KEY) -> list[str]:
     """The invocation ids waiting on a fast lane (sync calls', or events' with EVENT_LANE_KEY)."""
-    return [raw.decode() for raw in redis_client().lrange(key, 0, -1)]
+    return [as_text(raw) for raw in redis_client().lrange(key, 0, -1)]
 
 
 def replies(invocation: Invocation) -> list[dict[str, Any]]:

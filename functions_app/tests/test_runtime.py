@@ -6,6 +6,7 @@ import contextlib
 import glob
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -17,6 +18,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -60,7 +62,7 @@ def make_code(root: Path, source: str, module: str = "app") -> str:
 
 
 def make_spec(code_dir: str, **overrides: object) -> FunctionSpec:
-    fields = {
+    fields: dict[str, Any] = {
         "environment_key": f"key-{code_dir}",
         "function_name": "fn",
         "function_version": "$LATEST",
@@ -76,12 +78,13 @@ def make_spec(code_dir: str, **overrides: object) -> FunctionSpec:
 
 def make_config(work_dir: Path, **overrides: object) -> RuntimeConfig:
     """This run's sandbox uids, nothing pre-imported, ``work_dir``; ``overrides`` on top."""
-    fields = {"preload": (), "sandbox_uid": SANDBOX_UID, "sandbox_uid_count": SANDBOX_UID_COUNT, **overrides}
+    fields: dict[str, Any] = {"preload": (), "sandbox_uid": SANDBOX_UID, "sandbox_uid_count": SANDBOX_UID_COUNT}
+    fields.update(overrides)
     return RuntimeConfig(work_dir=str(work_dir), **fields)
 
 
 def make_request(event: object = None, **overrides: object) -> InvokeRequest:
-    fields = {
+    fields: dict[str, Any] = {
         "request_id": "req-1",
         "event": json.dumps(event if event is not None else {}).encode(),
         "invoked_function_arn": "arn:aws:lambda:us-east-1:000000000000:function:fn",
@@ -1403,7 +1406,7 @@ def test_it_raises_capacity_error_without_leaking_budget_or_a_half_created_envir
 
 
 def dead_pid(ex: Executor, environment_id: str) -> int:
-    return next(e.pid for group in ex._envs.values() for e in group if e.id == environment_id)
+    return next(e.pid for group in ex._envs.values() for e in group if e.id == environment_id and e.pid)
 
 
 # ---------------------------------------------------------------- Ctrl-C (item 23)
@@ -1890,7 +1893,7 @@ def seccomp_verdict(program: bytes, nr: int, args: tuple[int, ...] = (0, 0, 0), 
 
     from functions_app.runtime._ephemera_runtime import sandbox
 
-    words = {0: nr, 4: arch if arch is not None else sandbox._AUDIT_ARCH[sandbox.MACHINE]}
+    words = {0: nr, 4: arch if arch is not None else sandbox._AUDIT_ARCH[platform.machine()]}
     words.update({16 + 8 * i: value for i, value in enumerate(args)})
     insns = [struct.unpack_from("=HBBI", program, offset) for offset in range(0, len(program), 8)]
     pc = acc = 0

@@ -2,13 +2,16 @@ from __future__ import annotations
 
 import random
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from console.exceptions import PreconditionFailed, ResourceConflict, ResourceNotFound, ServiceError
 from functions_app import selectors, services
-from functions_app.models import Alias, Function, Version
+from functions_app.models import Alias, DeadLetter, Function, Invocation, InvocationStatus, Version
 from functions_app.secrets import env_decrypt
 from functions_app.tests.zips import make_zip
 
@@ -379,3 +382,53 @@ def test_an_alias_update_without_a_revision_id_keeps_a_concurrent_writers_change
         second.pk,
         0.5,
     )
+
+
+def _invocation(function, *, days_ago, status=InvocationStatus.SUCCEEDED):
+    """A row that finished ``days_ago`` days ago, or never (None)."""
+    finished_at = None if days_ago is None else timezone.now() - timedelta(days=days_ago)
+    return Invocation.objects.create(
+        owner=function.owner, function=function, payload="{}", memory_mb=128, status=status, finished_at=finished_at
+    )
+
+
+def test_pruning_deletes_finished_rows_past_retention_and_keeps_the_rest(make_function, settings):
+    settings.INVOCATION_RETENTION_DAYS = 30
+    function = make_function()
+    old = [_invocation(function, days_ago=40, status=status) for status in (InvocationStatus.SUCCEEDED, "failed")]
+    recent = _invocation(function, days_ago=1)
+    running = _invocation(function, days_ago=None, status=InvocationStatus.RUNNING)
+    assert services.invocations_prune() == len(old)
+    assert set(Invocation.objects.values_list("pk", flat=True)) == {recent.pk, running.pk}
+
+
+def test_pruning_keeps_an_old_row_that_a_dead_letter_still_references(make_function, settings):
+    settings.INVOCATION_RETENTION_DAYS = 30
+    function = make_function()
+    kept = _invocation(function, days_ago=40, status="failed")
+    DeadLetter.objects.create(
+        owner=function.owner, function=function, invocation=kept, condition="RetriesExhausted", attempts=3
+    )
+    assert services.invocations_prune() == 0
+    assert Invocation.objects.get().pk == kept.pk
+
+
+def test_pruning_deletes_in_batches(make_function, settings, monkeypatch):
+    settings.INVOCATION_RETENTION_DAYS = 30
+    monkeypatch.setattr(services, "PRUNE_BATCH", 2)
+    function = make_function()
+    for _ in range(5):
+        _invocation(function, days_ago=40)
+    with CaptureQueriesContext(connection) as queries:
+        assert services.invocations_prune() == 5
+    statements = [query["sql"].split() for query in queries]
+    deletes = [words for words in statements if words[:2] == ["DELETE", "FROM"] and "invocation" in words[2]]
+    assert len(deletes) == 3 and not Invocation.objects.exists()
+
+
+def test_pruning_is_scheduled_hourly_on_the_control_queue(settings):
+    entry = next(
+        entry for entry in settings.CELERY_BEAT_SCHEDULE.values() if entry["task"] == "ephemera.invocations_prune"
+    )
+    assert entry["schedule"] == 3600.0
+    assert settings.CELERY_TASK_ROUTES["ephemera.invocations_prune"] == {"queue": "control"}

@@ -16,7 +16,7 @@ from functions_app import services
 from functions_app.code_storage import code_store
 from functions_app.models import DeadLetter, Function, Invocation, TestEvent, Version
 from functions_app.secrets import env_decrypt
-from metrics_app.services import invocation_finished, metering_flush
+from metrics_app.services import invocation_record, metering_flush
 
 pytestmark = pytest.mark.django_db
 
@@ -685,7 +685,7 @@ def finished(function, *, at=None, **fields):
     at = at or timezone.now()
     values = {"status": "succeeded", "queued_at": at, "started_at": at, "finished_at": at, "billed_ms": 1, **fields}
     invocation = make_invocation(function, **values)
-    invocation_finished(invocation=invocation)
+    invocation_record(event="finished", invocation=invocation)
     metering_flush()
     return invocation
 

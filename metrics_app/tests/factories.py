@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from functions_app.models import Invocation, InvocationStatus
-from metrics_app.services import invocation_finished, invocation_meter, metering_flush
+from metrics_app.pricing import invocation_cost
+from metrics_app.services import invocation_record, metering_flush
 
 # A whole hour, three hours ago: recent enough that minute roll-ups are still within retention.
 T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
@@ -30,12 +31,12 @@ def finish(function: Any, *, at: datetime = T0, metered: bool = True, **fields: 
     }
     values.update(fields)
     if values["duration_ms"] is not None:
-        cost = invocation_meter(
+        cost = invocation_cost(
             memory_mb=values["memory_mb"], init_ms=values.get("init_ms", 0.0), duration_ms=values["duration_ms"]
         )
         values.update(billed_ms=cost.billed_ms, cost_usd=cost.total_usd)
     invocation = Invocation.objects.create(**values)
     if metered:
-        invocation_finished(invocation=invocation)
+        invocation_record(event="finished", invocation=invocation)
         metering_flush()
     return invocation

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.utils import timezone
 
-from metrics_app.services import invocation_throttled, metering_flush
+from metrics_app.services import invocation_record, metering_flush
 from metrics_app.tests.factories import finish
 
 pytestmark = pytest.mark.django_db
@@ -154,7 +154,7 @@ def test_metrics_for_a_non_staff_session_is_403(client, user):
 
 def test_metrics_exposes_counters_histograms_and_gauges_in_the_text_format(client, settings, used, redis_server):
     settings.METRICS_TOKEN = "right-token"
-    invocation_throttled(function=used, reason="x")
+    invocation_record(event="throttled", function=used)
     metering_flush()
     response = client.get("/metrics", HTTP_AUTHORIZATION="Bearer right-token")
     assert response.status_code == 200 and response["Content-Type"].startswith("text/plain; version=0.0.4")

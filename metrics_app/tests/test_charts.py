@@ -11,7 +11,7 @@ from functions_app.models import InvocationStatus
 from metrics_app.charts import monitor_figures
 from metrics_app.models import Granularity
 from metrics_app.selectors import function_summaries, function_timeseries, granularity_for
-from metrics_app.services import invocation_throttled, metering_flush
+from metrics_app.services import invocation_record, metering_flush
 from metrics_app.tests.factories import T0, finish
 
 pytestmark = pytest.mark.django_db
@@ -56,7 +56,7 @@ def test_the_monitor_page_gets_every_chart_as_json(make_function):
         finish(function, at=T0 + timedelta(seconds=second), duration_ms=100.0 + second)
     finish(function, at=T0 + timedelta(seconds=5), is_cold=True, init_ms=250.0, executed_version="1")
     finish(function, at=T0 + timedelta(minutes=1), status=InvocationStatus.FAILED)
-    invocation_throttled(function=function, reason="x")  # now, outside the range: not in the charts
+    invocation_record(event="throttled", function=function)  # now, outside the range: not in the charts
     metering_flush()
     figures = monitor_figures(function=function, start=T0, end=T0 + timedelta(minutes=3))
     assert [f["id"] for f in figures] == [

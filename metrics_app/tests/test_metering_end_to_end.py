@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 
 from metrics_app.models import Granularity, Rollup
-from metrics_app.services import invocation_finished, metering_flush
+from metrics_app.services import invocation_record, metering_flush
 from metrics_app.tests.factories import T0, finish
 
 
@@ -22,7 +22,7 @@ def test_concurrent_writers_never_lose_an_increment(make_function):
     def meter(chunk):
         try:
             for invocation in chunk:
-                invocation_finished(invocation=invocation)
+                invocation_record(event="finished", invocation=invocation)
         except Exception as exc:  # noqa: BLE001 - reported to the main thread
             errors.append(exc)
         finally:

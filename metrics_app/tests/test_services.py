@@ -9,8 +9,7 @@ from functions_app.models import Invocation, InvocationStatus
 from metrics_app.histograms import DURATION, INIT, MEMORY, percentile
 from metrics_app.models import ADDITIVE_FIELDS, Granularity, Rollup
 from metrics_app.services import (
-    invocation_finished,
-    invocation_throttled,
+    invocation_record,
     metering_flush,
     metrics_retention,
     rollups_rebuild,
@@ -98,9 +97,9 @@ def test_versions_and_memory_sizes_are_kept_apart(make_function):
 
 def test_throttles_are_counted_under_the_unresolved_version(make_function):
     function = make_function()
-    invocation_throttled(function=function, reason="ReservedFunctionConcurrentInvocationLimitExceeded")
+    invocation_record(event="throttled", function=function)
     metering_flush()
-    invocation_throttled(function=function, reason="ConcurrentInvocationLimitExceeded")
+    invocation_record(event="throttled", function=function)
     metering_flush()
     row = row_of(function, Granularity.TOTAL)
     assert (row.version, row.throttles, row.invocations) == ("-", 2, 0)
@@ -111,7 +110,7 @@ def test_rebuilding_from_raw_rows_reproduces_the_live_roll_ups_and_keeps_throttl
     for minute in range(5):
         finish(function, at=T0 + timedelta(minutes=minute), is_cold=minute == 0, init_ms=80.0 * (minute == 0))
         finish(function, at=T0 + timedelta(minutes=minute, seconds=9), status=InvocationStatus.TIMED_OUT)
-    invocation_throttled(function=function, reason="x")
+    invocation_record(event="throttled", function=function)
     metering_flush()
     fields = ["granularity", "bucket_start", "version", *ADDITIVE_FIELDS]
     live = sorted(map(repr, Rollup.objects.filter(function=function).exclude(version="-").values_list(*fields)))
@@ -141,14 +140,16 @@ def test_rebuilding_rows_that_were_never_metered_fills_the_totals(make_function)
     assert row_of(function, Granularity.MINUTE).invocations == 3
 
 
-def test_retention_deletes_old_minute_rows_and_raw_rows_but_keeps_totals(make_function, settings):
+def test_retention_deletes_old_minute_rows_but_keeps_totals_and_leaves_raw_rows_to_functions_app(
+    make_function, settings
+):
     settings.INVOCATION_RETENTION_DAYS = 30
     function = make_function()
     finish(function, at=T0 - timedelta(days=40))
     finish(function, at=T0)
     deleted = metrics_retention(now=T0 + timedelta(minutes=1))
-    assert deleted["invocations"] == 1 and deleted["minute"] == 1 and deleted["hour"] == 0
-    assert Invocation.objects.count() == 1
+    assert deleted == {"minute": 1, "hour": 0, "day": 0}
+    assert Invocation.objects.count() == 2
     assert row_of(function, Granularity.TOTAL).invocations == 2
 
 
@@ -172,11 +173,9 @@ def test_a_rebuild_writes_no_minute_rows_that_retention_would_delete_at_once(mak
 
 
 def test_a_retried_attempt_adds_its_cost_but_not_an_invocation(make_function):
-    from metrics_app.services import invocation_attempt_failed
-
     function = make_function()
     first = finish(function, status=InvocationStatus.QUEUED, metered=False, finished_at=None)
-    invocation_attempt_failed(invocation=first)
+    invocation_record(event="attempt_failed", invocation=first)
     metering_flush()
     row = Rollup.objects.get(function=function, granularity=Granularity.TOTAL)
     assert (row.invocations, row.runs, row.billed_ms_sum) == (0, 1, 100) and row.run_usd > 0
@@ -188,7 +187,7 @@ def test_a_function_deleted_before_its_last_record_is_flushed_never_blocks_meter
     doomed = make_function(name="doomed")
     kept = make_function(name="kept")
     finish(doomed, metered=False)
-    invocation_finished(invocation=Invocation.objects.get(function=doomed))
+    invocation_record(event="finished", invocation=Invocation.objects.get(function=doomed))
     doomed.delete()  # its record is still pending in Redis
     finish(kept)  # flushes both
     from console.redis import redis_client
@@ -209,7 +208,7 @@ def test_a_record_the_database_refuses_is_set_aside_and_the_rest_of_the_batch_la
 
     function = make_function()
     finish(function, metered=False)
-    invocation_finished(invocation=Invocation.objects.get())
+    invocation_record(event="finished", invocation=Invocation.objects.get())
     bad = json.loads(redis_client().lindex(PENDING_KEY, 0))
     bad["adds"]["invocations"] = "not a number"
     redis_client().rpush(PENDING_KEY, json.dumps(bad))

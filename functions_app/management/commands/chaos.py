@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlparse
 
 from django.conf import settings
@@ -36,8 +36,16 @@ from functions_app.soak_check import TERMINAL, history_check
 # Production delivery settings (console/settings.py's defaults), stated so that no environment overrides them.
 SOAK_ENV = {"LEASE_S": "10", "SWEEP_INTERVAL_S": "2", "LOG_LEVEL": "WARNING"}
 DROPPED_ENV = ("REPUBLISH_AFTER_S", "RETRY_BACKOFF_S", "THROTTLE_RETRY_S", "DATABASE_URL", "REDIS_URL")
+
+
 # One fault every SPACING_S (longer than the recovery bound, so that each is measured alone), after WARMUP_S.
-PROFILES = {
+class Profile(TypedDict):
+    rounds: int
+    async_per_s: float
+    sync_callers: int
+
+
+PROFILES: dict[str, Profile] = {
     "full": {"rounds": 3, "async_per_s": 3.0, "sync_callers": 2},
     "ci": {"rounds": 1, "async_per_s": 3.0, "sync_callers": 2},
 }

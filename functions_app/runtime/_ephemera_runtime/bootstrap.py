@@ -25,8 +25,17 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 
 from . import protocol
+
+# typing is for the type checker only: nothing here imports more into a handler's interpreter than it needs.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+# A handler: called with the event (decoded JSON) and the context; returns what is encoded as the result.
+Handler = Callable[[object, "LambdaContext"], object]
 
 # Top-level names of the modules the zygote pre-imported from layers (set by the zygote).
 LAYER_MODULES: frozenset[str] = frozenset()
@@ -65,7 +74,7 @@ def exit_code(exc: SystemExit) -> int:
     return 1
 
 
-def _exit(exc: SystemExit) -> None:
+def _exit(exc: SystemExit) -> NoReturn:
     code = exit_code(exc)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -78,7 +87,7 @@ def _user_frames(exc: BaseException) -> list[str]:
     return traceback.format_list(frames)
 
 
-def load_handler(handler: str) -> tuple[object | None, dict | None]:
+def load_handler(handler: str) -> tuple[Handler | None, dict | None]:
     """Import ``module.function`` (or ``pkg/mod.function``); Lambda's error types on failure."""
     module_name, _, function_name = handler.rpartition(".")
     if not module_name or not function_name:
@@ -118,7 +127,7 @@ def _cpu_backstop(timeout_s: float) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (used + int(timeout_s) + 2, resource.RLIM_INFINITY))
 
 
-def _call(function: object, header: dict, event_bytes: bytes) -> tuple[bool, str | None, bytes]:
+def _call(function: Handler, header: dict, event_bytes: bytes) -> tuple[bool, str | None, bytes]:
     context = LambdaContext(header)
     try:
         event = json.loads(event_bytes) if event_bytes else None
@@ -140,7 +149,7 @@ def _call(function: object, header: dict, event_bytes: bytes) -> tuple[bool, str
         return False, error_type, json.dumps(payload).encode()
 
 
-def invoke(function: object, header: dict, event_bytes: bytes) -> tuple[dict, bytes]:
+def invoke(function: Handler, header: dict, event_bytes: bytes) -> tuple[dict, bytes]:
     cpu0, t0 = _cpu_seconds(), time.perf_counter()
     ok, error_type, body = _call(function, header, event_bytes)
     limit = header["response_max_bytes"]
@@ -240,6 +249,7 @@ def serve(init: dict, req_fd: int, resp_fd: int, log_fd: int) -> None:
             }
             body = json.dumps(init_error).encode()
         else:
+            assert function is not None, "load_handler returns a handler or an init error"
             _cpu_backstop(init["timeout_s"])
             meta, body = invoke(function, header, event)
         sys.stdout.flush()

@@ -26,6 +26,7 @@ import ipaddress
 import os
 import socket
 import struct
+from collections.abc import Callable
 
 from . import sandbox
 
@@ -172,7 +173,7 @@ def _random_address(subnet: ipaddress.IPv4Network) -> str:
     return str(subnet.network_address + 1 + offset)
 
 
-def _retrying(attempt: object) -> object:
+def _retrying(attempt: Callable[[], str]) -> str:
     for _ in range(_ATTEMPTS):
         try:
             return attempt()

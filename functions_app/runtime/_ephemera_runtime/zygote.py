@@ -360,9 +360,10 @@ class Spares:
         self._spare: socket.socket | None = None
         self.tmp_mb = tmp_mb  # the /tmp size the next spare prepares: the last one asked for
 
-    def fill(self, control: socket.socket) -> None:
+    def fill(self, control: socket.socket) -> socket.socket:
+        """The spare's command socket, forking a new spare when there is none."""
         if self._spare is not None:
-            return
+            return self._spare
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         if os.fork() == 0:
             control.close()
@@ -373,6 +374,7 @@ class Spares:
                 os._exit(72)
         theirs.close()
         self._spare = ours
+        return ours
 
     def retire(self) -> None:
         """Close the spare's command socket: it exits on EOF, and its keeper after it."""
@@ -384,8 +386,7 @@ class Spares:
         """Give the spec to the spare; returns its host pid. Retries once with a fresh spare."""
         self.tmp_mb = json.loads(data).get("tmp_mb", self.tmp_mb)
         for _attempt in range(2):
-            self.fill(control)
-            spare, self._spare = self._spare, None
+            spare, self._spare = self.fill(control), None
             try:
                 reply = spare.recv(1 << 10)
                 if reply:
@@ -404,7 +405,7 @@ def _spawn(control: socket.socket, spares: Spares) -> None:
         spares.retire()
         _exit_after_keepers()
     try:
-        reply = {"ok": True, "pid": spares.hand_over(control, data, fds)}
+        reply: dict[str, object] = {"ok": True, "pid": spares.hand_over(control, data, fds)}
     except Exception as exc:  # noqa: BLE001 - tell the worker rather than die
         reply = {"ok": False, "error": repr(exc)}
     finally:

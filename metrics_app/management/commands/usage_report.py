@@ -46,4 +46,5 @@ class Command(BaseCommand):
             start, end = (datetime.fromisoformat(options[name]) for name in ("start", "end"))
         except ValueError as exc:
             raise CommandError(f"Not an ISO date-time: {exc}") from None
-        return tuple(moment if moment.tzinfo else moment.replace(tzinfo=UTC) for moment in (start, end))
+        start, end = (moment if moment.tzinfo else moment.replace(tzinfo=UTC) for moment in (start, end))
+        return start, end
