@@ -102,10 +102,14 @@ def lane_close(host: str) -> None:
 
 
 def lane_serve(
-    *, host: str, run: Callable[[list[str], bool], object], stop: threading.Event, event_batch: int = 1
+    *,
+    host: str,
+    run: Callable[[list[str], bool], object],
+    stop: threading.Event,
+    event_batch: Callable[[], int] = lambda: 1,
 ) -> None:
     """Pop ids (this host's lane, then sync calls, then events) and ``run(ids, sync)``, until ``stop``: a sync call
-    alone, events up to ``event_batch`` at a time (whatever waits behind the first, never waiting for more). Ids
+    alone, events up to ``event_batch()`` at a time (whatever waits behind the first, never waiting for more). Ids
     popped after ``stop`` go back to the front of their lane; an outage of Redis is waited out."""
     keys = [HOST_LANE_KEY.format(host=host), SYNC_LANE_KEY, EVENT_LANE_KEY]
     while not stop.is_set():
@@ -118,8 +122,9 @@ def lane_serve(
         if popped is None or popped[1] == WAKE:
             continue
         key, invocation_ids = popped[0].decode(), [popped[1].decode()]
-        if key == EVENT_LANE_KEY and event_batch > 1:
-            invocation_ids += _pop_more(key, event_batch - 1)
+        batch = event_batch() if key == EVENT_LANE_KEY else 1
+        if batch > 1:
+            invocation_ids += _pop_more(key, batch - 1)
         if stop.is_set():
             _put_back(key, invocation_ids)
             return

@@ -497,18 +497,38 @@ def invocation_run_events(*, invocation_ids: list[str], executor: ExecutorHost) 
             database_retry(run, what=f"Invocation {invocation_id}")
 
 
-# How long a finished event's result may wait for the batch's next ones before it is written: results are written
-# together, but never held back for long behind a slow event (a worker lost meanwhile would run them again).
-EVENT_RESULTS_HOLD_S = 0.05
+# The work a batch may hold: a batch is sized so that its events take about this long together, a finished event's
+# result waits at most this long for the next ones' (a worker lost meanwhile would run them again), and the events
+# behind one that ran longer go back to the queue for the host's other threads rather than wait for this one.
+EVENT_BATCH_BUDGET_S = 0.05
+
+
+class _EventPace:
+    """How long this host's events have lately taken to run (a moving average), which sizes the next batches: fast
+    events go many at a time, slow ones one by one, so a batch never keeps the host's other threads idle."""
+
+    def __init__(self) -> None:
+        self.run_s = 0.0
+
+    def record(self, seconds: float) -> None:
+        self.run_s = 0.8 * self.run_s + 0.2 * seconds
+
+    def batch_size(self) -> int:
+        if self.run_s * settings.EVENT_BATCH_SIZE <= EVENT_BATCH_BUDGET_S:
+            return settings.EVENT_BATCH_SIZE
+        return max(1, int(EVENT_BATCH_BUDGET_S / self.run_s))
+
+
+event_pace = _EventPace()
 
 
 def _run_claimed_events(claimed: list[Invocation], executor: ExecutorHost) -> None:
-    """Each claimed event in turn, its result held for the next runs' (up to EVENT_RESULTS_HOLD_S) and written
-    with theirs."""
+    """Each claimed event in turn, its result held for the next runs' (up to EVENT_BATCH_BUDGET_S) and written
+    with theirs; after a run longer than that, the events not yet started go back to the queue."""
     finished: list[tuple[Invocation, InvokeResult]] = []
     first_finished_at = 0.0
-    for invocation in claimed:
-        if finished and time.monotonic() - first_finished_at >= EVENT_RESULTS_HOLD_S:
+    for index, invocation in enumerate(claimed):
+        if finished and time.monotonic() - first_finished_at >= EVENT_BATCH_BUDGET_S:
             _complete_together(finished)
             finished = []
         if not executor.can_ever_host(invocation.memory_mb):
@@ -524,11 +544,17 @@ def _run_claimed_events(claimed: list[Invocation], executor: ExecutorHost) -> No
         if not _admitted_now(invocation):
             continue
         invocation.started_at = timezone.now()  # it waited its turn in the batch: queue time, not overhead
+        started = time.monotonic()
         result = _execute(invocation, executor)
         _release(invocation)  # its run is over: the next event of this function, in this batch too, may start
+        event_pace.record(time.monotonic() - started)
         if result is not None:
             first_finished_at = first_finished_at if finished else time.monotonic()
             finished.append((invocation, result))
+        if time.monotonic() - started > EVENT_BATCH_BUDGET_S:
+            for waiting in claimed[index + 1 :]:
+                database_retry(functools.partial(_give_back, waiting, delay_s=0), what=f"Invocation {waiting.pk}")
+            break
     if finished:
         _complete_together(finished)
 
@@ -540,27 +566,26 @@ def _admitted_now(invocation: Invocation) -> bool:
         admission = _slot_take(invocation)
     except RedisError as exc:
         logger.warning("Invocation %s waits: its concurrency cannot be counted (%r)", invocation.pk, exc)
-        database_retry(lambda: _give_back(invocation, error_type=""), what=f"Invocation {invocation.pk}")
+        give_back = functools.partial(_give_back, invocation, delay_s=settings.THROTTLE_RETRY_S)
+        database_retry(give_back, what=f"Invocation {invocation.pk}")
         return False
     if admission.admitted:
         return True
     invocation_record(event="throttled", function=invocation.function)
-    database_retry(
-        lambda: _give_back(invocation, error_type=f"Throttled.{admission.reason}"), what=f"Invocation {invocation.pk}"
+    give_back = functools.partial(
+        _give_back, invocation, delay_s=settings.THROTTLE_RETRY_S, error_type=f"Throttled.{admission.reason}"
     )
+    database_retry(give_back, what=f"Invocation {invocation.pk}")
     return False
 
 
-def _give_back(invocation: Invocation, *, error_type: str) -> bool:
-    """Requeue a claimed event that did not run: its attempt number moves on (fencing needs that), its retry
-    budget does not."""
-    return _requeue(
-        invocation,
-        _own_fence(invocation),
-        delay_s=settings.THROTTLE_RETRY_S,
-        error_type=error_type,
-        max_attempts=F("max_attempts") + 1,
-    )
+def _give_back(invocation: Invocation, *, delay_s: float, error_type: str | None = None) -> bool:
+    """Requeue a claimed event that did not run, due in ``delay_s``: its attempt number moves on (fencing needs
+    that), its retry budget does not; ``error_type`` says why, if it is news."""
+    fields: dict[str, Any] = {"max_attempts": F("max_attempts") + 1}
+    if error_type is not None:
+        fields["error_type"] = error_type
+    return _requeue(invocation, _own_fence(invocation), delay_s=delay_s, **fields)
 
 
 _deferred = threading.local()
@@ -605,7 +630,7 @@ def invocation_refuse_for_capacity(*, invocation: Invocation, reason: str) -> No
     fenced = _own_fence(invocation)
     invocation_record(event="throttled", function=invocation.function)
     if invocation.invocation_type == InvocationType.ASYNC:
-        if _give_back(invocation, error_type=CAPACITY_EXCEEDED):
+        if _give_back(invocation, delay_s=settings.THROTTLE_RETRY_S, error_type=CAPACITY_EXCEEDED):
             _release(invocation)
         return
     _finish_refused_sync(invocation, fenced, reason)

@@ -12,7 +12,7 @@ from django.db import close_old_connections
 
 from console.processes import SYNC_QUEUE
 from functions_app import worker
-from functions_app.lifecycle import invocation_run, invocation_run_events
+from functions_app.lifecycle import event_pace, invocation_run, invocation_run_events
 from functions_app.outages import DATABASE_ERRORS, DATABASE_RETRY_S, database_retry
 from functions_app.services import invocations_prune
 from functions_app.sweeper import invocations_sweep
@@ -70,4 +70,5 @@ def _serve_the_fast_lane(sender: Any = None, **_: Any) -> None:
     handler, connected first when this module imported it, started the executor)."""
     if sender is None or not worker.runs_invocations(sender) or not worker.executor_started():
         return
-    worker.lanes_serve(lane_run, threads=settings.SYNC_LANE_THREADS or sender.pool.limit or 1)
+    threads = settings.SYNC_LANE_THREADS or sender.pool.limit or 1
+    worker.lanes_serve(lane_run, threads=threads, event_batch=event_pace.batch_size)

@@ -364,12 +364,13 @@ lane_stopping = threading.Event()
 lane_threads: list[threading.Thread] = []
 
 
-def lanes_serve(run: Callable[[list[str], bool], object], *, threads: int) -> None:
-    """Serve the fast lane with ``threads`` threads, each running ``run(invocation_ids, sync)``."""
+def lanes_serve(run: Callable[[list[str], bool], object], *, threads: int, event_batch: Callable[[], int]) -> None:
+    """Serve the fast lane with ``threads`` threads, each running ``run(invocation_ids, sync)`` on a sync call or on
+    up to ``event_batch()`` events."""
     host = host_name()
     lane_open(host)
     lane_mark_served()
-    serving = {"host": host, "run": run, "stop": lane_stopping, "event_batch": settings.EVENT_BATCH_SIZE}
+    serving = {"host": host, "run": run, "stop": lane_stopping, "event_batch": event_batch}
     for number in range(threads):
         thread = threading.Thread(target=lane_serve, kwargs=serving, name=f"lane-{number}")
         thread.daemon = True

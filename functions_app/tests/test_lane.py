@@ -129,7 +129,7 @@ def test_a_lane_thread_takes_events_in_batches_of_what_waits_and_sync_calls_one_
         if len(runs) == 4:
             stop.set()
 
-    lane_serve(host="a", run=run, stop=stop, event_batch=3)
+    lane_serve(host="a", run=run, stop=stop, event_batch=lambda: 3)
     assert runs == [
         (["call-1"], True),
         (["call-2"], True),
@@ -153,7 +153,7 @@ def test_a_batch_popped_as_the_stop_arrives_goes_back_to_the_front_of_its_lane_i
 
     monkeypatch.setattr(lane_module, "blocking_pop", pop_as_the_stop_arrives)
     ran: list[list[str]] = []
-    lane_serve(host="a", run=lambda invocation_ids, sync: ran.append(invocation_ids), stop=stop, event_batch=3)
+    lane_serve(host="a", run=lambda invocation_ids, sync: ran.append(invocation_ids), stop=stop, event_batch=lambda: 3)
     assert ran == []
     assert lane(EVENT_LANE_KEY) == ["event-0", "event-1", "event-2", "event-3"]
 

@@ -29,10 +29,12 @@ from functions_app.concurrency import slot_acquire, slots_in_use
 from functions_app.lane import EVENT_LANE_KEY, SYNC_LANE_KEY, lane_mark_served
 from functions_app.lifecycle import (
     CAPACITY_EXCEEDED,
+    EVENT_BATCH_BUDGET_S,
     EXECUTOR_FAILED,
     REPLY_KEY,
     SKIPPED_DELIVERIES_KEY,
     WORKER_LOST,
+    _EventPace,
     invocation_claim,
     invocation_complete,
     invocation_reclaim,
@@ -500,7 +502,8 @@ def test_events_taken_together_are_claimed_in_one_statement_and_their_results_wr
     assert slots_in_use(function_id=first.function_id) == 0 and leases.held() == []
 
 
-def test_an_event_that_waited_its_turn_in_a_batch_counts_the_wait_as_queue_time(make_function):
+def test_an_event_that_waited_its_turn_in_a_batch_counts_the_wait_as_queue_time(make_function, monkeypatch):
+    monkeypatch.setattr("functions_app.lifecycle.EVENT_BATCH_BUDGET_S", 1.0)  # the slow first one keeps the batch
     function = make_function()
     events = [accept(function) for _ in range(2)]
 
@@ -512,6 +515,40 @@ def test_an_event_that_waited_its_turn_in_a_batch_counts_the_wait_as_queue_time(
     first, second = (row(event) for event in events)
     assert second.started_at - first.started_at >= timedelta(seconds=0.2)
     assert second.queue_wait_ms >= 200 and second.overhead_ms < 200
+
+
+def test_the_events_behind_one_that_ran_long_go_back_to_the_queue_at_once_with_their_budgets(make_function):
+    function = make_function(max_retry_attempts=1)
+    slow, *behind = (accept(function) for _ in range(3))
+
+    def long_run() -> InvokeResult:
+        time.sleep(EVENT_BATCH_BUDGET_S * 2)
+        return succeeded()
+
+    executor = FakeExecutor(long_run)
+    run_events([slow, *behind], executor)
+    assert executor.attempts == [1] and row(slow).status == InvocationStatus.SUCCEEDED
+    for event in map(row, behind):
+        assert (event.status, event.attempt, event.max_attempts) == (InvocationStatus.QUEUED, 1, 3)
+        assert event.available_at <= timezone.now() and event.error_type == ""
+    assert sorted(published_ids()) == sorted(str(event.pk) for event in behind)  # for the host's other threads
+    assert leases.held() == []
+
+
+def test_a_hosts_batches_shrink_as_its_events_run_longer(settings):
+    settings.EVENT_BATCH_SIZE = 8
+    pace = _EventPace()
+    assert pace.batch_size() == 8
+    for seconds, size in [(0.002, 8), (0.025, 2), (2.0, 1)]:
+        pace.run_s = seconds
+        assert pace.batch_size() == size
+    pace.run_s = 0.0
+    for _ in range(3):
+        pace.record(2.0)  # slow events: one by one at once
+    assert pace.batch_size() == 1
+    for _ in range(40):
+        pace.record(0.001)  # and many at a time again once they are fast
+    assert pace.batch_size() == 8
 
 
 def test_a_batch_leaves_duplicates_and_events_past_their_maximum_age_to_the_general_path(make_function):
