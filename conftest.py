@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 from collections.abc import Iterator
+from fnmatch import fnmatch
 from typing import Any
 
 import pytest
@@ -40,14 +41,32 @@ def redis_server() -> Iterator[str]:
 
 
 @pytest.fixture(autouse=True)
-def clean_redis(redis_server: str) -> None:
+def clean_redis(redis_server: str, request: pytest.FixtureRequest) -> None:
     """Each test starts with an empty Redis database: no pending metering, slots or messages of earlier tests
-    (database ids are reused after a flush, so their leftovers would land on this test's objects)."""
+    (database ids are reused after a flush, so their leftovers would land on this test's objects). Under a module's
+    shared worker, what that running worker and its beat keep there stays (see ``module_worker``)."""
     from console.redis import redis_client
     from functions_app.lane import lane_served_forget
 
-    redis_client().flushdb()
+    client = redis_client()
+    if "module_worker" in request.fixturenames:
+        kept = _kept_for_a_running_worker()
+        doomed = [key for key in client.scan_iter(count=1000) if not any(fnmatch(key.decode(), p) for p in kept)]
+        if doomed:
+            client.delete(*doomed)
+    else:
+        client.flushdb()
     lane_served_forget()
+
+
+def _kept_for_a_running_worker() -> tuple[str, ...]:
+    """Redis keys a running worker and beat rely on between tests: kombu's queue bindings, the hosts' health and
+    lanes, the lane's served mark, and the broker's run id (without it the sweeper takes Redis for restarted)."""
+    from functions_app.lane import HOST_LANES_KEY, SERVED_KEY
+    from functions_app.sweeper import BROKER_RUN_ID_KEY
+    from functions_app.worker import HOST_KEY
+
+    return ("_kombu.binding.*", HOST_KEY.format(host="*"), HOST_LANES_KEY, SERVED_KEY, BROKER_RUN_ID_KEY)
 
 
 @pytest.fixture(autouse=True)
@@ -222,12 +241,10 @@ class Cluster:
         stop_all(processes, grace_s=20)
 
 
-@pytest.fixture
-def cluster(transactional_db, redis_server, code_storage_dir, settings) -> Iterator[Cluster]:
+def _cluster_env(code_storage_dir: Any) -> dict[str, str]:
+    from django.conf import settings
     from django.db import connection
 
-    for name, value in FAST_DELIVERY.items():
-        setattr(settings, name, float(value))
     env = dict(os.environ)
     env.update(
         DATABASE_URL=_database_url(connection.settings_dict),
@@ -237,7 +254,48 @@ def cluster(transactional_db, redis_server, code_storage_dir, settings) -> Itera
     )
     if not settings.EMBEDDED_REDIS:
         env["REDIS_URL"] = settings.REDIS_URL
-    group = Cluster(env)
+    return env
+
+
+def _fast_delivery(settings: Any) -> None:
+    for name, value in FAST_DELIVERY.items():
+        setattr(settings, name, float(value))
+
+
+class SharedWorker:
+    """A module's worker and beat, started when a test first asks for them and stopped before any test that starts
+    workers of its own (fault tests must see only theirs)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.cluster: Cluster | None = None
+        self.report: dict = {}
+
+    def start(self) -> dict:
+        if self.cluster is None:
+            self.cluster = Cluster(self.env)
+            self.report = self.cluster.wait_ready(self.cluster.start_worker())
+            self.cluster.start_beat()
+        return self.report
+
+    def stop(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+            self.cluster = None
+
+
+@pytest.fixture(scope="module")
+def _shared_worker(django_db_setup, redis_server, code_storage_dir) -> Iterator[SharedWorker]:
+    shared = SharedWorker(_cluster_env(code_storage_dir))
+    yield shared
+    shared.stop()
+
+
+@pytest.fixture
+def cluster(transactional_db, redis_server, code_storage_dir, settings, _shared_worker) -> Iterator[Cluster]:
+    _shared_worker.stop()
+    _fast_delivery(settings)
+    group = Cluster(_cluster_env(code_storage_dir))
     yield group
     group.stop()
 
@@ -247,4 +305,18 @@ def worker(cluster: Cluster) -> dict:
     """One running worker and beat (as in every deployment); returns the worker's health report."""
     report = cluster.wait_ready(cluster.start_worker())
     cluster.start_beat()
+    return report
+
+
+@pytest.fixture
+def module_worker(_shared_worker: SharedWorker, clean_redis: None, transactional_db: None, settings: Any) -> dict:
+    """A worker and beat shared by the tests of a module that only use them (no kill, pause or restart, no count
+    of the host's environments): started once, not once per test. Between tests the database is emptied and Redis
+    too, but for what the running worker keeps there; every test makes functions of its own (ids are never reused),
+    so nothing warm of an earlier test is ever picked. Returns the worker's health report."""
+    from functions_app.lane import lane_mark_served
+
+    _fast_delivery(settings)
+    report = _shared_worker.start()
+    lane_mark_served()  # as its next heartbeat would
     return report

@@ -81,7 +81,7 @@ def running(invocation_id, timeout_s=30):
 # ---- async, retries, destinations, dead letters -------------------------------------------------------------
 
 
-def test_an_async_event_is_accepted_at_once_and_completes(api, worker):
+def test_an_async_event_is_accepted_at_once_and_completes(api, module_worker):
     create(api)
     invocation_id = invoke_async(api, event={"x": 1})
     row = terminal(invocation_id)
@@ -97,7 +97,7 @@ def test_an_async_payload_over_one_megabyte_is_refused(api):  # no worker: nothi
     assert not Invocation.objects.exists()
 
 
-def test_a_failing_async_event_is_retried_twice_then_dead_lettered(api, worker):
+def test_a_failing_async_event_is_retried_twice_then_dead_lettered(api, module_worker):
     create(api)
     invocation_id = invoke_async(api, event={"fail": True})
     row = terminal(invocation_id)
@@ -107,13 +107,13 @@ def test_a_failing_async_event_is_retried_twice_then_dead_lettered(api, worker):
     assert json.loads(letter.request_payload) == {"fail": True}
 
 
-def test_retries_follow_the_functions_maximum_retry_attempts(api, worker):
+def test_retries_follow_the_functions_maximum_retry_attempts(api, module_worker):
     create(api, max_retry_attempts=0)
     row = terminal(invoke_async(api, event={"fail": True}))
     assert row.attempt == 1 and row.status == "failed"
 
 
-def test_the_dead_letter_inbox_lists_filters_and_replays(api, other_api, worker):
+def test_the_dead_letter_inbox_lists_filters_and_replays(api, other_api, module_worker):
     create(api)
     failed = invoke_async(api, event={"fail": True, "n": 1})
     terminal(failed)
@@ -137,7 +137,7 @@ def test_the_dead_letter_inbox_lists_filters_and_replays(api, other_api, worker)
     assert api.get("/api/v1/dead-letters/?replayed=true").json()["count"] == 1
 
 
-def test_an_on_success_destination_function_receives_lambdas_record(api, worker):
+def test_an_on_success_destination_function_receives_lambdas_record(api, module_worker):
     create(api, name="sink", source="def handler(event, context):\n    return event\n")
     create(api, on_success_destination="function:sink")
     source_id = invoke_async(api, event={"order": 7})
@@ -150,21 +150,7 @@ def test_an_on_success_destination_function_receives_lambdas_record(api, worker)
     assert record["responsePayload"] == {"attempt": 1, "event": {"order": 7}}
 
 
-def test_an_event_past_its_maximum_age_expires_without_running(api, cluster):
-    create(api, max_event_age_s=60)
-    invocation_id = invoke_async(api, event={"x": 1})  # no worker is running yet
-    Invocation.objects.filter(pk=invocation_id).update(expires_at=Invocation.objects.get(pk=invocation_id).queued_at)
-    cluster.start_worker()
-    cluster.start_beat()
-    row = terminal(invocation_id)
-    assert row.status == "expired" and row.attempt == 0
-    assert DeadLetter.objects.get(invocation_id=invocation_id).condition == "EventAgeExceeded"
-
-
-# ---- sync semantics -----------------------------------------------------------------------------------------
-
-
-def test_a_dry_run_validates_and_runs_nothing(api, worker):
+def test_a_dry_run_validates_and_runs_nothing(api, module_worker):
     create(api)
     assert invoke(api, kind="DryRun").status_code == 204
     assert invoke(api, kind="DryRun", event=None).status_code == 204
@@ -181,18 +167,7 @@ def test_a_dry_run_validates_and_runs_nothing(api, worker):
     assert not Invocation.objects.exists()
 
 
-def test_a_sync_call_outliving_the_wait_budget_gets_its_id_to_poll(api, worker, settings):
-    create(api, timeout_s=10)
-    settings.SYNC_WAIT_MAX_S = 1
-    response = invoke(api, event={"sleep": 3})
-    assert response.status_code == 202
-    assert terminal(response.json()["invocation_id"]).status == "succeeded"
-
-
-# ---- idempotency --------------------------------------------------------------------------------------------
-
-
-def test_an_idempotency_key_returns_the_same_invocation_and_runs_once(api, worker):
+def test_an_idempotency_key_returns_the_same_invocation_and_runs_once(api, module_worker):
     create(api)
     first = invoke(api, event={"a": 1}, **{"Idempotency-Key": "order-1"})
     again = invoke(api, event={"a": 1}, **{"Idempotency-Key": "order-1"})
@@ -203,7 +178,7 @@ def test_an_idempotency_key_returns_the_same_invocation_and_runs_once(api, worke
     assert conflict.status_code == 409 and conflict.json()["type"] == "IdempotencyConflict"
 
 
-def test_concurrent_requests_with_one_idempotency_key_create_one_invocation(api, worker):
+def test_concurrent_requests_with_one_idempotency_key_create_one_invocation(api, module_worker):
     create(api)
     ids = []
 
@@ -217,6 +192,55 @@ def test_concurrent_requests_with_one_idempotency_key_create_one_invocation(api,
         thread.join(30)
     assert len(set(ids)) == 1 and len(ids) == 4
     assert terminal(ids[0]).attempt == 1 and Invocation.objects.count() == 1
+
+
+def test_async_events_over_the_limit_wait_in_the_queue_and_all_run(api, module_worker):
+    create(api, reserved_concurrency=1)
+    ids = [invoke_async(api, event={"sleep": 0.5, "n": n}) for n in range(3)]
+    rows = [terminal(invocation_id) for invocation_id in ids]
+    assert [row.status for row in rows] == ["succeeded"] * 3
+    spans = sorted((row.started_at, row.finished_at) for row in rows)
+    assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(spans))
+
+
+def test_a_function_naming_itself_as_destination_stops_after_the_hop_limit(api, module_worker):
+    create(api, name="loop", source="def handler(event, context):\n    return {'hop': True}\n")
+    patched = api.patch("/api/v1/functions/loop/", {"on_success_destination": "function:loop"}, format="json")
+    assert patched.status_code == 200
+    invoke_async(api, name="loop", event={"start": True})
+    letter = wait_for(lambda: DeadLetter.objects.filter(condition="RecursiveLoopDetected").first(), timeout_s=60)
+    time.sleep(1)  # a loop that did not stop would go on meanwhile
+    rows = Invocation.objects.filter(function__name="loop")
+    assert rows.count() == destinations.CHAIN_DEPTH_MAX + 1
+    assert sorted(rows.values_list("chain_depth", flat=True)) == list(range(destinations.CHAIN_DEPTH_MAX + 1))
+    assert letter.function.name == "loop" and letter.error_type == "RecursiveInvocationDropped"
+    listed = api.get("/api/v1/dead-letters/?condition=RecursiveLoopDetected").json()
+    assert listed["count"] == 1
+
+
+def test_an_event_past_its_maximum_age_expires_without_running(api, cluster):
+    create(api, max_event_age_s=60)
+    invocation_id = invoke_async(api, event={"x": 1})  # no worker is running yet
+    Invocation.objects.filter(pk=invocation_id).update(expires_at=Invocation.objects.get(pk=invocation_id).queued_at)
+    cluster.start_worker()
+    cluster.start_beat()
+    row = terminal(invocation_id)
+    assert row.status == "expired" and row.attempt == 0
+    assert DeadLetter.objects.get(invocation_id=invocation_id).condition == "EventAgeExceeded"
+
+
+# ---- sync semantics -----------------------------------------------------------------------------------------
+
+
+def test_a_sync_call_outliving_the_wait_budget_gets_its_id_to_poll(api, worker, settings):
+    create(api, timeout_s=10)
+    settings.SYNC_WAIT_MAX_S = 1
+    response = invoke(api, event={"sleep": 3})
+    assert response.status_code == 202
+    assert terminal(response.json()["invocation_id"]).status == "succeeded"
+
+
+# ---- idempotency --------------------------------------------------------------------------------------------
 
 
 # ---- concurrency --------------------------------------------------------------------------------------------
@@ -257,15 +281,6 @@ def test_the_account_limit_applies_across_functions(api, worker, settings):
     assert refused.json()["details"]["reason"] == "ConcurrentInvocationLimitExceeded"
 
 
-def test_async_events_over_the_limit_wait_in_the_queue_and_all_run(api, worker):
-    create(api, reserved_concurrency=1)
-    ids = [invoke_async(api, event={"sleep": 0.5, "n": n}) for n in range(3)]
-    rows = [terminal(invocation_id) for invocation_id in ids]
-    assert [row.status for row in rows] == ["succeeded"] * 3
-    spans = sorted((row.started_at, row.finished_at) for row in rows)
-    assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(spans))
-
-
 def test_an_event_throttled_while_concurrency_is_zero_runs_as_soon_as_it_is_raised(api, worker):
     create(api, reserved_concurrency=0)
     invocation_id = invoke_async(api, event={"n": 1})
@@ -290,21 +305,6 @@ def test_a_call_finding_no_executor_capacity_is_throttled_at_once_not_lost(api, 
     assert elapsed < 3  # not a lease expiry later
     event = invoke_async(api)  # an event waits for room instead, and runs
     assert terminal(event).status == "succeeded"
-
-
-def test_a_function_naming_itself_as_destination_stops_after_the_hop_limit(api, worker):
-    create(api, name="loop", source="def handler(event, context):\n    return {'hop': True}\n")
-    patched = api.patch("/api/v1/functions/loop/", {"on_success_destination": "function:loop"}, format="json")
-    assert patched.status_code == 200
-    invoke_async(api, name="loop", event={"start": True})
-    letter = wait_for(lambda: DeadLetter.objects.filter(condition="RecursiveLoopDetected").first(), timeout_s=60)
-    time.sleep(1)  # a loop that did not stop would go on meanwhile
-    rows = Invocation.objects.filter(function__name="loop")
-    assert rows.count() == destinations.CHAIN_DEPTH_MAX + 1
-    assert sorted(rows.values_list("chain_depth", flat=True)) == list(range(destinations.CHAIN_DEPTH_MAX + 1))
-    assert letter.function.name == "loop" and letter.error_type == "RecursiveInvocationDropped"
-    listed = api.get("/api/v1/dead-letters/?condition=RecursiveLoopDetected").json()
-    assert listed["count"] == 1
 
 
 # ---- faults ---------------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def invoke(api, name="echo", event=None, **params):
     )
 
 
-def test_the_first_call_is_cold_and_the_second_warm_in_the_same_environment(api, worker):
+def test_the_first_call_is_cold_and_the_second_warm_in_the_same_environment(api, module_worker):
     create(api, environment={"GREETING": "hi"})
     first = invoke(api, event={"n": 1}, log="tail")
     second = invoke(api, event={"n": 2})
@@ -70,7 +70,7 @@ def test_the_first_call_is_cold_and_the_second_warm_in_the_same_environment(api,
     assert abs(parts - cold.cost_usd) <= Decimal("3e-12")  # each part is rounded to 12 places
 
 
-def test_a_sync_call_says_where_its_milliseconds_went_in_server_timing(api, worker):
+def test_a_sync_call_says_where_its_milliseconds_went_in_server_timing(api, module_worker):
     create(api)
     invoke(api)
     response = invoke(api)
@@ -87,7 +87,7 @@ def test_a_sync_call_says_where_its_milliseconds_went_in_server_timing(api, work
     assert durations["run"] >= warm.duration_ms  # the executor's call holds the handler's run
 
 
-def test_a_new_version_or_another_function_never_shares_an_environment(api, worker):
+def test_a_new_version_or_another_function_never_shares_an_environment(api, module_worker):
     create(api)
     create(api, name="other")
     latest = invoke(api)
@@ -101,7 +101,7 @@ def test_a_new_version_or_another_function_never_shares_an_environment(api, work
     assert version.json()["calls"] == 1 and other.json()["calls"] == 1
 
 
-def test_an_alias_runs_the_version_it_points_to(api, worker):
+def test_an_alias_runs_the_version_it_points_to(api, module_worker):
     create(api)
     api.post("/api/v1/functions/echo/versions/", {}, format="json")
     api.post("/api/v1/functions/echo/aliases/", {"name": "live", "version": 1}, format="json")
@@ -110,7 +110,7 @@ def test_an_alias_runs_the_version_it_points_to(api, worker):
     assert response.json()["arn"].endswith(":function:echo:live")
 
 
-def test_a_handler_error_comes_back_as_lambdas_error_shape(api, worker):
+def test_a_handler_error_comes_back_as_lambdas_error_shape(api, module_worker):
     create(api, source="def handler(event, context):\n    raise ValueError('bad input')\n")
     response = invoke(api)
     assert response.status_code == 200 and response["X-Function-Error"] == "Unhandled"
@@ -121,7 +121,7 @@ def test_a_handler_error_comes_back_as_lambdas_error_shape(api, worker):
     assert record["status"] == "failed" and record["error_type"] == "ValueError"
 
 
-def test_a_timeout_is_reported_and_the_next_call_is_cold(api, worker):
+def test_a_timeout_is_reported_and_the_next_call_is_cold(api, module_worker):
     create(
         api,
         source="import time\n\ndef handler(event, context):\n    time.sleep(event.get('s', 0))\n    return 1\n",
@@ -146,7 +146,7 @@ def test_bad_payloads_are_refused_before_anything_runs(api):  # no worker: nothi
     assert not Invocation.objects.exists()
 
 
-def test_another_tenant_cannot_invoke_or_read_invocations(api, other_api, worker):
+def test_another_tenant_cannot_invoke_or_read_invocations(api, other_api, module_worker):
     create(api)
     mine = invoke(api)
     assert invoke(other_api).status_code == 404
@@ -178,33 +178,6 @@ def handler(event, context):
 """
 
 
-def test_a_handler_cannot_reach_the_consoles_secrets_database_redis_or_other_code(api, other_api, settings, worker):
-    from django.db import connection
-
-    theirs = create(other_api, name="theirs", source="SECRET = 'other tenant code'\ndef handler(e, c):\n    return 1\n")
-    invoke(other_api, name="theirs")
-    their_code = Invocation.objects.get(function__name="theirs").function.code.sha256
-    create(api, name="probe", source=PROBE)
-    paths = [
-        str(settings.VAR_DIR / "secret_key"),
-        str(settings.VAR_DIR / "fernet_key"),
-        str(settings.BASE_DIR / "console" / "settings.py"),
-        str(settings.CODE_STORAGE_DIR / "extracted" / their_code / "app.py"),
-    ]
-    if connection.vendor == "sqlite":
-        paths.append(str(connection.settings_dict["NAME"]))
-    response = invoke(api, name="probe", event={"paths": paths, "redis_socket": str(settings.REDIS_SOCKET)})
-    assert response.status_code == 200 and not response.has_header("X-Function-Error"), response.content
-    results = response.json()
-    leaked = {key: value for key, value in results.items() if isinstance(value, str) and value.startswith("allowed")}
-    assert leaked == {}
-    assert "worker-secret-marker" not in response.content.decode()
-    assert "SECRET_KEY" not in results["proc_1_environ"]
-    assert max(results["proc_pids"]) < 10  # only the sandbox's own processes are visible
-    assert not {"SECRET_KEY", "FERNET_KEYS", "DATABASE_URL", "REDIS_URL", "EPHEMERA_VAR_DIR"} & set(results["environ"])
-    assert theirs["name"] == "theirs"
-
-
 SLEEPER = """import time
 
 def handler(event, context):
@@ -213,7 +186,7 @@ def handler(event, context):
 """
 
 
-def test_a_sync_call_longer_than_the_redis_socket_timeout_gets_its_result(api, worker, settings):
+def test_a_sync_call_longer_than_the_redis_socket_timeout_gets_its_result(api, module_worker, settings):
     # The waiting side uses the production lease, so one blocking pop outlasts redis-py's 5 s socket timeout.
     settings.LEASE_S = 10.0
     create(api, name="slow", source=SLEEPER, timeout_s=10)
@@ -222,7 +195,7 @@ def test_a_sync_call_longer_than_the_redis_socket_timeout_gets_its_result(api, w
     assert response.json() == {"slept": 7}
 
 
-def test_a_result_over_six_megabytes_is_a_function_error_and_is_never_stored(api, worker):
+def test_a_result_over_six_megabytes_is_a_function_error_and_is_never_stored(api, module_worker):
     create(api, name="big", source="def handler(event, context):\n    return 'x' * (7 * 1024 * 1024)\n")
     response = invoke(api, name="big")
     assert response.status_code == 200 and response["X-Function-Error"] == "Unhandled"
@@ -230,6 +203,13 @@ def test_a_result_over_six_megabytes_is_a_function_error_and_is_never_stored(api
     assert body["errorType"] == "Function.ResponseSizeTooLarge" and "6291456 bytes" in body["errorMessage"]
     row = Invocation.objects.get(pk=response["X-Invocation-Id"])
     assert row.status == "failed" and len(row.result) < 1024
+
+
+def test_a_result_that_json_cannot_hold_is_a_marshal_error(api, module_worker):
+    create(api, name="nan", source="def handler(event, context):\n    return {'x': float('nan')}\n")
+    response = invoke(api, name="nan")
+    assert response.status_code == 200 and response["X-Function-Error"] == "Unhandled"
+    assert response.json()["errorType"] == "Runtime.MarshalError"
 
 
 def environment_cgroups(environment_id: str) -> list[str]:
@@ -279,8 +259,28 @@ def test_changing_a_functions_configuration_retires_its_old_environments_at_once
     assert again["X-Cold-Start"] == "true" and again.status_code == 200
 
 
-def test_a_result_that_json_cannot_hold_is_a_marshal_error(api, worker):
-    create(api, name="nan", source="def handler(event, context):\n    return {'x': float('nan')}\n")
-    response = invoke(api, name="nan")
-    assert response.status_code == 200 and response["X-Function-Error"] == "Unhandled"
-    assert response.json()["errorType"] == "Runtime.MarshalError"
+def test_a_handler_cannot_reach_the_consoles_secrets_database_redis_or_other_code(api, other_api, settings, worker):
+    from django.db import connection
+
+    theirs = create(other_api, name="theirs", source="SECRET = 'other tenant code'\ndef handler(e, c):\n    return 1\n")
+    invoke(other_api, name="theirs")
+    their_code = Invocation.objects.get(function__name="theirs").function.code.sha256
+    create(api, name="probe", source=PROBE)
+    paths = [
+        str(settings.VAR_DIR / "secret_key"),
+        str(settings.VAR_DIR / "fernet_key"),
+        str(settings.BASE_DIR / "console" / "settings.py"),
+        str(settings.CODE_STORAGE_DIR / "extracted" / their_code / "app.py"),
+    ]
+    if connection.vendor == "sqlite":
+        paths.append(str(connection.settings_dict["NAME"]))
+    response = invoke(api, name="probe", event={"paths": paths, "redis_socket": str(settings.REDIS_SOCKET)})
+    assert response.status_code == 200 and not response.has_header("X-Function-Error"), response.content
+    results = response.json()
+    leaked = {key: value for key, value in results.items() if isinstance(value, str) and value.startswith("allowed")}
+    assert leaked == {}
+    assert "worker-secret-marker" not in response.content.decode()
+    assert "SECRET_KEY" not in results["proc_1_environ"]
+    assert max(results["proc_pids"]) < 10  # only the sandbox's own processes are visible
+    assert not {"SECRET_KEY", "FERNET_KEYS", "DATABASE_URL", "REDIS_URL", "EPHEMERA_VAR_DIR"} & set(results["environ"])
+    assert theirs["name"] == "theirs"
