@@ -489,7 +489,8 @@ def invocation_run_events(*, invocation_ids: list[str], executor: ExecutorHost) 
         _run_claimed_events(claimed, executor)
     finally:
         for invocation in claimed:
-            leases.remove(str(invocation.id))
+            if invocation.status != InvocationStatus.QUEUED:  # an unclaimed one's lease is gone already
+                leases.remove(str(invocation.id))
     ours = {str(invocation.id) for invocation in claimed}
     for invocation_id in invocation_ids:
         if invocation_id not in ours:
@@ -553,7 +554,7 @@ def _run_claimed_events(claimed: list[Invocation], executor: ExecutorHost) -> No
             finished.append((invocation, result))
         if time.monotonic() - started > EVENT_BATCH_BUDGET_S:
             for waiting in claimed[index + 1 :]:
-                database_retry(functools.partial(_give_back, waiting, delay_s=0), what=f"Invocation {waiting.pk}")
+                database_retry(functools.partial(_unclaim, waiting, delay_s=0), what=f"Invocation {waiting.pk}")
             break
     if finished:
         _complete_together(finished)
@@ -566,26 +567,34 @@ def _admitted_now(invocation: Invocation) -> bool:
         admission = _slot_take(invocation)
     except RedisError as exc:
         logger.warning("Invocation %s waits: its concurrency cannot be counted (%r)", invocation.pk, exc)
-        give_back = functools.partial(_give_back, invocation, delay_s=settings.THROTTLE_RETRY_S)
-        database_retry(give_back, what=f"Invocation {invocation.pk}")
+        unclaim = functools.partial(_unclaim, invocation, delay_s=settings.THROTTLE_RETRY_S)
+        database_retry(unclaim, what=f"Invocation {invocation.pk}")
         return False
     if admission.admitted:
         return True
     invocation_record(event="throttled", function=invocation.function)
-    give_back = functools.partial(
-        _give_back, invocation, delay_s=settings.THROTTLE_RETRY_S, error_type=f"Throttled.{admission.reason}"
+    unclaim = functools.partial(
+        _unclaim, invocation, delay_s=settings.THROTTLE_RETRY_S, error_type=f"Throttled.{admission.reason}"
     )
-    database_retry(give_back, what=f"Invocation {invocation.pk}")
+    database_retry(unclaim, what=f"Invocation {invocation.pk}")
     return False
 
 
-def _give_back(invocation: Invocation, *, delay_s: float, error_type: str | None = None) -> bool:
-    """Requeue a claimed event that did not run, due in ``delay_s``: its attempt number moves on (fencing needs
-    that), its retry budget does not; ``error_type`` says why, if it is news."""
-    fields: dict[str, Any] = {"max_attempts": F("max_attempts") + 1}
+def _unclaim(invocation: Invocation, *, delay_s: float, error_type: str | None = None) -> bool:
+    """Put back a claimed event that nothing was handed to, due in ``delay_s``, as it was before the claim: its
+    attempt number too, so that neither its retry budget nor the attempt its handler sees counts a run that never
+    happened (safe for fencing: this worker never writes for that attempt again, and whoever claims the row next
+    takes the attempt afresh). ``error_type`` says why, if it is news."""
+    fields: dict[str, Any] = {"attempt": F("attempt") - 1}
+    if invocation.attempt == 1:
+        fields.update(started_at=None, worker_host="")
     if error_type is not None:
         fields["error_type"] = error_type
-    return _requeue(invocation, _own_fence(invocation), delay_s=delay_s, **fields)
+    # Its lease goes first: once requeued, another thread of this host may claim it, under the same attempt number.
+    leases.remove(str(invocation.id))
+    requeued = _requeue(invocation, _own_fence(invocation), delay_s=delay_s, **fields)
+    invocation.status = InvocationStatus.QUEUED  # not ours any more (or, if the fence failed, never was)
+    return requeued
 
 
 _deferred = threading.local()
@@ -630,7 +639,13 @@ def invocation_refuse_for_capacity(*, invocation: Invocation, reason: str) -> No
     fenced = _own_fence(invocation)
     invocation_record(event="throttled", function=invocation.function)
     if invocation.invocation_type == InvocationType.ASYNC:
-        if _give_back(invocation, delay_s=settings.THROTTLE_RETRY_S, error_type=CAPACITY_EXCEEDED):
+        if _requeue(
+            invocation,
+            fenced,
+            delay_s=settings.THROTTLE_RETRY_S,
+            error_type=CAPACITY_EXCEEDED,
+            max_attempts=F("max_attempts") + 1,  # the attempt number moves on (fencing); the budget does not
+        ):
             _release(invocation)
         return
     _finish_refused_sync(invocation, fenced, reason)

@@ -517,7 +517,7 @@ def test_an_event_that_waited_its_turn_in_a_batch_counts_the_wait_as_queue_time(
     assert second.queue_wait_ms >= 200 and second.overhead_ms < 200
 
 
-def test_the_events_behind_one_that_ran_long_go_back_to_the_queue_at_once_with_their_budgets(make_function):
+def test_the_events_behind_one_that_ran_long_go_back_to_the_queue_at_once_as_they_were(make_function):
     function = make_function(max_retry_attempts=1)
     slow, *behind = (accept(function) for _ in range(3))
 
@@ -528,11 +528,16 @@ def test_the_events_behind_one_that_ran_long_go_back_to_the_queue_at_once_with_t
     executor = FakeExecutor(long_run)
     run_events([slow, *behind], executor)
     assert executor.attempts == [1] and row(slow).status == InvocationStatus.SUCCEEDED
-    for event in map(row, behind):
-        assert (event.status, event.attempt, event.max_attempts) == (InvocationStatus.QUEUED, 1, 3)
+    for event in map(row, behind):  # as before their claim: nothing was handed to the executor
+        assert (event.status, event.attempt, event.max_attempts) == (InvocationStatus.QUEUED, 0, 2)
         assert event.available_at <= timezone.now() and event.error_type == ""
+        assert event.started_at is None and event.worker_host == ""
     assert sorted(published_ids()) == sorted(str(event.pk) for event in behind)  # for the host's other threads
     assert leases.held() == []
+    later = FakeExecutor(succeeded(), succeeded())
+    run_events(behind, later)
+    assert later.attempts == [1, 1]  # their handlers see their first attempt
+    assert [row(event).status for event in behind] == [InvocationStatus.SUCCEEDED] * 2
 
 
 def test_a_hosts_batches_shrink_as_its_events_run_longer(settings):
@@ -577,8 +582,8 @@ def test_a_batched_event_over_its_reserved_concurrency_goes_back_with_its_whole_
     )
     run_events(events, executor)
     assert executor.attempts == []
-    for event in map(row, events):
-        assert (event.status, event.attempt, event.max_attempts) == (InvocationStatus.QUEUED, 1, 3)
+    for event in map(row, events):  # as before their claim: nothing ran
+        assert (event.status, event.attempt, event.max_attempts) == (InvocationStatus.QUEUED, 0, 2)
         assert event.error_type == "Throttled.ReservedFunctionConcurrentInvocationLimitExceeded"
         assert event.available_at >= before + timedelta(seconds=30)
 
