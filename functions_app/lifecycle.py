@@ -191,6 +191,8 @@ def invocation_claim_events(*, invocation_ids: list[str], host: str) -> list[Inv
     claimed = list(
         Invocation.objects.raw(_claim_events_sql(len(invocation_ids)), _claim_events_params(invocation_ids, host, now))
     )
+    arrival = {invocation_id: position for position, invocation_id in enumerate(invocation_ids)}
+    claimed.sort(key=lambda invocation: arrival[str(invocation.id)])  # RETURNING keeps no order; the lane's is FIFO
     # The claims are committed: from here the attempts are this worker's to finish, their leases renewed meanwhile
     # (a database failing the configurations' read is waited for, as a result's write is).
     for invocation in claimed:
@@ -211,31 +213,31 @@ def _claim_events_sql(count: int) -> str:
     quote = connection.ops.quote_name
     table = quote(Invocation._meta.db_table)
     ids = ", ".join(["%s"] * count)
+    # The rows are found by their ids. `status || ''` keeps the planner off the status indexes, which it would
+    # otherwise pick (SQLite does, having no statistics) and walk every queued row of a backlog for each batch.
     # Only the models' own quoted table and column names are formatted in; every value is a parameter.
     plain = (
-        f"SELECT id FROM {table} WHERE id IN ({ids}) AND status = %s AND invocation_type = %s "  # noqa: S608
+        f"id IN ({ids}) AND status || '' = %s AND invocation_type = %s "
         "AND available_at <= %s AND attempt < max_attempts AND (expires_at IS NULL OR expires_at >= %s)"
     )
-    if connection.vendor == "postgresql":
-        plain += " FOR UPDATE SKIP LOCKED"
+    if connection.vendor == "postgresql":  # rows another host is claiming are skipped, not waited for
+        plain = f"id IN (SELECT id FROM {table} WHERE {plain} FOR UPDATE SKIP LOCKED)"  # noqa: S608
     return (
         f"UPDATE {table} SET status = %s, attempt = attempt + 1, lease_until = %s, started_at = %s, "  # noqa: S608
-        f"worker_host = %s WHERE status = %s AND id IN ({plain}) RETURNING {_returned_columns()}"
+        f"worker_host = %s WHERE {plain} RETURNING {_returned_columns()}"
     )
 
 
 def _claim_events_params(invocation_ids: list[str], host: str, now: datetime) -> list[Any]:
     at = connection.ops.adapt_datetimefield_value
     pk = Invocation._meta.pk
-    queued = InvocationStatus.QUEUED.value
     return [
         InvocationStatus.RUNNING.value,
         at(now + timedelta(seconds=settings.LEASE_S)),
         at(now),
         host,
-        queued,
         *(pk.get_db_prep_value(uuid.UUID(invocation_id), connection) for invocation_id in invocation_ids),
-        queued,
+        InvocationStatus.QUEUED.value,
         InvocationType.ASYNC.value,
         at(now + timedelta(seconds=CLOCK_SKEW_S)),
         at(now),
