@@ -550,6 +550,7 @@ def _run_claimed_events(claimed: list[Invocation], executor: ExecutorHost) -> No
         started = time.monotonic()
         result = _execute(invocation, executor)
         _release(invocation)  # its run is over: the next event of this function, in this batch too, may start
+        invocation.slot_released = True
         event_pace.record(time.monotonic() - started)
         if result is not None:
             first_finished_at = first_finished_at if finished else time.monotonic()
@@ -806,6 +807,8 @@ def _release_and_reply(invocation: Invocation) -> None:
     """Free the concurrency slot and hand a synchronous caller its outcome, in one round trip to Redis: the release
     first, so that a caller who calls again at once finds its slot free. The reply key expires if nobody waits;
     with Redis down the slot expires on its own and the caller reads the row, which is already written."""
+    if invocation.slot_released and invocation.invocation_type == InvocationType.ASYNC:
+        return  # freed when its run ended, and nobody waits on the line
     pipeline = redis_client().pipeline(transaction=False)
     concurrency.slot_release(
         function_id=invocation.function_id, owner_id=invocation.owner_id, member=str(invocation.id), pipeline=pipeline

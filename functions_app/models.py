@@ -269,6 +269,8 @@ class Invocation(models.Model):
     # function's revision as the claim read it, which picks the cached configuration; a sync call's timings.
     current_revision: uuid.UUID
     timings: RunTimings | None = None
+    # Set once a batched event's slot was freed at the end of its run: its completion has nothing left to free.
+    slot_released: bool = False
 
     class Meta:
         ordering = ["-queued_at"]
