@@ -387,7 +387,8 @@ def _slot_take(invocation: Invocation) -> concurrency.Admission:
 def _requeue(invocation: Invocation, fenced: dict[str, Any], *, delay_s: float, **fields: Any) -> bool:
     """Put the invocation back in the queue, due in ``delay_s``, if ``fenced`` still matches its row.
 
-    Published at once with a countdown; should that message be lost, the sweeper publishes it once it is stale.
+    Published at once (with a countdown, unless due now); should that message be lost, the sweeper publishes it once
+    it is stale.
     """
     due = timezone.now() + timedelta(seconds=delay_s)
     requeued = bool(
@@ -397,8 +398,9 @@ def _requeue(invocation: Invocation, fenced: dict[str, Any], *, delay_s: float, 
     )
     if requeued:
         sync = invocation.invocation_type == InvocationType.SYNC
+        countdown = delay_s if delay_s > 0 else None  # due now: the fast lane, as a new call (a countdown is Celery's)
         _after_write(
-            functools.partial(invocation_publish, invocation_id=str(invocation.id), sync=sync, countdown=delay_s)
+            functools.partial(invocation_publish, invocation_id=str(invocation.id), sync=sync, countdown=countdown)
         )
     return requeued
 

@@ -286,7 +286,7 @@ def test_an_event_reclaimed_by_the_sweeper_mid_run_is_requeued_and_its_late_resu
     current = row(event)
     assert (current.status, current.attempt, current.terminal_writes) == (InvocationStatus.QUEUED, 1, 0)
     assert current.result == "" and current.lease_until is None and current.available_at <= timezone.now()
-    assert published_ids() == [str(event.pk)]  # due at once, and published
+    assert lane_ids(EVENT_LANE_KEY) == [str(event.pk)] and published_ids() == []  # due at once: on the lane
     executor = FakeExecutor(succeeded())
     run(event, executor)
     current = row(event)
@@ -532,7 +532,7 @@ def test_the_events_behind_one_that_ran_long_go_back_to_the_queue_at_once_as_the
         assert (event.status, event.attempt, event.max_attempts) == (InvocationStatus.QUEUED, 0, 2)
         assert event.available_at <= timezone.now() and event.error_type == ""
         assert event.started_at is None and event.worker_host == ""
-    assert sorted(published_ids()) == sorted(str(event.pk) for event in behind)  # for the host's other threads
+    assert lane_ids(EVENT_LANE_KEY) == [str(event.pk) for event in behind]  # for the host's other threads
     assert leases.held() == []
     later = FakeExecutor(succeeded(), succeeded())
     run_events(behind, later)
