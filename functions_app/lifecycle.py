@@ -127,16 +127,10 @@ def invocation_claim_sync(*, invocation_id: str, host: str, capacity: Capacity) 
     if not claimed:
         return invocation_claim(invocation_id=invocation_id, host=host, capacity=capacity)
     invocation = claimed[0]
-    # The claim is committed: from here the attempt is this worker's to finish, its lease renewed meanwhile (a
-    # database that fails the configuration's read is waited for, as a result's write is).
-    leases.add(str(invocation.id), invocation.attempt)
+    _take_over(claimed)
     try:
-        database_retry(
-            lambda: configs.attach(invocation, invocation.current_revision), what=f"Invocation {invocation_id}"
-        )
         if not capacity.can_ever_host(invocation.memory_mb):
-            message = _too_large_message(invocation)
-            _finish_platform_failure(invocation, TOO_LARGE_FOR_HOSTS, message, _own_fence(invocation))
+            _fail_too_large(invocation, _own_fence(invocation))
             leases.remove(str(invocation.id))
             return None
         if not capacity.has_room(invocation.memory_mb):
@@ -193,8 +187,14 @@ def invocation_claim_events(*, invocation_ids: list[str], host: str) -> list[Inv
     )
     arrival = {invocation_id: position for position, invocation_id in enumerate(invocation_ids)}
     claimed.sort(key=lambda invocation: arrival[str(invocation.id)])  # RETURNING keeps no order; the lane's is FIFO
-    # The claims are committed: from here the attempts are this worker's to finish, their leases renewed meanwhile
-    # (a database failing the configurations' read is waited for, as a result's write is).
+    _take_over(claimed)
+    return claimed
+
+
+def _take_over(claimed: list[Invocation]) -> None:
+    """Rows a one-statement claim just took: from here each attempt is this worker's to finish, its lease renewed
+    meanwhile, and its configuration attached (a database failing that read is waited for, as a result's write
+    is). Should it fail after all, the leases are let go."""
     for invocation in claimed:
         leases.add(str(invocation.id), invocation.attempt)
     try:
@@ -205,7 +205,6 @@ def invocation_claim_events(*, invocation_ids: list[str], host: str) -> list[Inv
         for invocation in claimed:
             leases.remove(str(invocation.id))
         raise
-    return claimed
 
 
 @functools.cache
@@ -327,7 +326,7 @@ def _refused_for_capacity(invocation: Invocation, capacity: Capacity) -> bool:
     once (429, retryable), an event waits in the queue; neither was claimed, so no attempt is used up."""
     fenced = _fence_as_read(invocation)
     if not capacity.can_ever_host(invocation.memory_mb):
-        _finish_platform_failure(invocation, TOO_LARGE_FOR_HOSTS, _too_large_message(invocation), fenced)
+        _fail_too_large(invocation, fenced)
         return True
     if capacity.has_room(invocation.memory_mb):
         return False
@@ -343,11 +342,13 @@ def _refused_for_capacity(invocation: Invocation, capacity: Capacity) -> bool:
 CLOCK_SKEW_S = 1.0
 
 
-def _too_large_message(invocation: Invocation) -> str:
-    return (
+def _fail_too_large(invocation: Invocation, fenced: dict[str, Any]) -> bool:
+    """A function larger than a host's whole memory budget can never run: a clear platform error at once."""
+    message = (
         f"This function needs {invocation.memory_mb} MB of memory, more than an executor host offers "
         "(RUNTIME_MEMORY_BUDGET_MB); lower its memory size or raise the hosts' budget."
     )
+    return _finish_platform_failure(invocation, TOO_LARGE_FOR_HOSTS, message, fenced)
 
 
 def _admitted_for_run(invocation: Invocation, now: datetime) -> bool:
@@ -537,13 +538,7 @@ def _run_claimed_events(claimed: list[Invocation], executor: ExecutorHost) -> No
             _complete_together(finished)
             finished = []
         if not executor.can_ever_host(invocation.memory_mb):
-            too_large = functools.partial(
-                _finish_platform_failure,
-                invocation,
-                TOO_LARGE_FOR_HOSTS,
-                _too_large_message(invocation),
-                _own_fence(invocation),
-            )
+            too_large = functools.partial(_fail_too_large, invocation, _own_fence(invocation))
             database_retry(too_large, what=f"Invocation {invocation.pk}")
             continue
         if not _admitted_now(invocation):
