@@ -5,6 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from functions_app.models import Function
 from metrics_app.charts import rightsizing_figure
 from metrics_app.histograms import MEMORY
 from metrics_app.rightsizing import function_rightsizing, rightsizing_analyse, run_ms_at
@@ -91,6 +92,19 @@ def test_function_rightsizing_reads_the_day_roll_ups_at_the_configured_size(make
     assert analysis.baseline_memory_mb == 1024 and analysis.invocations_observed == 20
     assert analysis.avg_duration_ms == pytest.approx(300)
     assert analysis.recommended_mb == 128 and analysis.expected_monthly_saving_usd > 0
+
+
+@pytest.mark.django_db
+def test_traffic_from_before_midnight_counts_for_a_function_created_the_day_before(make_function):
+    midnight = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    function = make_function()
+    Function.objects.filter(pk=function.pk).update(created_at=midnight - timedelta(minutes=10))
+    function.refresh_from_db()
+    for minutes in (5, 3):
+        finish(function, at=midnight - timedelta(minutes=minutes))
+    finish(function, at=midnight + timedelta(minutes=1))
+    analysis = function_rightsizing(function=function, now=midnight + timedelta(minutes=5))
+    assert analysis.invocations_observed == 3
 
 
 @pytest.mark.django_db
