@@ -117,6 +117,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # first: a function URL's request belongs to the function, whatever its path; nothing of the console's applies
+    "functions_app.http_views.HttpTriggerMiddleware",
     "console.exceptions.ApiMiddleware",  # first: it also answers for what the others refuse under /api/
     "console.timing.ServerTimingMiddleware",  # the Server-Timing header of the requests that mark phases
     "django.middleware.security.SecurityMiddleware",
@@ -283,6 +285,11 @@ SANDBOX_DEPLOY_CHECK = env_bool("SANDBOX_DEPLOY_CHECK", True)
 AWS_REGION = env_str("EPHEMERA_REGION", "us-east-1")
 # The longest a synchronous HTTP caller is held; past it the answer is the invocation id to poll.
 SYNC_WAIT_MAX_S = env_int("SYNC_WAIT_MAX_S", 120)
+# Function URLs are always served under this server's /fn/{url_id}/. With a wildcard domain pointed at the web
+# (DNS *.fn.example.com and a TLS certificate for it), each is also {url_id}.{FUNCTION_URL_DOMAIN} (a port may
+# follow the domain) and the API gives that address: a function's pages then get an origin of their own, apart
+# from the console's (docs/http-endpoints.md).
+FUNCTION_URL_DOMAIN = env_str("FUNCTION_URL_DOMAIN", "").strip(".").lower()
 
 # Delivery (docs/architecture.md §4 and §8). A worker holds a running invocation by a lease it
 # renews every LEASE_S/3; the sweeper (beat, every SWEEP_INTERVAL_S) takes back expired leases, republishes

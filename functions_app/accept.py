@@ -83,11 +83,13 @@ def invocation_accept(
     invocation_type: str,
     idempotency_key: str = "",
     chain_depth: int = 0,
+    trigger: dict[str, Any] | None = None,
 ) -> Invocation:
     """Validate, admit and persist an invocation (sync or async), publishing its id after commit.
 
     A repeated ``idempotency_key`` returns the invocation it first created (409 if the payload differs).
-    ``chain_depth`` counts the destination hops that led to this call (see ``destination_deliver``).
+    ``chain_depth`` counts the destination hops that led to this call (see ``destination_deliver``); ``trigger``
+    names the HTTP trigger that made it (see ``functions_app.http_triggers``).
     """
     is_async = invocation_type == InvocationType.ASYNC
     payload, target = invocation_validate(
@@ -115,6 +117,7 @@ def invocation_accept(
         "invocation_type": invocation_type,
         "payload": payload,
         "payload_sha256": payload_sha,
+        "trigger": trigger,
         "idempotency_key": idempotency_key,
         "memory_mb": config.memory_mb,
         "timeout_s": config.timeout_s,

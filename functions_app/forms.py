@@ -18,6 +18,8 @@ from functions_app.models import (
     LATEST,
     RETRIES_MAX,
     DeadLetterCondition,
+    FunctionUrl,
+    FunctionUrlAuth,
     InvocationStatus,
     Runtime,
 )
@@ -42,7 +44,7 @@ def form_add_service_error(form: forms.Form, error: ServiceError, fallback: str 
     placed = False
     if isinstance(error.details, dict):
         for key, messages in error.details.items():
-            field = _FIELD_ALIASES.get(key, key)
+            field = _FIELD_ALIASES.get(key, key.removeprefix("cors."))
             if field in form.fields:
                 for message in messages if isinstance(messages, list) else [messages]:
                     form.add_error(field, str(message))
@@ -223,6 +225,71 @@ class AliasForm(forms.Form):
     version = forms.IntegerField(min_value=1)
     additional_version = forms.IntegerField(required=False, min_value=1, label="Canary version")
     additional_weight = forms.FloatField(required=False, label="Canary weight", help_text="0.0 to 1.0")
+
+
+class FunctionUrlForm(forms.Form):
+    """A function URL: what it serves (on creation only), who may call it, and its CORS configuration."""
+
+    qualifier = forms.ChoiceField(required=False, label="Serves", choices=[("", "$LATEST")])
+    auth_type = forms.ChoiceField(
+        choices=FunctionUrlAuth.choices,
+        label="Auth",
+        help_text="Public, or an API key of yours in Authorization: Token <key> (stripped before the function).",
+    )
+    allow_origins = forms.CharField(
+        required=False,
+        label="CORS allowed origins",
+        widget=forms.Textarea(attrs={"rows": 2, "placeholder": "https://app.example.com"}),
+        help_text="One per line (scheme://host[:port]) or *. None: no CORS, the function answers OPTIONS itself.",
+    )
+    allow_methods = forms.MultipleChoiceField(
+        required=False,
+        label="CORS methods",
+        choices=[(method, method) for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")],
+        widget=forms.CheckboxSelectMultiple,
+    )
+    allow_headers = forms.CharField(required=False, label="CORS allowed headers", help_text="Comma-separated.")
+    expose_headers = forms.CharField(required=False, label="CORS exposed headers", help_text="Comma-separated.")
+    max_age = forms.IntegerField(required=False, min_value=0, label="CORS max age (s)")
+    allow_credentials = forms.BooleanField(required=False, label="CORS allows credentials")
+
+    def __init__(self, *args: Any, aliases: list[str] | None = None, latest: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        choices = [("", "$LATEST")] if latest else []
+        choices += [(name, f"alias {name}") for name in aliases or []]
+        cast(forms.ChoiceField, self.fields["qualifier"]).choices = choices
+
+    @classmethod
+    def initial_of(cls, url: FunctionUrl) -> dict[str, Any]:
+        cors = url.cors or {}
+        return {
+            "auth_type": url.auth_type,
+            "allow_origins": "\n".join(cors.get("allow_origins", [])),
+            "allow_methods": cors.get("allow_methods", []),
+            "allow_headers": ", ".join(cors.get("allow_headers", [])),
+            "expose_headers": ", ".join(cors.get("expose_headers", [])),
+            "max_age": cors.get("max_age") or None,
+            "allow_credentials": cors.get("allow_credentials", False),
+        }
+
+    def cors(self) -> dict[str, Any]:
+        """The CORS configuration the form describes ({} without origins: no CORS)."""
+        data = self.cleaned_data
+        origins = [line.strip() for line in data["allow_origins"].splitlines() if line.strip()]
+        if not origins:
+            return {}
+        return {
+            "allow_origins": origins,
+            "allow_methods": data["allow_methods"],
+            "allow_headers": _comma_list(data["allow_headers"]),
+            "expose_headers": _comma_list(data["expose_headers"]),
+            "max_age": data["max_age"] or 0,
+            "allow_credentials": data["allow_credentials"],
+        }
+
+
+def _comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 class AliasUpdateForm(AliasForm):

@@ -217,6 +217,11 @@ class InvocationOutputSerializer(serializers.Serializer):
     cost_init_usd = serializers.DecimalField(max_digits=20, decimal_places=12, allow_null=True)
     worker_host = serializers.CharField()
     environment_id = serializers.CharField()
+    trigger = serializers.JSONField(
+        allow_null=True,
+        help_text="What made the call, when not the API: an HTTP trigger's `{type, id, method, path, status, "
+        "response_bytes}` (status and size once answered; `error` when the result was not a response).",
+    )
 
 
 class InvocationDetailSerializer(JsonTextSerializer, InvocationOutputSerializer):

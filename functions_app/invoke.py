@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -121,6 +122,7 @@ def function_invoke(
     raw_payload: bytes,
     invocation_type: str,
     idempotency_key: str = "",
+    trigger: dict[str, Any] | None = None,
 ) -> InvokeAnswer:
     """Accept the call and, for a synchronous one, wait for its outcome (see invocation_accept, invocation_wait).
     A dry run is only validated: no invocation."""
@@ -136,6 +138,7 @@ def function_invoke(
         raw_payload=raw_payload,
         invocation_type=invocation_type,
         idempotency_key=idempotency_key,
+        trigger=trigger,
     )
     if invocation_type != InvocationType.SYNC:
         return InvokeAnswer(invocation)

@@ -153,6 +153,50 @@ class Alias(models.Model):
         return f"{self.function.name}:{self.name}"
 
 
+class FunctionUrlAuth(models.TextChoices):
+    NONE = "NONE", "Public"
+    # A platform API key of the function's owner in Authorization: the analogue of Lambda's AWS_IAM.
+    TOKEN = "TOKEN", "API key"
+
+
+class InvokeMode(models.TextChoices):
+    BUFFERED = "BUFFERED", "Buffered"
+    RESPONSE_STREAM = "RESPONSE_STREAM", "Streamed"
+
+
+class FunctionUrl(models.Model):
+    """A function's own HTTPS endpoint (of `$LATEST`, or of an alias): any request to it runs the function with
+    the HTTP event (payload format 2.0) and answers with the function's mapped response."""
+
+    function = models.ForeignKey(Function, on_delete=models.CASCADE, related_name="urls")
+    # None serves `$LATEST`; deleting the alias deletes its URL (nothing would be left to serve).
+    alias = models.ForeignKey(Alias, on_delete=models.CASCADE, null=True, blank=True, related_name="urls")
+    # 32 lowercase letters and digits, as Lambda's url-id: the path segment or host label it is served under.
+    url_id = models.CharField(max_length=32, unique=True)
+    auth_type = models.CharField(max_length=8, choices=FunctionUrlAuth.choices)
+    invoke_mode = models.CharField(max_length=16, choices=InvokeMode.choices, default=InvokeMode.BUFFERED)
+    # {allow_origins, allow_methods, allow_headers, expose_headers, max_age, allow_credentials}; {} for no CORS.
+    cors = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["function", "alias__name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["function"], condition=Q(alias__isnull=True), name="function_url_one_for_latest"
+            ),
+            models.UniqueConstraint(fields=["function", "alias"], name="function_url_one_per_alias"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.function.name}:{self.qualifier} {self.url_id}"
+
+    @property
+    def qualifier(self) -> str:
+        return self.alias.name if self.alias else LATEST
+
+
 class TestEvent(models.Model):
     """A saved event for the console's Test tab and the API."""
 
@@ -237,6 +281,9 @@ class Invocation(models.Model):
     # How many destination hops led here (0 for a call from outside): a loop of destinations stops at a limit.
     chain_depth = models.PositiveSmallIntegerField(default=0)
     payload_sha256 = models.CharField(max_length=64, blank=True)
+    # What made the call when it was not the API: an HTTP trigger's {type, id, method, path, route}, and, once
+    # answered, its status and response size (functions_app.http_triggers).
+    trigger = models.JSONField(null=True, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
     worker_host = models.CharField(max_length=255, blank=True)
     environment_id = models.CharField(max_length=64, blank=True)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from functions_app import api, invocations_api
+from functions_app import api, invocations_api, triggers_api
 
 # Every path ends with a slash; console.exceptions.ApiMiddleware serves the same path without it too.
 # Function names, alias names and test event names never contain "/", so plain str converters are exact.
@@ -16,6 +16,7 @@ api_urlpatterns = [
     path("functions/<str:name>/aliases/<str:alias>/", api.AliasDetailApi.as_view(), name="api-alias"),
     path("functions/<str:name>/test-events/", api.TestEventListApi.as_view(), name="api-test-events"),
     path("functions/<str:name>/test-events/<str:event>/", api.TestEventDetailApi.as_view(), name="api-test-event"),
+    path("functions/<str:name>/url/", triggers_api.FunctionUrlApi.as_view(), name="api-function-url"),
     path("functions/<str:name>/invoke/", invocations_api.InvokeApi.as_view(), name="api-function-invoke"),
     path("invocations/", invocations_api.InvocationListApi.as_view(), name="api-invocations"),
     path("invocations/<str:invocation_id>/", invocations_api.InvocationDetailApi.as_view(), name="api-invocation"),

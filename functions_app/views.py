@@ -29,7 +29,7 @@ from django.views.decorators.http import require_POST
 from console import accounts
 from console.auth import SignedInRequest
 from console.exceptions import ResourceNotFound, ServiceError
-from functions_app import forms, invoke, selectors, services
+from functions_app import forms, http_triggers, invoke, selectors, services
 from functions_app.code import handler_module_candidates
 from functions_app.destinations import dead_letter_delete, dead_letter_replay
 from functions_app.models import LATEST, DeadLetter, Function, Invocation, InvocationStatus, InvocationType
@@ -42,6 +42,7 @@ TABS = [
     ("test", "Test"),
     ("monitor", "Monitor"),
     ("versions", "Versions and aliases"),
+    ("triggers", "Triggers"),
     ("invocations", "Invocations"),
     ("configuration", "Configuration"),
 ]
@@ -511,6 +512,94 @@ def alias_delete(request: SignedInRequest, name: str, alias_name: str) -> HttpRe
     function = selectors.function_get(owner=request.user, name=name)
     services.alias_delete(alias=selectors.alias_get(function=function, name=alias_name))
     return redirect("function_versions", name=function.name)
+
+
+# ---- Triggers tab ---------------------------------------------------------------------------------------------
+
+
+@console_page
+def function_triggers(request: SignedInRequest, name: str) -> HttpResponse:
+    function = selectors.function_get(owner=request.user, name=name)
+    return _tab(request, function, "triggers", _triggers_context(request, function))
+
+
+def _triggers_context(
+    request: HttpRequest,
+    function: Function,
+    *,
+    new_form: forms.FunctionUrlForm | None = None,
+    edited: tuple[str, forms.FunctionUrlForm] | None = None,
+) -> dict[str, Any]:
+    """The function's triggers in one place: its function URLs, each with its address, a curl line and its form
+    (``edited``: the one whose submitted form is shown again, with its errors)."""
+    function_urls = http_triggers.function_url_list(function=function)
+    urls = []
+    for url in function_urls:
+        address = http_triggers.function_url_address(url=url, scheme=request.scheme or "http", host=request.get_host())
+        form = edited[1] if edited and edited[0] == url.url_id else None
+        initial = forms.FunctionUrlForm.initial_of(url)
+        form = form or forms.FunctionUrlForm(initial=initial, auto_id=f"url-{url.url_id}-%s")
+        urls.append({"url": url, "address": address, "form": form})
+    served = {url.alias.name if url.alias else "" for url in function_urls}
+    free = [alias.name for alias in selectors.alias_list(function=function) if alias.name not in served]
+    return {
+        "urls": urls,
+        "url_form": new_form
+        or forms.FunctionUrlForm(aliases=free, latest="" not in served, initial={"auth_type": "NONE"}),
+        "can_add_url": "" not in served or bool(free),
+    }
+
+
+@console_page
+@require_POST
+def function_url_create(request: SignedInRequest, name: str) -> HttpResponse:
+    function = selectors.function_get(owner=request.user, name=name)
+    form = forms.FunctionUrlForm(
+        request.POST, aliases=[alias.name for alias in selectors.alias_list(function=function)]
+    )
+    if form.is_valid():
+        created = _attempt(
+            form,
+            lambda: http_triggers.function_url_create(
+                function=function,
+                qualifier=form.cleaned_data["qualifier"],
+                auth_type=form.cleaned_data["auth_type"],
+                cors=form.cors(),
+            ),
+            fallback="qualifier",
+        )
+        if created is not _FAILED:
+            return redirect("function_triggers", name=function.name)
+    return _tab(request, function, "triggers", _triggers_context(request, function, new_form=form), status=400)
+
+
+@console_page
+@require_POST
+def function_url_update(request: SignedInRequest, name: str, url_id: str) -> HttpResponse:
+    function = selectors.function_get(owner=request.user, name=name)
+    url = _function_url(function, url_id)
+    form = forms.FunctionUrlForm(request.POST, auto_id=f"url-{url.url_id}-%s")
+    if form.is_valid():
+        changes = {"auth_type": form.cleaned_data["auth_type"], "cors": form.cors()}
+        if _attempt(form, lambda: http_triggers.function_url_update(url=url, **changes)) is not _FAILED:
+            return redirect("function_triggers", name=function.name)
+    context = _triggers_context(request, function, edited=(url.url_id, form))
+    return _tab(request, function, "triggers", context, status=400)
+
+
+@console_page
+@require_POST
+def function_url_delete(request: SignedInRequest, name: str, url_id: str) -> HttpResponse:
+    function = selectors.function_get(owner=request.user, name=name)
+    http_triggers.function_url_delete(url=_function_url(function, url_id))
+    return redirect("function_triggers", name=function.name)
+
+
+def _function_url(function: Function, url_id: str) -> Any:
+    for url in http_triggers.function_url_list(function=function):
+        if url.url_id == url_id:
+            return url
+    raise ResourceNotFound(f"{function.name} has no function URL {url_id}.")
 
 
 # ---- Invocations tab and page -----------------------------------------------------------------------------------

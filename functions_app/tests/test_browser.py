@@ -19,7 +19,7 @@ import pytest
 from django.conf import settings
 from django.urls import Resolver404, resolve
 
-from functions_app import services
+from functions_app import http_triggers, services
 from functions_app.accept import invocation_accept
 from functions_app.models import DeadLetter
 from functions_app.services import CodeUpload
@@ -321,6 +321,7 @@ def test_every_page_fits_a_phone_and_every_chart_shows_its_points_and_labels(pag
     DeadLetter.objects.create(
         owner=user, function=function, invocation=failed, condition="RetriesExhausted", request_payload="{}", attempts=3
     )
+    http_triggers.function_url_create(function=function, auth_type="TOKEN", cors={"allow_origins": ["*"]})
     base = live_server.url
     sign_in(page, base)
     pages = [
@@ -331,6 +332,7 @@ def test_every_page_fits_a_phone_and_every_chart_shows_its_points_and_labels(pag
         "/functions/greeter/monitor/",
         "/functions/greeter/versions/",
         "/functions/greeter/versions/1/",
+        "/functions/greeter/triggers/",
         "/functions/greeter/invocations/",
         "/functions/greeter/configuration/",
         f"/invocations/{last.pk}/",

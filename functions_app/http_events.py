@@ -1,0 +1,220 @@
+"""HTTP requests as Lambda's events, and functions' results as HTTP responses: pure functions, field by field as
+API Gateway's payload format 2.0 (HTTP APIs and function URLs) defines them, so handlers written for Lambda run
+unchanged. docs/http-endpoints.md lists the rules and the choices made where Lambda leaves room."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+# Bodies of these types reach the function as text (when they are UTF-8); any other body is base64.
+TEXT_TYPES = ("text/", "json", "xml", "javascript", "application/x-www-form-urlencoded", "application/graphql")
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """What the platform received, independent of the web server: the path as sent (percent-encoding kept, the
+    platform's own prefix removed), header pairs as received, in order."""
+
+    method: str
+    raw_path: str
+    raw_query: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    source_ip: str
+    received_at: datetime
+    protocol: str = "HTTP/1.1"
+    scheme: str = "http"
+    port: int = 80
+
+    def header(self, name: str) -> str | None:
+        """The header's values, comma-joined (None when absent)."""
+        values = [value for key, value in self.headers if key.lower() == name]
+        return ",".join(values) if values else None
+
+
+@dataclass(frozen=True)
+class HttpTarget:
+    """Where the request arrived, as the event's requestContext names it."""
+
+    api_id: str
+    domain_name: str
+    domain_prefix: str
+    request_id: str
+    account_id: str = "anonymous"
+    route_key: str = "$default"
+    stage: str = "$default"
+    path_parameters: dict[str, str] | None = None
+    stage_variables: dict[str, str] | None = None
+    authorizer: dict[str, Any] | None = None
+
+
+@dataclass
+class HttpAnswer:
+    """A response to send: status, header pairs (a name may repeat, as Set-Cookie does) and the body; and what
+    to do once it is sent (``after_sent``: bookkeeping the client should not wait for)."""
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    after_sent: Callable[[], None] | None = None
+
+
+class MalformedResponse(ValueError):
+    """The function's result cannot be an HTTP response; the message says why (it goes into the record)."""
+
+
+def event_v2(request: HttpRequest, target: HttpTarget, *, extra_headers: dict[str, str] | None = None) -> dict:
+    """The payload format 2.0 event: lower-case header names, repeated headers and query keys comma-joined, the
+    Cookie header split out into ``cookies``, empty parts left out, a binary body base64-encoded."""
+    headers, cookies = _headers_v2(request.headers)
+    headers.update(extra_headers or {})
+    event: dict[str, Any] = {
+        "version": "2.0",
+        "routeKey": target.route_key,
+        "rawPath": request.raw_path,
+        "rawQueryString": request.raw_query,
+    }
+    if cookies:
+        event["cookies"] = cookies
+    event["headers"] = headers
+    query = _query_v2(request.raw_query)
+    if query:
+        event["queryStringParameters"] = query
+    event["requestContext"] = _request_context_v2(request, target, headers)
+    if request.body:
+        event["body"], event["isBase64Encoded"] = body_for_event(request.body, headers.get("content-type", ""))
+    else:
+        event["isBase64Encoded"] = False
+    if target.path_parameters:
+        event["pathParameters"] = target.path_parameters
+    if target.stage_variables:
+        event["stageVariables"] = target.stage_variables
+    return event
+
+
+def _headers_v2(pairs: list[tuple[str, str]]) -> tuple[dict[str, str], list[str]]:
+    headers: dict[str, str] = {}
+    cookies: list[str] = []
+    for name, value in pairs:
+        key = name.lower()
+        if key == "cookie":
+            cookies.extend(part.strip() for part in value.split(";") if part.strip())
+            continue
+        headers[key] = f"{headers[key]},{value}" if key in headers else value
+    return headers, cookies
+
+
+def _query_v2(raw_query: str) -> dict[str, str]:
+    query: dict[str, str] = {}
+    for key, value in parse_qsl(raw_query, keep_blank_values=True):
+        query[key] = f"{query[key]},{value}" if key in query else value
+    return query
+
+
+def _request_context_v2(request: HttpRequest, target: HttpTarget, headers: dict[str, str]) -> dict[str, Any]:
+    context: dict[str, Any] = {
+        "accountId": target.account_id,
+        "apiId": target.api_id,
+        "domainName": target.domain_name,
+        "domainPrefix": target.domain_prefix,
+        "http": {
+            "method": request.method,
+            "path": request.raw_path,
+            "protocol": request.protocol,
+            "sourceIp": request.source_ip,
+            "userAgent": headers.get("user-agent", ""),
+        },
+        "requestId": target.request_id,
+        "routeKey": target.route_key,
+        "stage": target.stage,
+        "time": request.received_at.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+        "timeEpoch": int(request.received_at.timestamp() * 1000),
+    }
+    if target.authorizer is not None:
+        context["authorizer"] = target.authorizer
+    return context
+
+
+def body_for_event(body: bytes, content_type: str) -> tuple[str, bool]:
+    """The body as the event carries it: text for a textual type in UTF-8, else base64 (and True)."""
+    if any(kind in content_type.lower() for kind in TEXT_TYPES):
+        try:
+            return body.decode("utf-8"), False
+        except UnicodeDecodeError:
+            pass
+    return base64.b64encode(body).decode("ascii"), True
+
+
+def answer_v2(result: str) -> HttpAnswer:
+    """The function's result (JSON text) as the response, by payload format 2.0's rules: an object with a
+    ``statusCode`` is a response (headers, cookies, body, isBase64Encoded); any other JSON value is the body of
+    a 200 ``application/json`` response (a string: its text). Raises MalformedResponse."""
+    try:
+        value = json.loads(result) if result else None
+    except ValueError as exc:
+        raise MalformedResponse(f"The result is not JSON: {exc}") from None
+    if isinstance(value, dict) and "statusCode" in value:
+        return _structured(value)
+    body = value if isinstance(value, str) else result
+    return HttpAnswer(200, [("Content-Type", "application/json")], body.encode())
+
+
+def _structured(value: dict[str, Any]) -> HttpAnswer:
+    status = value["statusCode"]
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        raise MalformedResponse(f"statusCode must be an integer from 100 to 599, not {status!r}.")
+    headers = _response_headers(value.get("headers"), value.get("multiValueHeaders"))
+    cookies = value.get("cookies") or []
+    if not isinstance(cookies, list) or not all(isinstance(cookie, str) for cookie in cookies):
+        raise MalformedResponse("cookies must be a list of strings.")
+    headers.extend(("Set-Cookie", cookie) for cookie in cookies)
+    if not any(name.lower() == "content-type" for name, _ in headers):
+        headers.append(("Content-Type", "application/json"))  # never sniffed as a page: the function said nothing
+    return HttpAnswer(status, headers, _response_body(value.get("body"), value.get("isBase64Encoded", False)))
+
+
+def _response_headers(single: Any, multi: Any) -> list[tuple[str, str]]:
+    headers: list[tuple[str, str]] = []
+    if single is not None:
+        if not isinstance(single, dict):
+            raise MalformedResponse("headers must be an object of header names to values.")
+        headers.extend((str(name), _header_value(name, value)) for name, value in single.items())
+    if multi is not None:
+        if not isinstance(multi, dict) or not all(isinstance(values, list) for values in multi.values()):
+            raise MalformedResponse("multiValueHeaders must be an object of header names to lists of values.")
+        named = {name.lower() for name, _ in headers}
+        for name, values in multi.items():
+            if str(name).lower() not in named:
+                headers.extend((str(name), _header_value(name, value)) for value in values)
+    for name, value in headers:
+        if not name or any(char in name for char in " :\r\n") or any(char in value for char in "\r\n\0"):
+            raise MalformedResponse(f"The header {name!r} has a name or value no HTTP response can carry.")
+    return headers
+
+
+def _header_value(name: Any, value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    raise MalformedResponse(f"The header {name!r} must have a string, number or boolean value.")
+
+
+def _response_body(body: Any, is_base64: Any) -> bytes:
+    if body is None:
+        return b""
+    if not isinstance(body, str):
+        raise MalformedResponse(f"body must be a string, not {type(body).__name__} (json.dumps it).")
+    if not is_base64:
+        return body.encode()
+    try:
+        return base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedResponse("isBase64Encoded is true but the body is not valid base64.") from None

@@ -1,0 +1,299 @@
+"""HTTP triggers: function URLs (configured here, served by ``function_url_serve``). A request becomes the payload
+format 2.0 event, runs through the one invoke service (admission, limits, metering as any call) and comes back as
+the function's mapped response; what answers instead of the function (CORS preflight, auth, a refused or failed
+call) answers with API Gateway's bodies, ``{"message": …}``."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import secrets
+import time
+import uuid
+from typing import Any
+from urllib.parse import unquote
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from console.accounts import api_key_authenticate
+from console.auth import KEYWORDS
+from console.exceptions import ResourceConflict, ResourceNotFound, ServiceError
+from functions_app.accept import SYNC_PAYLOAD_MAX_BYTES
+from functions_app.cors import cors_decorate, cors_preflight, cors_validate
+from functions_app.http_events import HttpAnswer, HttpRequest, HttpTarget, MalformedResponse, answer_v2, event_v2
+from functions_app.invoke import function_invoke
+from functions_app.lifecycle import CAPACITY_EXCEEDED, InvocationOutcome
+from functions_app.models import (
+    LATEST,
+    Alias,
+    Function,
+    FunctionUrl,
+    FunctionUrlAuth,
+    Invocation,
+    InvocationStatus,
+    InvocationType,
+    InvokeMode,
+)
+from functions_app.outages import DATABASE_ERRORS
+
+logger = logging.getLogger("ephemera.http")
+
+FUNCTION_URL = "function-url"
+URL_PREFIX = "/fn/"
+
+
+# ---- configuration ------------------------------------------------------------------------------------------
+
+
+def function_url_get(*, function: Function, qualifier: str = "") -> FunctionUrl:
+    alias = _alias_of(function, qualifier)
+    url = FunctionUrl.objects.select_related("alias").filter(function=function, alias=alias).first()
+    if url is None:
+        raise ResourceNotFound(f"{function.name}:{qualifier or LATEST} has no function URL.")
+    return url
+
+
+def function_url_list(*, function: Function) -> list[FunctionUrl]:
+    return list(FunctionUrl.objects.select_related("alias").filter(function=function))
+
+
+def function_url_create(
+    *, function: Function, qualifier: str = "", auth_type: str, cors: Any = None, invoke_mode: str = "BUFFERED"
+) -> FunctionUrl:
+    fields = {"auth_type": _auth_type(auth_type), "cors": cors_validate(cors), "invoke_mode": _invoke_mode(invoke_mode)}
+    alias = _alias_of(function, qualifier)
+    try:
+        with transaction.atomic():
+            return FunctionUrl.objects.create(function=function, alias=alias, url_id=_new_url_id(), **fields)
+    except IntegrityError:
+        raise ResourceConflict(
+            f"{function.name}:{qualifier or LATEST} already has a function URL: update or delete it."
+        ) from None
+
+
+def function_url_update(*, url: FunctionUrl, **changes: Any) -> FunctionUrl:
+    unknown = set(changes) - {"auth_type", "cors", "invoke_mode"}
+    if unknown:
+        raise ServiceError(f"Unknown fields: {', '.join(sorted(unknown))}.")
+    if "auth_type" in changes:
+        url.auth_type = _auth_type(changes["auth_type"])
+    if "cors" in changes:
+        url.cors = cors_validate(changes["cors"])
+    if "invoke_mode" in changes:
+        url.invoke_mode = _invoke_mode(changes["invoke_mode"])
+    url.save()
+    return url
+
+
+def function_url_delete(*, url: FunctionUrl) -> None:
+    url.delete()
+
+
+def function_url_address(*, url: FunctionUrl, scheme: str, host: str) -> str:
+    """The absolute URL to call: ``{url_id}.{FUNCTION_URL_DOMAIN}`` where a wildcard domain is set, else the
+    path under this server's own address (``host`` is the console's, port included)."""
+    if settings.FUNCTION_URL_DOMAIN:
+        return f"{scheme}://{url.url_id}.{settings.FUNCTION_URL_DOMAIN}/"
+    return f"{scheme}://{host}{URL_PREFIX}{url.url_id}/"
+
+
+def _alias_of(function: Function, qualifier: str) -> Alias | None:
+    if qualifier in ("", LATEST):
+        return None
+    if qualifier.isdigit():
+        raise ServiceError(
+            "A function URL serves $LATEST or an alias, not a version number: make an alias for the version.",
+            details={"qualifier": ["Use $LATEST or an alias name."]},
+        )
+    alias = function.aliases.filter(name=qualifier).first()
+    if alias is None:
+        raise ResourceNotFound(f"{function.name} has no alias {qualifier!r}.")
+    return alias
+
+
+def _auth_type(value: Any) -> str:
+    if value not in FunctionUrlAuth.values:
+        raise ServiceError(
+            "auth_type is NONE (public) or TOKEN (an API key of the function's owner).",
+            details={"auth_type": list(FunctionUrlAuth.values)},
+        )
+    return str(value)
+
+
+def _invoke_mode(value: Any) -> str:
+    if value == InvokeMode.RESPONSE_STREAM:
+        raise ServiceError(
+            "RESPONSE_STREAM is not served yet: use BUFFERED.", details={"invoke_mode": [InvokeMode.BUFFERED.value]}
+        )
+    if value != InvokeMode.BUFFERED:
+        raise ServiceError("invoke_mode is BUFFERED.", details={"invoke_mode": [InvokeMode.BUFFERED.value]})
+    return str(value)
+
+
+def _new_url_id() -> str:
+    return secrets.token_hex(16)  # 32 lower-case hex digits: a valid DNS label
+
+
+# ---- serving ------------------------------------------------------------------------------------------------
+
+
+def function_url_find(*, url_id: str) -> FunctionUrl | None:
+    if len(url_id) != 32 or not url_id.isalnum():
+        return None
+    return FunctionUrl.objects.select_related("function__owner", "alias").filter(url_id=url_id).first()
+
+
+def function_url_serve(*, url: FunctionUrl, request: HttpRequest, domain_name: str) -> HttpAnswer:
+    """Answer one request to a function URL: CORS preflight at the edge, the owner's key for TOKEN, then the
+    function, its response mapped (payload format 2.0), the call's HTTP facts recorded on its invocation."""
+    started = time.perf_counter()
+    preflight = cors_preflight(url.cors, request)
+    if preflight is not None:
+        return _logged(url, request, preflight, started, None)
+    invocation: Invocation | None = None
+    try:
+        refusal = _refusal(url, request)
+        if refusal is not None:
+            return _logged(url, request, refusal, started, None)
+        target = HttpTarget(
+            api_id=url.url_id, domain_name=domain_name, domain_prefix=url.url_id, request_id=str(uuid.uuid4())
+        )
+        event = event_v2(_for_function(url, request), target, extra_headers=_forwarded(request))
+        trigger = {"type": FUNCTION_URL, "id": url.url_id, "method": request.method, "path": request.raw_path}
+        answer_, invocation = _run(url, event, trigger)
+    except ServiceError as exc:
+        answer_ = _refused(exc)
+    answer_ = cors_decorate(url.cors, request, answer_)
+    return _logged(url, request, answer_, started, invocation)
+
+
+def _refusal(url: FunctionUrl, request: HttpRequest) -> HttpAnswer | None:
+    """Why the request is not for the function: a missing or foreign key, a traversal path, a body too large."""
+    if url.auth_type == FunctionUrlAuth.TOKEN:
+        owner = _key_owner(request.header("authorization") or "")
+        if owner is None or owner.pk != url.function.owner_id:
+            return message_answer(403, "Forbidden: send an API key of the function's owner: Authorization: Token <key>")
+    if any(segment in (".", "..") for segment in _decoded_segments(request.raw_path)):
+        return message_answer(400, "Bad Request: the path holds a '.' or '..' segment")
+    if len(request.body) > SYNC_PAYLOAD_MAX_BYTES:
+        return message_answer(413, f"Request Entity Too Large: the body is over {SYNC_PAYLOAD_MAX_BYTES} bytes")
+    return None
+
+
+def _decoded_segments(raw_path: str) -> list[str]:
+    return unquote(raw_path).split("/")
+
+
+def _key_owner(authorization: str) -> Any:
+    parts = authorization.split()
+    if len(parts) != 2 or parts[0].lower() not in KEYWORDS:
+        return None
+    return api_key_authenticate(key=parts[1])
+
+
+def _for_function(url: FunctionUrl, request: HttpRequest) -> HttpRequest:
+    """The request without what belongs to the platform: the console's session and CSRF cookies, and the
+    platform's Authorization header (TOKEN), never reach the function."""
+    platform_cookies = {settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME}
+    headers: list[tuple[str, str]] = []
+    for name, value in request.headers:
+        key = name.lower()
+        if key == "authorization" and url.auth_type == FunctionUrlAuth.TOKEN:
+            continue
+        if key == "cookie":
+            kept = [part for part in value.split(";") if part.strip().split("=", 1)[0] not in platform_cookies]
+            if not kept:
+                continue
+            value = ";".join(kept)
+        headers.append((name, value))
+    return dataclasses.replace(request, headers=headers)
+
+
+def _forwarded(request: HttpRequest) -> dict[str, str]:
+    earlier = request.header("x-forwarded-for")
+    return {
+        "x-forwarded-proto": request.scheme,
+        "x-forwarded-port": str(request.port),
+        "x-forwarded-for": f"{earlier}, {request.source_ip}" if earlier else request.source_ip,
+    }
+
+
+def _run(url: FunctionUrl, event: dict[str, Any], trigger: dict[str, Any]) -> tuple[HttpAnswer, Invocation | None]:
+    function = url.function
+    answer = function_invoke(
+        owner=function.owner,
+        function=function,
+        qualifier=url.qualifier,
+        raw_payload=json.dumps(event).encode(),
+        invocation_type=InvocationType.SYNC,
+        trigger=trigger,
+    )
+    assert answer.outcome is not None  # a sync call always has one
+    return _mapped(answer.outcome, answer.invocation), answer.invocation
+
+
+def _mapped(outcome: InvocationOutcome, invocation: Invocation | None) -> HttpAnswer:
+    """The outcome as the HTTP response: the function's own, or API Gateway's for what went wrong."""
+    if not outcome.finished:
+        answer = message_answer(504, "Endpoint request timed out")
+    elif outcome.error_type == CAPACITY_EXCEEDED:
+        answer = message_answer(429, "Too Many Requests", [("Retry-After", "1")])
+    elif outcome.status == InvocationStatus.TIMED_OUT:
+        answer = message_answer(504, "Endpoint request timed out")
+    elif outcome.function_error or outcome.platform_error:
+        answer = message_answer(502, "Internal Server Error")
+    else:
+        try:
+            answer = answer_v2(outcome.result)
+        except MalformedResponse as exc:
+            if invocation is not None:
+                invocation.trigger = {**(invocation.trigger or {}), "error": str(exc)}
+            answer = message_answer(502, "Internal Server Error")
+    answer.headers.append(("X-Invocation-Id", outcome.invocation_id))
+    return answer
+
+
+def _refused(exc: ServiceError) -> HttpAnswer:
+    messages = {413: "Request Entity Too Large", 429: "Too Many Requests", 503: "Service Unavailable"}
+    message = messages.get(exc.status, "Bad Request" if exc.status < 500 else "Internal Server Error")
+    return message_answer(exc.status, f"{message}: {exc.message}", list(exc.headers.items()))
+
+
+def message_answer(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> HttpAnswer:
+    """API Gateway's own answer: ``{"message": …}`` as JSON."""
+    body = json.dumps({"message": message}).encode()
+    return HttpAnswer(status, [("Content-Type", "application/json"), *(headers or [])], body)
+
+
+def _logged(
+    url: FunctionUrl, request: HttpRequest, answer: HttpAnswer, started: float, invocation: Invocation | None
+) -> HttpAnswer:
+    """One access-log line per request, and the answer's status and size on the invocation's record."""
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    logger.info(
+        "%s %s %s%s %s %d %.1fms %s",
+        request.source_ip,
+        request.method,
+        URL_PREFIX + url.url_id,
+        request.raw_path,
+        answer.status,
+        len(answer.body),
+        elapsed_ms,
+        invocation.pk if invocation else "-",
+    )
+    if invocation is not None:
+        trigger = {**(invocation.trigger or {}), "status": answer.status, "response_bytes": len(answer.body)}
+        answer.after_sent = functools.partial(_trigger_record, invocation.pk, trigger)
+    return answer
+
+
+def _trigger_record(invocation_id: uuid.UUID, trigger: dict[str, Any]) -> None:
+    """The answer's status and size on the invocation's record, once the client has it: a write it never waits
+    for. A database that fails it loses only these two facts (logged); the call itself is recorded."""
+    try:
+        Invocation.objects.filter(pk=invocation_id).update(trigger=trigger)
+    except DATABASE_ERRORS as exc:
+        logger.warning("Invocation %s: its HTTP status was not recorded (%r)", invocation_id, exc)
