@@ -50,15 +50,15 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $(STAMP)
 
 # The sandbox runs handlers under the distribution's /usr/bin/python3; bubblewrap is the fallback isolation
-# tool; nft holds the egress policy of network-enabled functions. Installed only where we may (root with apt);
-# elsewhere the sandbox doctor reports what is missing.
+# tool; nft holds the egress policy of network-enabled functions; curl runs the README's examples in the tests.
+# Installed only where we may (root with apt); elsewhere the sandbox doctor reports what is missing.
 system-deps:
-	@if [ ! -x /usr/bin/python3 ] || ! command -v bwrap >/dev/null 2>&1 || { [ ! -x /usr/sbin/nft ] && ! command -v nft >/dev/null 2>&1; }; then \
+	@if [ ! -x /usr/bin/python3 ] || ! command -v bwrap >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1 || { [ ! -x /usr/sbin/nft ] && ! command -v nft >/dev/null 2>&1; }; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "Installing python3, bubblewrap and nftables with apt-get"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 bubblewrap nftables >/dev/null; \
+	    echo "Installing python3, bubblewrap, nftables and curl with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 bubblewrap nftables curl >/dev/null; \
 	  else \
-	    echo "NOTE: /usr/bin/python3, bubblewrap or nft is missing and cannot be installed here (not root or no apt)."; \
+	    echo "NOTE: /usr/bin/python3, bubblewrap, nft or curl is missing and cannot be installed here (not root or no apt)."; \
 	  fi; \
 	fi
 

@@ -290,6 +290,9 @@ SYNC_WAIT_MAX_S = env_int("SYNC_WAIT_MAX_S", 120)
 # follow the domain) and the API gives that address: a function's pages then get an origin of their own, apart
 # from the console's (docs/http-endpoints.md).
 FUNCTION_URL_DOMAIN = env_str("FUNCTION_URL_DOMAIN", "").strip(".").lower()
+# A JWT authorizer's key set is fetched by the web from the URL the API's owner gave; from loopback, private or
+# link-local addresses (the platform's own network) only when this is on: for an identity provider run in-house.
+HTTP_JWKS_ALLOW_PRIVATE = env_bool("HTTP_JWKS_ALLOW_PRIVATE", False)
 
 # Delivery (docs/architecture.md §4 and §8). A worker holds a running invocation by a lease it
 # renews every LEASE_S/3; the sweeper (beat, every SWEEP_INTERVAL_S) takes back expired leases, republishes

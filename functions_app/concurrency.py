@@ -70,3 +70,23 @@ def slot_release(*, function_id: int, owner_id: int, member: str, pipeline: Pipe
 def slots_in_use(*, function_id: int) -> int:
     key = FUNCTION_KEY.format(id=function_id)
     return redis_client().zcount(key, time.time(), "+inf")
+
+
+# A token bucket per key: ``burst`` tokens at most, refilled at ``rate`` per second; each request takes one.
+_BUCKET = """
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tokens, at = tonumber(state[1]) or burst, tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local taken = 0
+if tokens >= 1 then tokens = tokens - 1; taken = 1 end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+return taken
+"""
+
+
+def rate_admit(*, key: str, rate: float, burst: int) -> bool:
+    """Whether a request may pass a rate limit (``rate`` per second, ``burst`` at once): one atomic script, so
+    web processes share one bucket."""
+    return bool(redis_client().eval(_BUCKET, 1, f"ephemera:rate:{key}", rate, burst, time.time()))

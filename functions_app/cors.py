@@ -13,7 +13,7 @@ METHODS = ("GET", "PUT", "HEAD", "POST", "PATCH", "DELETE", "*")
 MAX_AGE_MAX_S = 86400
 LIST_FIELDS = {"allow_origins": 100, "allow_methods": 6, "allow_headers": 100, "expose_headers": 100}
 # scheme://host[:port], or "*": what a browser sends in Origin (no path, no trailing slash).
-ORIGIN = re.compile(r"^\*$|^https?://(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:[0-9]{1,5})?$")
+ORIGIN = re.compile(r"^\*$|^https?://(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:(?P<port>[0-9]{1,5}))?$")
 HEADER_NAME = re.compile(r"^(\*|[!#$%&'*+.^_`|~0-9A-Za-z-]{1,1024})$")
 CORS_HEADERS = ("access-control-allow-origin", "access-control-allow-credentials", "access-control-expose-headers")
 
@@ -29,16 +29,17 @@ def cors_validate(config: Any) -> dict[str, Any]:
         raise _invalid("cors", f"Unknown CORS fields: {', '.join(sorted(unknown))}.")
     clean: dict[str, Any] = {name: _list(config, name) for name in LIST_FIELDS}
     for origin in clean["allow_origins"]:
-        if not ORIGIN.match(origin):
+        if not _is_origin(origin):
             raise _invalid(
-                "cors.allow_origins", f"{origin!r} is not an origin: use scheme://host[:port] (no path) or *."
+                "cors.allow_origins",
+                f"{origin!r} is not an origin: use scheme://host[:port] (no path), https://*.example.com or *.",
             )
-    clean["allow_methods"] = [method.upper() for method in clean["allow_methods"]]
+    clean["allow_methods"] = list(dict.fromkeys(method.upper() for method in clean["allow_methods"]))
     for method in clean["allow_methods"]:
         if method not in METHODS:
             raise _invalid("cors.allow_methods", f"{method!r} is not one of {', '.join(METHODS)}.")
     for name in ("allow_headers", "expose_headers"):
-        clean[name] = [header.lower() for header in clean[name]]
+        clean[name] = list(dict.fromkeys(header.lower() for header in clean[name]))
         for header in clean[name]:
             if not HEADER_NAME.match(header):
                 raise _invalid(f"cors.{name}", f"{header!r} is not a header name.")
@@ -51,6 +52,16 @@ def cors_validate(config: Any) -> dict[str, Any]:
     if credentials and "*" in clean["allow_origins"]:
         raise _invalid("cors.allow_origins", "Browsers refuse credentials with the origin *: name the origins.")
     return {**clean, "max_age": max_age, "allow_credentials": credentials}
+
+
+def _is_origin(origin: str) -> bool:
+    match = ORIGIN.match(origin)
+    if not match:
+        return False
+    if match["port"] and not 0 < int(match["port"]) <= 65535:
+        return False
+    # A wildcard covers the subdomains of one site, never of a whole top-level domain ("https://*.com").
+    return "://*." not in origin or origin.split("://*.", 1)[1].split(":")[0].count(".") >= 1
 
 
 def _list(config: dict[str, Any], name: str) -> list[str]:

@@ -245,7 +245,7 @@ class FunctionUrlForm(forms.Form):
     allow_methods = forms.MultipleChoiceField(
         required=False,
         label="CORS methods",
-        choices=[(method, method) for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")],
+        choices=[("*", "any (*)"), *((method, method) for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"))],
         widget=forms.CheckboxSelectMultiple,
     )
     allow_headers = forms.CharField(required=False, label="CORS allowed headers", help_text="Comma-separated.")

@@ -99,13 +99,73 @@ def event_v2(request: HttpRequest, target: HttpTarget, *, extra_headers: dict[st
     return event
 
 
+def event_v1(request: HttpRequest, target: HttpTarget, *, resource: str) -> dict:
+    """The payload format 1.0 event (REST API proxy): single values (the last of repeated ones) beside
+    ``multiValue*`` lists, the Cookie header kept, absent parts null, ``requestContext.identity``."""
+    multi_headers: dict[str, list[str]] = {}
+    for name, value in request.headers:
+        multi_headers.setdefault(name.lower(), []).append(value)
+    multi_query: dict[str, list[str]] = {}
+    for key, value in parse_qsl(request.raw_query, keep_blank_values=True):
+        multi_query.setdefault(key, []).append(value)
+    body, is_base64 = (None, False)
+    if request.body:
+        body, is_base64 = body_for_event(request.body, request.header("content-type") or "")
+    user_agent = request.header("user-agent") or ""
+    return {
+        "version": "1.0",
+        "resource": resource,
+        "path": request.raw_path,
+        "httpMethod": request.method,
+        "headers": {name: values[-1] for name, values in multi_headers.items()},
+        "multiValueHeaders": multi_headers,
+        "queryStringParameters": {key: values[-1] for key, values in multi_query.items()} or None,
+        "multiValueQueryStringParameters": multi_query or None,
+        "requestContext": {
+            "accountId": target.account_id,
+            "apiId": target.api_id,
+            "authorizer": target.authorizer,
+            "domainName": target.domain_name,
+            "domainPrefix": target.domain_prefix,
+            "extendedRequestId": target.request_id,
+            "httpMethod": request.method,
+            "identity": {
+                "accessKey": None,
+                "accountId": None,
+                "caller": None,
+                "cognitoAuthenticationProvider": None,
+                "cognitoAuthenticationType": None,
+                "cognitoIdentityId": None,
+                "cognitoIdentityPoolId": None,
+                "principalOrgId": None,
+                "sourceIp": request.source_ip,
+                "user": None,
+                "userAgent": user_agent,
+                "userArn": None,
+            },
+            "path": request.raw_path,
+            "protocol": request.protocol,
+            "requestId": target.request_id,
+            "requestTime": request.received_at.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+            "requestTimeEpoch": int(request.received_at.timestamp() * 1000),
+            "resourceId": target.route_key,
+            "resourcePath": resource,
+            "stage": target.stage,
+        },
+        "pathParameters": target.path_parameters or None,
+        "stageVariables": target.stage_variables or None,
+        "body": body,
+        "isBase64Encoded": is_base64,
+    }
+
+
 def _headers_v2(pairs: list[tuple[str, str]]) -> tuple[dict[str, str], list[str]]:
     headers: dict[str, str] = {}
     cookies: list[str] = []
     for name, value in pairs:
         key = name.lower()
-        if key == "cookie":
-            cookies.extend(part.strip() for part in value.split(";") if part.strip())
+        if key == "cookie":  # repeated Cookie headers may arrive comma-joined
+            cookies.extend(part.strip() for part in value.replace(",", ";").split(";") if part.strip())
             continue
         headers[key] = f"{headers[key]},{value}" if key in headers else value
     return headers, cookies
@@ -166,14 +226,37 @@ def answer_v2(result: str) -> HttpAnswer:
     return HttpAnswer(200, [("Content-Type", "application/json")], body.encode())
 
 
+def answer_v1(result: str) -> HttpAnswer:
+    """The function's result as the response by payload format 1.0's rules: it must be an object with a
+    ``statusCode`` (headers, multiValueHeaders, body, isBase64Encoded). Raises MalformedResponse."""
+    try:
+        value = json.loads(result) if result else None
+    except ValueError as exc:
+        raise MalformedResponse(f"The result is not JSON: {exc}") from None
+    if not isinstance(value, dict) or "statusCode" not in value:
+        raise MalformedResponse("A payload format 1.0 response is an object with a statusCode.")
+    return _structured(value)
+
+
+# What the platform decides about a response, never the function: hop-by-hop headers (the connection is the
+# server's), the length (the body's own) and the framing.
+PLATFORM_RESPONSE_HEADERS = frozenset(
+    ("connection", "keep-alive", "proxy-authenticate", "proxy-connection", "te", "trailer", "transfer-encoding",
+     "upgrade", "content-length")
+)  # fmt: skip
+TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
 def _structured(value: dict[str, Any]) -> HttpAnswer:
     status = value["statusCode"]
-    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
-        raise MalformedResponse(f"statusCode must be an integer from 100 to 599, not {status!r}.")
+    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
+        raise MalformedResponse(f"statusCode must be an integer from 200 to 599, not {status!r}.")
     headers = _response_headers(value.get("headers"), value.get("multiValueHeaders"))
     cookies = value.get("cookies") or []
     if not isinstance(cookies, list) or not all(isinstance(cookie, str) for cookie in cookies):
         raise MalformedResponse("cookies must be a list of strings.")
+    for cookie in cookies:
+        _check_value("Set-Cookie", cookie)
     headers.extend(("Set-Cookie", cookie) for cookie in cookies)
     if not any(name.lower() == "content-type" for name, _ in headers):
         headers.append(("Content-Type", "application/json"))  # never sniffed as a page: the function said nothing
@@ -194,9 +277,16 @@ def _response_headers(single: Any, multi: Any) -> list[tuple[str, str]]:
             if str(name).lower() not in named:
                 headers.extend((str(name), _header_value(name, value)) for value in values)
     for name, value in headers:
-        if not name or any(char in name for char in " :\r\n") or any(char in value for char in "\r\n\0"):
-            raise MalformedResponse(f"The header {name!r} has a name or value no HTTP response can carry.")
-    return headers
+        if not name or not set(name) <= TOKEN_CHARS:
+            raise MalformedResponse(f"{name!r} is not a header name (letters, digits and !#$%&'*+-.^_`|~ only).")
+        _check_value(name, value)
+    return [(name, value) for name, value in headers if name.lower() not in PLATFORM_RESPONSE_HEADERS]
+
+
+def _check_value(name: str, value: str) -> None:
+    """A header value is text without control characters (a tab allowed): no line break can split a response."""
+    if any((ord(char) < 32 and char != "\t") or ord(char) == 127 for char in value):
+        raise MalformedResponse(f"The header {name!r} has a control character or line break in its value.")
 
 
 def _header_value(name: Any, value: Any) -> str:

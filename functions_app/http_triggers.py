@@ -12,10 +12,12 @@ import logging
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 
 from console.accounts import api_key_authenticate
@@ -150,41 +152,37 @@ def function_url_serve(*, url: FunctionUrl, request: HttpRequest, domain_name: s
     """Answer one request to a function URL: CORS preflight at the edge, the owner's key for TOKEN, then the
     function, its response mapped (payload format 2.0), the call's HTTP facts recorded on its invocation."""
     started = time.perf_counter()
+    label = URL_PREFIX + url.url_id
     preflight = cors_preflight(url.cors, request)
     if preflight is not None:
-        return _logged(url, request, preflight, started, None)
+        return answer_logged(label, request, preflight, started, None)
     invocation: Invocation | None = None
     try:
-        refusal = _refusal(url, request)
+        refusal = _key_refusal(url, request) or request_refusal(request)
         if refusal is not None:
-            return _logged(url, request, refusal, started, None)
+            return answer_logged(label, request, refusal, started, None)
         target = HttpTarget(
             api_id=url.url_id, domain_name=domain_name, domain_prefix=url.url_id, request_id=str(uuid.uuid4())
         )
-        event = event_v2(_for_function(url, request), target, extra_headers=_forwarded(request))
+        for_function = request_for_function(request, strip_authorization=url.auth_type == FunctionUrlAuth.TOKEN)
+        event = event_v2(for_function, target, extra_headers=forwarded_headers(request))
         trigger = {"type": FUNCTION_URL, "id": url.url_id, "method": request.method, "path": request.raw_path}
-        answer_, invocation = _run(url, event, trigger)
+        function = url.function
+        answer, invocation = trigger_run(
+            owner=function.owner, function=function, qualifier=url.qualifier, event=event, trigger=trigger
+        )
     except ServiceError as exc:
-        answer_ = _refused(exc)
-    answer_ = cors_decorate(url.cors, request, answer_)
-    return _logged(url, request, answer_, started, invocation)
+        answer = refused_answer(exc)
+    return answer_logged(label, request, cors_decorate(url.cors, request, answer), started, invocation)
 
 
-def _refusal(url: FunctionUrl, request: HttpRequest) -> HttpAnswer | None:
-    """Why the request is not for the function: a missing or foreign key, a traversal path, a body too large."""
-    if url.auth_type == FunctionUrlAuth.TOKEN:
-        owner = _key_owner(request.header("authorization") or "")
-        if owner is None or owner.pk != url.function.owner_id:
-            return message_answer(403, "Forbidden: send an API key of the function's owner: Authorization: Token <key>")
-    if any(segment in (".", "..") for segment in _decoded_segments(request.raw_path)):
-        return message_answer(400, "Bad Request: the path holds a '.' or '..' segment")
-    if len(request.body) > SYNC_PAYLOAD_MAX_BYTES:
-        return message_answer(413, f"Request Entity Too Large: the body is over {SYNC_PAYLOAD_MAX_BYTES} bytes")
+def _key_refusal(url: FunctionUrl, request: HttpRequest) -> HttpAnswer | None:
+    if url.auth_type != FunctionUrlAuth.TOKEN:
+        return None
+    owner = _key_owner(request.header("authorization") or "")
+    if owner is None or owner.pk != url.function.owner_id:
+        return message_answer(403, "Forbidden: send an API key of the function's owner: Authorization: Token <key>")
     return None
-
-
-def _decoded_segments(raw_path: str) -> list[str]:
-    return unquote(raw_path).split("/")
 
 
 def _key_owner(authorization: str) -> Any:
@@ -194,17 +192,31 @@ def _key_owner(authorization: str) -> Any:
     return api_key_authenticate(key=parts[1])
 
 
-def _for_function(url: FunctionUrl, request: HttpRequest) -> HttpRequest:
-    """The request without what belongs to the platform: the console's session and CSRF cookies, and the
-    platform's Authorization header (TOKEN), never reach the function."""
+# ---- what every HTTP trigger shares -----------------------------------------------------------------------------
+
+
+def request_refusal(request: HttpRequest) -> HttpAnswer | None:
+    """Why a request is for no function: a '.' or '..' path segment (encoded or not), a body too large."""
+    if any(segment in (".", "..") for segment in unquote(request.raw_path).split("/")):
+        return message_answer(400, "Bad Request: the path holds a '.' or '..' segment")
+    if len(request.body) > SYNC_PAYLOAD_MAX_BYTES:
+        return message_answer(413, f"Request Entity Too Large: the body is over {SYNC_PAYLOAD_MAX_BYTES} bytes")
+    return None
+
+
+def request_for_function(request: HttpRequest, *, strip_authorization: bool) -> HttpRequest:
+    """The request without what belongs to the platform: the console's session and CSRF cookies never reach a
+    function, nor the platform's own Authorization header (``strip_authorization``)."""
     platform_cookies = {settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME}
     headers: list[tuple[str, str]] = []
     for name, value in request.headers:
         key = name.lower()
-        if key == "authorization" and url.auth_type == FunctionUrlAuth.TOKEN:
+        if key == "authorization" and strip_authorization:
             continue
         if key == "cookie":
-            kept = [part for part in value.split(";") if part.strip().split("=", 1)[0] not in platform_cookies]
+            # Repeated Cookie headers arrive comma-joined (a cookie's value never holds a comma).
+            parts = value.replace(",", ";").split(";")
+            kept = [part for part in parts if part.strip().split("=", 1)[0].strip() not in platform_cookies]
             if not kept:
                 continue
             value = ";".join(kept)
@@ -212,7 +224,7 @@ def _for_function(url: FunctionUrl, request: HttpRequest) -> HttpRequest:
     return dataclasses.replace(request, headers=headers)
 
 
-def _forwarded(request: HttpRequest) -> dict[str, str]:
+def forwarded_headers(request: HttpRequest) -> dict[str, str]:
     earlier = request.header("x-forwarded-for")
     return {
         "x-forwarded-proto": request.scheme,
@@ -221,21 +233,34 @@ def _forwarded(request: HttpRequest) -> dict[str, str]:
     }
 
 
-def _run(url: FunctionUrl, event: dict[str, Any], trigger: dict[str, Any]) -> tuple[HttpAnswer, Invocation | None]:
-    function = url.function
+def trigger_run(
+    *,
+    owner: User,
+    function: Function,
+    qualifier: str,
+    event: dict[str, Any],
+    trigger: dict[str, Any],
+    to_answer: Callable[[str], HttpAnswer] = answer_v2,
+    wait_s: float | None = None,
+) -> tuple[HttpAnswer, Invocation | None]:
+    """Run the function with the event through the one invoke service (synchronously, waiting at most
+    ``wait_s``) and map its outcome to the response (``to_answer``: the payload format's rules)."""
     answer = function_invoke(
-        owner=function.owner,
+        owner=owner,
         function=function,
-        qualifier=url.qualifier,
+        qualifier=qualifier,
         raw_payload=json.dumps(event).encode(),
         invocation_type=InvocationType.SYNC,
         trigger=trigger,
+        wait_s=wait_s,
     )
     assert answer.outcome is not None  # a sync call always has one
-    return _mapped(answer.outcome, answer.invocation), answer.invocation
+    return _mapped(answer.outcome, answer.invocation, to_answer), answer.invocation
 
 
-def _mapped(outcome: InvocationOutcome, invocation: Invocation | None) -> HttpAnswer:
+def _mapped(
+    outcome: InvocationOutcome, invocation: Invocation | None, to_answer: Callable[[str], HttpAnswer]
+) -> HttpAnswer:
     """The outcome as the HTTP response: the function's own, or API Gateway's for what went wrong."""
     if not outcome.finished:
         answer = message_answer(504, "Endpoint request timed out")
@@ -247,7 +272,7 @@ def _mapped(outcome: InvocationOutcome, invocation: Invocation | None) -> HttpAn
         answer = message_answer(502, "Internal Server Error")
     else:
         try:
-            answer = answer_v2(outcome.result)
+            answer = to_answer(outcome.result)
         except MalformedResponse as exc:
             if invocation is not None:
                 invocation.trigger = {**(invocation.trigger or {}), "error": str(exc)}
@@ -256,7 +281,7 @@ def _mapped(outcome: InvocationOutcome, invocation: Invocation | None) -> HttpAn
     return answer
 
 
-def _refused(exc: ServiceError) -> HttpAnswer:
+def refused_answer(exc: ServiceError) -> HttpAnswer:
     messages = {413: "Request Entity Too Large", 429: "Too Many Requests", 503: "Service Unavailable"}
     message = messages.get(exc.status, "Bad Request" if exc.status < 500 else "Internal Server Error")
     return message_answer(exc.status, f"{message}: {exc.message}", list(exc.headers.items()))
@@ -268,16 +293,17 @@ def message_answer(status: int, message: str, headers: list[tuple[str, str]] | N
     return HttpAnswer(status, [("Content-Type", "application/json"), *(headers or [])], body)
 
 
-def _logged(
-    url: FunctionUrl, request: HttpRequest, answer: HttpAnswer, started: float, invocation: Invocation | None
+def answer_logged(
+    label: str, request: HttpRequest, answer: HttpAnswer, started: float, invocation: Invocation | None
 ) -> HttpAnswer:
-    """One access-log line per request, and the answer's status and size on the invocation's record."""
+    """One access-log line per request (``label``: the trigger's address), and the answer's status and size on
+    the invocation's record."""
     elapsed_ms = (time.perf_counter() - started) * 1000
     logger.info(
         "%s %s %s%s %s %d %.1fms %s",
         request.source_ip,
         request.method,
-        URL_PREFIX + url.url_id,
+        label,
         request.raw_path,
         answer.status,
         len(answer.body),

@@ -4,6 +4,7 @@ request as the trigger service reads it, and its answer as Django's response."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.cookies import Morsel
 from typing import Any
 
@@ -16,63 +17,121 @@ from django.utils.encoding import escape_uri_path
 
 from functions_app.accept import SYNC_PAYLOAD_MAX_BYTES
 from functions_app.http_events import HttpAnswer, HttpRequest
-from functions_app.http_triggers import URL_PREFIX, function_url_find, function_url_serve, message_answer
+from functions_app.http_gateway import API_PREFIX, HTTP_API, http_api_find, http_api_serve
+from functions_app.http_triggers import FUNCTION_URL, URL_PREFIX, function_url_find, function_url_serve, message_answer
 
-# Served under the console's own origin (the /fn/ prefix), a function's page must not act as the console: in a
-# sandbox without allow-same-origin its scripts run with an opaque origin, so they cannot read the console's
-# cookies or storage, nor call its API as the signed-in user. A function URL under its own host is left alone.
+# Served under the console's own origin (the /fn/ and /http/ prefixes), a function's page must not act as the
+# console: in a sandbox without allow-same-origin its scripts run with an opaque origin, so they cannot read the
+# console's cookies or storage, nor call its API as the signed-in user. On a trigger's own host it is left alone.
 PREFIX_SANDBOX = "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads"
 
 
 class HttpTriggerMiddleware:
-    """First in the chain: a function URL's request goes to its function, whatever its path (on a function's own
-    host, /api/ is the function's too), and nothing of the console (sessions, CSRF, its headers) applies."""
+    """First in the chain: a request to a function URL or an HTTP API goes to it, whatever its path (on a
+    trigger's own host, /api/ is the function's too), and nothing of the console (sessions, CSRF, its headers)
+    applies."""
 
     def __init__(self, get_response: Callable[[DjangoRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: DjangoRequest) -> HttpResponse:
-        route = function_url_route(request)
+        route = trigger_route(request)
         if route is None:
             return self.get_response(request)
-        url_id, raw_path, on_own_host = route
-        return function_url_response(request, url_id=url_id, raw_path=raw_path, on_own_host=on_own_host)
+        return trigger_response(request, route)
 
 
-def function_url_route(request: DjangoRequest) -> tuple[str, str, bool] | None:
-    """(url id, the path the function sees, whether on the URL's own host) for a function URL's request."""
+@dataclass(frozen=True)
+class TriggerRoute:
+    kind: str  # FUNCTION_URL or HTTP_API
+    trigger_id: str
+    raw_path: str  # what follows the trigger's address
+    on_own_host: bool
+
+
+def trigger_route(request: DjangoRequest) -> TriggerRoute | None:
+    """Where a trigger's request goes: by its host under FUNCTION_URL_DOMAIN (a url id has 32 characters, an
+    API id 10), or by the /fn/ and /http/ prefixes."""
     domain = settings.FUNCTION_URL_DOMAIN
     if domain:
         host = request.META.get("HTTP_HOST", "").lower()
         if ":" not in domain:
             host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        if host.endswith(f".{domain}") and "." not in host[: -len(domain) - 1]:
-            return host[: -len(domain) - 1], escape_uri_path(request.path), True
-    if request.path.startswith(URL_PREFIX):
-        url_id, _, rest = request.path[len(URL_PREFIX) :].partition("/")
-        return url_id, escape_uri_path(f"/{rest}"), False
+        label = host[: -len(domain) - 1]
+        if host.endswith(f".{domain}") and label and "." not in label:
+            kind = FUNCTION_URL if len(label) == 32 else HTTP_API
+            return TriggerRoute(kind, label, _raw_path(request), True)
+    for prefix, kind in ((URL_PREFIX, FUNCTION_URL), (API_PREFIX, HTTP_API)):
+        if request.path.startswith(prefix):
+            trigger_id, _, rest = request.path[len(prefix) :].partition("/")
+            raw = _raw_path(request)
+            raw_rest = raw[len(prefix) + len(trigger_id) :] if raw.startswith(prefix + trigger_id) else ""
+            return TriggerRoute(kind, trigger_id, raw_rest or escape_uri_path(f"/{rest}"), False)
     return None
 
 
-def function_url_response(request: DjangoRequest, *, url_id: str, raw_path: str, on_own_host: bool) -> HttpResponse:
-    url = function_url_find(url_id=url_id)
-    if url is None:
-        answer = message_answer(404, "Not Found: no function URL has this address")
-    else:
-        facts, refusal = _request_facts(request, raw_path)
-        host = request.META.get("HTTP_HOST", "").rsplit(":", 1)[0]
-        answer = refusal or function_url_serve(url=url, request=facts, domain_name=host)
+def _raw_path(request: DjangoRequest) -> str:
+    """The path as the client sent it (percent-encoding kept: ``a%2Fb`` is one segment), where the server tells
+    it (gunicorn's RAW_URI), else the decoded path encoded again."""
+    raw = str(request.META.get("RAW_URI", "")).split("?", 1)[0]
+    return raw if raw.startswith("/") else escape_uri_path(request.path)
+
+
+def trigger_response(request: DjangoRequest, route: TriggerRoute) -> HttpResponse:
+    host = request.META.get("HTTP_HOST", "").rsplit(":", 1)[0]
+    answer = _answer(request, route, host)
+    if not route.on_own_host:
+        answer.headers = _confined(
+            answer.headers, f"{URL_PREFIX if route.kind == FUNCTION_URL else API_PREFIX}{route.trigger_id}/"
+        )
     response = _django_response(answer)
-    if not on_own_host:
+    if not route.on_own_host:
         response.headers["Content-Security-Policy"] = ", ".join(
             value for value in (response.headers.get("Content-Security-Policy"), PREFIX_SANDBOX) if value
         )
     return response
 
 
+# Headers that act on the whole origin: a function under the console's origin may not send them.
+ORIGIN_WIDE_HEADERS = frozenset(("clear-site-data", "strict-transport-security", "set-cookie2"))
+
+
+def _confined(headers: list[tuple[str, str]], path: str) -> list[tuple[str, str]]:
+    """A function's headers, under the console's origin, kept to its own address: its cookies get ``Path`` of it
+    and no ``Domain`` (they can neither replace the console's session nor reach another function), cookies with
+    the console's names are dropped, and origin-wide headers too."""
+    platform_cookies = {settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME, "messages"}
+    kept = []
+    for name, value in headers:
+        if name.lower() in ORIGIN_WIDE_HEADERS:
+            continue
+        if name.lower() == "set-cookie":
+            pair, *attributes = [part.strip() for part in value.split(";")]
+            if pair.split("=", 1)[0].strip() in platform_cookies:
+                continue
+            attributes = [a for a in attributes if a.split("=", 1)[0].strip().lower() not in ("path", "domain")]
+            value = "; ".join([pair, *attributes, f"Path={path}"])
+        kept.append((name, value))
+    return kept
+
+
+def _answer(request: DjangoRequest, route: TriggerRoute, host: str) -> HttpAnswer:
+    if route.kind == FUNCTION_URL:
+        url = function_url_find(url_id=route.trigger_id)
+        if url is None:
+            return message_answer(404, "Not Found: no function URL has this address")
+        facts, refusal = _request_facts(request, route.raw_path)
+        return refusal or function_url_serve(url=url, request=facts, domain_name=host)
+    api = http_api_find(api_id=route.trigger_id)
+    if api is None:
+        return message_answer(404, "Not Found: no HTTP API has this address")
+    facts, refusal = _request_facts(request, route.raw_path)
+    return refusal or http_api_serve(api=api, request=facts, domain_name=host)
+
+
 def _request_facts(request: DjangoRequest, raw_path: str) -> tuple[HttpRequest, HttpAnswer | None]:
     headers = [
-        (key[5:].replace("_", "-").lower(), str(value))
+        (key[5:].replace("_", "-").lower(), _as_sent(str(value)))
         for key, value in request.META.items()
         if key.startswith("HTTP_")
     ]
@@ -95,10 +154,25 @@ def _request_facts(request: DjangoRequest, raw_path: str) -> tuple[HttpRequest, 
     return facts, refusal
 
 
+def _as_sent(value: str) -> str:
+    """A header value as the client meant it: WSGI hands over its bytes as Latin-1, and they are most often
+    UTF-8 (then decoded as such; anything else stays as it came)."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
+
+
 def _body(request: DjangoRequest) -> tuple[bytes, HttpAnswer | None]:
-    """The body, unless it is over the limit (known from its length before reading it) or the client failed."""
+    """The body, unless it is over the limit (known from its length before reading it, or found reading a chunked
+    one) or the client failed."""
     too_large = message_answer(413, f"Request Entity Too Large: the body is over {SYNC_PAYLOAD_MAX_BYTES} bytes")
     try:
+        chunked = "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
+        if chunked and not request.META.get("CONTENT_LENGTH"):
+            # No length to go by: Django reads none of such a body, so read it from the server's stream.
+            body = request.META["wsgi.input"].read(SYNC_PAYLOAD_MAX_BYTES + 1)
+            return (b"", too_large) if len(body) > SYNC_PAYLOAD_MAX_BYTES else (body, None)
         if int(request.META.get("CONTENT_LENGTH") or 0) > SYNC_PAYLOAD_MAX_BYTES:
             return b"", too_large
         return request.body, None
@@ -106,7 +180,7 @@ def _body(request: DjangoRequest) -> tuple[bytes, HttpAnswer | None]:
         return b"", message_answer(400, "Bad Request: Content-Length is not a number")
     except RequestDataTooBig:
         return b"", too_large
-    except UnreadablePostError:
+    except (UnreadablePostError, OSError):
         return b"", message_answer(400, "Bad Request: the body could not be read")
 
 
@@ -143,7 +217,9 @@ def _django_response(answer: HttpAnswer) -> HttpResponse:
     del response.headers["Content-Type"]
     response.headers["Content-Length"] = str(len(answer.body))
     joined: dict[str, tuple[str, list[str]]] = {}  # a repeated header is one, its values comma-joined
-    for name, value in answer.headers:
+    for name, text in answer.headers:
+        # WSGI sends header text as Latin-1: UTF-8 text goes out as its UTF-8 bytes, as Lambda sends it.
+        value = text.encode("utf-8").decode("latin-1")
         if name.lower() == "set-cookie":
             dict.__setitem__(response.cookies, f"set-cookie-{len(response.cookies)}", _RawCookie(value))
         else:

@@ -123,9 +123,11 @@ def function_invoke(
     invocation_type: str,
     idempotency_key: str = "",
     trigger: dict[str, Any] | None = None,
+    wait_s: float | None = None,
 ) -> InvokeAnswer:
-    """Accept the call and, for a synchronous one, wait for its outcome (see invocation_accept, invocation_wait).
-    A dry run is only validated: no invocation."""
+    """Accept the call and, for a synchronous one, wait for its outcome (see invocation_accept, invocation_wait),
+    at most ``wait_s`` when given (an HTTP trigger's integration timeout; the call goes on past it). A dry run is
+    only validated: no invocation."""
     if invocation_type == DRY_RUN:
         invocation_validate(
             function=function, qualifier=qualifier, raw_payload=raw_payload, invocation_type=invocation_type
@@ -143,7 +145,8 @@ def function_invoke(
     if invocation_type != InvocationType.SYNC:
         return InvokeAnswer(invocation)
     published_at, waited = time.time(), time.perf_counter()
-    outcome = invocation_wait(invocation=invocation, wait_s=sync_wait_budget(invocation))
+    budget = sync_wait_budget(invocation)
+    outcome = invocation_wait(invocation=invocation, wait_s=budget if wait_s is None else min(budget, wait_s))
     _record_wait_phases(outcome, published_at, (time.perf_counter() - waited) * 1000)
     return InvokeAnswer(invocation, outcome)
 

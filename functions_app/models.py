@@ -197,6 +197,29 @@ class FunctionUrl(models.Model):
         return self.alias.name if self.alias else LATEST
 
 
+class HttpApi(models.Model):
+    """An HTTP API: routes (``GET /items/{id}``, ``ANY /{proxy+}``, ``$default``) to functions, with stages,
+    authorizers and CORS, kept as one validated definition (``functions_app.http_apis`` reads and checks it)."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="http_apis")
+    name = models.CharField(max_length=128)
+    # 10 lower-case letters and digits, as API Gateway's api-id: the path segment or host label it is served under.
+    api_id = models.CharField(max_length=10, unique=True)
+    description = models.CharField(max_length=1024, blank=True)
+    # {routes, stages, authorizers, cors, not_found}: see functions_app.http_apis.definition_validate.
+    definition = models.JSONField(default=dict)
+    revision_id = models.UUIDField(default=uuid.uuid4)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="http_api_name_unique_per_owner")]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.api_id}"
+
+
 class TestEvent(models.Model):
     """A saved event for the console's Test tab and the API."""
 

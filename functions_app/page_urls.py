@@ -12,7 +12,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter
 
-from functions_app import views
+from functions_app import http_api_views, views
 from functions_app.services import FUNCTION_NAME_RE
 
 
@@ -63,6 +63,11 @@ page_urlpatterns = [
     path("functions/<fn:name>/delete/", views.function_delete, name="function_delete"),
     path("invocations/<str:invocation_id>/", views.invocation_detail, name="invocation_detail"),
     path("invocations/<str:invocation_id>/row/", views.invocation_row, name="invocation_row"),
+    path("http-apis/", http_api_views.http_api_list, name="http_api_list"),
+    path("http-apis/+new/", http_api_views.http_api_create, name="http_api_create"),
+    path("http-apis/<str:name>/", http_api_views.http_api_detail, name="http_api_detail"),
+    path("http-apis/<str:name>/edit/", http_api_views.http_api_update, name="http_api_update"),
+    path("http-apis/<str:name>/delete/", http_api_views.http_api_delete, name="http_api_delete"),
     path("dead-letters/", views.dead_letter_list, name="dead_letter_list"),
     path("dead-letters/<int:letter_id>/replay/", views.dead_letter_replay_view, name="dead_letter_replay"),
     path("dead-letters/<int:letter_id>/delete/", views.dead_letter_delete_view, name="dead_letter_delete"),

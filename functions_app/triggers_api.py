@@ -1,4 +1,5 @@
-"""REST API of HTTP triggers: a function's URL (/api/v1/functions/{name}/url/, ``?qualifier=`` for an alias's)."""
+"""REST API of HTTP triggers: a function's URL (/api/v1/functions/{name}/url/, ``?qualifier=`` for an alias's)
+and HTTP APIs (/api/v1/http-apis/), each a whole definition of routes, stages, authorizers and CORS."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from rest_framework.response import Response
 
 from console.auth import ApiRequest
 from console.json_api import ERRORS, JsonApi, StrictSerializer, json_body
-from functions_app import http_triggers, selectors
-from functions_app.models import FunctionUrl, FunctionUrlAuth, InvokeMode
+from functions_app import http_apis, http_triggers, selectors
+from functions_app.models import FunctionUrl, FunctionUrlAuth, HttpApi, InvokeMode
 
 
 class CorsSerializer(StrictSerializer):
@@ -102,4 +103,91 @@ class FunctionUrlApi(JsonApi):
         function = selectors.function_get(owner=request.user, name=name)
         url = http_triggers.function_url_get(function=function, qualifier=request.query_params.get("qualifier", ""))
         http_triggers.function_url_delete(url=url)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# ---- HTTP APIs -------------------------------------------------------------------------------------------------
+
+
+class HttpApiCreateSerializer(StrictSerializer):
+    name = serializers.CharField(max_length=128)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=1024)
+    definition = serializers.JSONField(
+        required=False,
+        help_text="{routes: [{route_key, function, qualifier, payload_format, timeout_ms, authorizer, "
+        "authorization_scopes, throttle}], stages: [{name, variables, throttle}], authorizers: [{name, type, "
+        "function, identity_sources, ttl_s, issuer, audience, jwks_url}], cors, not_found}: see the README.",
+    )
+
+
+class HttpApiUpdateSerializer(StrictSerializer):
+    description = serializers.CharField(required=False, allow_blank=True, max_length=1024)
+    definition = serializers.JSONField(required=False, help_text="Replaces the whole definition.")
+
+
+class HttpApiOutputSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    api_id = serializers.CharField()
+    description = serializers.CharField()
+    definition = serializers.JSONField()
+    stages = serializers.SerializerMethodField(help_text="Each stage's name and invoke URL.")
+    routes = serializers.SerializerMethodField(help_text="Each route with a curl line for its stages' URLs.")
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+    def get_stages(self, api: HttpApi) -> list[dict[str, str]]:
+        request: Request = self.context["request"]
+        stages = http_apis.http_api_stages(api=api, scheme=request.scheme or "http", host=request.get_host())
+        return [{"name": name, "url": url} for name, url in stages]
+
+    def get_routes(self, api: HttpApi) -> list[dict[str, str]]:
+        first_stage = self.get_stages(api)[0]["url"]
+        return [
+            {
+                "route_key": route["route_key"],
+                "function": route["function"],
+                "curl": http_apis.route_curl(first_stage, route["route_key"]),
+            }
+            for route in api.definition.get("routes", [])
+        ]
+
+
+def _api_output(request: Request, api: HttpApi, status_code: int = status.HTTP_200_OK) -> Response:
+    return Response(HttpApiOutputSerializer(api, context={"request": request}).data, status=status_code)
+
+
+class HttpApiListApi(JsonApi):
+    @extend_schema(operation_id="http_apis_list", responses={200: HttpApiOutputSerializer(many=True), **ERRORS})
+    def get(self, request: ApiRequest) -> Response:
+        apis = http_apis.http_api_list(owner=request.user)
+        return Response(HttpApiOutputSerializer(apis, many=True, context={"request": request}).data)
+
+    @extend_schema(
+        operation_id="http_apis_create",
+        request=HttpApiCreateSerializer,
+        responses={201: HttpApiOutputSerializer, **ERRORS},
+    )
+    def post(self, request: ApiRequest) -> Response:
+        api = http_apis.http_api_create(owner=request.user, **json_body(HttpApiCreateSerializer, request))
+        return _api_output(request, api, status.HTTP_201_CREATED)
+
+
+class HttpApiDetailApi(JsonApi):
+    @extend_schema(operation_id="http_apis_retrieve", responses={200: HttpApiOutputSerializer, **ERRORS})
+    def get(self, request: ApiRequest, name: str) -> Response:
+        return _api_output(request, http_apis.http_api_get(owner=request.user, name=name))
+
+    @extend_schema(
+        operation_id="http_apis_update",
+        request=HttpApiUpdateSerializer,
+        responses={200: HttpApiOutputSerializer, **ERRORS},
+    )
+    def patch(self, request: ApiRequest, name: str) -> Response:
+        api = http_apis.http_api_get(owner=request.user, name=name)
+        updated = http_apis.http_api_update(api=api, **json_body(HttpApiUpdateSerializer, request))
+        return _api_output(request, updated)
+
+    @extend_schema(operation_id="http_apis_destroy", responses={204: None, **ERRORS})
+    def delete(self, request: ApiRequest, name: str) -> Response:
+        http_apis.http_api_delete(api=http_apis.http_api_get(owner=request.user, name=name))
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -29,7 +29,7 @@ from django.views.decorators.http import require_POST
 from console import accounts
 from console.auth import SignedInRequest
 from console.exceptions import ResourceNotFound, ServiceError
-from functions_app import forms, http_triggers, invoke, selectors, services
+from functions_app import forms, http_apis, http_triggers, invoke, selectors, services
 from functions_app.code import handler_module_candidates
 from functions_app.destinations import dead_letter_delete, dead_letter_replay
 from functions_app.models import LATEST, DeadLetter, Function, Invocation, InvocationStatus, InvocationType
@@ -542,8 +542,14 @@ def _triggers_context(
         urls.append({"url": url, "address": address, "form": form})
     served = {url.alias.name if url.alias else "" for url in function_urls}
     free = [alias.name for alias in selectors.alias_list(function=function) if alias.name not in served]
+    scheme, host = request.scheme or "http", request.get_host()
+    api_routes = [
+        {"api": api, "route": route, "stage_url": http_apis.http_api_stages(api=api, scheme=scheme, host=host)[0][1]}
+        for api, route in http_apis.http_api_routes_to(function=function)
+    ]
     return {
         "urls": urls,
+        "api_routes": api_routes,
         "url_form": new_form
         or forms.FunctionUrlForm(aliases=free, latest="" not in served, initial={"auth_type": "NONE"}),
         "can_add_url": "" not in served or bool(free),

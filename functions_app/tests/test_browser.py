@@ -19,7 +19,7 @@ import pytest
 from django.conf import settings
 from django.urls import Resolver404, resolve
 
-from functions_app import http_triggers, services
+from functions_app import http_apis, http_triggers, services
 from functions_app.accept import invocation_accept
 from functions_app.models import DeadLetter
 from functions_app.services import CodeUpload
@@ -322,6 +322,16 @@ def test_every_page_fits_a_phone_and_every_chart_shows_its_points_and_labels(pag
         owner=user, function=function, invocation=failed, condition="RetriesExhausted", request_payload="{}", attempts=3
     )
     http_triggers.function_url_create(function=function, auth_type="TOKEN", cors={"allow_origins": ["*"]})
+    routes = [
+        {
+            "route_key": "GET /greetings/{name}/in/{language}",
+            "function": "greeter",
+            "throttle": {"rate": 5, "burst": 10},
+        }
+    ]
+    http_apis.http_api_create(
+        owner=user, name="greetings-api", definition={"routes": routes, "stages": [{"name": "production"}]}
+    )
     base = live_server.url
     sign_in(page, base)
     pages = [
@@ -333,6 +343,8 @@ def test_every_page_fits_a_phone_and_every_chart_shows_its_points_and_labels(pag
         "/functions/greeter/versions/",
         "/functions/greeter/versions/1/",
         "/functions/greeter/triggers/",
+        "/http-apis/",
+        "/http-apis/greetings-api/",
         "/functions/greeter/invocations/",
         "/functions/greeter/configuration/",
         f"/invocations/{last.pk}/",

@@ -132,9 +132,9 @@ def test_a_request_reaches_the_handler_as_the_2_0_event_and_its_result_is_the_re
     )
     assert response.status_code == 201, response.content
     assert response["X-Handled-By"] == "web" and response["Content-Security-Policy"].startswith("sandbox")
-    assert [cookie.OutputString() for cookie in response.cookies.values()] == [
-        "seen=1; Path=/",
-        "flavour=oat; HttpOnly",
+    assert [cookie.OutputString() for cookie in response.cookies.values()] == [  # kept to the URL's own path
+        f"seen=1; Path=/fn/{url['url_id']}/",
+        f"flavour=oat; HttpOnly; Path=/fn/{url['url_id']}/",
     ]
     event = json.loads(response.content)
     assert event["version"] == "2.0" and event["routeKey"] == "$default"
@@ -249,3 +249,47 @@ def test_the_invocation_record_shows_its_http_trigger_in_the_api_and_the_console
     page.force_login(user)
     shown = page.get(f"/invocations/{invocation_id}/").content.decode()
     assert "function URL" in shown and "GET /hello" in shown and "→ 201" in shown
+
+
+MIRROR = """
+import json
+
+def handler(event, context):
+    if event.get("queryStringParameters", {}).get("mode") == "echo":
+        return {"statusCode": 200, "body": json.dumps(event)}
+    return json.loads(event["body"])
+"""
+
+
+@pytest.mark.slow
+def test_under_the_consoles_origin_a_function_cannot_touch_the_consoles_cookies_or_origin(api, module_worker):
+    create_function(api, "mirror", MIRROR)
+    url = create_url(api, "mirror")
+    result = {
+        "statusCode": 200,
+        "cookies": ["sessionid=ATTACKER; Path=/; HttpOnly", "csrftoken=x", "theme=dark; Path=/; Domain=example.com"],
+        "headers": {"Clear-Site-Data": '"*"', "Strict-Transport-Security": "max-age=1", "X-Mine": "1"},
+    }
+    response = Client().post(path_of(url["url"]), json.dumps(result), content_type="application/json")
+    assert response.status_code == 200, response.content
+    assert [cookie.OutputString() for cookie in response.cookies.values()] == [f"theme=dark; Path=/fn/{url['url_id']}/"]
+    assert "Clear-Site-Data" not in response and "Strict-Transport-Security" not in response
+    assert response["X-Mine"] == "1"
+
+
+@pytest.mark.slow
+def test_odd_requests_and_responses_keep_their_bytes(api, settings, module_worker):
+    create_function(api, "mirror", MIRROR)
+    base = path_of(create_url(api, "mirror")["url"])
+    web = Client()
+    accented = web.get(base + "?mode=echo", HTTP_X_NAME="Zoë".encode().decode("latin-1"))
+    assert json.loads(accented.content)["headers"]["x-name"] == "Zoë"
+    redirect = web.post(
+        base, json.dumps({"statusCode": 302, "headers": {"Location": "/fn/x/日本"}}), content_type="application/json"
+    )
+    assert redirect.status_code == 302 and redirect["Location"].encode("latin-1").decode() == "/fn/x/日本"
+    bad = web.post(base, json.dumps({"statusCode": 200, "headers": {"X-Ünï": "v"}}), content_type="application/json")
+    assert (
+        bad.status_code == 502 and "header name" in Invocation.objects.get(pk=bad["X-Invocation-Id"]).trigger["error"]
+    )
+    assert Invocation.objects.filter(trigger__status=413).count() == 0  # refused before anything was accepted

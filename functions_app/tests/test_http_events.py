@@ -246,3 +246,41 @@ def test_a_malformed_cors_configuration_is_refused_naming_its_field(config, fiel
     with pytest.raises(ServiceError) as refused:
         cors_validate(config)
     assert field in refused.value.details
+
+
+@pytest.mark.parametrize(
+    ("result", "reason"),
+    [
+        ({"statusCode": 100}, "200 to 599"),
+        ({"statusCode": 101, "headers": {"Upgrade": "websocket"}}, "200 to 599"),
+        ({"statusCode": 200, "headers": {"X-A\t": "v"}}, "header name"),
+        ({"statusCode": 200, "headers": {"X-Ünï": "v"}}, "header name"),
+        ({"statusCode": 200, "headers": {"X-A": "a\x0bb"}}, "control character"),
+        ({"statusCode": 200, "cookies": ["a=1\r\nX-Injected: yes"]}, "control character"),
+    ],
+)
+def test_a_response_no_http_connection_can_carry_is_refused(result, reason):
+    with pytest.raises(MalformedResponse, match=reason):
+        answer_v2(json.dumps(result))
+
+
+def test_the_platform_decides_the_length_and_the_connection_not_the_function():
+    result = {
+        "statusCode": 200,
+        "headers": {"Content-Length": "1", "Connection": "upgrade", "Transfer-Encoding": "chunked", "X-Ok": "é"},
+        "body": "xyz",
+    }
+    answer = answer_v2(json.dumps(result))
+    assert answer.body == b"xyz" and ("X-Ok", "é") in answer.headers
+    assert not {"content-length", "connection", "transfer-encoding"} & {name.lower() for name, _ in answer.headers}
+
+
+@pytest.mark.parametrize("origin", ["https://a.example.com:99999", "https://*.com", "https://*.com:443"])
+def test_an_origin_no_browser_sends_or_a_whole_top_level_domain_is_refused(origin):
+    with pytest.raises(ServiceError):
+        cors_validate({"allow_origins": [origin]})
+
+
+def test_methods_and_headers_are_kept_once_whatever_their_case():
+    config = cors_validate({"allow_methods": ["get", "GET", "*"], "allow_headers": ["X-A", "x-a"]})
+    assert config["allow_methods"] == ["GET", "*"] and config["allow_headers"] == ["x-a"]
