@@ -8,10 +8,12 @@ blocking pops go through ``blocking_pop``, whose client's socket outlasts the lo
 
 from __future__ import annotations
 
+import asyncio
 from functools import lru_cache
 from typing import cast
 
 import redis
+import redis.asyncio
 from django.conf import settings
 
 # Ordinary commands answer in milliseconds; a socket silent this long means the server or the network is gone.
@@ -47,3 +49,29 @@ def blocking_pop(keys: list[str], timeout_s: float) -> tuple[bytes, bytes] | Non
     wait_s = min(max(timeout_s, 0.01), BLOCKING_POP_MAX_S)
     # These clients never decode (see as_text).
     return cast("tuple[bytes, bytes] | None", _blocking_client().blpop(keys, timeout=wait_s))
+
+
+# One asyncio client per event loop (a web process under ASGI has one): its pool holds a connection per waiting
+# caller, which is what lets one process hold a thousand waits without a thread each.
+_async_clients: dict[int, redis.asyncio.Redis] = {}
+
+
+def _async_blocking_client() -> redis.asyncio.Redis:
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(id(loop))
+    if client is None:
+        client = redis.asyncio.Redis.from_url(
+            settings.REDIS_URL,
+            socket_connect_timeout=2,
+            socket_timeout=BLOCKING_POP_MAX_S + COMMAND_TIMEOUT_S,
+            health_check_interval=30,
+        )
+        _async_clients[id(loop)] = client
+    return client
+
+
+async def blocking_pop_async(keys: list[str], timeout_s: float) -> tuple[bytes, bytes] | None:
+    """``blocking_pop`` for an event loop."""
+    wait_s = min(max(timeout_s, 0.01), BLOCKING_POP_MAX_S)
+    reply = await _async_blocking_client().blpop(keys, timeout=wait_s)
+    return cast("tuple[bytes, bytes] | None", reply)

@@ -154,13 +154,23 @@ DATABASE_URL = env_str("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'ephemera.sqlit
 # A persistent connection is checked (SELECT 1) before its first use in each request, task or heartbeat beat:
 # after a database restart the first query would otherwise fail on the dead socket, and Django closes a broken
 # connection only after an error. https://docs.djangoproject.com/en/5.2/ref/databases/#persistent-connections
+# The web process serves under ASGI (console/gunicorn_conf.py sets this): Django runs each sync view on a thread
+# of its own there, so a connection kept after a request would outlive its thread. It keeps none, and on
+# PostgreSQL takes them from a pool of at most DB_POOL_MAX_SIZE instead (psycopg's pool: opening one is cheap).
+WEB_ASGI = env_bool("EPHEMERA_WEB_ASGI", False)
 DATABASES = {
     "default": dj_database_url.parse(
         DATABASE_URL,
-        conn_max_age=env_int("DB_CONN_MAX_AGE", 60),
-        conn_health_checks=env_bool("DB_CONN_HEALTH_CHECKS", True),
+        conn_max_age=0 if WEB_ASGI else env_int("DB_CONN_MAX_AGE", 60),
+        conn_health_checks=env_bool("DB_CONN_HEALTH_CHECKS", True) and not WEB_ASGI,
     )
 }
+if WEB_ASGI and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": env_int("DB_POOL_MAX_SIZE", 20),
+        "timeout": 10,
+    }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the web process read while a worker writes; the timeout rides out short write locks.
     DATABASES["default"]["OPTIONS"] = {
@@ -285,6 +295,10 @@ SANDBOX_DEPLOY_CHECK = env_bool("SANDBOX_DEPLOY_CHECK", True)
 AWS_REGION = env_str("EPHEMERA_REGION", "us-east-1")
 # The longest a synchronous HTTP caller is held; past it the answer is the invocation id to poll.
 SYNC_WAIT_MAX_S = env_int("SYNC_WAIT_MAX_S", 120)
+# The web (ASGI): a request body that stops arriving is answered 408 after this long (console/asgi.py); the
+# database work of requests served on the event loop runs on this many threads (console/db_threads.py).
+WEB_READ_TIMEOUT_S = env_float("GUNICORN_READ_TIMEOUT_S", 30.0)
+WEB_DB_THREADS = env_int("WEB_DB_THREADS", 8)
 # Function URLs are always served under this server's /fn/{url_id}/. With a wildcard domain pointed at the web
 # (DNS *.fn.example.com and a TLS certificate for it), each is also {url_id}.{FUNCTION_URL_DOMAIN} (a port may
 # follow the domain) and the API gives that address: a function's pages then get an origin of their own, apart

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -16,12 +17,13 @@ from functions_app.cors import cors_decorate, cors_preflight
 from functions_app.http_apis import DEFAULT_STAGE, Definition, Route, Stage, definition_validate
 from functions_app.http_events import HttpAnswer, HttpRequest, HttpTarget, answer_v1, answer_v2, event_v1, event_v2
 from functions_app.http_triggers import (
+    PendingCall,
     answer_logged,
+    call_answer,
     message_answer,
     refused_answer,
     request_for_function,
     request_refusal,
-    trigger_run,
 )
 from functions_app.models import Function, HttpApi, Invocation
 
@@ -55,43 +57,54 @@ def stage_and_path(definition: Definition, raw_path: str) -> tuple[Stage, str] |
     return None
 
 
-def http_api_serve(*, api: HttpApi, request: HttpRequest, domain_name: str) -> HttpAnswer:
-    """Answer one request to an HTTP API (``request.raw_path`` is what follows the API's address: the stage, if
-    not $default, then the route's path)."""
+def http_api_plan(*, api: HttpApi, request: HttpRequest, domain_name: str) -> HttpAnswer | PendingCall:
+    """What a request to an HTTP API needs (``request.raw_path`` is what follows the API's address: the stage,
+    if not $default, then the route's path): an answer at once, or a call of the route's function."""
     started = time.perf_counter()
     label = API_PREFIX + api.api_id
     definition = _definition(api)
+
+    def finish(answer: HttpAnswer, invocation: Invocation | None) -> HttpAnswer:
+        return answer_logged(label, request, cors_decorate(definition.cors, request, answer), started, invocation)
+
     preflight = cors_preflight(definition.cors, request)
     if preflight is not None:
         return answer_logged(label, request, preflight, started, None)
-    invocation: Invocation | None = None
     try:
-        answer, invocation = _routed(api, definition, request, domain_name)
+        planned = _routed(api, definition, request, domain_name, finish)
     except ServiceError as exc:
-        answer = refused_answer(exc)
-    return answer_logged(label, request, cors_decorate(definition.cors, request, answer), started, invocation)
+        planned = refused_answer(exc)
+    return finish(planned, None) if isinstance(planned, HttpAnswer) else planned
+
+
+def http_api_serve(*, api: HttpApi, request: HttpRequest, domain_name: str) -> HttpAnswer:
+    """Answer one request to an HTTP API, blocking while the function runs."""
+    return call_answer(http_api_plan(api=api, request=request, domain_name=domain_name))
 
 
 def _routed(
-    api: HttpApi, definition: Definition, request: HttpRequest, domain_name: str
-) -> tuple[HttpAnswer, Invocation | None]:
+    api: HttpApi,
+    definition: Definition,
+    request: HttpRequest,
+    domain_name: str,
+    finish: Callable[[HttpAnswer, Invocation | None], HttpAnswer],
+) -> HttpAnswer | PendingCall:
     refusal = request_refusal(request)
     if refusal is not None:
-        return refusal, None
+        return refusal
     staged = stage_and_path(definition, request.raw_path)
     if staged is None:
-        return message_answer(404, "Not Found"), None
+        return message_answer(404, "Not Found")
     stage, path = staged
     segments = [unquote(part) for part in path[1:].split("/")] if path != "/" else []
     matched = definition.match(request.method, segments)
     if matched is None:
-        return _not_found(definition), None
+        return _not_found(definition)
     route, parameters = matched
     throttle = route.throttle or stage.throttle
-    if throttle and not rate_admit(
-        key=f"{api.api_id}:{stage.name}:{route.route_key}", rate=throttle.rate, burst=throttle.burst
-    ):
-        return message_answer(429, "Too Many Requests"), None
+    bucket = f"{api.api_id}:{stage.name}:{route.route_key}"
+    if throttle and not rate_admit(key=bucket, rate=throttle.rate, burst=throttle.burst):
+        return message_answer(429, "Too Many Requests")
     target = HttpTarget(
         api_id=api.api_id,
         domain_name=domain_name,
@@ -107,16 +120,13 @@ def _routed(
     verdict = _authorize(api, definition, route, stage, for_function, target)
     if verdict.status:
         headers = [("WWW-Authenticate", 'Bearer error="invalid_token"')] if verdict.status == 401 else []
-        return message_answer(verdict.status, verdict.message, headers), None
+        return message_answer(verdict.status, verdict.message, headers)
     target = _with_authorizer(target, route, definition, verdict)
-    event = (
-        event_v1(for_function, target, resource=route.resource)
-        if route.payload_format == "1.0"
-        else event_v2(for_function, target)
-    )
+    is_v1 = route.payload_format == "1.0"
+    event = event_v1(for_function, target, resource=route.resource) if is_v1 else event_v2(for_function, target)
     function = Function.objects.filter(owner_id=api.owner_id, name=route.function).first()
     if function is None:  # a route to a function deleted since: API Gateway's answer to a broken integration
-        return message_answer(500, "Internal Server Error"), None
+        return message_answer(500, "Internal Server Error")
     trigger = {
         "type": HTTP_API,
         "id": api.api_id,
@@ -125,13 +135,14 @@ def _routed(
         "method": request.method,
         "path": request.raw_path,
     }
-    return trigger_run(
+    return PendingCall(
         owner=api.owner,
         function=function,
         qualifier=route.qualifier,
         event=event,
         trigger=trigger,
-        to_answer=answer_v1 if route.payload_format == "1.0" else answer_v2,
+        finish=finish,
+        to_answer=answer_v1 if is_v1 else answer_v2,
         wait_s=route.timeout_ms / 1000,
     )
 

@@ -13,6 +13,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -26,7 +27,7 @@ from console.exceptions import ResourceConflict, ResourceNotFound, ServiceError
 from functions_app.accept import SYNC_PAYLOAD_MAX_BYTES
 from functions_app.cors import cors_decorate, cors_preflight, cors_validate
 from functions_app.http_events import HttpAnswer, HttpRequest, HttpTarget, MalformedResponse, answer_v2, event_v2
-from functions_app.invoke import function_invoke
+from functions_app.invoke import DatabaseRunner, InvokeAnswer, function_invoke, function_invoke_async
 from functions_app.lifecycle import CAPACITY_EXCEEDED, InvocationOutcome
 from functions_app.models import (
     LATEST,
@@ -148,32 +149,37 @@ def function_url_find(*, url_id: str) -> FunctionUrl | None:
     return FunctionUrl.objects.select_related("function__owner", "alias").filter(url_id=url_id).first()
 
 
-def function_url_serve(*, url: FunctionUrl, request: HttpRequest, domain_name: str) -> HttpAnswer:
-    """Answer one request to a function URL: CORS preflight at the edge, the owner's key for TOKEN, then the
-    function, its response mapped (payload format 2.0), the call's HTTP facts recorded on its invocation."""
+def function_url_plan(*, url: FunctionUrl, request: HttpRequest, domain_name: str) -> HttpAnswer | PendingCall:
+    """What a request to a function URL needs: an answer at once (a CORS preflight, a missing key, a refused
+    request), or a call of the function (payload format 2.0) whose outcome is the answer."""
     started = time.perf_counter()
     label = URL_PREFIX + url.url_id
     preflight = cors_preflight(url.cors, request)
     if preflight is not None:
         return answer_logged(label, request, preflight, started, None)
-    invocation: Invocation | None = None
-    try:
-        refusal = _key_refusal(url, request) or request_refusal(request)
-        if refusal is not None:
-            return answer_logged(label, request, refusal, started, None)
-        target = HttpTarget(
-            api_id=url.url_id, domain_name=domain_name, domain_prefix=url.url_id, request_id=str(uuid.uuid4())
-        )
-        for_function = request_for_function(request, strip_authorization=url.auth_type == FunctionUrlAuth.TOKEN)
-        event = event_v2(for_function, target, extra_headers=forwarded_headers(request))
-        trigger = {"type": FUNCTION_URL, "id": url.url_id, "method": request.method, "path": request.raw_path}
-        function = url.function
-        answer, invocation = trigger_run(
-            owner=function.owner, function=function, qualifier=url.qualifier, event=event, trigger=trigger
-        )
-    except ServiceError as exc:
-        answer = refused_answer(exc)
-    return answer_logged(label, request, cors_decorate(url.cors, request, answer), started, invocation)
+    refusal = _key_refusal(url, request) or request_refusal(request)
+    if refusal is not None:
+        return answer_logged(label, request, cors_decorate(url.cors, request, refusal), started, None)
+    target = HttpTarget(
+        api_id=url.url_id, domain_name=domain_name, domain_prefix=url.url_id, request_id=str(uuid.uuid4())
+    )
+    for_function = request_for_function(request, strip_authorization=url.auth_type == FunctionUrlAuth.TOKEN)
+    function = url.function
+    return PendingCall(
+        owner=function.owner,
+        function=function,
+        qualifier=url.qualifier,
+        event=event_v2(for_function, target, extra_headers=forwarded_headers(request)),
+        trigger={"type": FUNCTION_URL, "id": url.url_id, "method": request.method, "path": request.raw_path},
+        finish=lambda answer, invocation: answer_logged(
+            label, request, cors_decorate(url.cors, request, answer), started, invocation
+        ),
+    )
+
+
+def function_url_serve(*, url: FunctionUrl, request: HttpRequest, domain_name: str) -> HttpAnswer:
+    """Answer one request to a function URL, blocking while the function runs."""
+    return call_answer(function_url_plan(url=url, request=request, domain_name=domain_name))
 
 
 def _key_refusal(url: FunctionUrl, request: HttpRequest) -> HttpAnswer | None:
@@ -233,29 +239,59 @@ def forwarded_headers(request: HttpRequest) -> dict[str, str]:
     }
 
 
-def trigger_run(
-    *,
-    owner: User,
-    function: Function,
-    qualifier: str,
-    event: dict[str, Any],
-    trigger: dict[str, Any],
-    to_answer: Callable[[str], HttpAnswer] = answer_v2,
-    wait_s: float | None = None,
-) -> tuple[HttpAnswer, Invocation | None]:
-    """Run the function with the event through the one invoke service (synchronously, waiting at most
-    ``wait_s``) and map its outcome to the response (``to_answer``: the payload format's rules)."""
-    answer = function_invoke(
-        owner=owner,
-        function=function,
-        qualifier=qualifier,
-        raw_payload=json.dumps(event).encode(),
-        invocation_type=InvocationType.SYNC,
-        trigger=trigger,
-        wait_s=wait_s,
-    )
-    assert answer.outcome is not None  # a sync call always has one
-    return _mapped(answer.outcome, answer.invocation, to_answer), answer.invocation
+@dataclass(frozen=True)
+class PendingCall:
+    """A trigger's call of its function, ready to go through the one invoke service (synchronously, waiting at
+    most ``wait_s``); ``to_answer`` maps its result by the payload format's rules, ``finish`` adds what the
+    trigger adds to any answer (CORS, the access log, the record)."""
+
+    owner: User
+    function: Function
+    qualifier: str
+    event: dict[str, Any]
+    trigger: dict[str, Any]
+    finish: Callable[[HttpAnswer, Invocation | None], HttpAnswer]
+    to_answer: Callable[[str], HttpAnswer] = answer_v2
+    wait_s: float | None = None
+
+    def invoke_arguments(self) -> dict[str, Any]:
+        return {
+            "owner": self.owner,
+            "function": self.function,
+            "qualifier": self.qualifier,
+            "raw_payload": json.dumps(self.event).encode(),
+            "trigger": self.trigger,
+            "wait_s": self.wait_s,
+        }
+
+    def answered(self, answer: InvokeAnswer) -> HttpAnswer:
+        assert answer.outcome is not None  # a sync call always has one
+        return self.finish(_mapped(answer.outcome, answer.invocation, self.to_answer), answer.invocation)
+
+    def refused(self, exc: ServiceError) -> HttpAnswer:
+        return self.finish(refused_answer(exc), None)
+
+
+def call_answer(plan: HttpAnswer | PendingCall) -> HttpAnswer:
+    """The answer of a plan, the call made and waited for in this thread."""
+    if isinstance(plan, HttpAnswer):
+        return plan
+    try:
+        invoked = function_invoke(invocation_type=InvocationType.SYNC, **plan.invoke_arguments())
+    except ServiceError as exc:
+        return plan.refused(exc)
+    return plan.answered(invoked)
+
+
+async def call_answer_async(plan: HttpAnswer | PendingCall, *, db: DatabaseRunner) -> HttpAnswer:
+    """The answer of a plan on an event loop: the call accepted through ``db``, its outcome awaited."""
+    if isinstance(plan, HttpAnswer):
+        return plan
+    try:
+        invoked = await function_invoke_async(db=db, **plan.invoke_arguments())
+    except ServiceError as exc:
+        return await db(functools.partial(plan.refused, exc))
+    return await db(functools.partial(plan.answered, invoked))
 
 
 def _mapped(

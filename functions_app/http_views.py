@@ -3,6 +3,7 @@ request as the trigger service reads it, and its answer as Django's response."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.cookies import Morsel
@@ -17,8 +18,16 @@ from django.utils.encoding import escape_uri_path
 
 from functions_app.accept import SYNC_PAYLOAD_MAX_BYTES
 from functions_app.http_events import HttpAnswer, HttpRequest
-from functions_app.http_gateway import API_PREFIX, HTTP_API, http_api_find, http_api_serve
-from functions_app.http_triggers import FUNCTION_URL, URL_PREFIX, function_url_find, function_url_serve, message_answer
+from functions_app.http_gateway import API_PREFIX, HTTP_API, http_api_find, http_api_plan
+from functions_app.http_triggers import (
+    FUNCTION_URL,
+    URL_PREFIX,
+    PendingCall,
+    call_answer,
+    function_url_find,
+    function_url_plan,
+    message_answer,
+)
 
 # Served under the console's own origin (the /fn/ and /http/ prefixes), a function's page must not act as the
 # console: in a sandbox without allow-same-origin its scripts run with an opaque origin, so they cannot read the
@@ -50,22 +59,24 @@ class TriggerRoute:
 
 
 def trigger_route(request: DjangoRequest) -> TriggerRoute | None:
+    return trigger_route_for(request.META.get("HTTP_HOST", ""), request.path, _raw_path(request))
+
+
+def trigger_route_for(host: str, path: str, raw_path: str) -> TriggerRoute | None:
     """Where a trigger's request goes: by its host under FUNCTION_URL_DOMAIN (a url id has 32 characters, an
-    API id 10), or by the /fn/ and /http/ prefixes."""
+    API id 10), or by the /fn/ and /http/ prefixes (``path`` decoded, ``raw_path`` as sent)."""
     domain = settings.FUNCTION_URL_DOMAIN
     if domain:
-        host = request.META.get("HTTP_HOST", "").lower()
+        host = host.lower()
         if ":" not in domain:
             host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         label = host[: -len(domain) - 1]
         if host.endswith(f".{domain}") and label and "." not in label:
-            kind = FUNCTION_URL if len(label) == 32 else HTTP_API
-            return TriggerRoute(kind, label, _raw_path(request), True)
+            return TriggerRoute(FUNCTION_URL if len(label) == 32 else HTTP_API, label, raw_path, True)
     for prefix, kind in ((URL_PREFIX, FUNCTION_URL), (API_PREFIX, HTTP_API)):
-        if request.path.startswith(prefix):
-            trigger_id, _, rest = request.path[len(prefix) :].partition("/")
-            raw = _raw_path(request)
-            raw_rest = raw[len(prefix) + len(trigger_id) :] if raw.startswith(prefix + trigger_id) else ""
+        if path.startswith(prefix):
+            trigger_id, _, rest = path[len(prefix) :].partition("/")
+            raw_rest = raw_path[len(prefix) + len(trigger_id) :] if raw_path.startswith(prefix + trigger_id) else ""
             return TriggerRoute(kind, trigger_id, raw_rest or escape_uri_path(f"/{rest}"), False)
     return None
 
@@ -78,18 +89,35 @@ def _raw_path(request: DjangoRequest) -> str:
 
 
 def trigger_response(request: DjangoRequest, route: TriggerRoute) -> HttpResponse:
-    host = request.META.get("HTTP_HOST", "").rsplit(":", 1)[0]
-    answer = _answer(request, route, host)
-    if not route.on_own_host:
-        answer.headers = _confined(
-            answer.headers, f"{URL_PREFIX if route.kind == FUNCTION_URL else API_PREFIX}{route.trigger_id}/"
-        )
-    response = _django_response(answer)
-    if not route.on_own_host:
-        response.headers["Content-Security-Policy"] = ", ".join(
-            value for value in (response.headers.get("Content-Security-Policy"), PREFIX_SANDBOX) if value
-        )
-    return response
+    facts, refusal = _request_facts(request, route.raw_path)
+    answer = refusal or call_answer(trigger_plan(route, facts))
+    return _django_response(answer_for(route, answer))
+
+
+def trigger_plan(route: TriggerRoute, facts: HttpRequest) -> HttpAnswer | PendingCall:
+    """The trigger's plan for the request (see ``function_url_plan``, ``http_api_plan``), or 404."""
+    host = (facts.header("host") or "").rsplit(":", 1)[0]
+    if route.kind == FUNCTION_URL:
+        url = function_url_find(url_id=route.trigger_id)
+        if url is None:
+            return message_answer(404, "Not Found: no function URL has this address")
+        return function_url_plan(url=url, request=facts, domain_name=host)
+    api = http_api_find(api_id=route.trigger_id)
+    if api is None:
+        return message_answer(404, "Not Found: no HTTP API has this address")
+    return http_api_plan(api=api, request=facts, domain_name=host)
+
+
+def answer_for(route: TriggerRoute, answer: HttpAnswer) -> HttpAnswer:
+    """The answer as sent: under the console's origin, kept to the trigger's path and sandboxed."""
+    if route.on_own_host:
+        return answer
+    prefix = URL_PREFIX if route.kind == FUNCTION_URL else API_PREFIX
+    headers = _confined(answer.headers, f"{prefix}{route.trigger_id}/")
+    policies = [value for name, value in headers if name.lower() == "content-security-policy"]
+    headers = [(name, value) for name, value in headers if name.lower() != "content-security-policy"]
+    headers.append(("Content-Security-Policy", ", ".join([*policies, PREFIX_SANDBOX])))
+    return dataclasses.replace(answer, headers=headers)
 
 
 # Headers that act on the whole origin: a function under the console's origin may not send them.
@@ -113,20 +141,6 @@ def _confined(headers: list[tuple[str, str]], path: str) -> list[tuple[str, str]
             value = "; ".join([pair, *attributes, f"Path={path}"])
         kept.append((name, value))
     return kept
-
-
-def _answer(request: DjangoRequest, route: TriggerRoute, host: str) -> HttpAnswer:
-    if route.kind == FUNCTION_URL:
-        url = function_url_find(url_id=route.trigger_id)
-        if url is None:
-            return message_answer(404, "Not Found: no function URL has this address")
-        facts, refusal = _request_facts(request, route.raw_path)
-        return refusal or function_url_serve(url=url, request=facts, domain_name=host)
-    api = http_api_find(api_id=route.trigger_id)
-    if api is None:
-        return message_answer(404, "Not Found: no HTTP API has this address")
-    facts, refusal = _request_facts(request, route.raw_path)
-    return refusal or http_api_serve(api=api, request=facts, domain_name=host)
 
 
 def _request_facts(request: DjangoRequest, raw_path: str) -> tuple[HttpRequest, HttpAnswer | None]:

@@ -3,12 +3,15 @@ call, wait for the outcome on the reply channel."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -16,7 +19,7 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from console.exceptions import OUTAGE_MESSAGE, ResourceNotFound, ServiceUnavailable
-from console.redis import blocking_pop
+from console.redis import blocking_pop, blocking_pop_async
 from console.timing import phase_record
 from functions_app.accept import DRY_RUN, invocation_accept, invocation_validate, slot_hold_s
 from functions_app.lifecycle import REPLY_KEY, InvocationOutcome, invocation_reclaim, outcome_from_row
@@ -24,6 +27,7 @@ from functions_app.models import Function, Invocation, InvocationStatus, Invocat
 from functions_app.outages import DATABASE_ERRORS, database_unreachable, leases_settled
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def invocation_wait(*, invocation: Invocation, wait_s: float) -> InvocationOutcome:
@@ -34,27 +38,70 @@ def invocation_wait(*, invocation: Invocation, wait_s: float) -> InvocationOutco
     the row is polled instead (the worker writes it before it replies). The caller rides out a database restart
     (the worker retries its result until the database is back); once the database has been unreachable for a
     lease, or at the end of the wait, the caller gets 503 with the invocation's id, so that a retry can look the
-    call up instead of running it twice.
+    call up instead of running it twice. (``invocation_wait_async`` is the same wait for an event loop.)
     """
-    deadline = time.monotonic() + wait_s
-    key = REPLY_KEY.format(id=invocation.id)
-    unreachable_since = None
-    while not invocation.is_terminal and (remaining := deadline - time.monotonic()) > 0:
+    waiter = _Waiter(invocation, wait_s)
+    while (pop_s := waiter.pop_timeout()) is not None:
         try:
-            reply = blocking_pop([key], min(remaining, max(settings.LEASE_S, 0.5)))
+            reply = blocking_pop([waiter.key], pop_s)
         except RedisError as exc:
-            logger.warning("The reply channel of %s is unavailable (%r); polling the row instead", key, exc)
+            time.sleep(waiter.reply_channel_down(exc))
             reply = None
-            time.sleep(min(remaining, REPLY_POLL_S))
         if reply is not None:
             return outcome_from_reply(reply[1])
-        if not _refresh_or_gone(invocation):
-            unreachable_since = unreachable_since or time.monotonic()
-            if time.monotonic() - unreachable_since >= settings.LEASE_S:
-                break
-            continue
-        unreachable_since = None
-        now = timezone.now()
+        waiter.look_around()
+    return waiter.outcome()
+
+
+async def invocation_wait_async(*, invocation: Invocation, wait_s: float, db: DatabaseRunner) -> InvocationOutcome:
+    """``invocation_wait`` for an event loop: the pops await Redis, and the reads of the row run through ``db``
+    (a thread of the caller's choosing), so a waiting caller holds no thread and no database connection."""
+    waiter = _Waiter(invocation, wait_s)
+    while (pop_s := waiter.pop_timeout()) is not None:
+        try:
+            reply = await blocking_pop_async([waiter.key], pop_s)
+        except RedisError as exc:
+            await asyncio.sleep(waiter.reply_channel_down(exc))
+            reply = None
+        if reply is not None:
+            return outcome_from_reply(reply[1])
+        await db(waiter.look_around)
+    return await db(waiter.outcome)
+
+
+DatabaseRunner = Callable[[Callable[[], T]], Awaitable[T]]
+
+
+class _Waiter:
+    """The decisions of a synchronous caller's wait (see ``invocation_wait``), apart from how it waits."""
+
+    def __init__(self, invocation: Invocation, wait_s: float) -> None:
+        self.invocation = invocation
+        self.deadline = time.monotonic() + wait_s
+        self.key = REPLY_KEY.format(id=invocation.id)
+        self.unreachable_since: float | None = None
+
+    def pop_timeout(self) -> float | None:
+        """How long the next pop may wait, or None when the wait is over."""
+        remaining = self.deadline - time.monotonic()
+        if self.invocation.is_terminal or remaining <= 0:
+            return None
+        if self.unreachable_since is not None and time.monotonic() - self.unreachable_since >= settings.LEASE_S:
+            return None
+        return min(remaining, max(settings.LEASE_S, 0.5))
+
+    def reply_channel_down(self, exc: RedisError) -> float:
+        """How long to pause before reading the row instead (Redis is down)."""
+        logger.warning("The reply channel of %s is unavailable (%r); polling the row instead", self.key, exc)
+        return max(min(self.deadline - time.monotonic(), REPLY_POLL_S), 0.0)
+
+    def look_around(self) -> None:
+        """Between pops: reread the row, and take back a call whose worker's lease ran out."""
+        if not _refresh_or_gone(self.invocation):
+            self.unreachable_since = self.unreachable_since or time.monotonic()
+            return
+        self.unreachable_since = None
+        invocation, now = self.invocation, timezone.now()
         if (
             invocation.status == InvocationStatus.RUNNING
             and invocation.lease_until
@@ -63,13 +110,15 @@ def invocation_wait(*, invocation: Invocation, wait_s: float) -> InvocationOutco
         ):
             invocation_reclaim(invocation=invocation, now=now)
             _refresh_or_gone(invocation)
-    if unreachable_since is not None:
-        raise ServiceUnavailable(
-            f"{OUTAGE_MESSAGE} Invocation {invocation.pk} was accepted: read its result at "
-            f"/api/v1/invocations/{invocation.pk}/ rather than invoking again.",
-            details={"invocation_id": str(invocation.pk)},
-        )
-    return outcome_from_row(invocation)
+
+    def outcome(self) -> InvocationOutcome:
+        if self.unreachable_since is not None:
+            raise ServiceUnavailable(
+                f"{OUTAGE_MESSAGE} Invocation {self.invocation.pk} was accepted: read its result at "
+                f"/api/v1/invocations/{self.invocation.pk}/ rather than invoking again.",
+                details={"invocation_id": str(self.invocation.pk)},
+            )
+        return outcome_from_row(self.invocation)
 
 
 # How often a sync caller reads the row while Redis (its reply channel) is down.
@@ -149,6 +198,33 @@ def function_invoke(
     outcome = invocation_wait(invocation=invocation, wait_s=budget if wait_s is None else min(budget, wait_s))
     _record_wait_phases(outcome, published_at, (time.perf_counter() - waited) * 1000)
     return InvokeAnswer(invocation, outcome)
+
+
+async def function_invoke_async(
+    *,
+    owner: User,
+    function: Function,
+    qualifier: str,
+    raw_payload: bytes,
+    db: DatabaseRunner,
+    trigger: dict[str, Any] | None = None,
+    wait_s: float | None = None,
+) -> InvokeAnswer:
+    """``function_invoke`` of a synchronous call for an event loop: accepted the same way (through ``db``, a
+    thread of the caller's choosing), then awaited without holding a thread (``invocation_wait_async``)."""
+    accept = functools.partial(
+        invocation_accept,
+        owner=owner,
+        function=function,
+        qualifier=qualifier,
+        raw_payload=raw_payload,
+        invocation_type=InvocationType.SYNC,
+        trigger=trigger,
+    )
+    invocation = await db(accept)
+    budget = sync_wait_budget(invocation)
+    wait = budget if wait_s is None else min(budget, wait_s)
+    return InvokeAnswer(invocation, await invocation_wait_async(invocation=invocation, wait_s=wait, db=db))
 
 
 def _record_wait_phases(outcome: InvocationOutcome, published_at: float, wait_ms: float) -> None:

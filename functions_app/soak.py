@@ -242,7 +242,6 @@ class Platform:
             ["gunicorn", "-c", "console/gunicorn_conf.py"],
             GUNICORN_BIND=f"127.0.0.1:{self.web_port}",
             GUNICORN_WORKERS="2",
-            GUNICORN_THREADS="8",
         )
         self._wait_ready()
 

@@ -161,7 +161,6 @@ class Command(BaseCommand):
             "LOG_LEVEL": self._level,
             "GUNICORN_BIND": f"{self._options['host']}:{self._options['port']}",
             "GUNICORN_WORKERS": "2",
-            "GUNICORN_THREADS": "16",
             "GUNICORN_LOGLEVEL": self._level.lower(),
             "GUNICORN_ACCESSLOG": "" if quiet else "-",  # one line per request only when asked for
         }

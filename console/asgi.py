@@ -1,0 +1,65 @@
+"""The web's ASGI application (gunicorn's asgi worker, console/gunicorn_conf.py): HTTP triggers are served on
+the event loop (functions_app/http_asgi.py), everything else by Django; and a request body that stops arriving
+is answered 408 after GUNICORN_READ_TIMEOUT_S instead of being waited for."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+django_application = get_asgi_application()
+
+from django.conf import settings  # noqa: E402 - after Django is set up
+
+from functions_app.http_asgi import trigger_serve  # noqa: E402
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[Mapping[str, Any]], Awaitable[None]]
+
+
+async def application(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        await django_application(scope, receive, send)
+        return
+    receive = _with_read_timeout(receive, send)
+    if not await trigger_serve(scope, receive, send):
+        await django_application(scope, receive, send)
+
+
+def _with_read_timeout(receive: Receive, send: Send) -> Receive:
+    """``receive`` that gives up on a body that stops arriving for the read timeout: it answers 408 itself and
+    tells the application the client is gone (so it answers nothing). Once the body is in, ``receive`` only
+    waits for the client to leave, for as long as the application runs."""
+    timeout_s = settings.WEB_READ_TIMEOUT_S
+    body_done = False
+
+    async def receive_in_time() -> dict[str, Any]:
+        nonlocal body_done
+        if body_done:
+            return await receive()
+        try:
+            message = await asyncio.wait_for(receive(), timeout_s)
+        except TimeoutError:
+            body_done = True
+            await _request_timeout(send, timeout_s)
+            return {"type": "http.disconnect"}
+        body_done = message["type"] != "http.request" or not message.get("more_body", False)
+        return message
+
+    return receive_in_time
+
+
+async def _request_timeout(send: Send, timeout_s: float) -> None:
+    body = json.dumps(
+        {"type": "RequestTimeout", "message": f"The request body stopped arriving for {timeout_s:g} s."}
+    ).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 408, "headers": [*headers, (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})

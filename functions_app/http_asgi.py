@@ -1,0 +1,91 @@
+"""HTTP triggers on the event loop (console/asgi.py): a request to a function URL or an HTTP API is read, planned
+and accepted on a database thread, and then waits for its function without a thread of its own, so one web
+process holds thousands of such requests (the WSGI path, http_views.py, serves the same plans in a thread)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from django.utils import timezone
+
+from console.db_threads import in_db_thread
+from functions_app.accept import SYNC_PAYLOAD_MAX_BYTES
+from functions_app.http_events import HttpAnswer, HttpRequest
+from functions_app.http_triggers import call_answer_async, message_answer
+from functions_app.http_views import TriggerRoute, answer_for, trigger_plan, trigger_route_for
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[Mapping[str, Any]], Awaitable[None]]
+
+
+async def trigger_serve(scope: dict[str, Any], receive: Receive, send: Send) -> bool:
+    """Serve the request if it is a trigger's (True), else leave it to Django (False)."""
+    headers = [(_text(name), _text(value)) for name, value in scope["headers"]]
+    host = next((value for name, value in headers if name == "host"), "")
+    raw_path = scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or scope["path"]
+    route = trigger_route_for(host, scope["path"], raw_path)
+    if route is None:
+        return False
+    body = await _body(receive)
+    if body is None:
+        answer = message_answer(413, f"Request Entity Too Large: the body is over {SYNC_PAYLOAD_MAX_BYTES} bytes")
+    else:
+        answer = await _answer(scope, route, headers, body)
+    await _send(send, answer_for(route, answer))
+    if answer.after_sent is not None:
+        await in_db_thread(answer.after_sent)
+    return True
+
+
+async def _answer(
+    scope: dict[str, Any], route: TriggerRoute, headers: list[tuple[str, str]], body: bytes
+) -> HttpAnswer:
+    client = scope.get("client") or ("", 0)
+    server = scope.get("server") or ("", 80)
+    facts = HttpRequest(
+        method=scope["method"],
+        raw_path=route.raw_path,
+        raw_query=scope.get("query_string", b"").decode("latin-1"),
+        headers=headers,
+        body=body,
+        source_ip=client[0],
+        received_at=timezone.now(),
+        protocol=f"HTTP/{scope.get('http_version', '1.1')}",
+        scheme=scope.get("scheme", "http"),
+        port=int(server[1] or 80),
+    )
+    plan = await in_db_thread(lambda: trigger_plan(route, facts))
+    return await call_answer_async(plan, db=in_db_thread)
+
+
+async def _body(receive: Receive) -> bytes | None:
+    """The whole body, or None once it is over the limit (the rest is not read)."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(parts)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > SYNC_PAYLOAD_MAX_BYTES:
+            return None
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+async def _send(send: Send, answer: HttpAnswer) -> None:
+    headers = [(name.lower().encode("latin-1"), value.encode()) for name, value in answer.headers]
+    headers.append((b"content-length", str(len(answer.body)).encode()))
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body})
+
+
+def _text(raw: bytes) -> str:
+    """Header bytes as text: UTF-8 as most clients mean it, else Latin-1 (every byte kept)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
