@@ -93,14 +93,18 @@ def test_production_settings_pass_the_deployment_checklist(tmp_path):
     assert result.returncode == 0, result.stderr + result.stdout
 
 
-def test_gunicorns_worker_timeout_outlasts_the_longest_synchronous_wait(settings):
+def test_gunicorn_serves_asgi_holding_a_thousand_callers_and_outlasting_the_longest_wait(settings):
     import runpy
+    from unittest import mock
 
     from django.conf import settings as live
 
-    config = runpy.run_path(str(live.BASE_DIR / "console" / "gunicorn_conf.py"))
+    with mock.patch.dict(os.environ):  # the configuration marks its own process as the web's
+        config = runpy.run_path(str(live.BASE_DIR / "console" / "gunicorn_conf.py"))
+        assert os.environ["EPHEMERA_WEB_ASGI"] == "1"
     assert config["timeout"] >= live.SYNC_WAIT_MAX_S + 30
-    assert config["wsgi_app"] == "console.wsgi:application" and config["threads"] > 1
+    assert config["wsgi_app"] == "console.asgi:application" and config["worker_class"] == "asgi"
+    assert config["worker_connections"] >= 1000
 
 
 def test_a_fresh_var_directory_its_keys_and_database_are_readable_by_the_platform_only(tmp_path):
@@ -158,3 +162,26 @@ def test_processes_starting_together_on_a_fresh_var_dir_share_one_key(tmp_path):
         keys = {out for out, _ in outputs}
         assert len(keys) == 1 and len(next(iter(keys)).split()) == 2
         assert not [path for path in var_dir.iterdir() if path.name.startswith(".")]  # no staging file left
+
+
+def test_under_asgi_the_web_keeps_no_connection_past_a_request_and_pools_postgresqls():
+    import json
+    import subprocess
+    import sys
+
+    from django.conf import settings as live
+
+    script = (
+        "import json, django; django.setup(); from django.conf import settings; "
+        "db = settings.DATABASES['default']; print(json.dumps([db['CONN_MAX_AGE'], db.get('OPTIONS', {}).get('pool')]))"
+    )
+
+    def database(**env: str) -> list:
+        environment = {**os.environ, "DJANGO_SETTINGS_MODULE": "console.settings", **env}
+        run = subprocess.run([sys.executable, "-c", script], cwd=live.BASE_DIR, env=environment, capture_output=True)
+        assert run.returncode == 0, run.stderr
+        return json.loads(run.stdout)
+
+    postgres = "postgres://app@127.0.0.1:5432/ephemera"
+    assert database(DATABASE_URL=postgres, EPHEMERA_WEB_ASGI="1") == [0, {"min_size": 1, "max_size": 20, "timeout": 10}]
+    assert database(DATABASE_URL=postgres, EPHEMERA_WEB_ASGI="0")[1] is None  # workers keep their connections
