@@ -20,6 +20,7 @@ BENCHMARKS = [
     ("P2: warm synchronous invoke through HTTP", ["bench/bench_sync_invoke.py"]),
     ("P3 + P4: async completions per second and scaling", ["bench/bench_async_throughput.py"]),
     ("P6: monitoring page over one million invocation rows", ["bench/bench_monitor_page.py"]),
+    ("P8 + P9: HTTP triggers on the production web server", ["bench/bench_http.py"]),
 ]
 # The invoke path again on the production backends, when a PostgreSQL and a Redis server answer (as on CI's
 # machines): each run gets a fresh database BENCH_DATABASE_URL names and a flushed Redis database.
@@ -53,10 +54,25 @@ def summary_rows(results: dict[str, dict]) -> list[str]:
         f"1 process | 2 vs 1: {flow['P4_ratio_2_vs_1']}x, 8 vs 2: {flow['P4_ratio_8_vs_2']}x | >= 1.6x; no collapse |",
         f"| P5 | idle warm environment: {cold['P5']} | | | <= 20 MB PSS |",
         *server_rows(results),
+        *p8_p9_rows(results["P8 + P9: HTTP triggers on the production web server"]),
         f"| P6 | Monitor page (1h/24h/7d/30d) and report page with {page['rows']:,} invocation rows, worst p50: "
         f"{page['worst_p50_ms']} ms | one hourly GROUP BY over the raw rows: "
         f"{page['baseline_raw_scan_30d_hourly_aggregate_ms']['p50']} ms | {page['ratio_worst_p50_to_raw_scan_p50']}x | "
         "< 500 ms |",
+    ]
+
+
+def p8_p9_rows(http: dict) -> list[str]:
+    load, slow = http["P8_keep_alive_load"], http["P9_one_second_function_at_once"]
+    return [
+        f"| P8 | warm request through a function URL (keep-alive): p50 {http['P8_function_url_ms']['p50']} ms; "
+        f"{load['clients']} keep-alive clients for {load['duration_s']} s: {load['requests_per_s']}/s, p99 "
+        f"{(load['latency_ms'] or {}).get('p99')} ms, errors {load['errors'] or 0} | native sync invoke, same server: "
+        f"{http['baseline_native_sync_invoke_ms']['p50']} ms | {http['ratio_p50']}x | "
+        "<= 1.2x (stretch 1.0x); 0 errors |",
+        f"| P9 | {slow['requests']} requests at once to a 1 s function ({slow['executor_slots']} executor slots): "
+        f"statuses {slow['statuses']}, all answered in {slow['all_answered_s']} s, web RSS peak "
+        f"{slow['web_rss_peak_mb']} MB | | | no 5xx; web memory stated |",
     ]
 
 

@@ -26,8 +26,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.bench_sync_invoke import free_port, spawn, summary
-from bench.django_env import backends, django_setup_in_temp_var_dir, platform_services
+from bench.django_env import backends, django_setup_in_temp_var_dir, free_port, platform_services, spawn, summary
 
 VAR_DIR = django_setup_in_temp_var_dir()
 
@@ -177,14 +176,11 @@ def main() -> None:
                 GUNICORN_LOGLEVEL="warning",
             )
             processes.append(web)
-            # Every slot may hold a 128 MB environment: the budget says so, the sleepers use little of it.
-            worker = executor_worker_args(level="WARNING", concurrency=args.slots)
-            processes.append(
-                spawn(
-                    [python, "-m", "celery", "-A", "console", *worker],
-                    RUNTIME_MEMORY_BUDGET_MB=str(args.slots * 128 + 1024),
-                )
+            # P8 on an executor host as P2 measures it (a few slots); P9 on one with as many as the machine allows.
+            small = spawn(
+                [python, "-m", "celery", "-A", "console", *executor_worker_args(level="WARNING", concurrency=4)]
             )
+            processes.append(small)
             url_connection = _ready(port, noop_path)
             invoke_connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
             invoke = {"body": b"{}", "headers": {"Authorization": f"Token {token}"}}
@@ -196,6 +192,12 @@ def main() -> None:
                 url_ms.append(timed(url_connection, "GET", noop_path))
                 invoke_ms.append(timed(invoke_connection, "POST", "/api/v1/functions/noop/invoke/", **invoke))
             load = asyncio.run(keep_alive_load(port, noop_path, args.clients, args.duration))
+            stop_all([small])
+            # Every slot may hold a 128 MB environment: the budget says so, the sleepers use little of it.
+            worker = executor_worker_args(level="WARNING", concurrency=args.slots)
+            budget = str(args.slots * 128 + 1024)
+            processes.append(spawn([python, "-m", "celery", "-A", "console", *worker], RUNTIME_MEMORY_BUDGET_MB=budget))
+            _ready(port, sleepy_path)
             web_pids = [web.pid, *(child.pid for child in psutil.Process(web.pid).children(recursive=True))]
             slow = asyncio.run(at_once(port, sleepy_path, args.slow, web_pids))
             print(
@@ -207,8 +209,8 @@ def main() -> None:
                         "goal": "ratio_p50 <= 1.2 (stretch 1.0)",
                         "P8_keep_alive_load": load,
                         "P9_one_second_function_at_once": {**slow, "executor_slots": args.slots},
-                        "setup": "gunicorn ASGI worker x2 (console/gunicorn_conf.py), keep-alive connections; one "
-                        f"executor host with {args.slots} slots; {backends()}",
+                        "setup": "gunicorn ASGI worker x2 (console/gunicorn_conf.py), keep-alive connections; P8 on "
+                        f"one executor host with 4 slots, P9 on one with {args.slots}; {backends()}",
                     },
                     indent=2,
                 )

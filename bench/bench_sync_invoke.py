@@ -2,7 +2,7 @@
 
 Usage: .venv/bin/python bench/bench_sync_invoke.py [--runs 300]
 
-Starts, in a temporary var dir, the embedded Redis, gunicorn (2 sync workers, as in production) and one Ephemera
+Starts, in a temporary var dir, the embedded Redis, gunicorn (2 ASGI workers, as in production) and one Ephemera
 worker; a second gunicorn whose sync calls take Celery's sync queue instead of the fast lane; then the baseline's
 own Celery worker. Requests alternate between the three paths so that machine noise hits all alike. Each response's
 Server-Timing header gives the per-phase breakdown. Prints JSON.
@@ -14,7 +14,6 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,21 +21,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.django_env import BASE_DIR, backends, django_setup_in_temp_var_dir, platform_services
+from bench.django_env import backends, django_setup_in_temp_var_dir, free_port, platform_services, spawn, summary
 
 VAR_DIR = django_setup_in_temp_var_dir()
 
 from django.core.management import call_command  # noqa: E402
 
-from console.processes import die_with_parent, executor_worker_args, stop_all  # noqa: E402
+from console.processes import executor_worker_args, stop_all  # noqa: E402
 
 NOOP = "def handler(event, context):\n    return None\n"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def seed() -> str:
@@ -50,17 +43,6 @@ def seed() -> str:
         owner=user, name="noop", handler="app.handler", code=services.CodeUpload(files={"app.py": NOOP})
     )
     return api_key_create(owner=user, name="tests")[1]
-
-
-def spawn(command: list[str], **env: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        command,
-        cwd=BASE_DIR,
-        env={**os.environ, **env},
-        preexec_fn=die_with_parent,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def invoke_http(port: int, token: str, phases: dict[str, list[float]] | None = None) -> float:
@@ -116,16 +98,6 @@ def wait_http(port: int, token: str, timeout_s: float = 60) -> None:
             time.sleep(0.2)
 
 
-def summary(values: list[float]) -> dict:
-    ordered = sorted(values)
-    return {
-        "p50": round(statistics.median(ordered), 3),
-        "p90": round(ordered[int(0.9 * len(ordered))], 3),
-        "p99": round(ordered[min(int(0.99 * len(ordered)), len(ordered) - 1)], 3),
-        "n": len(ordered),
-    }
-
-
 def phase_medians(phases: dict[str, list[float]]) -> dict[str, float]:
     """Each phase's median, in the order of the path (web, then the worker's share, then the reply)."""
     return {name: round(statistics.median(values), 3) for name, values in phases.items()}
@@ -142,10 +114,12 @@ def main() -> None:
             token = seed()
             port, celery_port = free_port(), free_port()
             python = sys.executable
-            gunicorn = [python, "-m", "gunicorn", "console.wsgi:application", "-w", "2", "-b"]
-            processes.append(spawn([*gunicorn, f"127.0.0.1:{port}"]))
+            # The web as production runs it (console/gunicorn_conf.py: the ASGI worker), two processes.
+            gunicorn = [python, "-m", "gunicorn", "-c", "console/gunicorn_conf.py"]
+            web = {"GUNICORN_WORKERS": "2", "GUNICORN_ACCESSLOG": "", "GUNICORN_LOGLEVEL": "warning"}
+            processes.append(spawn(gunicorn, GUNICORN_BIND=f"127.0.0.1:{port}", **web))
             # The same platform with sync calls on Celery's sync queue instead of the fast lane: the path before it.
-            processes.append(spawn([*gunicorn, f"127.0.0.1:{celery_port}"], FAST_LANE="0"))
+            processes.append(spawn(gunicorn, GUNICORN_BIND=f"127.0.0.1:{celery_port}", FAST_LANE="0", **web))
             # The executor host as `make run` and compose start it (its queues, its pool), with two task slots.
             worker = executor_worker_args(level="WARNING", concurrency=2)
             processes.append(spawn([python, "-m", "celery", "-A", "console", *worker]))
@@ -203,7 +177,8 @@ def main() -> None:
                 "web_floor_ms": summary(floor),
                 "web_floor_note": "a DryRun invoke through the same gunicorn (204): HTTP, Django, DRF, the key "
                 "check, the function's lookup, the payload's validation; nothing admitted, stored or sent",
-                "setup": "gunicorn 2 sync workers, new connection per request; Ephemera worker threads c=2 (and as "
+                "setup": "gunicorn's ASGI worker x2 (console/gunicorn_conf.py), new connection per request; "
+                "Ephemera worker threads c=2 (and as "
                 "many fast-lane threads); `sync_via_celery_queue`: the same platform with FAST_LANE=0; "
                 f"{backends()}; baseline: Celery threads c=1 with a Redis result backend, same Redis",
             }

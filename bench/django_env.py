@@ -5,6 +5,9 @@ that `python -m bench` prepares)."""
 from __future__ import annotations
 
 import os
+import socket
+import statistics
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -61,3 +64,39 @@ def backends() -> str:
     if settings.EMBEDDED_REDIS:
         return "SQLite + embedded Redis (unix socket)"
     return f"{settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[1]} + Redis server (TCP)"
+
+
+# ---- helpers the benchmarks share (no side effects on import, unlike the benchmark scripts) ---------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def spawn(command: list[str], **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        command,
+        cwd=BASE_DIR,
+        env={**os.environ, **env},
+        preexec_fn=_die_with_parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def summary(values: list[float]) -> dict:
+    ordered = sorted(values)
+    return {
+        "p50": round(statistics.median(ordered), 3),
+        "p90": round(ordered[int(0.9 * len(ordered))], 3),
+        "p99": round(ordered[min(int(0.99 * len(ordered)), len(ordered) - 1)], 3),
+        "n": len(ordered),
+    }
+
+
+def _die_with_parent() -> None:
+    from console.processes import die_with_parent
+
+    die_with_parent()
