@@ -1,6 +1,7 @@
-"""The web's ASGI application (gunicorn's asgi worker, console/gunicorn_conf.py): HTTP triggers are served on
-the event loop (functions_app/http_asgi.py), everything else by Django; and a request body that stops arriving
-is answered 408 after GUNICORN_READ_TIMEOUT_S instead of being waited for."""
+"""The web's ASGI application (gunicorn's asgi worker, console/gunicorn_conf.py): HTTP triggers and synchronous
+invokes are served on the event loop (functions_app/http_asgi.py, functions_app/invoke_asgi.py), everything
+else by Django; and a request body that stops arriving is answered 408 after GUNICORN_READ_TIMEOUT_S instead of
+being waited for."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ django_application = get_asgi_application()
 from django.conf import settings  # noqa: E402 - after Django is set up
 
 from functions_app.http_asgi import trigger_serve  # noqa: E402
+from functions_app.invoke_asgi import invoke_serve  # noqa: E402
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -29,7 +31,7 @@ async def application(scope: Scope, receive: Receive, send: Send) -> None:
         await django_application(scope, receive, send)
         return
     receive = _with_read_timeout(receive, send)
-    if not await trigger_serve(scope, receive, send):
+    if not await trigger_serve(scope, receive, send) and not await invoke_serve(scope, receive, send):
         await django_application(scope, receive, send)
 
 

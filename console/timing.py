@@ -32,6 +32,17 @@ def phase_record(name: str, duration_ms: float) -> None:
         phases.append((name, max(duration_ms, 0.0)))
 
 
+@contextmanager
+def timing_collect() -> Iterator[list[tuple[str, float]]]:
+    """Collect the phases marked inside (for a request served outside Django's middleware)."""
+    phases: list[tuple[str, float]] = []
+    token = _phases.set(phases)
+    try:
+        yield phases
+    finally:
+        _phases.reset(token)
+
+
 def server_timing_header(phases: list[tuple[str, float]], total_ms: float) -> str:
     return ", ".join(f"{name};dur={duration:.3f}" for name, duration in [*phases, ("total", total_ms)])
 

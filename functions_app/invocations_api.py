@@ -138,7 +138,7 @@ class InvokeApi(APIView):
             return Response(status=204)
         if answer.outcome is None:
             return _accepted(str(answer.invocation.id), answer.invocation.status)
-        return _invoke_response(answer.outcome, with_log=log_mode == "tail")
+        return invoke_response(answer.outcome, with_log=log_mode == "tail")
 
 
 def _invocation_type(request: Request) -> str:
@@ -165,7 +165,8 @@ def _accepted(invocation_id: str, invocation_status: str, status: int = 202) -> 
     return response
 
 
-def _invoke_response(outcome: InvocationOutcome, *, with_log: bool) -> HttpResponse:
+def invoke_response(outcome: InvocationOutcome, *, with_log: bool) -> HttpResponse:
+    """A synchronous call's answer (also on the event loop: functions_app/invoke_asgi.py)."""
     if not outcome.finished:
         return _accepted(outcome.invocation_id, outcome.status)
     if outcome.platform_error:

@@ -223,8 +223,12 @@ async def function_invoke_async(
     )
     invocation = await db(accept)
     budget = sync_wait_budget(invocation)
-    wait = budget if wait_s is None else min(budget, wait_s)
-    return InvokeAnswer(invocation, await invocation_wait_async(invocation=invocation, wait_s=wait, db=db))
+    published_at, waited = time.time(), time.perf_counter()
+    outcome = await invocation_wait_async(
+        invocation=invocation, wait_s=budget if wait_s is None else min(budget, wait_s), db=db
+    )
+    _record_wait_phases(outcome, published_at, (time.perf_counter() - waited) * 1000)
+    return InvokeAnswer(invocation, outcome)
 
 
 def _record_wait_phases(outcome: InvocationOutcome, published_at: float, wait_ms: float) -> None:

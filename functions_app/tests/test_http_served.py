@@ -193,3 +193,17 @@ def test_a_chunked_body_arrives_whole_and_one_over_the_limit_is_refused(served):
     connection.request("POST", path, body=too_large, encode_chunked=True, headers={"Content-Type": "text/plain"})
     answer = connection.getresponse()
     assert answer.status == 413 and b"Request Entity Too Large" in answer.read()
+
+
+def test_the_native_sync_invoke_is_answered_on_the_event_loop_as_the_rest_view_answers(served):
+    base, token = served
+    invoke = f"{base}/api/v1/functions/hello/invoke/"  # the seeded function
+    status, headers, body = request(f"{invoke}?log=tail", token=token, method="POST", body={"name": "Ada"})
+    assert status == 200, body
+    assert headers["X-Invocation-Id"] and headers["X-Cold-Start"] in ("true", "false") and headers["X-Log-Result"]
+    timing = headers["Server-Timing"]
+    assert all(f"{name};dur=" in timing for name in ("auth", "persist", "queue", "run", "reply", "total")), timing
+    status, _, body = request(f"{invoke}?qualifier=nope", token=token, method="POST", body={})
+    assert status == 404 and json.loads(body)["type"] == "ResourceNotFound"
+    status, _, body = request(invoke, token="not-a-key", method="POST", body={})
+    assert status == 401 and json.loads(body)["type"] == "AuthenticationFailed"  # the REST view's own answer
