@@ -19,7 +19,6 @@ from functions_app.http_events import HttpAnswer, HttpRequest, HttpTarget, answe
 from functions_app.http_triggers import (
     PendingCall,
     answer_logged,
-    call_answer,
     message_answer,
     refused_answer,
     request_for_function,
@@ -75,11 +74,6 @@ def http_api_plan(*, api: HttpApi, request: HttpRequest, domain_name: str) -> Ht
     except ServiceError as exc:
         planned = refused_answer(exc)
     return finish(planned, None) if isinstance(planned, HttpAnswer) else planned
-
-
-def http_api_serve(*, api: HttpApi, request: HttpRequest, domain_name: str) -> HttpAnswer:
-    """Answer one request to an HTTP API, blocking while the function runs."""
-    return call_answer(http_api_plan(api=api, request=request, domain_name=domain_name))
 
 
 def _routed(

@@ -1,4 +1,4 @@
-"""HTTP triggers: function URLs (configured here, served by ``function_url_serve``). A request becomes the payload
+"""HTTP triggers: function URLs (configured here, planned by ``function_url_plan``). A request becomes the payload
 format 2.0 event, runs through the one invoke service (admission, limits, metering as any call) and comes back as
 the function's mapped response; what answers instead of the function (CORS preflight, auth, a refused or failed
 call) answers with API Gateway's bodies, ``{"message": …}``."""
@@ -175,11 +175,6 @@ def function_url_plan(*, url: FunctionUrl, request: HttpRequest, domain_name: st
             label, request, cors_decorate(url.cors, request, answer), started, invocation
         ),
     )
-
-
-def function_url_serve(*, url: FunctionUrl, request: HttpRequest, domain_name: str) -> HttpAnswer:
-    """Answer one request to a function URL, blocking while the function runs."""
-    return call_answer(function_url_plan(url=url, request=request, domain_name=domain_name))
 
 
 def _key_refusal(url: FunctionUrl, request: HttpRequest) -> HttpAnswer | None:
