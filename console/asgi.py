@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from django.core.asgi import get_asgi_application
@@ -18,12 +17,9 @@ django_application = get_asgi_application()
 
 from django.conf import settings  # noqa: E402 - after Django is set up
 
+from console.asgi_io import Receive, Scope, Send, response_send  # noqa: E402
 from functions_app.http_asgi import trigger_serve  # noqa: E402
 from functions_app.invoke_asgi import invoke_serve  # noqa: E402
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 
 
 async def application(scope: Scope, receive: Receive, send: Send) -> None:
@@ -59,9 +55,6 @@ def _with_read_timeout(receive: Receive, send: Send) -> Receive:
 
 
 async def _request_timeout(send: Send, timeout_s: float) -> None:
-    body = json.dumps(
-        {"type": "RequestTimeout", "message": f"The request body stopped arriving for {timeout_s:g} s."}
-    ).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 408, "headers": [*headers, (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
+    message = f"The request body stopped arriving for {timeout_s:g} s."
+    body = json.dumps({"type": "RequestTimeout", "message": message}).encode()
+    await response_send(send, 408, [("Content-Type", "application/json"), ("Connection", "close")], body)

@@ -28,6 +28,16 @@ class ApiRequest(Request):
     user: User
 
 
+def api_key_owner(authorization: str) -> User | None:
+    """The account whose API key an ``Authorization`` header carries (``Token <key>`` or ``Bearer <key>``), or
+    None (another scheme, no key, or a key no longer good): for what is served outside DRF."""
+    parts = authorization.split()
+    if len(parts) != 2 or parts[0].lower() not in KEYWORDS:
+        return None
+    with phase("auth"):
+        return api_key_authenticate(key=parts[1])
+
+
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[Any, None] | None:
         parts = authentication.get_authorization_header(request).split()

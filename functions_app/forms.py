@@ -348,3 +348,20 @@ class ApiKeyForm(forms.Form):
     def expiry(self) -> dict[str, Any]:
         days = self.cleaned_data.get("expires")
         return {"expires_at": timezone.now() + timedelta(days=int(days))} if days else {}
+
+
+class HttpApiForm(forms.Form):
+    """An HTTP API: its name (on creation), description and definition as JSON text."""
+
+    name = forms.CharField(max_length=128, required=False)
+    description = forms.CharField(max_length=1024, required=False)
+    definition = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 18, "class": "code", "spellcheck": "false"}),
+        help_text="JSON: routes, stages, authorizers, cors, not_found (see the README).",
+    )
+
+    def clean_definition(self) -> Any:
+        try:
+            return json.loads(self.cleaned_data["definition"])
+        except ValueError as exc:
+            raise forms.ValidationError(f"Not JSON: {exc}") from None

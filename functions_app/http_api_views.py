@@ -4,16 +4,14 @@ lines, with its definition edited as JSON. Views parse the form, call one servic
 from __future__ import annotations
 
 import json
-from typing import Any
 
-from django import forms
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from console.auth import SignedInRequest
 from console.exceptions import ServiceError
-from functions_app import http_apis
+from functions_app import forms, http_apis
 from functions_app.models import HttpApi
 from functions_app.views import console_page
 
@@ -28,22 +26,7 @@ EXAMPLE_DEFINITION = {
 }
 
 
-class HttpApiForm(forms.Form):
-    name = forms.CharField(max_length=128, required=False)
-    description = forms.CharField(max_length=1024, required=False)
-    definition = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 18, "class": "code", "spellcheck": "false"}),
-        help_text="JSON: routes, stages, authorizers, cors, not_found (see the README).",
-    )
-
-    def clean_definition(self) -> Any:
-        try:
-            return json.loads(self.cleaned_data["definition"])
-        except ValueError as exc:
-            raise forms.ValidationError(f"Not JSON: {exc}") from None
-
-
-def _put_error(form: HttpApiForm, error: ServiceError) -> None:
+def _put_error(form: forms.HttpApiForm, error: ServiceError) -> None:
     details = error.details if isinstance(error.details, dict) else {}
     messages = [f"{key}: {message}" for key, values in details.items() for message in values] or [error.message]
     field = "name" if "name" in details else "definition"
@@ -53,11 +36,11 @@ def _put_error(form: HttpApiForm, error: ServiceError) -> None:
 
 @console_page
 def http_api_list(request: SignedInRequest) -> HttpResponse:
-    form = HttpApiForm(initial={"definition": json.dumps(EXAMPLE_DEFINITION, indent=2)})
+    form = forms.HttpApiForm(initial={"definition": json.dumps(EXAMPLE_DEFINITION, indent=2)})
     return _list_page(request, form)
 
 
-def _list_page(request: SignedInRequest, form: HttpApiForm, status: int = 200) -> HttpResponse:
+def _list_page(request: SignedInRequest, form: forms.HttpApiForm, status: int = 200) -> HttpResponse:
     apis = http_apis.http_api_list(owner=request.user)
     return render(request, "functions_app/http_api_list.html", {"apis": apis, "form": form}, status=status)
 
@@ -65,7 +48,7 @@ def _list_page(request: SignedInRequest, form: HttpApiForm, status: int = 200) -
 @console_page
 @require_POST
 def http_api_create(request: SignedInRequest) -> HttpResponse:
-    form = HttpApiForm(request.POST)
+    form = forms.HttpApiForm(request.POST)
     if form.is_valid():
         data = form.cleaned_data
         try:
@@ -82,10 +65,10 @@ def http_api_create(request: SignedInRequest) -> HttpResponse:
 def http_api_detail(request: SignedInRequest, name: str) -> HttpResponse:
     api = http_apis.http_api_get(owner=request.user, name=name)
     initial = {"description": api.description, "definition": json.dumps(api.definition, indent=2)}
-    return _detail_page(request, api, HttpApiForm(initial=initial))
+    return _detail_page(request, api, forms.HttpApiForm(initial=initial))
 
 
-def _detail_page(request: SignedInRequest, api: HttpApi, form: HttpApiForm, status: int = 200) -> HttpResponse:
+def _detail_page(request: SignedInRequest, api: HttpApi, form: forms.HttpApiForm, status: int = 200) -> HttpResponse:
     stages = http_apis.http_api_stages(api=api, scheme=request.scheme or "http", host=request.get_host())
     routes = [
         {**route, "curl": http_apis.route_curl(stages[0][1], route["route_key"])}
@@ -99,7 +82,7 @@ def _detail_page(request: SignedInRequest, api: HttpApi, form: HttpApiForm, stat
 @require_POST
 def http_api_update(request: SignedInRequest, name: str) -> HttpResponse:
     api = http_apis.http_api_get(owner=request.user, name=name)
-    form = HttpApiForm(request.POST)
+    form = forms.HttpApiForm(request.POST)
     if form.is_valid():
         data = form.cleaned_data
         try:

@@ -4,19 +4,16 @@ process holds thousands of such requests (the WSGI path, http_views.py, serves t
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from django.utils import timezone
 
+from console.asgi_io import Receive, Send, body_read, response_send
 from console.db_threads import in_db_thread
 from functions_app.accept import SYNC_PAYLOAD_MAX_BYTES
 from functions_app.http_events import HttpAnswer, HttpRequest
 from functions_app.http_triggers import call_answer_async, message_answer
 from functions_app.http_views import TriggerRoute, answer_for, trigger_plan, trigger_route_for
-
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 
 
 async def trigger_serve(scope: dict[str, Any], receive: Receive, send: Send) -> bool:
@@ -27,12 +24,13 @@ async def trigger_serve(scope: dict[str, Any], receive: Receive, send: Send) -> 
     route = trigger_route_for(host, scope["path"], raw_path)
     if route is None:
         return False
-    body = await _body(receive)
+    body = await body_read(receive, SYNC_PAYLOAD_MAX_BYTES)
     if body is None:
         answer = message_answer(413, f"Request Entity Too Large: the body is over {SYNC_PAYLOAD_MAX_BYTES} bytes")
     else:
         answer = await _answer(scope, route, headers, body)
-    await _send(send, answer_for(route, answer))
+    sent = answer_for(route, answer)
+    await response_send(send, sent.status, sent.headers, sent.body)
     if answer.after_sent is not None:
         await in_db_thread(answer.after_sent)
     return True
@@ -57,30 +55,6 @@ async def _answer(
     )
     plan = await in_db_thread(lambda: trigger_plan(route, facts))
     return await call_answer_async(plan, db=in_db_thread)
-
-
-async def _body(receive: Receive) -> bytes | None:
-    """The whole body, or None once it is over the limit (the rest is not read)."""
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return b"".join(parts)
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > SYNC_PAYLOAD_MAX_BYTES:
-            return None
-        parts.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(parts)
-
-
-async def _send(send: Send, answer: HttpAnswer) -> None:
-    headers = [(name.lower().encode("latin-1"), value.encode()) for name, value in answer.headers]
-    headers.append((b"content-length", str(len(answer.body)).encode()))
-    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-    await send({"type": "http.response.body", "body": answer.body})
 
 
 def _text(raw: bytes) -> str:

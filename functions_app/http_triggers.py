@@ -21,9 +21,9 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 
-from console.accounts import api_key_authenticate
-from console.auth import KEYWORDS
+from console.auth import api_key_owner
 from console.exceptions import ResourceConflict, ResourceNotFound, ServiceError
+from functions_app import selectors
 from functions_app.accept import SYNC_PAYLOAD_MAX_BYTES
 from functions_app.cors import cors_decorate, cors_preflight, cors_validate
 from functions_app.http_events import HttpAnswer, HttpRequest, HttpTarget, MalformedResponse, answer_v2, event_v2
@@ -56,6 +56,13 @@ def function_url_get(*, function: Function, qualifier: str = "") -> FunctionUrl:
     url = FunctionUrl.objects.select_related("alias").filter(function=function, alias=alias).first()
     if url is None:
         raise ResourceNotFound(f"{function.name}:{qualifier or LATEST} has no function URL.")
+    return url
+
+
+def function_url_by_id(*, function: Function, url_id: str) -> FunctionUrl:
+    url = FunctionUrl.objects.select_related("alias").filter(function=function, url_id=url_id).first()
+    if url is None:
+        raise ResourceNotFound(f"{function.name} has no function URL {url_id}.")
     return url
 
 
@@ -111,10 +118,7 @@ def _alias_of(function: Function, qualifier: str) -> Alias | None:
             "A function URL serves $LATEST or an alias, not a version number: make an alias for the version.",
             details={"qualifier": ["Use $LATEST or an alias name."]},
         )
-    alias = function.aliases.filter(name=qualifier).first()
-    if alias is None:
-        raise ResourceNotFound(f"{function.name} has no alias {qualifier!r}.")
-    return alias
+    return selectors.alias_get(function=function, name=qualifier)
 
 
 def _auth_type(value: Any) -> str:
@@ -180,17 +184,10 @@ def function_url_plan(*, url: FunctionUrl, request: HttpRequest, domain_name: st
 def _key_refusal(url: FunctionUrl, request: HttpRequest) -> HttpAnswer | None:
     if url.auth_type != FunctionUrlAuth.TOKEN:
         return None
-    owner = _key_owner(request.header("authorization") or "")
+    owner = api_key_owner(request.header("authorization") or "")
     if owner is None or owner.pk != url.function.owner_id:
         return message_answer(403, "Forbidden: send an API key of the function's owner: Authorization: Token <key>")
     return None
-
-
-def _key_owner(authorization: str) -> Any:
-    parts = authorization.split()
-    if len(parts) != 2 or parts[0].lower() not in KEYWORDS:
-        return None
-    return api_key_authenticate(key=parts[1])
 
 
 # ---- what every HTTP trigger shares -----------------------------------------------------------------------------

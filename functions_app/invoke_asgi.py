@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -19,18 +18,15 @@ from redis.exceptions import RedisError
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
-from console.accounts import api_key_authenticate
-from console.auth import KEYWORDS
+from console.asgi_io import Receive, Send, body_read, response_send
+from console.auth import api_key_owner
 from console.db_threads import in_db_thread
-from console.exceptions import OUTAGE_MESSAGE, ServiceError, ServiceUnavailable, error_body, is_outage
-from console.timing import phase, server_timing_header, timing_collect
+from console.exceptions import ServiceError, api_exception_handler
+from console.timing import server_timing_header, timing_collect
 from functions_app.accept import SYNC_PAYLOAD_MAX_BYTES
 from functions_app.invocations_api import invoke_response
 from functions_app.invoke import function_invoke_async
 from functions_app.models import Function
-
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 
 INVOKE_PATH = re.compile(r"^/api/v1/functions/(?P<name>[A-Za-z0-9_-]{1,64})/invoke/?$")
 
@@ -65,7 +61,7 @@ async def invoke_serve(scope: dict[str, Any], receive: Receive, send: Send) -> b
         call = await in_db_thread(lambda: _call_of(headers.get("authorization", ""), path["name"], query))
         if call is None:
             return False
-        body = await _body(receive)
+        body = await body_read(receive, SYNC_PAYLOAD_MAX_BYTES) or b""  # its length was checked above
         try:
             answer = await function_invoke_async(
                 owner=call.owner,
@@ -85,11 +81,7 @@ async def invoke_serve(scope: dict[str, Any], receive: Receive, send: Send) -> b
 
 def _call_of(authorization: str, name: str, query: dict[str, str]) -> _Call | None:
     """The caller and the function, or None when the REST view should answer (it has the words for it)."""
-    parts = authorization.split()
-    if len(parts) != 2 or parts[0].lower() not in KEYWORDS:
-        return None
-    with phase("auth"):
-        owner = api_key_authenticate(key=parts[1])
+    owner = api_key_owner(authorization)
     if owner is None:
         return None
     function = Function.objects.select_related("code").filter(owner=owner, name=name).first()
@@ -98,21 +90,13 @@ def _call_of(authorization: str, name: str, query: dict[str, str]) -> _Call | No
     return _Call(owner, function, query.get("qualifier", ""), query.get("log") == "tail")
 
 
-async def _body(receive: Receive) -> bytes:
-    parts = []
-    while True:
-        message = await receive()
-        parts.append(message.get("body", b""))
-        if message["type"] != "http.request" or not message.get("more_body", False):
-            return b"".join(parts)
-
-
 def _error_response(exc: Exception) -> Response:
-    if is_outage(exc):
-        exc = ServiceUnavailable(OUTAGE_MESSAGE)
-    if not isinstance(exc, ServiceError):
+    """What the REST view's exception handler answers (the error format, 503 for an outage); anything it does not
+    answer is raised on."""
+    response = api_exception_handler(exc, {})
+    if response is None:
         raise exc
-    return Response(error_body(exc.type, exc.message, exc.details), status=exc.status, headers=exc.headers)
+    return response
 
 
 def _rendered(response: HttpResponse) -> HttpResponse:
@@ -125,7 +109,5 @@ def _rendered(response: HttpResponse) -> HttpResponse:
 
 
 async def _send(send: Send, response: HttpResponse, timing: str) -> None:
-    headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in response.items()]
-    headers += [(b"server-timing", timing.encode()), (b"content-length", str(len(response.content)).encode())]
-    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": response.content})
+    headers = [*response.items(), ("Server-Timing", timing)]
+    await response_send(send, response.status_code, headers, response.content)

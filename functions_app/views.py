@@ -583,7 +583,7 @@ def function_url_create(request: SignedInRequest, name: str) -> HttpResponse:
 @require_POST
 def function_url_update(request: SignedInRequest, name: str, url_id: str) -> HttpResponse:
     function = selectors.function_get(owner=request.user, name=name)
-    url = _function_url(function, url_id)
+    url = http_triggers.function_url_by_id(function=function, url_id=url_id)
     form = forms.FunctionUrlForm(request.POST, auto_id=f"url-{url.url_id}-%s")
     if form.is_valid():
         changes = {"auth_type": form.cleaned_data["auth_type"], "cors": form.cors()}
@@ -597,15 +597,8 @@ def function_url_update(request: SignedInRequest, name: str, url_id: str) -> Htt
 @require_POST
 def function_url_delete(request: SignedInRequest, name: str, url_id: str) -> HttpResponse:
     function = selectors.function_get(owner=request.user, name=name)
-    http_triggers.function_url_delete(url=_function_url(function, url_id))
+    http_triggers.function_url_delete(url=http_triggers.function_url_by_id(function=function, url_id=url_id))
     return redirect("function_triggers", name=function.name)
-
-
-def _function_url(function: Function, url_id: str) -> Any:
-    for url in http_triggers.function_url_list(function=function):
-        if url.url_id == url_id:
-            return url
-    raise ResourceNotFound(f"{function.name} has no function URL {url_id}.")
 
 
 # ---- Invocations tab and page -----------------------------------------------------------------------------------
