@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from typing import Any
 
 Scope = dict[str, Any]
@@ -34,3 +34,16 @@ async def response_send(send: Send, status: int, headers: list[tuple[str, str]],
     encoded.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": encoded})
     await send({"type": "http.response.body", "body": body})
+
+
+async def response_stream_send(
+    send: Send, status: int, headers: list[tuple[str, str]], pieces: AsyncIterable[bytes]
+) -> None:
+    """A response whose body is sent piece by piece as ``pieces`` produces it (chunked: no length). Should
+    ``pieces`` raise, the response is left incomplete, so that the server closes the connection without the last
+    chunk and the client knows the body is cut short."""
+    encoded = [(name.lower().encode("latin-1"), value.encode()) for name, value in headers]
+    await send({"type": "http.response.start", "status": status, "headers": encoded})
+    async for piece in pieces:
+        await send({"type": "http.response.body", "body": piece, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})

@@ -21,6 +21,7 @@ from functions_app.models import (
     FunctionUrl,
     FunctionUrlAuth,
     InvocationStatus,
+    InvokeMode,
     Runtime,
 )
 
@@ -236,6 +237,11 @@ class FunctionUrlForm(forms.Form):
         label="Auth",
         help_text="Public, or an API key of yours in Authorization: Token <key> (stripped before the function).",
     )
+    invoke_mode = forms.ChoiceField(
+        choices=InvokeMode.choices,
+        label="Invoke mode",
+        help_text="Streamed: a handler that yields sends each item to the client as it is produced.",
+    )
     allow_origins = forms.CharField(
         required=False,
         label="CORS allowed origins",
@@ -264,6 +270,7 @@ class FunctionUrlForm(forms.Form):
         cors = url.cors or {}
         return {
             "auth_type": url.auth_type,
+            "invoke_mode": url.invoke_mode,
             "allow_origins": "\n".join(cors.get("allow_origins", [])),
             "allow_methods": cors.get("allow_methods", []),
             "allow_headers": ", ".join(cors.get("allow_headers", [])),

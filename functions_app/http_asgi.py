@@ -4,16 +4,20 @@ process holds thousands of such requests (the WSGI path, http_views.py, serves t
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.utils import timezone
 
-from console.asgi_io import Receive, Send, body_read, response_send
+from console.asgi_io import Receive, Send, body_read, response_send, response_stream_send
 from console.db_threads import in_db_thread
 from functions_app.accept import SYNC_PAYLOAD_MAX_BYTES
 from functions_app.http_events import HttpAnswer, HttpRequest
-from functions_app.http_triggers import call_answer_async, message_answer
+from functions_app.http_streams import StreamBroken, stream_answer_async
+from functions_app.http_triggers import PendingCall, call_answer_async, message_answer
 from functions_app.http_views import TriggerRoute, answer_for, trigger_plan, trigger_route_for
+
+logger = logging.getLogger(__name__)
 
 
 async def trigger_serve(scope: dict[str, Any], receive: Receive, send: Send) -> bool:
@@ -30,10 +34,24 @@ async def trigger_serve(scope: dict[str, Any], receive: Receive, send: Send) -> 
     else:
         answer = await _answer(scope, route, headers, body)
     sent = answer_for(route, answer)
-    await response_send(send, sent.status, sent.headers, sent.body)
+    if sent.stream is None:
+        await response_send(send, sent.status, sent.headers, sent.body)
+    else:
+        await _stream_send(send, sent)
     if answer.after_sent is not None:
         await in_db_thread(answer.after_sent)
     return True
+
+
+async def _stream_send(send: Send, answer: HttpAnswer) -> None:
+    """A streamed answer sent as it comes; a call that fails on the way leaves it incomplete (see ChunkStream)."""
+    assert answer.stream is not None
+    try:
+        await response_stream_send(send, answer.status, answer.headers, answer.stream)
+    except StreamBroken as exc:
+        logger.warning("A streamed response was cut short: %s", exc)
+    finally:
+        await answer.stream.aclose()
 
 
 async def _answer(
@@ -54,6 +72,8 @@ async def _answer(
         port=int(server[1] or 80),
     )
     plan = await in_db_thread(lambda: trigger_plan(route, facts))
+    if isinstance(plan, PendingCall) and plan.streamed:
+        return await stream_answer_async(plan, db=in_db_thread)
     return await call_answer_async(plan, db=in_db_thread)
 
 

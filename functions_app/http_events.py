@@ -7,10 +7,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 # Bodies of these types reach the function as text (when they are UTF-8); any other body is base64.
@@ -55,15 +55,33 @@ class HttpTarget:
     authorizer: dict[str, Any] | None = None
 
 
+class BodyStream(Protocol):
+    """A response body sent as it is produced (functions_app.http_streams): its pieces, and how many bytes of
+    them went out so far."""
+
+    sent: int
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
 @dataclass
 class HttpAnswer:
-    """A response to send: status, header pairs (a name may repeat, as Set-Cookie does) and the body; and what
-    to do once it is sent (``after_sent``: bookkeeping the client should not wait for)."""
+    """A response to send: status, header pairs (a name may repeat, as Set-Cookie does) and the body, or the
+    ``stream`` that produces it; and what to do once it is sent (``after_sent``: bookkeeping the client should not
+    wait for)."""
 
     status: int
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
     after_sent: Callable[[], None] | None = None
+    stream: BodyStream | None = None
+
+    @property
+    def size(self) -> int:
+        """The body's bytes (of a stream: those sent so far)."""
+        return self.stream.sent if self.stream is not None else len(self.body)
 
 
 class MalformedResponse(ValueError):
@@ -224,6 +242,22 @@ def answer_v2(result: str) -> HttpAnswer:
         return _structured(value)
     body = value if isinstance(value, str) else result
     return HttpAnswer(200, [("Content-Type", "application/json")], body.encode())
+
+
+def stream_head(prelude: bytes | None) -> HttpAnswer:
+    """A streamed response's status and headers: from the handler's first item when that is a dict (its
+    ``statusCode``, ``headers`` and ``cookies``, as Lambda's HttpResponseStream metadata), else 200; its
+    Content-Type ``application/octet-stream`` unless the function names one. Raises MalformedResponse."""
+    try:
+        value = json.loads(prelude) if prelude else {}
+    except ValueError as exc:
+        raise MalformedResponse(f"The stream's first item is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise MalformedResponse("A stream's prelude is an object with statusCode, headers and cookies.")
+    headers = value.get("headers") or {}
+    if isinstance(headers, dict) and not any(str(name).lower() == "content-type" for name in headers):
+        headers = {**headers, "Content-Type": "application/octet-stream"}
+    return _structured({"statusCode": 200, **value, "headers": headers, "body": None, "isBase64Encoded": False})
 
 
 def answer_v1(result: str) -> HttpAnswer:

@@ -131,12 +131,11 @@ def _auth_type(value: Any) -> str:
 
 
 def _invoke_mode(value: Any) -> str:
-    if value == InvokeMode.RESPONSE_STREAM:
+    if value not in InvokeMode.values:
         raise ServiceError(
-            "RESPONSE_STREAM is not served yet: use BUFFERED.", details={"invoke_mode": [InvokeMode.BUFFERED.value]}
+            "invoke_mode is BUFFERED (the whole response at once) or RESPONSE_STREAM (sent as the handler yields it).",
+            details={"invoke_mode": list(InvokeMode.values)},
         )
-    if value != InvokeMode.BUFFERED:
-        raise ServiceError("invoke_mode is BUFFERED.", details={"invoke_mode": [InvokeMode.BUFFERED.value]})
     return str(value)
 
 
@@ -174,7 +173,13 @@ def function_url_plan(*, url: FunctionUrl, request: HttpRequest, domain_name: st
         function=function,
         qualifier=url.qualifier,
         event=event_v2(for_function, target, extra_headers=forwarded_headers(request)),
-        trigger={"type": FUNCTION_URL, "id": url.url_id, "method": request.method, "path": request.raw_path},
+        trigger={
+            "type": FUNCTION_URL,
+            "id": url.url_id,
+            "method": request.method,
+            "path": request.raw_path,
+            **({"stream": True} if url.invoke_mode == InvokeMode.RESPONSE_STREAM else {}),
+        },
         finish=lambda answer, invocation: answer_logged(
             label, request, cors_decorate(url.cors, request, answer), started, invocation
         ),
@@ -245,6 +250,11 @@ class PendingCall:
     finish: Callable[[HttpAnswer, Invocation | None], HttpAnswer]
     to_answer: Callable[[str], HttpAnswer] = answer_v2
     wait_s: float | None = None
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the response goes out as the function produces it (see functions_app.http_streams)."""
+        return bool(self.trigger.get("stream"))
 
     def invoke_arguments(self) -> dict[str, Any]:
         return {
@@ -324,30 +334,30 @@ def message_answer(status: int, message: str, headers: list[tuple[str, str]] | N
 def answer_logged(
     label: str, request: HttpRequest, answer: HttpAnswer, started: float, invocation: Invocation | None
 ) -> HttpAnswer:
-    """One access-log line per request (``label``: the trigger's address), and the answer's status and size on
-    the invocation's record."""
+    """One access-log line per request (``label``: the trigger's address; a streamed body's size is "stream", not
+    known yet), and the answer's status and size on the invocation's record once it is sent."""
     elapsed_ms = (time.perf_counter() - started) * 1000
     logger.info(
-        "%s %s %s%s %s %d %.1fms %s",
+        "%s %s %s%s %s %s %.1fms %s",
         request.source_ip,
         request.method,
         label,
         request.raw_path,
         answer.status,
-        len(answer.body),
+        answer.size if answer.stream is None else "stream",
         elapsed_ms,
         invocation.pk if invocation else "-",
     )
     if invocation is not None:
-        trigger = {**(invocation.trigger or {}), "status": answer.status, "response_bytes": len(answer.body)}
-        answer.after_sent = functools.partial(_trigger_record, invocation.pk, trigger)
+        answer.after_sent = functools.partial(_trigger_record, invocation, answer)
     return answer
 
 
-def _trigger_record(invocation_id: uuid.UUID, trigger: dict[str, Any]) -> None:
+def _trigger_record(invocation: Invocation, answer: HttpAnswer) -> None:
     """The answer's status and size on the invocation's record, once the client has it: a write it never waits
     for. A database that fails it loses only these two facts (logged); the call itself is recorded."""
+    trigger = {**(invocation.trigger or {}), "status": answer.status, "response_bytes": answer.size}
     try:
-        Invocation.objects.filter(pk=invocation_id).update(trigger=trigger)
+        Invocation.objects.filter(pk=invocation.pk).update(trigger=trigger)
     except DATABASE_ERRORS as exc:
-        logger.warning("Invocation %s: its HTTP status was not recorded (%r)", invocation_id, exc)
+        logger.warning("Invocation %s: its HTTP status was not recorded (%r)", invocation.pk, exc)

@@ -19,6 +19,7 @@ from django.utils.encoding import escape_uri_path
 from functions_app.accept import SYNC_PAYLOAD_MAX_BYTES
 from functions_app.http_events import HttpAnswer, HttpRequest
 from functions_app.http_gateway import API_PREFIX, HTTP_API, http_api_find, http_api_plan
+from functions_app.http_streams import stream_answer
 from functions_app.http_triggers import (
     FUNCTION_URL,
     URL_PREFIX,
@@ -90,8 +91,14 @@ def _raw_path(request: DjangoRequest) -> str:
 
 def trigger_response(request: DjangoRequest, route: TriggerRoute) -> HttpResponse:
     facts, refusal = _request_facts(request, route.raw_path)
-    answer = refusal or call_answer(trigger_plan(route, facts))
+    answer = refusal or _planned_answer(trigger_plan(route, facts))
     return _django_response(answer_for(route, answer))
+
+
+def _planned_answer(plan: HttpAnswer | PendingCall) -> HttpAnswer:
+    if isinstance(plan, PendingCall) and plan.streamed:
+        return stream_answer(plan)
+    return call_answer(plan)
 
 
 def trigger_plan(route: TriggerRoute, facts: HttpRequest) -> HttpAnswer | PendingCall:

@@ -22,7 +22,13 @@ from console.exceptions import OUTAGE_MESSAGE, ResourceNotFound, ServiceUnavaila
 from console.redis import blocking_pop, blocking_pop_async
 from console.timing import phase_record
 from functions_app.accept import DRY_RUN, invocation_accept, invocation_validate, slot_hold_s
-from functions_app.lifecycle import REPLY_KEY, InvocationOutcome, invocation_reclaim, outcome_from_row
+from functions_app.lifecycle import (
+    CHUNK_MARKS,
+    REPLY_KEY,
+    InvocationOutcome,
+    invocation_reclaim,
+    outcome_from_row,
+)
 from functions_app.models import Function, Invocation, InvocationStatus, InvocationType
 from functions_app.outages import DATABASE_ERRORS, database_unreachable, leases_settled
 
@@ -30,7 +36,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def invocation_wait(*, invocation: Invocation, wait_s: float) -> InvocationOutcome:
+def invocation_wait(
+    *, invocation: Invocation, wait_s: float, on_chunk: Callable[[Chunk], None] | None = None
+) -> InvocationOutcome:
     """Block on the invocation's reply key; past ``wait_s`` the caller gets its current state to poll.
 
     Between waits the caller checks the lease itself: if the worker died and no sweeper runs (a one-worker
@@ -47,15 +55,21 @@ def invocation_wait(*, invocation: Invocation, wait_s: float) -> InvocationOutco
         except RedisError as exc:
             time.sleep(waiter.reply_channel_down(exc))
             reply = None
-        if reply is not None:
+        if reply is None:
+            waiter.look_around()
+        elif (chunk := chunk_from_reply(reply[1])) is None:
             return outcome_from_reply(reply[1])
-        waiter.look_around()
+        elif on_chunk is not None:
+            on_chunk(chunk)
     return waiter.outcome()
 
 
-async def invocation_wait_async(*, invocation: Invocation, wait_s: float, db: DatabaseRunner) -> InvocationOutcome:
+async def invocation_wait_async(
+    *, invocation: Invocation, wait_s: float, db: DatabaseRunner, on_chunk: ChunkTaker | None = None
+) -> InvocationOutcome:
     """``invocation_wait`` for an event loop: the pops await Redis, and the reads of the row run through ``db``
-    (a thread of the caller's choosing), so a waiting caller holds no thread and no database connection."""
+    (a thread of the caller's choosing), so a waiting caller holds no thread and no database connection. A
+    streamed call's chunks, which come ahead of its reply, go to ``on_chunk`` as they arrive."""
     waiter = _Waiter(invocation, wait_s)
     while (pop_s := waiter.pop_timeout()) is not None:
         try:
@@ -63,13 +77,26 @@ async def invocation_wait_async(*, invocation: Invocation, wait_s: float, db: Da
         except RedisError as exc:
             await asyncio.sleep(waiter.reply_channel_down(exc))
             reply = None
-        if reply is not None:
+        if reply is None:
+            await db(waiter.look_around)
+        elif (chunk := chunk_from_reply(reply[1])) is None:
             return outcome_from_reply(reply[1])
-        await db(waiter.look_around)
+        elif on_chunk is not None:
+            await on_chunk(chunk)
     return await db(waiter.outcome)
 
 
 DatabaseRunner = Callable[[Callable[[], T]], Awaitable[T]]
+# A streamed call's chunk: its kind ("prelude" or "data") and bytes.
+Chunk = tuple[str, bytes]
+ChunkTaker = Callable[[Chunk], Awaitable[None]]
+_CHUNK_KINDS = {mark: kind for kind, mark in CHUNK_MARKS.items()}
+
+
+def chunk_from_reply(raw: bytes) -> Chunk | None:
+    """A chunk of a streamed call, or None for the reply itself (which is JSON, never behind a chunk's mark)."""
+    kind = _CHUNK_KINDS.get(raw[:2])
+    return None if kind is None else (kind, raw[2:])
 
 
 class _Waiter:
@@ -173,10 +200,11 @@ def function_invoke(
     idempotency_key: str = "",
     trigger: dict[str, Any] | None = None,
     wait_s: float | None = None,
+    on_chunk: Callable[[Chunk], None] | None = None,
 ) -> InvokeAnswer:
     """Accept the call and, for a synchronous one, wait for its outcome (see invocation_accept, invocation_wait),
-    at most ``wait_s`` when given (an HTTP trigger's integration timeout; the call goes on past it). A dry run is
-    only validated: no invocation."""
+    at most ``wait_s`` when given (an HTTP trigger's integration timeout; the call goes on past it), a streamed
+    call's chunks handed to ``on_chunk`` meanwhile. A dry run is only validated: no invocation."""
     if invocation_type == DRY_RUN:
         invocation_validate(
             function=function, qualifier=qualifier, raw_payload=raw_payload, invocation_type=invocation_type
@@ -195,7 +223,9 @@ def function_invoke(
         return InvokeAnswer(invocation)
     published_at, waited = time.time(), time.perf_counter()
     budget = sync_wait_budget(invocation)
-    outcome = invocation_wait(invocation=invocation, wait_s=budget if wait_s is None else min(budget, wait_s))
+    outcome = invocation_wait(
+        invocation=invocation, wait_s=budget if wait_s is None else min(budget, wait_s), on_chunk=on_chunk
+    )
     _record_wait_phases(outcome, published_at, (time.perf_counter() - waited) * 1000)
     return InvokeAnswer(invocation, outcome)
 
@@ -213,7 +243,17 @@ async def function_invoke_async(
     """``function_invoke`` of a synchronous call for an event loop: accepted the same way (through ``db``, a
     thread of the caller's choosing), then awaited without holding a thread (``invocation_wait_async``)."""
     accept = functools.partial(
-        invocation_accept,
+        sync_call_accept, owner=owner, function=function, qualifier=qualifier, raw_payload=raw_payload, trigger=trigger
+    )
+    invocation = await db(accept)
+    return await sync_call_await(invocation=invocation, db=db, wait_s=wait_s)
+
+
+def sync_call_accept(
+    *, owner: User, function: Function, qualifier: str, raw_payload: bytes, trigger: dict[str, Any] | None = None
+) -> Invocation:
+    """The first half of ``function_invoke_async``: a synchronous call accepted (see invocation_accept)."""
+    return invocation_accept(
         owner=owner,
         function=function,
         qualifier=qualifier,
@@ -221,11 +261,17 @@ async def function_invoke_async(
         invocation_type=InvocationType.SYNC,
         trigger=trigger,
     )
-    invocation = await db(accept)
+
+
+async def sync_call_await(
+    *, invocation: Invocation, db: DatabaseRunner, wait_s: float | None = None, on_chunk: ChunkTaker | None = None
+) -> InvokeAnswer:
+    """The second half of ``function_invoke_async``: the accepted call's outcome, awaited (at most ``wait_s``);
+    a streamed call's chunks go to ``on_chunk`` meanwhile."""
     budget = sync_wait_budget(invocation)
     published_at, waited = time.time(), time.perf_counter()
     outcome = await invocation_wait_async(
-        invocation=invocation, wait_s=budget if wait_s is None else min(budget, wait_s), db=db
+        invocation=invocation, wait_s=budget if wait_s is None else min(budget, wait_s), db=db, on_chunk=on_chunk
     )
     _record_wait_phases(outcome, published_at, (time.perf_counter() - waited) * 1000)
     return InvokeAnswer(invocation, outcome)

@@ -55,6 +55,9 @@ RESPONSE_MAX_BYTES = SYNC_RESPONSE_MAX_BYTES
 LOG_TAIL_BYTES = 4096  # Lambda's LogType=Tail
 REPLY_KEY = "ephemera:reply:{id}"
 REPLY_TTL_S = 120
+# A streamed call's chunks go ahead of its reply on the reply key, in order, each behind a mark no JSON reply
+# starts with: "\0P" the response's prelude (status, headers, cookies as JSON), "\0D" a piece of its body.
+CHUNK_MARKS = {"prelude": b"\x00P", "data": b"\x00D"}
 WORKER_LOST = "Platform.WorkerLost"
 EXECUTOR_FAILED = "Platform.ExecutorError"
 # Deliveries the claim turned away (duplicates, late redeliveries): a counter for operators and tests.
@@ -465,6 +468,7 @@ def _execute(invocation: Invocation, executor: ExecutorHost) -> InvokeResult | N
         invoked_function_arn=invocation.function_arn,
         attempt=invocation.attempt,
         response_max_bytes=RESPONSE_MAX_BYTES,
+        on_chunk=_ChunkSender(invocation) if is_streamed(invocation) else None,
     )
     try:
         spec = function_spec(invocation)  # on a host's first call of new code: its download and extraction
@@ -482,6 +486,32 @@ def _execute(invocation: Invocation, executor: ExecutorHost) -> InvokeResult | N
         database_retry(fail, what=f"Invocation {invocation.pk}")
         return None
     return result
+
+
+def is_streamed(invocation: Invocation) -> bool:
+    """A synchronous call whose caller takes its response as it is produced (a RESPONSE_STREAM function URL)."""
+    return invocation.invocation_type == InvocationType.SYNC and bool((invocation.trigger or {}).get("stream"))
+
+
+class _ChunkSender:
+    """Puts a streamed call's chunks on its reply key as the sandbox produces them. Should Redis fail, the rest
+    of the stream is dropped (the caller's response ends short, logged); the call itself runs on and is recorded."""
+
+    def __init__(self, invocation: Invocation) -> None:
+        self.key = REPLY_KEY.format(id=invocation.id)
+        self.broken = False
+
+    def __call__(self, kind: str, body: bytes) -> None:
+        if self.broken:
+            return
+        pipeline = redis_client().pipeline(transaction=False)
+        pipeline.rpush(self.key, CHUNK_MARKS[kind] + body)
+        pipeline.expire(self.key, REPLY_TTL_S)
+        try:
+            pipeline.execute()
+        except RedisError as exc:
+            self.broken = True
+            logger.warning("The stream of %s was cut short: Redis refused a chunk (%r)", self.key, exc)
 
 
 def invocation_run_events(*, invocation_ids: list[str], executor: ExecutorHost) -> None:

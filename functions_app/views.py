@@ -551,7 +551,9 @@ def _triggers_context(
         "urls": urls,
         "api_routes": api_routes,
         "url_form": new_form
-        or forms.FunctionUrlForm(aliases=free, latest="" not in served, initial={"auth_type": "NONE"}),
+        or forms.FunctionUrlForm(
+            aliases=free, latest="" not in served, initial={"auth_type": "NONE", "invoke_mode": "BUFFERED"}
+        ),
         "can_add_url": "" not in served or bool(free),
     }
 
@@ -570,6 +572,7 @@ def function_url_create(request: SignedInRequest, name: str) -> HttpResponse:
                 function=function,
                 qualifier=form.cleaned_data["qualifier"],
                 auth_type=form.cleaned_data["auth_type"],
+                invoke_mode=form.cleaned_data["invoke_mode"],
                 cors=form.cors(),
             ),
             fallback="qualifier",
@@ -586,7 +589,7 @@ def function_url_update(request: SignedInRequest, name: str, url_id: str) -> Htt
     url = http_triggers.function_url_by_id(function=function, url_id=url_id)
     form = forms.FunctionUrlForm(request.POST, auto_id=f"url-{url.url_id}-%s")
     if form.is_valid():
-        changes = {"auth_type": form.cleaned_data["auth_type"], "cors": form.cors()}
+        changes = {key: form.cleaned_data[key] for key in ("auth_type", "invoke_mode")} | {"cors": form.cors()}
         if _attempt(form, lambda: http_triggers.function_url_update(url=url, **changes)) is not _FAILED:
             return redirect("function_triggers", name=function.name)
     context = _triggers_context(request, function, edited=(url.url_id, form))

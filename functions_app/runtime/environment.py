@@ -13,6 +13,7 @@ import signal
 import termios
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,8 +156,17 @@ class Environment:
 
     # ------------------------------------------------------------ talking
 
-    def exchange(self, out: bytes, deadline: float, log: LogBuffer, want: str, max_body: int = 0) -> tuple[dict, bytes]:
-        """Send ``out`` and wait for a message of type ``want``, draining the log meanwhile.
+    def exchange(
+        self,
+        out: bytes,
+        deadline: float,
+        log: LogBuffer,
+        want: str,
+        max_body: int = 0,
+        on_chunk: Callable[[dict, bytes], None] | None = None,
+    ) -> tuple[dict, bytes]:
+        """Send ``out`` and wait for a message of type ``want``, draining the log meanwhile; "chunk" messages on
+        the way (a streamed response) go to ``on_chunk``.
 
         A reply whose body is declared longer than ``max_body`` raises FrameTooLarge unread.
         """
@@ -170,7 +180,7 @@ class Environment:
             if pending:
                 sel.register(self.req_w, selectors.EVENT_WRITE, "req")
             while True:
-                message = self._next_message(want)
+                message = self._next_message(want, on_chunk)
                 if message is not None:
                     self.drain_log(log)
                     return message
@@ -225,14 +235,22 @@ class Environment:
         except BlockingIOError:
             return None  # spurious wake-up
 
-    def _next_message(self, want: str) -> tuple[dict, bytes] | None:
-        try:
-            message = self._buffer.pop()
-        except ProtocolError as exc:
-            raise EnvironmentGone(str(exc)) from exc
-        if message is not None and message[0].get("type") != want:
-            raise EnvironmentGone(f"unexpected message {message[0].get('type')!r}")
-        return message
+    def _next_message(
+        self, want: str, on_chunk: Callable[[dict, bytes], None] | None = None
+    ) -> tuple[dict, bytes] | None:
+        while True:
+            try:
+                message = self._buffer.pop()
+            except ProtocolError as exc:
+                raise EnvironmentGone(str(exc)) from exc
+            if message is None:
+                return None
+            if message[0].get("type") == "chunk" and on_chunk is not None:
+                on_chunk(*message)
+                continue
+            if message[0].get("type") != want:
+                raise EnvironmentGone(f"unexpected message {message[0].get('type')!r}")
+            return message
 
     def adopt_pid(self, pid: int) -> None:
         self.pid = pid

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -21,6 +22,7 @@ class FunctionSpec:
 
 
 SYNC_RESPONSE_MAX_BYTES = 6 * 1024 * 1024  # Lambda's limit for a synchronous invocation's result
+STREAM_RESPONSE_MAX_BYTES = 200 * 1024 * 1024  # Lambda's limit for a streamed response
 INIT_TIMEOUT_S = 10.0  # Lambda's init phase limit
 
 
@@ -32,6 +34,10 @@ class InvokeRequest:
     attempt: int = 1
     # A larger result fails as Function.ResponseSizeTooLarge and is never held by the worker.
     response_max_bytes: int = SYNC_RESPONSE_MAX_BYTES
+    # A streamed call: a handler that returns an iterator has its items handed to ``on_chunk`` as they come
+    # (kind "prelude": the first item, a dict, as JSON; kind "data": bytes), at most ``stream_max_bytes`` of data.
+    on_chunk: Callable[[str, bytes], None] | None = None
+    stream_max_bytes: int = STREAM_RESPONSE_MAX_BYTES
 
 
 @dataclass

@@ -621,13 +621,18 @@ class Executor:
             "deadline_ms": int(time.time() * 1000 + spec.timeout_s * 1000),
             "response_max_bytes": limit,
         }
+        on_chunk, max_body = None, limit + _BODY_MARGIN
+        if request.on_chunk is not None:
+            header["stream_max_bytes"] = request.stream_max_bytes
+            on_chunk = _StreamCounter(request.on_chunk, request.stream_max_bytes)
+            max_body = max(max_body, min(request.stream_max_bytes, protocol.MAX_FRAME) + _BODY_MARGIN)
         oom_before, cpu_before = self._meter_start(env)
         env.thaw()  # frozen since its last call: no CPU outside a billed invocation
         t0 = time.perf_counter()
         deadline = time.monotonic() + spec.timeout_s
         try:
             out = protocol.encode(header, request.event)
-            meta, body = env.exchange(out, deadline, log, "result", limit + _BODY_MARGIN)
+            meta, body = env.exchange(out, deadline, log, "result", max_body, on_chunk)
         except DeadlineExceeded:
             env.kill()
             env.drain_log(log)
@@ -637,7 +642,8 @@ class Executor:
         except protocol.FrameTooLarge:
             # Raw frames past the bootstrap's own check: cut off unread, so the size is unknown.
             env.kill()
-            payload = json.dumps(protocol.response_too_large(None, limit)).encode()
+            told = request.stream_max_bytes if on_chunk is not None else limit
+            payload = json.dumps(protocol.response_too_large(None, told)).encode()
             return self._result(env, "failed", payload, protocol.RESPONSE_TOO_LARGE, t0, log), False
         except EnvironmentGone:
             return self._died(env, t0, log, oom_before), False
@@ -693,3 +699,19 @@ class Executor:
             log=log.text(),
             environment_id=env.id,
         )
+
+
+class _StreamCounter:
+    """Hands a streamed call's chunks on, counting its data: past the limit the stream is cut off as too large,
+    whatever the sandbox's own count said."""
+
+    def __init__(self, on_chunk: Callable[[str, bytes], None], limit: int) -> None:
+        self.on_chunk, self.limit, self.sent = on_chunk, limit, 0
+
+    def __call__(self, header: dict, body: bytes) -> None:
+        kind = "prelude" if header.get("kind") == "prelude" else "data"
+        if kind == "data":
+            self.sent += len(body)
+            if self.sent > self.limit:
+                raise protocol.FrameTooLarge(self.sent, self.limit)
+        self.on_chunk(kind, body)

@@ -74,7 +74,7 @@ def test_bad_url_configurations_get_a_clear_error_and_change_nothing(api, other_
     assert (
         api.post("/api/v1/functions/web/url/?qualifier=nope", {"auth_type": "NONE"}, format="json").status_code == 404
     )
-    stream = api.patch("/api/v1/functions/web/url/", {"invoke_mode": "RESPONSE_STREAM"}, format="json")
+    stream = api.patch("/api/v1/functions/web/url/", {"invoke_mode": "STREAMING"}, format="json")
     assert stream.status_code == 400 and "invoke_mode" in stream.json()["details"]
     assert api.post("/api/v1/functions/nope/url/", {"auth_type": "NONE"}, format="json").status_code == 404
     assert other_api.get("/api/v1/functions/web/url/").status_code == 404  # another tenant's: not found
@@ -209,7 +209,13 @@ def test_the_triggers_tab_creates_shows_updates_and_deletes_a_function_url(api, 
     assert "No function URL yet" in page.get("/functions/web/triggers/").content.decode()
     created = page.post(
         "/functions/web/triggers/urls/",
-        {"qualifier": "", "auth_type": "TOKEN", "allow_origins": "https://app.example.com", "allow_methods": ["GET"]},
+        {
+            "qualifier": "",
+            "auth_type": "TOKEN",
+            "invoke_mode": "BUFFERED",
+            "allow_origins": "https://app.example.com",
+            "allow_methods": ["GET"],
+        },
     )
     assert created.status_code == 302
     url = FunctionUrl.objects.get()
@@ -217,10 +223,13 @@ def test_the_triggers_tab_creates_shows_updates_and_deletes_a_function_url(api, 
     shown = page.get("/functions/web/triggers/").content.decode()
     assert f"http://testserver/fn/{url.url_id}/" in shown and "Authorization: Token YOUR_KEY" in shown
     assert "New function URL" not in shown  # $LATEST has its URL and there is no alias to give one
-    updated = page.post(f"/functions/web/triggers/urls/{url.url_id}/", {"auth_type": "NONE", "allow_origins": ""})
+    assert "streamed</span>" not in shown
+    changes = {"auth_type": "NONE", "invoke_mode": "RESPONSE_STREAM", "allow_origins": ""}
+    updated = page.post(f"/functions/web/triggers/urls/{url.url_id}/", changes)
     assert updated.status_code == 302
     url.refresh_from_db()
-    assert url.auth_type == "NONE" and url.cors == {}
+    assert (url.auth_type, url.invoke_mode, url.cors) == ("NONE", "RESPONSE_STREAM", {})
+    assert "streamed</span>" in page.get("/functions/web/triggers/").content.decode()
     assert page.post(f"/functions/web/triggers/urls/{url.url_id}/delete/").status_code == 302
     assert not FunctionUrl.objects.exists()
 
@@ -229,7 +238,10 @@ def test_the_triggers_tab_puts_a_bad_origin_next_to_its_field_and_saves_nothing(
     create_function(api)
     page = Client()
     page.force_login(user)
-    refused = page.post("/functions/web/triggers/urls/", {"auth_type": "NONE", "allow_origins": "example.com/app"})
+    refused = page.post(
+        "/functions/web/triggers/urls/",
+        {"auth_type": "NONE", "invoke_mode": "BUFFERED", "allow_origins": "example.com/app"},
+    )
     assert refused.status_code == 400
     assert "is not an origin" in refused.content.decode() and not FunctionUrl.objects.exists()
     stranger = Client()
@@ -293,3 +305,46 @@ def test_odd_requests_and_responses_keep_their_bytes(api, settings, module_worke
         bad.status_code == 502 and "header name" in Invocation.objects.get(pk=bad["X-Invocation-Id"]).trigger["error"]
     )
     assert Invocation.objects.filter(trigger__status=413).count() == 0  # refused before anything was accepted
+
+
+STREAMER = """
+import time
+
+def handler(event, context):
+    if event["rawPath"] == "/plain":
+        return {"statusCode": 200, "body": "not streamed"}
+    return stream(event)
+
+
+def stream(event):
+    if event["rawPath"] == "/malformed":
+        yield {"statusCode": "two hundred"}
+        return
+    if event["rawPath"] != "/bare":
+        yield {"statusCode": 207, "headers": {"Content-Type": "text/plain"}, "cookies": ["step=1"]}
+    yield "first,"
+    if event["rawPath"] == "/fail":
+        raise ValueError("gave up mid-stream")
+    yield b"second"
+"""
+
+
+def test_a_streaming_url_answers_with_what_the_handler_yields(api, module_worker):
+    create_function(api, source=STREAMER)
+    created = create_url(api, invoke_mode="RESPONSE_STREAM")
+    assert created["invoke_mode"] == "RESPONSE_STREAM"
+    client, path = Client(), path_of(created["url"])
+    answer = client.get(f"{path}items")
+    assert (answer.status_code, answer.content, answer["Content-Type"]) == (207, b"first,second", "text/plain")
+    assert [cookie.OutputString() for cookie in answer.cookies.values()] == [f"step=1; Path={path}"]
+    invocation = Invocation.objects.get(pk=answer["X-Invocation-Id"])
+    assert invocation.trigger["stream"] is True and invocation.trigger["response_bytes"] == len(b"first,second")
+    bare = client.get(f"{path}bare")
+    assert (bare.status_code, bare.content, bare["Content-Type"]) == (200, b"first,second", "application/octet-stream")
+    plain = client.get(f"{path}plain")
+    assert (plain.status_code, plain.content) == (200, b"not streamed")
+    failed = client.get(f"{path}fail")
+    assert failed.status_code == 502 and failed.json() == {"message": "Internal Server Error"}
+    malformed = client.get(f"{path}malformed")
+    assert malformed.status_code == 502
+    assert "statusCode" in Invocation.objects.get(pk=malformed["X-Invocation-Id"]).trigger["error"]

@@ -10,7 +10,15 @@ import pytest
 
 from console.exceptions import ServiceError
 from functions_app.cors import cors_decorate, cors_preflight, cors_validate
-from functions_app.http_events import HttpAnswer, HttpRequest, HttpTarget, MalformedResponse, answer_v2, event_v2
+from functions_app.http_events import (
+    HttpAnswer,
+    HttpRequest,
+    HttpTarget,
+    MalformedResponse,
+    answer_v2,
+    event_v2,
+    stream_head,
+)
 
 pytestmark = pytest.mark.backend_free
 
@@ -284,3 +292,20 @@ def test_an_origin_no_browser_sends_or_a_whole_top_level_domain_is_refused(origi
 def test_methods_and_headers_are_kept_once_whatever_their_case():
     config = cors_validate({"allow_methods": ["get", "GET", "*"], "allow_headers": ["X-A", "x-a"]})
     assert config["allow_methods"] == ["GET", "*"] and config["allow_headers"] == ["x-a"]
+
+
+def test_a_streams_head_comes_from_its_prelude_and_is_octet_stream_unless_named():
+    bare = stream_head(None)
+    assert (bare.status, bare.headers) == (200, [("Content-Type", "application/octet-stream")])
+    prelude = json.dumps({"statusCode": 206, "headers": {"X-Part": 1}, "cookies": ["a=1"], "body": "ignored"})
+    head = stream_head(prelude.encode())
+    assert head.status == 206 and head.body == b""
+    assert head.headers == [("X-Part", "1"), ("Content-Type", "application/octet-stream"), ("Set-Cookie", "a=1")]
+    named = stream_head(b'{"headers": {"content-type": "text/event-stream"}}')
+    assert named.headers == [("content-type", "text/event-stream")]
+
+
+@pytest.mark.parametrize("prelude", [b"[1]", b"not json", b'{"statusCode": 99}', b'{"cookies": "a=1"}'])
+def test_a_prelude_that_cannot_be_a_response_head_is_malformed(prelude):
+    with pytest.raises(MalformedResponse):
+        stream_head(prelude)

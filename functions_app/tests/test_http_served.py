@@ -157,6 +157,20 @@ def test_a_flask_app_behind_apig_wsgi_serves_through_a_route_and_a_function_url(
     assert request(f"{url}missing")[0] == 404  # Flask's own 404, through the adapter
 
 
+def url_path_of_new_function(
+    served: tuple[str, str], name: str, source: str, *, timeout_s: int = 3, invoke_mode: str = "BUFFERED"
+) -> str:
+    """Create a function of ``source`` (app.py) and a public URL of it: the URL's path."""
+    base, token = served
+    function = {"name": name, "handler": "app.handler", "timeout_s": timeout_s, "code": {"files": {"app.py": source}}}
+    status, _, body = request(f"{base}/api/v1/functions/", token=token, method="POST", body=function)
+    assert status == 201, body
+    url = {"auth_type": "NONE", "invoke_mode": invoke_mode}
+    status, _, body = request(f"{base}/api/v1/functions/{name}/url/", token=token, method="POST", body=url)
+    assert status == 201, body
+    return urllib.parse.urlsplit(json.loads(body)["url"]).path
+
+
 MIRROR = """
 import base64
 
@@ -167,19 +181,8 @@ def handler(event, context):
 
 
 def test_a_chunked_body_arrives_whole_and_one_over_the_limit_is_refused(served):
-    base, token = served
-    files = {"files": {"app.py": MIRROR}}
-    status, _, body = request(
-        f"{base}/api/v1/functions/",
-        token=token,
-        method="POST",
-        body={"name": "sizes", "handler": "app.handler", "code": files},
-    )
-    assert status == 201, body
-    status, _, body = request(
-        f"{base}/api/v1/functions/sizes/url/", token=token, method="POST", body={"auth_type": "NONE"}
-    )
-    path = urllib.parse.urlsplit(json.loads(body)["url"]).path
+    base = served[0]
+    path = url_path_of_new_function(served, "sizes", MIRROR)
     connection = http.client.HTTPConnection(
         urllib.parse.urlsplit(base).hostname, urllib.parse.urlsplit(base).port, timeout=60
     )
@@ -207,3 +210,43 @@ def test_the_native_sync_invoke_is_answered_on_the_event_loop_as_the_rest_view_a
     assert status == 404 and json.loads(body)["type"] == "ResourceNotFound"
     status, _, body = request(invoke, token="not-a-key", method="POST", body={})
     assert status == 401 and json.loads(body)["type"] == "AuthenticationFailed"  # the REST view's own answer
+
+
+TICKER = """
+import time
+
+def handler(event, context):
+    if event["rawPath"] == "/malformed":
+        yield {"statusCode": "two hundred"}
+        return
+    yield {"statusCode": 200, "headers": {"Content-Type": "text/plain"}}
+    yield "first\\n"
+    time.sleep(3)
+    if event["rawPath"] == "/fail":
+        raise RuntimeError("gave up")
+    yield "second\\n"
+"""
+
+
+def test_a_streaming_url_sends_each_piece_while_the_function_still_runs(served):
+    base, token = served
+    path = url_path_of_new_function(served, "ticker", TICKER, timeout_s=10, invoke_mode="RESPONSE_STREAM")
+    parts = urllib.parse.urlsplit(base)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    connection.request("GET", path)
+    answer = connection.getresponse()
+    assert (answer.status, answer.getheader("Transfer-Encoding")) == (200, "chunked")
+    assert answer.readline() == b"first\n"
+    # The first piece is here and the function has not finished: it sleeps before the second.
+    invocation = f"{base}/api/v1/invocations/{answer.getheader('X-Invocation-Id')}/"
+    status, _, body = request(invocation, token=token)
+    assert status == 200 and json.loads(body)["status"] == "running", body
+    assert answer.read() == b"second\n"
+
+    connection.request("GET", f"{path}fail")
+    answer = connection.getresponse()
+    assert answer.status == 200 and answer.readline() == b"first\n"
+    with pytest.raises(http.client.IncompleteRead):  # cut short: the client can tell the body is not whole
+        answer.read()
+    status, _, body = request(f"{base}{path}malformed")
+    assert status == 502 and json.loads(body) == {"message": "Internal Server Error"}

@@ -2005,3 +2005,67 @@ def test_the_worker_needs_every_capability_the_compose_file_grants(tmp_path, mis
     outcomes = json.loads(done.stdout.splitlines()[-1]) if done.returncode == 0 and done.stdout else None
     assert outcomes != WORKER_OUTCOMES, f"{missing} is not needed"
     assert wait_for(lambda: not sandbox_processes(), timeout_s=10)
+
+
+# ---- streamed responses ------------------------------------------------------------------------------------------
+
+STREAMING = """
+def handler(event, context):
+    yield {"statusCode": 201, "headers": {"content-type": "text/plain"}}
+    yield "one "
+    yield b"two"
+    if event.get("fail"):
+        raise RuntimeError("broke after two")
+    yield ""
+    yield "three" * event.get("repeat", 1)
+"""
+
+
+def streamed_request(event: object, chunks: list[tuple[str, bytes]], **overrides: object) -> InvokeRequest:
+    return make_request(event, on_chunk=lambda kind, body: chunks.append((kind, body)), **overrides)
+
+
+def test_a_streamed_call_hands_on_the_prelude_and_each_item_in_order_and_its_result_is_null(run):
+    chunks: list[tuple[str, bytes]] = []
+    result = run(STREAMING, request=streamed_request({}, chunks))
+    assert result.status == "succeeded" and payload(result) is None
+    assert chunks[0][0] == "prelude" and json.loads(chunks[0][1])["statusCode"] == 201
+    assert chunks[1:] == [("data", b"one "), ("data", b"two"), ("data", b"three")]  # the empty item sends nothing
+
+
+def test_a_handler_that_fails_mid_stream_has_sent_what_it_yielded_and_fails(run):
+    chunks: list[tuple[str, bytes]] = []
+    result = run(STREAMING, request=streamed_request({"fail": True}, chunks))
+    assert (result.status, result.error_type) == ("failed", "RuntimeError")
+    assert payload(result)["errorMessage"] == "broke after two"
+    assert [body for kind, body in chunks if kind == "data"] == [b"one ", b"two"]
+
+
+def test_a_stream_past_its_limit_is_cut_off_as_too_large(run):
+    chunks: list[tuple[str, bytes]] = []
+    result = run(STREAMING, request=streamed_request({"repeat": 100}, chunks, stream_max_bytes=64))
+    assert (result.status, result.error_type) == ("failed", "Function.ResponseSizeTooLarge")
+    assert sum(len(body) for kind, body in chunks if kind == "data") <= 64
+
+
+def test_a_returned_value_is_the_result_of_a_streamed_call_and_a_generator_fails_an_unstreamed_one(run):
+    chunks: list[tuple[str, bytes]] = []
+    plain = run("def handler(event, context):\n    return {'ok': 1}\n", request=streamed_request({}, chunks))
+    assert payload(plain) == {"ok": 1} and chunks == []
+    unstreamed = run(STREAMING)
+    assert unstreamed.error_type == "Runtime.MarshalError"
+    assert "RESPONSE_STREAM" in payload(unstreamed)["errorMessage"]
+
+
+def test_the_worker_counts_a_streams_data_itself_and_refuses_what_is_past_the_limit():
+    # The bootstrap's own count is the sandbox's, which a handler could get around by writing frames itself.
+    from functions_app.runtime._ephemera_runtime.protocol import FrameTooLarge
+    from functions_app.runtime.pool import _StreamCounter
+
+    taken: list[tuple[str, bytes]] = []
+    counter = _StreamCounter(lambda kind, body: taken.append((kind, body)), limit=10)
+    counter({"type": "chunk", "kind": "prelude"}, b"{}")
+    counter({"type": "chunk", "kind": "data"}, b"x" * 10)
+    with pytest.raises(FrameTooLarge):
+        counter({"type": "chunk", "kind": "data"}, b"y")
+    assert taken == [("prelude", b"{}"), ("data", b"x" * 10)]

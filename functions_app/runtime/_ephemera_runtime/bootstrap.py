@@ -10,6 +10,13 @@ Messages (see protocol.py), each a JSON header plus a raw body:
   -> worker  {"type": "result", "ok", "error_type", "duration_ms",
               "cpu_ms", "maxrss_kb"}                                 body: result JSON or error JSON
 
+A streamed call (the request header has "stream_max_bytes") whose handler
+returns an iterator (a generator that yields) sends its items before the
+result, each as it is produced:
+  -> worker  {"type": "chunk", "kind": "prelude"}                   body: the first item if a dict (JSON)
+  -> worker  {"type": "chunk", "kind": "data"}                      body: an item's bytes (str as UTF-8)
+and then a result whose body is ``null``.
+
 A handler (or its module) that exits, by ``sys.exit`` or ``os._exit``, ends the
 process with that status, which the reaper reports to the worker.
 """
@@ -25,14 +32,14 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from . import protocol
 
 # typing is for the type checker only: nothing here imports more into a handler's interpreter than it needs.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import NoReturn
+    from typing import NoReturn, TypeGuard
 
 # A handler: called with the event (decoded JSON) and the context; returns what is encoded as the result.
 Handler = Callable[[object, "LambdaContext"], object]
@@ -127,17 +134,19 @@ def _cpu_backstop(timeout_s: float) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (used + int(timeout_s) + 2, resource.RLIM_INFINITY))
 
 
-def _call(function: Handler, header: dict, event_bytes: bytes) -> tuple[bool, str | None, bytes]:
+def _call(function: Handler, header: dict, event_bytes: bytes, resp_fd: int) -> tuple[bool, str | None, bytes]:
     context = LambdaContext(header)
     try:
         event = json.loads(event_bytes) if event_bytes else None
         result = function(event, context)
+        if "stream_max_bytes" in header and _streamable(result):
+            return _stream(result, header["stream_max_bytes"], resp_fd)
         try:
             # NaN and Infinity are not JSON: no client could read such a result back.
             return True, None, json.dumps(result, allow_nan=False).encode()
         except (TypeError, ValueError, RecursionError) as exc:
             error_type = "Runtime.MarshalError"
-            error = protocol.error(error_type, f"Unable to marshal response: {exc}")
+            error = protocol.error(error_type, f"Unable to marshal response: {exc}{_stream_hint(result)}")
             return False, error_type, json.dumps(error).encode()
     except SystemExit as exc:
         _exit(exc)
@@ -149,9 +158,43 @@ def _call(function: Handler, header: dict, event_bytes: bytes) -> tuple[bool, st
         return False, error_type, json.dumps(payload).encode()
 
 
-def invoke(function: Handler, header: dict, event_bytes: bytes) -> tuple[dict, bytes]:
+def _streamable(result: object) -> TypeGuard[Iterator[object]]:
+    """An iterator that is not a value: a generator, or what ``iter()`` of a handler's choosing returns."""
+    return isinstance(result, Iterator) and not isinstance(result, (str, bytes, dict, list))
+
+
+def _stream_hint(result: object) -> str:
+    if _streamable(result):
+        return " (a handler that yields streams only through a function URL whose invoke mode is RESPONSE_STREAM)"
+    return ""
+
+
+def _stream(items: Iterator[object], limit: int, resp_fd: int) -> tuple[bool, str | None, bytes]:
+    """Send each item as it comes (the first may be a dict: the response's status, headers and cookies). An
+    exception raised by the iterator propagates to ``_call`` as the handler's error, after what was sent."""
+    sent = 0
+    for position, item in enumerate(items):
+        if position == 0 and isinstance(item, dict):
+            prelude = json.dumps(item).encode()
+            protocol.write_all(resp_fd, protocol.encode({"type": "chunk", "kind": "prelude"}, prelude))
+            continue
+        data = item.encode() if isinstance(item, str) else item
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            message = f"A streamed item must be bytes or str, not {type(item).__name__}"
+            error = protocol.error("Runtime.MarshalError", message)
+            return False, "Runtime.MarshalError", json.dumps(error).encode()
+        sent += len(data)
+        if sent > limit:
+            error = protocol.response_too_large(sent, limit)
+            return False, protocol.RESPONSE_TOO_LARGE, json.dumps(error).encode()
+        if data:
+            protocol.write_all(resp_fd, protocol.encode({"type": "chunk", "kind": "data"}, bytes(data)))
+    return True, None, b"null"
+
+
+def invoke(function: Handler, header: dict, event_bytes: bytes, resp_fd: int) -> tuple[dict, bytes]:
     cpu0, t0 = _cpu_seconds(), time.perf_counter()
-    ok, error_type, body = _call(function, header, event_bytes)
+    ok, error_type, body = _call(function, header, event_bytes, resp_fd)
     limit = header["response_max_bytes"]
     if len(body) > limit:
         # Refused here, before a byte crosses the pipe; the worker would cut it off anyway.
@@ -251,7 +294,7 @@ def serve(init: dict, req_fd: int, resp_fd: int, log_fd: int) -> None:
         else:
             assert function is not None, "load_handler returns a handler or an init error"
             _cpu_backstop(init["timeout_s"])
-            meta, body = invoke(function, header, event)
+            meta, body = invoke(function, header, event, resp_fd)
         sys.stdout.flush()
         sys.stderr.flush()
         protocol.write_all(resp_fd, protocol.encode(meta, body))
