@@ -41,6 +41,7 @@ from functions_app.models import (
     InvokeMode,
 )
 from functions_app.outages import DATABASE_ERRORS
+from metrics_app.services import http_request_record
 
 logger = logging.getLogger("ephemera.http")
 
@@ -158,12 +159,13 @@ def function_url_plan(*, url: FunctionUrl, request: HttpRequest, domain_name: st
     request), or a call of the function (payload format 2.0) whose outcome is the answer."""
     started = time.perf_counter()
     label = URL_PREFIX + url.url_id
+    meter = TriggerMeter(FUNCTION_URL, url.url_id, url.function.owner_id, function_id=url.function_id)
     preflight = cors_preflight(url.cors, request)
     if preflight is not None:
-        return answer_logged(label, request, preflight, started, None)
+        return answer_logged(label, meter, request, preflight, started, None)
     refusal = _key_refusal(url, request) or request_refusal(request)
     if refusal is not None:
-        return answer_logged(label, request, cors_decorate(url.cors, request, refusal), started, None)
+        return answer_logged(label, meter, request, cors_decorate(url.cors, request, refusal), started, None)
     target = HttpTarget(
         api_id=url.url_id, domain_name=domain_name, domain_prefix=url.url_id, request_id=str(uuid.uuid4())
     )
@@ -176,7 +178,7 @@ def function_url_plan(*, url: FunctionUrl, request: HttpRequest, domain_name: st
         event=event_v2(for_function, target, extra_headers=forwarded_headers(request)),
         trigger={"type": FUNCTION_URL, "id": url.url_id, "method": request.method, "path": request.raw_path},
         finish=lambda answer, invocation: answer_logged(
-            label, request, cors_decorate(url.cors, request, answer), started, invocation
+            label, meter, request, cors_decorate(url.cors, request, answer), started, invocation
         ),
     )
 
@@ -229,6 +231,19 @@ def forwarded_headers(request: HttpRequest) -> dict[str, str]:
         "x-forwarded-port": str(request.port),
         "x-forwarded-for": f"{earlier}, {request.source_ip}" if earlier else request.source_ip,
     }
+
+
+@dataclass
+class TriggerMeter:
+    """What a request to an HTTP trigger is metered under: the trigger, and (for an HTTP API, filled in as the
+    request is routed) the route and the function it counts against. Requests no route matches stay under
+    UNMATCHED_ROUTE, with no function."""
+
+    trigger_type: str
+    trigger_id: str
+    owner_id: int
+    route: str = ""
+    function_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -322,10 +337,15 @@ def message_answer(status: int, message: str, headers: list[tuple[str, str]] | N
 
 
 def answer_logged(
-    label: str, request: HttpRequest, answer: HttpAnswer, started: float, invocation: Invocation | None
+    label: str,
+    meter: TriggerMeter,
+    request: HttpRequest,
+    answer: HttpAnswer,
+    started: float,
+    invocation: Invocation | None,
 ) -> HttpAnswer:
-    """One access-log line per request (``label``: the trigger's address), and the answer's status and size on
-    the invocation's record."""
+    """One access-log line per request (``label``: the trigger's address); once the answer is sent, the request
+    metered under ``meter`` and the answer's status and size on the invocation's record."""
     elapsed_ms = (time.perf_counter() - started) * 1000
     logger.info(
         "%s %s %s%s %s %d %.1fms %s",
@@ -338,10 +358,25 @@ def answer_logged(
         elapsed_ms,
         invocation.pk if invocation else "-",
     )
+    metered = dataclasses.asdict(meter) | {
+        "status": answer.status,
+        "latency_ms": elapsed_ms,
+        "response_bytes": len(answer.body),
+    }
+    record = None
     if invocation is not None:
         trigger = {**(invocation.trigger or {}), "status": answer.status, "response_bytes": len(answer.body)}
-        answer.after_sent = functools.partial(_trigger_record, invocation.pk, trigger)
+        record = functools.partial(_trigger_record, invocation.pk, trigger)
+    answer.after_sent = functools.partial(_after_sent, metered, record)
     return answer
+
+
+def _after_sent(metered: dict[str, Any], record: Callable[[], None] | None) -> None:
+    """The request's bookkeeping, off the client's wait: one RPUSH (which logs its own failures and never raises
+    for Redis) and the invocation's record."""
+    http_request_record(**metered)
+    if record is not None:
+        record()
 
 
 def _trigger_record(invocation_id: uuid.UUID, trigger: dict[str, Any]) -> None:
