@@ -1,12 +1,15 @@
-"""The console's HTTP API pages: the list (and a new API), and an API's routes, stages, invoke URLs and curl
-lines, with its definition edited as JSON. Views parse the form, call one service and render."""
+"""The console's HTTP API pages: the list (and a new API), and an API's routes, stages, invoke URLs, curl lines
+and last day's requests per route, with its definition edited as JSON. Views parse the form, call one service and
+render."""
 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from console.auth import SignedInRequest
@@ -14,6 +17,7 @@ from console.exceptions import ServiceError
 from functions_app import forms, http_apis
 from functions_app.models import HttpApi
 from functions_app.views import console_page
+from metrics_app.selectors import http_api_triggers
 
 EXAMPLE_DEFINITION = {
     "routes": [
@@ -74,7 +78,9 @@ def _detail_page(request: SignedInRequest, api: HttpApi, form: forms.HttpApiForm
         {**route, "curl": http_apis.route_curl(stages[0][1], route["route_key"])}
         for route in api.definition.get("routes", [])
     ]
-    context = {"api": api, "stages": stages, "routes": routes, "form": form}
+    now = timezone.now()
+    traffic = http_api_triggers(api=api, start=now - timedelta(hours=24), end=now)
+    context = {"api": api, "stages": stages, "routes": routes, "traffic": traffic, "form": form}
     return render(request, "functions_app/http_api_detail.html", context, status=status)
 
 

@@ -18,6 +18,7 @@ from functions_app.http_apis import DEFAULT_STAGE, Definition, Route, Stage, def
 from functions_app.http_events import HttpAnswer, HttpRequest, HttpTarget, answer_v1, answer_v2, event_v1, event_v2
 from functions_app.http_triggers import (
     PendingCall,
+    TriggerMeter,
     answer_logged,
     message_answer,
     refused_answer,
@@ -25,6 +26,7 @@ from functions_app.http_triggers import (
     request_refusal,
 )
 from functions_app.models import Function, HttpApi, Invocation
+from metrics_app.models import UNMATCHED_ROUTE
 
 API_PREFIX = "/http/"
 HTTP_API = "http-api"
@@ -62,15 +64,18 @@ def http_api_plan(*, api: HttpApi, request: HttpRequest, domain_name: str) -> Ht
     started = time.perf_counter()
     label = API_PREFIX + api.api_id
     definition = _definition(api)
+    # Filled in by _routed once a route matches, so that what answers from then on counts against the route.
+    meter = TriggerMeter(HTTP_API, api.api_id, api.owner_id, route=UNMATCHED_ROUTE)
 
     def finish(answer: HttpAnswer, invocation: Invocation | None) -> HttpAnswer:
-        return answer_logged(label, request, cors_decorate(definition.cors, request, answer), started, invocation)
+        decorated = cors_decorate(definition.cors, request, answer)
+        return answer_logged(label, meter, request, decorated, started, invocation)
 
     preflight = cors_preflight(definition.cors, request)
     if preflight is not None:
-        return answer_logged(label, request, preflight, started, None)
+        return answer_logged(label, meter, request, preflight, started, None)
     try:
-        planned = _routed(api, definition, request, domain_name, finish)
+        planned = _routed(api, definition, request, domain_name, meter, finish)
     except ServiceError as exc:
         planned = refused_answer(exc)
     return finish(planned, None) if isinstance(planned, HttpAnswer) else planned
@@ -81,6 +86,7 @@ def _routed(
     definition: Definition,
     request: HttpRequest,
     domain_name: str,
+    meter: TriggerMeter,
     finish: Callable[[HttpAnswer, Invocation | None], HttpAnswer],
 ) -> HttpAnswer | PendingCall:
     refusal = request_refusal(request)
@@ -95,6 +101,9 @@ def _routed(
     if matched is None:
         return _not_found(definition)
     route, parameters = matched
+    # Looked up before the throttle and the authorizer so that their refusals count against the route's function.
+    function = Function.objects.filter(owner_id=api.owner_id, name=route.function).first()
+    meter.route, meter.function_id = route.route_key, function.pk if function else None
     throttle = route.throttle or stage.throttle
     bucket = f"{api.api_id}:{stage.name}:{route.route_key}"
     if throttle and not rate_admit(key=bucket, rate=throttle.rate, burst=throttle.burst):
@@ -118,7 +127,6 @@ def _routed(
     target = _with_authorizer(target, route, definition, verdict)
     is_v1 = route.payload_format == "1.0"
     event = event_v1(for_function, target, resource=route.resource) if is_v1 else event_v2(for_function, target)
-    function = Function.objects.filter(owner_id=api.owner_id, name=route.function).first()
     if function is None:  # a route to a function deleted since: API Gateway's answer to a broken integration
         return message_answer(500, "Internal Server Error")
     trigger = {

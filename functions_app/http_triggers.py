@@ -41,6 +41,7 @@ from functions_app.models import (
     InvokeMode,
 )
 from functions_app.outages import DATABASE_ERRORS
+from metrics_app.services import http_request_record
 
 logger = logging.getLogger("ephemera.http")
 
@@ -157,12 +158,13 @@ def function_url_plan(*, url: FunctionUrl, request: HttpRequest, domain_name: st
     request), or a call of the function (payload format 2.0) whose outcome is the answer."""
     started = time.perf_counter()
     label = URL_PREFIX + url.url_id
+    meter = TriggerMeter(FUNCTION_URL, url.url_id, url.function.owner_id, function_id=url.function_id)
     preflight = cors_preflight(url.cors, request)
     if preflight is not None:
-        return answer_logged(label, request, preflight, started, None)
+        return answer_logged(label, meter, request, preflight, started, None)
     refusal = _key_refusal(url, request) or request_refusal(request)
     if refusal is not None:
-        return answer_logged(label, request, cors_decorate(url.cors, request, refusal), started, None)
+        return answer_logged(label, meter, request, cors_decorate(url.cors, request, refusal), started, None)
     target = HttpTarget(
         api_id=url.url_id, domain_name=domain_name, domain_prefix=url.url_id, request_id=str(uuid.uuid4())
     )
@@ -181,7 +183,7 @@ def function_url_plan(*, url: FunctionUrl, request: HttpRequest, domain_name: st
             **({"stream": True} if url.invoke_mode == InvokeMode.RESPONSE_STREAM else {}),
         },
         finish=lambda answer, invocation: answer_logged(
-            label, request, cors_decorate(url.cors, request, answer), started, invocation
+            label, meter, request, cors_decorate(url.cors, request, answer), started, invocation
         ),
     )
 
@@ -234,6 +236,19 @@ def forwarded_headers(request: HttpRequest) -> dict[str, str]:
         "x-forwarded-port": str(request.port),
         "x-forwarded-for": f"{earlier}, {request.source_ip}" if earlier else request.source_ip,
     }
+
+
+@dataclass
+class TriggerMeter:
+    """What a request to an HTTP trigger is metered under: the trigger, and (for an HTTP API, filled in as the
+    request is routed) the route and the function it counts against. Requests no route matches stay under
+    UNMATCHED_ROUTE, with no function."""
+
+    trigger_type: str
+    trigger_id: str
+    owner_id: int
+    route: str = ""
+    function_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -332,10 +347,16 @@ def message_answer(status: int, message: str, headers: list[tuple[str, str]] | N
 
 
 def answer_logged(
-    label: str, request: HttpRequest, answer: HttpAnswer, started: float, invocation: Invocation | None
+    label: str,
+    meter: TriggerMeter,
+    request: HttpRequest,
+    answer: HttpAnswer,
+    started: float,
+    invocation: Invocation | None,
 ) -> HttpAnswer:
     """One access-log line per request (``label``: the trigger's address; a streamed body's size is "stream", not
-    known yet), and the answer's status and size on the invocation's record once it is sent."""
+    known yet); once the answer is sent, the request metered under ``meter`` and the answer's status and size on
+    the invocation's record."""
     elapsed_ms = (time.perf_counter() - started) * 1000
     logger.info(
         "%s %s %s%s %s %s %.1fms %s",
@@ -348,9 +369,17 @@ def answer_logged(
         elapsed_ms,
         invocation.pk if invocation else "-",
     )
-    if invocation is not None:
-        answer.after_sent = functools.partial(_trigger_record, invocation, answer)
+    answer.after_sent = functools.partial(_after_sent, meter, answer, elapsed_ms, invocation)
     return answer
+
+
+def _after_sent(meter: TriggerMeter, answer: HttpAnswer, latency_ms: float, invocation: Invocation | None) -> None:
+    """The request's bookkeeping, off the client's wait (a streamed body's size is known by then): one RPUSH (which
+    logs its own failures and never raises for Redis) and the invocation's record."""
+    metered = dataclasses.asdict(meter)
+    http_request_record(**metered, status=answer.status, latency_ms=latency_ms, response_bytes=answer.size)
+    if invocation is not None:
+        _trigger_record(invocation, answer)
 
 
 def _trigger_record(invocation: Invocation, answer: HttpAnswer) -> None:

@@ -33,9 +33,9 @@ from functions_app import forms, http_apis, http_triggers, invoke, selectors, se
 from functions_app.code import handler_module_candidates
 from functions_app.destinations import dead_letter_delete, dead_letter_replay
 from functions_app.models import LATEST, DeadLetter, Function, Invocation, InvocationStatus, InvocationType
-from metrics_app.charts import monitor_figures, rightsizing_figure
+from metrics_app.charts import monitor_figures, monitor_http_figure, rightsizing_figure
 from metrics_app.rightsizing import function_rightsizing
-from metrics_app.selectors import function_summaries
+from metrics_app.selectors import function_http_triggers, function_summaries
 
 TABS = [
     ("code", "Code"),
@@ -381,10 +381,15 @@ def function_monitor(request: SignedInRequest, name: str) -> HttpResponse:
         for chart in monitor_figures(function=function, start=start, end=end)
     ]
     analysis = function_rightsizing(function=function)
+    triggers = function_http_triggers(function=function, start=start, end=end)
+    # No HTTP section at all for a function no HTTP trigger called in the range.
+    http_figure = monitor_http_figure(function=function, start=start, end=end, triggers=triggers) if triggers else None
     context = {
         "ranges": list(forms.TIME_RANGES),
         "range": window,
         "figures": figures,
+        "http_triggers": triggers,
+        "http_figure": _figure_json(http_figure) if http_figure else None,
         "rightsizing": analysis,
         "rightsizing_figure": _figure_json(rightsizing_figure(analysis)) if analysis.rows else None,
         "rightsizing_few": analysis.invocations_observed < RIGHTSIZING_FEW_INVOCATIONS,

@@ -14,7 +14,7 @@ from typing import Any
 from functions_app.models import Function
 from metrics_app import selectors
 from metrics_app.reports import GROUPINGS, KEY_LABELS
-from metrics_app.selectors import Timeseries, Usage
+from metrics_app.selectors import Timeseries, TriggerSeries, TriggerTraffic, Usage
 
 COLOURS = {
     "ok": "#2e7d32",
@@ -71,7 +71,7 @@ def _right_axis(title: str) -> dict[str, Any]:
     return _axis(title={"text": title}, overlaying="y", side="right", rangemode="tozero")
 
 
-def _x(series: Timeseries) -> list[str]:
+def _x(series: Timeseries | TriggerSeries) -> list[str]:
     return [moment.isoformat() for moment in series.buckets]
 
 
@@ -217,6 +217,26 @@ def monitor_figures(*, function: Function, start: datetime, end: datetime) -> li
         ("versions", versions_figure(versions)),
     ]
     return [{"id": name, "title": figure["layout"]["title"]["text"], "figure": figure} for name, figure in figures]
+
+
+# One colour per HTTP trigger, in the order of the Monitor's table (busiest first); repeats past the eighth.
+TRIGGER_COLOURS = ["#1565c0", "#2e7d32", "#ef6c00", "#6a1b9a", "#00838f", "#ad1457", "#8d6e63", "#546e7a"]
+
+
+def http_requests_figure(series: TriggerSeries, triggers: list[TriggerTraffic]) -> dict[str, Any]:
+    """Requests per bucket, one line per HTTP trigger (named and ordered as in ``triggers``)."""
+    x = _x(series)
+    zeros = [0] * len(x)
+    data = [
+        _line(item.label, x, series.requests.get(item.key, zeros), TRIGGER_COLOURS[index % len(TRIGGER_COLOURS)])
+        for index, item in enumerate(triggers)
+    ]
+    return {"data": data, "layout": _layout(f"HTTP requests per {series.granularity}, by trigger", "requests")}
+
+
+def monitor_http_figure(*, function: Function, start: datetime, end: datetime, triggers: list[TriggerTraffic]) -> dict:
+    """The Monitor's chart of HTTP requests per trigger over [start, end) (``triggers``: its table's rows)."""
+    return http_requests_figure(selectors.function_http_series(function=function, start=start, end=end), triggers)
 
 
 def rightsizing_figure(analysis: Any) -> dict[str, Any]:

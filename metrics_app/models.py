@@ -1,5 +1,6 @@
 """Roll-ups: per function, version and memory size, per minute / hour / day (and one running total), the counts,
-sums and log-scale histograms that every chart, report, right-sizing table and /metrics read.
+sums and log-scale histograms that every chart, report, right-sizing table and /metrics read; and per HTTP trigger
+and route, per minute / hour / day, the requests, error statuses and latencies of the Monitor's HTTP table.
 
 Rows are maintained as invocations finish (``metrics_app.services``) by atomic ``UPDATE … SET x = x + …``
 increments, so they merge by plain sums; no page or report scans raw invocation rows.
@@ -10,7 +11,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
-from metrics_app.histograms import SCALES
+from metrics_app.histograms import DURATION, SCALES
 
 LATEST = "$LATEST"
 # Throttles are refused before a qualifier is resolved to a version; they are counted under this label.
@@ -104,3 +105,64 @@ ADDITIVE_FIELDS = [
     *(name for scale in SCALES for name in scale.columns),
 ]
 MAX_FIELDS = ["duration_ms_max", "peak_memory_mb_max"]
+
+
+# HTTP API requests no route matched (404s, and what is answered before routing: CORS preflights, refusals).
+UNMATCHED_ROUTE = "$unmatched"
+
+
+class TriggerRollup(models.Model):
+    """Requests to one HTTP trigger: a function URL (``route`` "") or one route of an HTTP API (its route key, or
+    UNMATCHED_ROUTE), with the function they counted against. Unlike Rollup there is no running total: nothing
+    reads one. A NULL function never matches in the unique key, so two writers may both insert such a row:
+    readers always sum rows, never pick one."""
+
+    granularity = models.CharField(max_length=8, choices=Granularity.choices)
+    bucket_start = models.DateTimeField()
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    # NULL for requests no route matched; SET_NULL so that an API's history outlives a route's deleted function.
+    function = models.ForeignKey(
+        "functions_app.Function", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    trigger_type = models.CharField(max_length=16)  # functions_app's FUNCTION_URL or HTTP_API
+    trigger_id = models.CharField(max_length=32)  # the URL's url_id or the API's api_id
+    route = models.CharField(max_length=1024, blank=True)
+
+    requests = models.BigIntegerField(default=0)
+    status_4xx = models.BigIntegerField(default=0)
+    status_5xx = models.BigIntegerField(default=0)
+    # From the request's arrival at the web to its answer (the function's run included), as the access log has it.
+    latency_ms_sum = models.FloatField(default=0.0)
+    latency_ms_max = models.FloatField(default=0.0)
+    response_bytes_sum = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["trigger_type", "trigger_id", "route", "function", "granularity", "bucket_start"],
+                name="trigger_rollup_key_unique",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["function", "granularity", "bucket_start"], name="trigger_rollup_function_time"),
+            models.Index(fields=["trigger_id", "granularity", "bucket_start"], name="trigger_rollup_trigger_time"),
+            models.Index(fields=["granularity", "bucket_start"], name="trigger_rollup_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.trigger_id} {self.route} {self.granularity} {self.bucket_start:%Y-%m-%d %H:%M}"
+
+
+# Latency in the run-duration scale's columns (d00…d69): 0.1 ms … 1,000 s covers any answer's wait.
+for _name in DURATION.columns:
+    TriggerRollup.add_to_class(_name, models.IntegerField(default=0))
+
+TRIGGER_ADDITIVE_FIELDS = [
+    "requests",
+    "status_4xx",
+    "status_5xx",
+    "latency_ms_sum",
+    "response_bytes_sum",
+    *DURATION.columns,
+]
+TRIGGER_MAX_FIELDS = ["latency_ms_max"]

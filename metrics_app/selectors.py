@@ -4,7 +4,7 @@ turned into ``Usage`` values whose derived figures (rates, averages, percentiles
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -14,9 +14,19 @@ from django.contrib.auth.models import User
 from django.db.models import F, Max, Q, QuerySet, Sum
 from django.utils import timezone
 
-from functions_app.models import Function
+from functions_app.http_gateway import HTTP_API
+from functions_app.models import LATEST, Function, FunctionUrl, HttpApi
 from metrics_app.histograms import DURATION, INIT, MEMORY, percentile, percentile_upper
-from metrics_app.models import ADDITIVE_FIELDS, MAX_FIELDS, UNRESOLVED, Granularity, Rollup
+from metrics_app.models import (
+    ADDITIVE_FIELDS,
+    MAX_FIELDS,
+    TRIGGER_ADDITIVE_FIELDS,
+    TRIGGER_MAX_FIELDS,
+    UNRESOLVED,
+    Granularity,
+    Rollup,
+    TriggerRollup,
+)
 from metrics_app.services import bucket_start
 
 STEP: dict[str, timedelta] = {
@@ -202,12 +212,16 @@ def function_timeseries(
     granularity = granularity or granularity_for(start=start, end=end)
     rows = _grouped(_rollups(granularity, start, end).filter(function=function), "bucket_start")
     by_time = {row["bucket_start"]: usage_from(row) for row in rows}
-    step = STEP[granularity]
+    buckets = _bucket_starts(granularity, start, end)
+    return Timeseries(granularity, STEP[granularity], buckets, [by_time.get(moment, Usage()) for moment in buckets])
+
+
+def _bucket_starts(granularity: str, start: datetime, end: datetime) -> list[datetime]:
     buckets, moment = [], bucket_start(start, granularity)
     while moment < end:
         buckets.append(moment)
-        moment += step
-    return Timeseries(granularity, step, buckets, [by_time.get(moment, Usage()) for moment in buckets])
+        moment += STEP[granularity]
+    return buckets
 
 
 def function_versions(*, function: Function, start: datetime, end: datetime) -> dict[str, Usage]:
@@ -337,3 +351,123 @@ def owner_totals(*, granularity: str = Granularity.TOTAL) -> list[dict[str, Any]
         "version",
     )
     return [{**row, "usage": usage_from(row)} for row in rows]
+
+
+# ---- HTTP triggers ------------------------------------------------------------------------------------------
+
+TriggerKey = tuple[str, str, str]  # (trigger type, trigger id, route)
+_TRIGGER_KEY = ("trigger_type", "trigger_id", "route")
+
+
+@dataclass(frozen=True)
+class TriggerTraffic:
+    """Requests to one HTTP trigger over a range: a function URL (route ""), or one route of an HTTP API."""
+
+    trigger_type: str
+    trigger_id: str
+    route: str
+    label: str = ""  # "Function URL", "Function URL · live" or "shop · GET /items/{id}"
+    api_name: str | None = None  # to link the HTTP API's page (None for a function URL, or an API deleted since)
+    requests: int = 0
+    status_4xx: int = 0
+    status_5xx: int = 0
+    latency_ms_sum: float = 0.0
+    latency_ms_max: float = 0.0
+    response_bytes_sum: int = 0
+    latency_hist: tuple[int, ...] = (0,) * DURATION.count
+
+    @property
+    def key(self) -> TriggerKey:
+        return (self.trigger_type, self.trigger_id, self.route)
+
+    def latency_p(self, q: float) -> float | None:
+        return _at_most(percentile(DURATION, self.latency_hist, q), self.latency_ms_max)
+
+    @property
+    def p50_ms(self) -> float | None:
+        return _rounded(self.latency_p(50))
+
+    @property
+    def p99_ms(self) -> float | None:
+        return _rounded(self.latency_p(99))
+
+
+@dataclass(frozen=True)
+class TriggerSeries:
+    """Requests per bucket of each HTTP trigger; every list has one count per bucket, gaps as zero."""
+
+    granularity: str
+    buckets: list[datetime]
+    requests: dict[TriggerKey, list[int]]
+
+
+def function_http_triggers(*, function: Function, start: datetime, end: datetime) -> list[TriggerTraffic]:
+    """Per HTTP trigger that called the function over [start, end) (its URLs, and every API route that counted
+    against it, refusals included), busiest first: the Monitor's table, at the charts' granularity."""
+    rows = _trigger_rollups(start, end).filter(function=function)
+    return _labelled(_traffic(rows), owner_id=function.owner_id)
+
+
+def http_api_triggers(*, api: HttpApi, start: datetime, end: datetime) -> list[TriggerTraffic]:
+    """Per route of an HTTP API over [start, end), UNMATCHED_ROUTE included, busiest first."""
+    rows = _trigger_rollups(start, end).filter(owner_id=api.owner_id, trigger_type=HTTP_API, trigger_id=api.api_id)
+    return _labelled(_traffic(rows), owner_id=api.owner_id)
+
+
+def function_http_series(*, function: Function, start: datetime, end: datetime) -> TriggerSeries:
+    """Requests per minute, hour or day of each HTTP trigger that called the function, over [start, end)."""
+    granularity = granularity_for(start=start, end=end)
+    rows = (
+        _trigger_rollups(start, end, granularity)
+        .filter(function=function)
+        .order_by()
+        .values(*_TRIGGER_KEY, "bucket_start")
+        .annotate(total=Sum("requests"))
+    )
+    buckets = _bucket_starts(granularity, start, end)
+    position = {moment: index for index, moment in enumerate(buckets)}
+    requests: dict[TriggerKey, list[int]] = {}
+    for row in rows:
+        counts = requests.setdefault((row["trigger_type"], row["trigger_id"], row["route"]), [0] * len(buckets))
+        counts[position[row["bucket_start"]]] += row["total"]
+    return TriggerSeries(granularity, buckets, requests)
+
+
+def _trigger_rollups(start: datetime, end: datetime, granularity: str | None = None) -> QuerySet[TriggerRollup]:
+    granularity = granularity or granularity_for(start=start, end=end)
+    return TriggerRollup.objects.filter(
+        granularity=granularity, bucket_start__gte=bucket_start(start, granularity), bucket_start__lt=end
+    )
+
+
+def _traffic(rollups: QuerySet[TriggerRollup]) -> list[TriggerTraffic]:
+    """Rows summed per trigger in the database (a key may have more than one row: see TriggerRollup)."""
+    sums: dict[str, Any] = {f"agg_{name}": Sum(name) for name in TRIGGER_ADDITIVE_FIELDS}
+    sums.update({f"agg_{name}": Max(name) for name in TRIGGER_MAX_FIELDS})
+    out = []
+    for row in rollups.order_by().values(*_TRIGGER_KEY).annotate(**sums):
+        scalars: dict[str, Any] = {
+            name: row[f"agg_{name}"] or 0 for name in [*TRIGGER_ADDITIVE_FIELDS, *TRIGGER_MAX_FIELDS]
+        }
+        histogram = tuple(scalars.pop(name) for name in DURATION.columns)
+        out.append(TriggerTraffic(**{name: row[name] for name in _TRIGGER_KEY}, **scalars, latency_hist=histogram))
+    return out
+
+
+def _labelled(traffic: list[TriggerTraffic], *, owner_id: int) -> list[TriggerTraffic]:
+    """Each trigger named as the console shows it, busiest first. Only the owner's APIs and URLs are looked up;
+    one deleted since keeps its id."""
+    ids = {item.trigger_id for item in traffic}
+    apis = dict(HttpApi.objects.filter(owner_id=owner_id, api_id__in=ids).values_list("api_id", "name"))
+    urls = FunctionUrl.objects.select_related("alias").filter(function__owner_id=owner_id, url_id__in=ids)
+    qualifiers = {url.url_id: url.qualifier for url in urls}
+    labelled = []
+    for item in traffic:
+        if item.trigger_type == HTTP_API:
+            api_name = apis.get(item.trigger_id)
+            label = f"{api_name or item.trigger_id} · {item.route}"
+        else:
+            api_name, qualifier = None, qualifiers.get(item.trigger_id)
+            label = f"Function URL · {qualifier or 'deleted'}" if qualifier != LATEST else "Function URL"
+        labelled.append(replace(item, label=label, api_name=api_name))
+    return sorted(labelled, key=lambda item: (-item.requests, item.label))

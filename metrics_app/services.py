@@ -1,5 +1,6 @@
-"""The one entry point through which functions_app hands invocations to metering (``invocation_record``), and
-the roll-up maintenance around it (flush, rebuild from raw rows, retention).
+"""The entry points through which functions_app hands invocations (``invocation_record``) and HTTP trigger
+requests (``http_request_record``) to metering, and the roll-up maintenance around them (flush, rebuild from raw
+rows, retention).
 
 Each finished invocation adds to four roll-up rows (its minute, hour, day and the running total) with
 ``UPDATE … SET col = col + value`` in one short transaction: no read-modify-write, so concurrent workers never
@@ -30,7 +31,7 @@ from redis.exceptions import RedisError
 from console.redis import redis_client
 from functions_app.models import TERMINAL_STATUSES, Function, Invocation
 from metrics_app.histograms import DURATION, INIT, MEMORY
-from metrics_app.models import ADDITIVE_FIELDS, MAX_FIELDS, UNRESOLVED, Granularity, Rollup
+from metrics_app.models import ADDITIVE_FIELDS, MAX_FIELDS, UNRESOLVED, Granularity, Rollup, TriggerRollup
 from metrics_app.pricing import InvocationCost, invocation_cost, price_table
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,13 @@ LIVE_GRANULARITIES = (Granularity.MINUTE, Granularity.HOUR, Granularity.DAY, Gra
 REBUILD_BATCH = 2000
 # Contributions waiting for metering_flush (JSON records); see _add_everywhere.
 PENDING_KEY = "ephemera:metering:pending"
+# What a contribution adds to: its roll-up table, and the granularities it keeps there (HTTP requests keep no
+# running total: nothing reads one). Records queued before kinds existed are invocations'.
+INVOCATION, HTTP_REQUEST = "invocation", "http"
+KINDS: dict[str, tuple[type[Rollup | TriggerRollup], tuple[str, ...]]] = {
+    INVOCATION: (Rollup, LIVE_GRANULARITIES),
+    HTTP_REQUEST: (TriggerRollup, LIVE_GRANULARITIES[:3]),
+}
 
 
 def bucket_start(moment: datetime, granularity: str) -> datetime:
@@ -147,6 +155,34 @@ def _contribution(invocation: Invocation) -> tuple[dict[str, Any], dict[str, flo
     return adds, maxes
 
 
+def http_request_record(
+    *,
+    owner_id: int,
+    function_id: int | None,
+    trigger_type: str,
+    trigger_id: str,
+    route: str,
+    status: int,
+    latency_ms: float,
+    response_bytes: int,
+) -> None:
+    """The way functions_app hands one request to an HTTP trigger to metering, whatever answered it (the function,
+    a refusal, a CORS preflight, a 404): queued as ``invocation_record`` queues, applied by ``metering_flush``.
+    ``route`` is "" for a function URL; ``function_id`` None when no route matched. Requests have no raw rows, so
+    a contribution lost to a Redis outage is lost (logged)."""
+    adds = {
+        "requests": 1,
+        "status_4xx": int(400 <= status < 500),
+        "status_5xx": int(status >= 500),
+        "latency_ms_sum": latency_ms,
+        "response_bytes_sum": response_bytes,
+        DURATION.column(latency_ms): 1,
+    }
+    key = {"function_id": function_id, "trigger_type": trigger_type, "trigger_id": trigger_id, "route": route}
+    maxes = {"latency_ms_max": latency_ms}
+    _add_everywhere(key, {"owner_id": owner_id}, timezone.now(), adds, maxes, kind=HTTP_REQUEST)
+
+
 def _stored_cost(invocation: Invocation) -> InvocationCost | None:
     """The cost the completion already computed and wrote on the row, so metering does not price it again."""
     request, run, init = invocation.cost_request_usd, invocation.cost_run_usd, invocation.cost_init_usd
@@ -156,12 +192,19 @@ def _stored_cost(invocation: Invocation) -> InvocationCost | None:
 
 
 def _add_everywhere(
-    key: dict[str, Any], names: dict[str, Any], moment: datetime, adds: dict[str, Any], maxes: dict[str, float]
+    key: dict[str, Any],
+    names: dict[str, Any],
+    moment: datetime,
+    adds: dict[str, Any],
+    maxes: dict[str, float],
+    *,
+    kind: str = INVOCATION,
 ) -> None:
-    """Queue a contribution for the roll-ups: one Redis RPUSH on the invocation's path, so metering never costs
-    a worker four database upserts per completion. ``metering_flush`` (beat, every METERING_FLUSH_INTERVAL_S)
-    sums what is pending per roll-up row and writes each row once."""
+    """Queue a contribution for the roll-ups: one Redis RPUSH on the invocation's (or request's) path, so metering
+    never costs a worker four database upserts per completion. ``metering_flush`` (beat, every
+    METERING_FLUSH_INTERVAL_S) sums what is pending per roll-up row and writes each row once."""
     record = {
+        "kind": kind,
         "key": key,
         "names": names,
         "at": moment.isoformat(),
@@ -171,11 +214,9 @@ def _add_everywhere(
     try:
         redis_client().rpush(PENDING_KEY, json.dumps(record))
     except RedisError as exc:  # an outage, not a bug: no traceback
-        logger.warning(
-            "Metering of function %s was not queued (%r); run rollups_rebuild to repair", key["function_id"], exc
-        )
+        logger.warning("Metering of %s %s was not queued (%r); run rollups_rebuild to repair", kind, key, exc)
     except Exception:
-        logger.exception("Metering of function %s was not queued; run rollups_rebuild to repair", key["function_id"])
+        logger.exception("Metering of %s %s was not queued; run rollups_rebuild to repair", kind, key)
 
 
 def metering_flush(*, limit: int = 20_000) -> int:
@@ -219,8 +260,8 @@ def _readable_records(raw: list[bytes]) -> list[dict[str, Any]]:
 def _apply_records(records: list[dict[str, Any]]) -> None:
     merged = _merge_pending(records)
     with transaction.atomic():
-        for (row_key, _), (names, adds, maxes) in sorted(merged.items(), key=lambda item: item[0][1]):
-            rollup_add(key=dict(row_key), names=names, adds=adds, maxes=maxes)
+        for (row_key, order), (names, adds, maxes) in sorted(merged.items(), key=lambda item: item[0][1]):
+            rollup_add(key=dict(row_key), names=names, adds=adds, maxes=maxes, model=KINDS[order[0]][0])
 
 
 def _apply_one_by_one(client: Any, raw: list[bytes]) -> None:
@@ -265,12 +306,14 @@ def _with_living_owners(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _merge_pending(records: Iterable[dict[str, Any]]) -> dict[tuple, tuple[dict, dict, dict]]:
-    """Sum additive fields and take maxima per roll-up row (function, version, memory, granularity, bucket)."""
+    """Sum additive fields and take maxima per roll-up row (its key: function, version and memory for an
+    invocation, trigger and route for an HTTP request; granularity; bucket)."""
     merged: dict[tuple, tuple[dict, dict, dict]] = {}
     for record in records:
+        kind = record.get("kind", INVOCATION)
         moment = datetime.fromisoformat(record["at"])
         adds = {name: Decimal(value) if name.endswith("_usd") else value for name, value in record["adds"].items()}
-        for granularity in LIVE_GRANULARITIES:
+        for granularity in KINDS[kind][1]:
             row_key = tuple(
                 sorted(
                     {
@@ -280,7 +323,12 @@ def _merge_pending(records: Iterable[dict[str, Any]]) -> dict[tuple, tuple[dict,
                     }.items()
                 )
             )
-            order = (str(record["key"]["function_id"]), granularity, bucket_start(moment, granularity).isoformat())
+            order = (
+                kind,
+                str(record["key"]["function_id"]),
+                granularity,
+                bucket_start(moment, granularity).isoformat(),
+            )
             _names, total_adds, total_maxes = merged.setdefault((row_key, order), (record["names"], {}, {}))
             for name, value in adds.items():
                 total_adds[name] = total_adds.get(name, 0) + value
@@ -289,19 +337,27 @@ def _merge_pending(records: Iterable[dict[str, Any]]) -> dict[tuple, tuple[dict,
     return merged
 
 
-def rollup_add(*, key: dict[str, Any], names: dict[str, Any], adds: dict[str, Any], maxes: dict[str, float]) -> None:
+def rollup_add(
+    *,
+    key: dict[str, Any],
+    names: dict[str, Any],
+    adds: dict[str, Any],
+    maxes: dict[str, float],
+    model: type[Rollup | TriggerRollup] = Rollup,
+) -> None:
     """Add to one roll-up row (created on first use): atomic increments, correct under concurrent writers."""
     updates: dict[str, Any] = {name: F(name) + value for name, value in adds.items()}
     for name, value in maxes.items():
         updates[name] = Greatest(F(name), Value(float(value), output_field=FloatField()))
-    if Rollup.objects.filter(**key).update(**updates):
+    rows = model._default_manager
+    if rows.filter(**key).update(**updates):
         return
     try:
         with transaction.atomic():
-            Rollup.objects.create(**key, **names, **adds, **maxes)
+            rows.create(**key, **names, **adds, **maxes)
     except IntegrityError:
         # Another writer created the row between our UPDATE and INSERT: now the UPDATE finds it.
-        Rollup.objects.filter(**key).update(**updates)
+        rows.filter(**key).update(**updates)
 
 
 # ---- rebuild from raw rows ----------------------------------------------------------------------------------
@@ -558,9 +614,12 @@ def _retention_cutoffs(now: datetime) -> dict[str, datetime]:
 
 
 def metrics_retention(*, now: datetime | None = None) -> dict[str, int]:
-    """Delete roll-ups past their retention (settings, in days); the running totals stay. Raw invocation rows
-    are functions_app's to delete (``functions_app.services.invocations_prune``)."""
-    return {
-        granularity: Rollup.objects.filter(granularity=granularity, bucket_start__lt=cutoff).delete()[0]
-        for granularity, cutoff in _retention_cutoffs(now or timezone.now()).items()
-    }
+    """Delete roll-ups (of invocations and of HTTP triggers) past their retention (settings, in days); the running
+    totals stay. Raw invocation rows are functions_app's to delete (``functions_app.services.invocations_prune``)."""
+    deleted: dict[str, int] = dict.fromkeys(RETENTION_SETTINGS, 0)
+    for granularity, cutoff in _retention_cutoffs(now or timezone.now()).items():
+        for model in (Rollup, TriggerRollup):
+            deleted[granularity] += model._default_manager.filter(
+                granularity=granularity, bucket_start__lt=cutoff
+            ).delete()[0]
+    return deleted

@@ -7,7 +7,7 @@ from typing import Any
 
 from functions_app.models import Function, Invocation, InvocationStatus
 from metrics_app.pricing import invocation_cost
-from metrics_app.services import invocation_record, metering_flush
+from metrics_app.services import http_request_record, invocation_record, metering_flush
 
 # A whole hour, three hours ago: recent enough that minute roll-ups are still within retention.
 T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
@@ -50,3 +50,31 @@ def _created_by(function: Any, moment: datetime) -> None:
     if function.created_at > moment:
         Function.objects.filter(pk=function.pk).update(created_at=moment)
         function.created_at = moment
+
+
+def http_request(
+    function: Any,
+    *,
+    owner_id: int | None = None,
+    trigger_type: str = "http-api",
+    trigger_id: str = "shop000001",
+    route: str = "GET /items/{id}",
+    status: int = 200,
+    latency_ms: float = 10.0,
+    response_bytes: int = 100,
+    metered: bool = True,
+) -> None:
+    """One request to an HTTP trigger handed to metering, as functions_app hands it (``function`` None: no route
+    matched, then ``owner_id`` says whose it is)."""
+    http_request_record(
+        owner_id=owner_id or function.owner_id,
+        function_id=function.pk if function else None,
+        trigger_type=trigger_type,
+        trigger_id=trigger_id,
+        route=route,
+        status=status,
+        latency_ms=latency_ms,
+        response_bytes=response_bytes,
+    )
+    if metered:
+        metering_flush()

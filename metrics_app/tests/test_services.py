@@ -4,17 +4,20 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from functions_app.models import Invocation, InvocationStatus
+from functions_app.models import HttpApi, Invocation, InvocationStatus
 from metrics_app.histograms import DURATION, INIT, MEMORY, percentile
-from metrics_app.models import ADDITIVE_FIELDS, Granularity, Rollup
+from metrics_app.models import ADDITIVE_FIELDS, UNMATCHED_ROUTE, Granularity, Rollup, TriggerRollup
+from metrics_app.selectors import function_http_triggers, http_api_triggers
 from metrics_app.services import (
     invocation_record,
     metering_flush,
     metrics_retention,
     rollups_rebuild,
 )
-from metrics_app.tests.factories import T0, finish
+from metrics_app.tests.factories import T0, finish, http_request
 
 pytestmark = pytest.mark.django_db
 
@@ -225,3 +228,68 @@ def test_prepare_and_overhead_times_are_rolled_up_and_rebuilt_alike(make_functio
     rollups_rebuild()
     rebuilt = row_of(function, Granularity.HOUR)
     assert (rebuilt.prepare_ms_sum, rebuilt.overhead_ms_sum) == (40.0, 0.5)
+
+
+# ---- HTTP triggers ------------------------------------------------------------------------------------------
+
+
+def test_an_http_request_adds_to_its_routes_minute_hour_and_day_with_its_status_class(make_function):
+    function = make_function()
+    for status, size in ((200, 100), (404, 20), (502, 30), (204, 0)):
+        http_request(function, status=status, response_bytes=size, metered=False)
+    assert metering_flush() == 4
+    rows = TriggerRollup.objects.filter(function=function, route="GET /items/{id}")
+    assert sorted(rows.values_list("granularity", flat=True)) == ["day", "hour", "minute"]  # no running total
+    for row in rows:
+        assert (row.requests, row.status_4xx, row.status_5xx, row.response_bytes_sum) == (4, 1, 1, 150)
+        assert (row.trigger_type, row.trigger_id, row.owner_id) == ("http-api", "shop000001", function.owner_id)
+        assert row.latency_ms_sum == 40.0 and sum(counts(row, DURATION)) == 4
+
+
+def test_trigger_percentiles_come_from_the_latency_histogram_capped_at_the_slowest(make_function):
+    function = make_function()
+    for ms in range(1, 101):
+        http_request(function, latency_ms=float(ms), metered=False)
+    metering_flush()
+    now = timezone.now()
+    [traffic] = function_http_triggers(function=function, start=now - timedelta(hours=1), end=now)
+    assert traffic.requests == 100 and traffic.latency_ms_max == 100.0
+    assert traffic.latency_p(50) == pytest.approx(50, rel=2 * DURATION.relative_error)
+    assert traffic.latency_p(99) == pytest.approx(99, rel=2 * DURATION.relative_error)
+    assert traffic.latency_p(99) <= 100.0 and traffic.p99_ms == round(traffic.latency_p(99), 1)
+
+
+def test_unmatched_requests_and_routes_of_a_deleted_function_are_kept_for_the_api(make_function, user):
+    function = make_function()
+    http_request(None, owner_id=user.pk, route=UNMATCHED_ROUTE, status=404)
+    http_request(None, owner_id=user.pk, route=UNMATCHED_ROUTE, status=404)
+    http_request(function, metered=False)
+    function.delete()  # before its request was flushed
+    metering_flush()
+    assert TriggerRollup.objects.filter(function=None, granularity=Granularity.MINUTE).count() == 2
+    api = HttpApi.objects.create(owner=user, name="shop", api_id="shop000001", definition={})
+    now = timezone.now()
+    traffic = http_api_triggers(api=api, start=now - timedelta(hours=1), end=now)
+    assert [(t.route, t.requests, t.status_4xx, t.label) for t in traffic] == [
+        (UNMATCHED_ROUTE, 2, 2, "shop · $unmatched"),
+        ("GET /items/{id}", 1, 0, "shop · GET /items/{id}"),
+    ]
+
+
+def test_a_redis_outage_loses_the_request_count_with_a_warning_and_never_raises(make_function, monkeypatch, caplog):
+    function = make_function()
+
+    def unreachable():
+        raise RedisConnectionError("down")
+
+    monkeypatch.setattr("metrics_app.services.redis_client", unreachable)
+    http_request(function, metered=False)
+    assert "was not queued" in caplog.text and "shop000001" in caplog.text
+
+
+def test_retention_deletes_old_trigger_rows_with_the_invocation_rows(make_function):
+    function = make_function()
+    http_request(function)
+    deleted = metrics_retention(now=timezone.now() + timedelta(days=3))
+    assert deleted == {"minute": 1, "hour": 0, "day": 0}
+    assert set(TriggerRollup.objects.values_list("granularity", flat=True)) == {"hour", "day"}

@@ -11,8 +11,10 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
+from functions_app import http_apis
 from metrics_app.charts import report_figure
-from metrics_app.tests.factories import finish
+from metrics_app.services import metering_flush
+from metrics_app.tests.factories import finish, http_request
 
 pytestmark = pytest.mark.django_db
 
@@ -179,4 +181,61 @@ def test_the_monitor_tab_says_plainly_when_there_is_no_traffic_to_right_size(sig
 
 def test_another_tenants_function_page_is_404(client, other_user, october):
     client.force_login(other_user)
+    assert client.get("/functions/hello/monitor/").status_code == 404
+
+
+# ---- HTTP triggers on the Monitor tab and the HTTP API page -----------------------------------------------------
+
+
+@pytest.fixture
+def shop(make_function, user):
+    """'hello' behind the API 'shop' (GET /items/{id}: 3 requests, one 404 and one 502) and its own URL (1
+    request); 2 requests to 'shop' matched no route."""
+    hello = make_function()
+    api = http_apis.http_api_create(
+        owner=user, name="shop", definition={"routes": [{"route_key": "GET /items/{id}", "function": "hello"}]}
+    )
+    for status in (200, 404, 502):
+        http_request(hello, trigger_id=api.api_id, status=status, latency_ms=20.0, metered=False)
+    http_request(hello, trigger_type="function-url", trigger_id="f" * 32, route="", latency_ms=5.0, metered=False)
+    for _ in range(2):
+        http_request(None, owner_id=user.pk, trigger_id=api.api_id, route="$unmatched", status=404, metered=False)
+    metering_flush()
+    return api
+
+
+def test_the_monitor_tab_tables_and_charts_requests_per_http_trigger(signed_in, shop):
+    response = signed_in.get("/functions/hello/monitor/")
+    page = response.content.decode()
+    assert 'id="http-triggers-table"' in page and 'id="figure-http-triggers"' in page
+    rows = {row.label: row for row in response.context["http_triggers"]}
+    assert set(rows) == {"shop · GET /items/{id}", "Function URL · deleted"}  # the URL row has no FunctionUrl
+    route = rows["shop · GET /items/{id}"]
+    assert (route.requests, route.status_4xx, route.status_5xx) == (3, 1, 1) and route.p50_ms == 20.0
+    assert '<a href="/http-apis/shop/">shop · GET /items/{id}</a>' in page
+    figure = json.loads(response.context["http_figure"])
+    assert [trace["name"] for trace in figure["data"]] == ["shop · GET /items/{id}", "Function URL · deleted"]
+    assert sum(figure["data"][0]["y"]) == 3
+
+
+def test_the_monitor_tab_has_no_http_section_without_http_requests(signed_in, make_function):
+    function = make_function()
+    finish(function, at=timezone.now())
+    page = signed_in.get("/functions/hello/monitor/").content.decode()
+    assert 'id="http-triggers"' not in page and "figure-http-triggers" not in page
+
+
+def test_the_http_api_page_shows_the_last_days_requests_per_route(signed_in, shop):
+    response = signed_in.get("/http-apis/shop/")
+    page = response.content.decode()
+    assert [(t.route, t.requests, t.status_4xx, t.status_5xx) for t in response.context["traffic"]] == [
+        ("GET /items/{id}", 3, 1, 1),
+        ("$unmatched", 2, 2, 0),
+    ]
+    assert 'id="http-triggers-table"' in page and "<code>$unmatched</code>" in page
+
+
+def test_another_tenant_sees_neither_the_http_api_page_nor_its_traffic(client, other_user, shop):
+    client.force_login(other_user)
+    assert client.get("/http-apis/shop/").status_code == 404
     assert client.get("/functions/hello/monitor/").status_code == 404
