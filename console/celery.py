@@ -6,10 +6,12 @@ import os
 import warnings
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 from celery.exceptions import CPendingDeprecationWarning
 from kombu.transport import redis as kombu_redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+from console.processes import die_with_parent
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 
@@ -46,3 +48,13 @@ warnings.filterwarnings(
 app = Celery("ephemera")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@signals.beat_init.connect
+def _beat_dies_with_its_worker(sender: Any = None, **_: Any) -> None:
+    """Beat embedded in the control worker (``worker --beat``) is a forked child, which does not inherit the
+    worker's own death signal: should the worker be killed, beat would live on, orphaned, firing its tasks. It
+    is told to end with its parent instead (and ends now if the parent is already gone: adopted by init)."""
+    die_with_parent()
+    if os.getppid() == 1:
+        raise SystemExit("beat's worker is gone")

@@ -537,3 +537,15 @@ def test_a_lost_worker_is_recovered_within_the_bound_behind_a_backlog_of_ten_tho
     assert recovered_in <= bound, f"recovered in {recovered_in:.1f} s, bound {bound} s"
     assert Invocation.objects.get(pk=running_event).attempt == 1  # requeued for its second attempt
     assert redis_client().llen("celery") < 10_500  # the sweeper did not publish the backlog again
+
+
+def test_beat_embedded_in_a_killed_control_worker_ends_with_it(cluster):
+    import psutil
+
+    control = psutil.Process(cluster.start_beat().pid)
+    beat = wait_for(lambda: control.children())[0]
+    # Beat opens its schedule file once it is set up (after beat_init): then it is the beat that runs the tasks.
+    wait_for(lambda: list(settings.VAR_DIR.glob(f"beat-{id(cluster)}*")))
+    os.kill(control.pid, signal.SIGKILL)
+    gone, alive = psutil.wait_procs([beat], timeout=10)
+    assert beat in gone and not alive  # not orphaned, firing its schedule on
