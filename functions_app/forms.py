@@ -295,6 +295,45 @@ class FunctionUrlForm(forms.Form):
         }
 
 
+class ScheduleForm(forms.Form):
+    """A new schedule: its name, expression and zone, what it runs, and its event."""
+
+    name = forms.CharField(max_length=64, help_text="Letters, digits, '-', '_' or '.'.")
+    expression = forms.CharField(
+        max_length=256,
+        widget=forms.TextInput(attrs={"placeholder": "rate(5 minutes)", "spellcheck": "false", "autocomplete": "off"}),
+        help_text="rate(5 minutes) · cron(0 12 * * ? *) (day-of-week 1-7 = SUN-SAT) · at(2027-01-31T09:30:00)",
+    )
+    timezone = forms.CharField(max_length=64, initial="UTC", label="Time zone", help_text="IANA: Europe/Paris…")
+    qualifier = forms.ChoiceField(required=False, label="Runs", choices=[("", "$LATEST")])
+    input = forms.CharField(
+        required=False,
+        label="Event (JSON)",
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "Empty: EventBridge's Scheduled Event"}),
+    )
+    grace_s = forms.IntegerField(
+        min_value=1,
+        max_value=86_400,
+        initial=60,
+        label="Grace (s)",
+        help_text="A tick missed while the platform was down still fires this late; older ones are skipped.",
+    )
+
+    def __init__(self, *args: Any, aliases: list[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        choices = [("", "$LATEST"), *((name, f"alias {name}") for name in aliases or [])]
+        cast(forms.ChoiceField, self.fields["qualifier"]).choices = choices
+
+    def clean_input(self) -> Any:
+        text = self.cleaned_data["input"].strip()
+        if not text:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise forms.ValidationError(f"Not JSON: {exc}") from None
+
+
 def _comma_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 

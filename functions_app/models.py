@@ -220,6 +220,58 @@ class HttpApi(models.Model):
         return f"{self.name} {self.api_id}"
 
 
+class Schedule(models.Model):
+    """A function's schedule, as EventBridge Scheduler's: an expression (rate, cron or at) in a time zone. Each
+    fire time (a tick) runs the function once, as an asynchronous invocation (``functions_app.schedules``)."""
+
+    function = models.ForeignKey(Function, on_delete=models.CASCADE, related_name="schedules")
+    name = models.CharField(max_length=64)
+    expression = models.CharField(max_length=256)
+    timezone = models.CharField(max_length=64, default="UTC")  # an IANA name
+    qualifier = models.CharField(max_length=128, blank=True, default="")  # "" runs $LATEST
+    # The event: None sends EventBridge's "Scheduled Event"; anything else is sent as it is (a constant input).
+    input = models.JSONField(null=True, blank=True)
+    enabled = models.BooleanField(default=True)
+    # Ticks missed while the platform was down still fire, late, when at most this old; older ones are skipped.
+    grace_s = models.PositiveIntegerField(default=0)
+    # Where a rate counts from: the schedule's creation, or when it was last enabled or given a new expression.
+    anchor = models.DateTimeField()
+    # The next tick; None once nothing is left to fire (an at() past, a cron's last year gone) or when disabled.
+    next_fire_at = models.DateTimeField(null=True, blank=True)
+    last_fired_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    fired = models.BigIntegerField(default=0)
+    skipped = models.BigIntegerField(default=0)
+    revision_id = models.UUIDField(default=uuid.uuid4)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["function", "name"]
+        constraints = [models.UniqueConstraint(fields=["function", "name"], name="schedule_name_unique_per_function")]
+        indexes = [models.Index(fields=["enabled", "next_fire_at"], name="schedule_due")]
+
+    def __str__(self) -> str:
+        return f"{self.function.name}:{self.name} {self.expression}"
+
+
+class ScheduleTick(models.Model):
+    """One fired tick: its row and its invocation are written in one transaction, and a tick has one row, so a
+    tick fires exactly once whatever the number of processes firing schedules."""
+
+    schedule = models.ForeignKey(Schedule, on_delete=models.CASCADE, related_name="ticks")
+    tick_at = models.DateTimeField()
+    fired_at = models.DateTimeField()
+    invocation = models.ForeignKey("Invocation", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["schedule", "tick_at"], name="schedule_tick_once")]
+
+    @property
+    def late_ms(self) -> float:
+        return (self.fired_at - self.tick_at).total_seconds() * 1000
+
+
 class TestEvent(models.Model):
     """A saved event for the console's Test tab and the API."""
 

@@ -52,6 +52,17 @@ page_urlpatterns = [
     path("functions/<fn:name>/aliases/<str:alias_name>/delete/", views.alias_delete, name="alias_delete"),
     path("functions/<fn:name>/triggers/", views.function_triggers, name="function_triggers"),
     path("functions/<fn:name>/triggers/urls/", views.function_url_create, name="function_url_create"),
+    path("functions/<fn:name>/triggers/schedules/", views.schedule_create, name="schedule_create"),
+    path(
+        "functions/<fn:name>/triggers/schedules/<str:schedule>/toggle/",
+        views.schedule_toggle,
+        name="schedule_toggle",
+    ),
+    path(
+        "functions/<fn:name>/triggers/schedules/<str:schedule>/delete/",
+        views.schedule_delete,
+        name="schedule_delete",
+    ),
     path("functions/<fn:name>/triggers/urls/<str:url_id>/", views.function_url_update, name="function_url_update"),
     path(
         "functions/<fn:name>/triggers/urls/<str:url_id>/delete/",

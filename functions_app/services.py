@@ -43,6 +43,7 @@ from functions_app.models import (
     Function,
     Invocation,
     Runtime,
+    ScheduleTick,
     TestEvent,
     Version,
 )
@@ -608,4 +609,6 @@ def invocations_prune(*, now: datetime | None = None) -> int:
     deleted = 0
     while ids := list(old.values_list("pk", flat=True)[:PRUNE_BATCH]):
         deleted += Invocation.objects.filter(pk__in=ids).delete()[1].get("functions_app.Invocation", 0)
+    # A schedule's tick rows guard against firing twice only around its next tick: old ones go with the calls.
+    ScheduleTick.objects.filter(tick_at__lt=cutoff).delete()
     return deleted

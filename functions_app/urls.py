@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from functions_app import api, invocations_api, triggers_api
+from functions_app import api, invocations_api, schedules_api, triggers_api
 
 # Every path ends with a slash; console.exceptions.ApiMiddleware serves the same path without it too.
 # Function names, alias names and test event names never contain "/", so plain str converters are exact.
@@ -18,6 +18,13 @@ api_urlpatterns = [
     path("functions/<str:name>/test-events/<str:event>/", api.TestEventDetailApi.as_view(), name="api-test-event"),
     path("functions/<str:name>/url/", triggers_api.FunctionUrlApi.as_view(), name="api-function-url"),
     path("functions/<str:name>/invoke/", invocations_api.InvokeApi.as_view(), name="api-function-invoke"),
+    path("functions/<str:name>/schedules/", schedules_api.ScheduleListApi.as_view(), name="api-schedules"),
+    path(
+        "functions/<str:name>/schedules/<str:schedule>/",
+        schedules_api.ScheduleDetailApi.as_view(),
+        name="api-schedule",
+    ),
+    path("schedule-preview/", schedules_api.SchedulePreviewApi.as_view(), name="api-schedule-preview"),
     path("http-apis/", triggers_api.HttpApiListApi.as_view(), name="api-http-apis"),
     path("http-apis/<str:name>/", triggers_api.HttpApiDetailApi.as_view(), name="api-http-api"),
     path("invocations/", invocations_api.InvocationListApi.as_view(), name="api-invocations"),

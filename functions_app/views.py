@@ -3,6 +3,7 @@ REST API uses) and render; a ``ServiceError`` lands next to the form field it na
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from django.views.decorators.http import require_POST
 from console import accounts
 from console.auth import SignedInRequest
 from console.exceptions import ResourceNotFound, ServiceError
-from functions_app import forms, http_apis, http_triggers, invoke, selectors, services
+from functions_app import forms, http_apis, http_triggers, invoke, schedules, selectors, services
 from functions_app.code import handler_module_candidates
 from functions_app.destinations import dead_letter_delete, dead_letter_replay
 from functions_app.models import LATEST, DeadLetter, Function, Invocation, InvocationStatus, InvocationType
@@ -534,6 +535,7 @@ def _triggers_context(
     *,
     new_form: forms.FunctionUrlForm | None = None,
     edited: tuple[str, forms.FunctionUrlForm] | None = None,
+    schedule_form: forms.ScheduleForm | None = None,
 ) -> dict[str, Any]:
     """The function's triggers in one place: its function URLs, each with its address, a curl line and its form
     (``edited``: the one whose submitted form is shown again, with its errors)."""
@@ -555,6 +557,12 @@ def _triggers_context(
     return {
         "urls": urls,
         "api_routes": api_routes,
+        "schedules": [
+            {"schedule": schedule, "state": schedules.schedule_state(schedule=schedule)}
+            for schedule in schedules.schedule_list(function=function)
+        ],
+        "schedule_form": schedule_form
+        or forms.ScheduleForm(aliases=[alias.name for alias in selectors.alias_list(function=function)]),
         "url_form": new_form
         or forms.FunctionUrlForm(
             aliases=free, latest="" not in served, initial={"auth_type": "NONE", "invoke_mode": "BUFFERED"}
@@ -607,6 +615,39 @@ def function_url_delete(request: SignedInRequest, name: str, url_id: str) -> Htt
     function = selectors.function_get(owner=request.user, name=name)
     http_triggers.function_url_delete(url=http_triggers.function_url_by_id(function=function, url_id=url_id))
     return redirect("function_triggers", name=function.name)
+
+
+@console_page
+@require_POST
+def schedule_create(request: SignedInRequest, name: str) -> HttpResponse:
+    function = selectors.function_get(owner=request.user, name=name)
+    form = forms.ScheduleForm(request.POST, aliases=[alias.name for alias in selectors.alias_list(function=function)])
+    if form.is_valid():
+        fields = {key: form.cleaned_data[key] for key in ("name", "expression", "qualifier", "input", "grace_s")}
+        create = functools.partial(
+            schedules.schedule_create, function=function, timezone_name=form.cleaned_data["timezone"], **fields
+        )
+        if _attempt(form, create, fallback="expression") is not _FAILED:
+            return redirect(reverse("function_triggers", args=[function.name]) + "#schedules")
+    context = _triggers_context(request, function, schedule_form=form)
+    return _tab(request, function, "triggers", context, status=400)
+
+
+@console_page
+@require_POST
+def schedule_toggle(request: SignedInRequest, name: str, schedule: str) -> HttpResponse:
+    function = selectors.function_get(owner=request.user, name=name)
+    found = schedules.schedule_get(function=function, name=schedule)
+    schedules.schedule_update(schedule=found, enabled=not found.enabled)
+    return redirect(reverse("function_triggers", args=[function.name]) + "#schedules")
+
+
+@console_page
+@require_POST
+def schedule_delete(request: SignedInRequest, name: str, schedule: str) -> HttpResponse:
+    function = selectors.function_get(owner=request.user, name=name)
+    schedules.schedule_delete(schedule=schedules.schedule_get(function=function, name=schedule))
+    return redirect(reverse("function_triggers", args=[function.name]) + "#schedules")
 
 
 # ---- Invocations tab and page -----------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from functions_app.runtime import (
     production_shortfalls,
     sandbox_doctor,
 )
+from functions_app.schedules import schedules_serve
 from functions_app.secrets import env_decrypt
 
 logger = logging.getLogger(__name__)
@@ -401,6 +402,8 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     threading.Thread(
         target=_on_function_changes, args=(stopping,), name="executor-function-changes", daemon=True
     ).start()
+    # Every host fires schedules: a tick fires once whichever gets it (functions_app/schedules.py).
+    threading.Thread(target=schedules_serve, args=(stopping,), name="schedules", daemon=True).start()
 
 
 @signals.worker_shutting_down.connect

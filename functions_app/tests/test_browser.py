@@ -370,3 +370,29 @@ def test_every_page_fits_a_phone_and_every_chart_shows_its_points_and_labels(pag
                     shot(page, "15-monitor-phone")
             if viewport is PHONE and path in ("/functions/", f"/invocations/{last.pk}/"):
                 shot(page, "16-function-list-phone" if path == "/functions/" else "17-invocation-phone")
+
+
+def test_the_schedule_form_shows_the_next_ten_ticks_as_you_type_and_why_an_expression_is_wrong(
+    page, live_server, user, make_function
+):
+    from playwright.sync_api import expect
+
+    make_function()
+    base = live_server.url
+    sign_in(page, base)
+    page.goto(f"{base}/functions/hello/triggers/")
+    page.fill("#id_expression", "cron(0 9 ? * MON-FRI *)")
+    page.fill("#id_timezone", "Europe/Paris")
+    expect(page.locator("#schedule-preview-times li")).to_have_count(10)
+    first = page.locator("#schedule-preview-times li").first.text_content()
+    assert "09:00 Europe/Paris" in first and ("08:00 UTC" in first or "07:00 UTC" in first), first
+    page.fill("#id_expression", "cron(0 9 * * * *)")
+    expect(page.locator("#schedule-preview-note")).to_contain_text("Exactly one of day-of-month and day-of-week")
+    expect(page.locator("#schedule-preview-times li")).to_have_count(0)
+    page.fill("#id_expression", "rate(15 minutes)")
+    page.fill("#id_name", "quarterly")
+    page.click("#schedule-form button[type=submit]")
+    expect(page.locator("#schedule-quarterly")).to_contain_text("enabled")
+    shot(page, "17-schedules")
+    page.click("#schedule-quarterly button:has-text('Disable')")
+    expect(page.locator("#schedule-quarterly")).to_contain_text("disabled")

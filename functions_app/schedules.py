@@ -1,0 +1,350 @@
+"""Schedules: a function run at the ticks of a rate, cron or at expression (``schedule_expressions``), each tick
+exactly once, as an asynchronous invocation with EventBridge's "Scheduled Event" (or a constant input).
+
+Every executor host runs a loop (``schedules_serve``) that fires what is due. Two loops, or two hosts, may find
+the same tick due: the one whose conditional update moves the schedule's ``next_fire_at`` on fires it, in the
+same transaction as the tick's row (unique per schedule and tick) and its invocation, so a tick fires once, and a
+fired tick is never lost to a crash (nothing of it is written, and it fires again). docs/event-sources.md
+describes the rules and the downtime policy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from django.conf import settings
+from django.db import IntegrityError, close_old_connections, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from console.exceptions import ResourceConflict, ResourceNotFound, ServiceError
+from functions_app.accept import invocation_accept
+from functions_app.models import LATEST, Function, InvocationType, Schedule, ScheduleTick
+from functions_app.outages import DATABASE_ERRORS, database_unreachable
+from functions_app.schedule_expressions import Expression, InvalidExpression, expression_parse, fire_times, next_fire
+from functions_app.selectors import qualifier_resolve
+
+logger = logging.getLogger(__name__)
+
+SCHEDULE = "schedule"  # an invocation's trigger type
+NAME_PATTERN = re.compile(r"[0-9A-Za-z_.-]{1,64}")
+INPUT_MAX_CHARS = 8192  # EventBridge Scheduler's limit for a target's input
+GRACE_MAX_S = 86_400
+GRACE_DEFAULT_S = 60
+# The most a firing loop sleeps: how soon it sees a schedule created or changed meanwhile.
+FIRE_POLL_S = 1.0
+# Ticks fired per round, oldest first; a backlog fires over several rounds without a pause.
+FIRE_BATCH = 200
+# Skipped ticks counted one by one up to this many (a long outage of a frequent schedule).
+SKIP_COUNT_MAX = 100_000
+
+
+# ---- configuration ----------------------------------------------------------------------------------------------
+
+
+def schedule_list(*, function: Function) -> list[Schedule]:
+    return list(function.schedules.all())
+
+
+def schedule_get(*, function: Function, name: str) -> Schedule:
+    try:
+        return function.schedules.get(name=name)
+    except Schedule.DoesNotExist:
+        raise ResourceNotFound(f"{function.name} has no schedule {name!r}.") from None
+
+
+def schedule_create(
+    *,
+    function: Function,
+    name: str,
+    expression: str,
+    timezone_name: str = "UTC",
+    qualifier: str = "",
+    input: Any = None,
+    enabled: bool = True,
+    grace_s: int = GRACE_DEFAULT_S,
+) -> Schedule:
+    schedule = Schedule(function=function, name=_name(name))
+    _configure(
+        schedule,
+        expression=expression,
+        timezone_name=timezone_name,
+        qualifier=qualifier,
+        input=input,
+        enabled=enabled,
+        grace_s=grace_s,
+    )
+    try:
+        with transaction.atomic():
+            schedule.save()
+    except IntegrityError:
+        raise ResourceConflict(f"{function.name} already has a schedule named {name!r}.") from None
+    return schedule
+
+
+def schedule_update(*, schedule: Schedule, **changes: Any) -> Schedule:
+    """Change any of expression, timezone_name, qualifier, input, enabled, grace_s. A new expression, time zone
+    or enabling starts the schedule afresh from now (a rate counts from now; ticks before now never fire)."""
+    unknown = set(changes) - {"expression", "timezone_name", "qualifier", "input", "enabled", "grace_s"}
+    if unknown:
+        raise ServiceError(f"Unknown fields: {', '.join(sorted(unknown))}.")
+    current: dict[str, Any] = {
+        "expression": schedule.expression,
+        "timezone_name": schedule.timezone,
+        "qualifier": schedule.qualifier,
+        "input": schedule.input,
+        "enabled": schedule.enabled,
+        "grace_s": schedule.grace_s,
+    }
+    restart = any(changes.get(key, current[key]) != current[key] for key in ("expression", "timezone_name", "enabled"))
+    _configure(schedule, **(current | changes), restart=restart)
+    schedule.revision_id = uuid.uuid4()
+    schedule.save()
+    return schedule
+
+
+def schedule_delete(*, schedule: Schedule) -> None:
+    schedule.delete()
+
+
+def _configure(
+    schedule: Schedule,
+    *,
+    expression: str,
+    timezone_name: str,
+    qualifier: str,
+    input: Any,
+    enabled: bool,
+    grace_s: int,
+    restart: bool = True,
+) -> None:
+    parsed = _expression(expression)
+    zone = _zone(timezone_name)
+    if qualifier:
+        qualifier_resolve(function=schedule.function, qualifier=qualifier)  # 404 for an unknown alias or version
+    schedule.expression, schedule.timezone = expression.strip(), zone
+    schedule.qualifier = "" if qualifier == LATEST else qualifier
+    schedule.input = _input(input)
+    schedule.enabled = _flag(enabled)
+    schedule.grace_s = _grace(grace_s)
+    if restart or schedule.anchor is None:
+        now = timezone.now()
+        schedule.anchor = now
+        schedule.next_fire_at = next_fire(parsed, zone=zone, anchor=now, after=now) if schedule.enabled else None
+        if schedule.enabled and schedule.next_fire_at is None:
+            raise ServiceError(
+                f"{expression.strip()} never fires after now ({zone}).", details={"expression": ["never fires"]}
+            )
+    schedule.last_error = ""
+
+
+def _name(name: Any) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ServiceError(
+            "A schedule's name is 1-64 letters, digits, '-', '_' or '.'.", details={"name": ["invalid name"]}
+        )
+    return name
+
+
+def _expression(expression: Any) -> Expression:
+    if not isinstance(expression, str):
+        raise ServiceError("expression is a string: rate(…), cron(…) or at(…).", details={"expression": ["required"]})
+    try:
+        return expression_parse(expression)
+    except InvalidExpression as exc:
+        raise ServiceError(f"Invalid expression: {exc}", details={"expression": [str(exc)]}) from None
+
+
+def _zone(name: Any) -> str:
+    try:
+        ZoneInfo(str(name))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ServiceError(
+            f"{name!r} is not an IANA time zone (e.g. UTC, Europe/Paris, America/New_York).",
+            details={"timezone": ["unknown time zone"]},
+        ) from None
+    return str(name)
+
+
+def _input(value: Any) -> Any:
+    if value is not None and len(json.dumps(value)) > INPUT_MAX_CHARS:
+        raise ServiceError(f"input is over {INPUT_MAX_CHARS} characters as JSON.", details={"input": ["too large"]})
+    return value
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ServiceError("enabled is true or false.", details={"enabled": ["a boolean"]})
+    return value
+
+
+def _grace(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= GRACE_MAX_S:
+        raise ServiceError(
+            f"grace_s is a whole number of seconds from 1 to {GRACE_MAX_S}.", details={"grace_s": ["out of range"]}
+        )
+    return value
+
+
+def schedule_state(*, schedule: Schedule) -> str:
+    """ENABLED, DISABLED, FAILING (its last tick could not run: ``last_error``) or DONE (nothing left to fire)."""
+    if not schedule.enabled:
+        return "DISABLED"
+    if schedule.next_fire_at is None:
+        return "DONE"
+    return "FAILING" if schedule.last_error else "ENABLED"
+
+
+def schedule_preview(*, expression: str, timezone_name: str = "UTC", count: int = 10) -> list[datetime]:
+    """The next ``count`` fire times of an expression from now (a rate counted from now), or the precise error."""
+    parsed, zone, now = _expression(expression), _zone(timezone_name), timezone.now()
+    return fire_times(parsed, zone=zone, anchor=now, after=now, count=count)
+
+
+def schedule_upcoming(*, schedule: Schedule, count: int = 10) -> list[datetime]:
+    """The schedule's next ``count`` ticks (none when disabled)."""
+    if not schedule.enabled or schedule.next_fire_at is None:
+        return []
+    parsed = expression_parse(schedule.expression)
+    after = schedule.next_fire_at - timedelta(microseconds=1)
+    return fire_times(parsed, zone=schedule.timezone, anchor=schedule.anchor, after=after, count=count)
+
+
+# ---- firing -----------------------------------------------------------------------------------------------------
+
+
+def schedules_fire(*, now: datetime | None = None) -> float:
+    """Fire every tick due at ``now`` (oldest first, up to FIRE_BATCH); returns how long to sleep before the next
+    round: until the next tick, at most FIRE_POLL_S, nothing when a backlog is left."""
+    now = now or timezone.now()
+    due = list(
+        Schedule.objects.filter(enabled=True, next_fire_at__lte=now)
+        .select_related("function__owner")
+        .order_by("next_fire_at")[:FIRE_BATCH]
+    )
+    for schedule in due:
+        _fire(schedule, now)
+    if len(due) == FIRE_BATCH:
+        return 0.0
+    upcoming = (
+        Schedule.objects.filter(enabled=True, next_fire_at__isnull=False)
+        .order_by("next_fire_at")
+        .values_list("next_fire_at", flat=True)
+        .first()
+    )
+    if upcoming is None:
+        return FIRE_POLL_S
+    return min(max((upcoming - timezone.now()).total_seconds(), 0.0), FIRE_POLL_S)
+
+
+def _fire(schedule: Schedule, now: datetime) -> None:
+    """Fire the schedule's due tick, or skip it (and every tick up to ``now - grace``) when it is older than its
+    grace: the platform was down. Another firer that got there first makes this one do nothing."""
+    tick_at = schedule.next_fire_at
+    assert tick_at is not None  # selected by next_fire_at <= now
+    parsed = expression_parse(schedule.expression)
+    grace = timedelta(seconds=schedule.grace_s)
+    fires = now - tick_at <= grace
+    # Skipping: the next tick is the first one still within the grace (at now - grace exactly, too).
+    after = tick_at if fires else now - grace - timedelta(microseconds=1)
+    following = next_fire(parsed, zone=schedule.timezone, anchor=schedule.anchor, after=after)
+    moved: dict[str, Any] = {"next_fire_at": following}
+    if fires:
+        moved |= {"last_fired_at": now, "fired": F("fired") + 1}
+    else:
+        moved["skipped"] = F("skipped") + _skipped(schedule, parsed, tick_at, after)
+    try:
+        with transaction.atomic():
+            if not Schedule.objects.filter(pk=schedule.pk, next_fire_at=tick_at, enabled=True).update(**moved):
+                return  # fired by another loop, or changed since it was read
+            if fires:
+                ScheduleTick.objects.create(schedule=schedule, tick_at=tick_at, fired_at=now)
+                _invoke(schedule, tick_at)
+    except IntegrityError:
+        logger.info("Schedule %s: the tick %s had already fired", schedule.pk, tick_at.isoformat())
+    if not fires:
+        logger.warning(
+            "Schedule %s of %s: ticks from %s to %s were missed (older than its %d s grace) and skipped",
+            schedule.name,
+            schedule.function.name,
+            tick_at.isoformat(),
+            after.isoformat(),
+            schedule.grace_s,
+        )
+
+
+def _skipped(schedule: Schedule, parsed: Expression, first: datetime, last: datetime) -> int:
+    """How many ticks from ``first`` to ``last`` (inclusive) are skipped."""
+    count, moment = 1, first
+    while count < SKIP_COUNT_MAX:
+        following = next_fire(parsed, zone=schedule.timezone, anchor=schedule.anchor, after=moment)
+        if following is None or following > last:
+            break
+        count, moment = count + 1, following
+    return count
+
+
+def _invoke(schedule: Schedule, tick_at: datetime) -> None:
+    """The tick's asynchronous invocation, in the caller's transaction. A call the function cannot take (its
+    alias deleted, the event too large) is the schedule's last error; the tick counts as fired."""
+    function = schedule.function
+    event = scheduled_event(schedule, tick_at) if schedule.input is None else schedule.input
+    trigger = {"type": SCHEDULE, "id": schedule.pk, "name": schedule.name, "tick": tick_at.isoformat()}
+    try:
+        with transaction.atomic():
+            invocation = invocation_accept(
+                owner=function.owner,
+                function=function,
+                qualifier=schedule.qualifier,
+                raw_payload=json.dumps(event).encode(),
+                invocation_type=InvocationType.ASYNC,
+                trigger=trigger,
+            )
+    except ServiceError as exc:
+        Schedule.objects.filter(pk=schedule.pk).update(last_error=f"{tick_at.isoformat()}: {exc.message}")
+        return
+    ScheduleTick.objects.filter(schedule=schedule, tick_at=tick_at).update(invocation=invocation)
+    if schedule.last_error:
+        Schedule.objects.filter(pk=schedule.pk).update(last_error="")
+
+
+def scheduled_event(schedule: Schedule, tick_at: datetime) -> dict[str, Any]:
+    """EventBridge's "Scheduled Event" for a tick; its id is the same for every delivery of the tick, so that a
+    handler can de-duplicate retried attempts."""
+    account = f"{schedule.function.owner_id:012d}"
+    region = settings.AWS_REGION
+    return {
+        "version": "0",
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"ephemera:schedule:{schedule.pk}:{tick_at.isoformat()}")),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": account,
+        "time": tick_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "region": region,
+        "resources": [f"arn:aws:events:{region}:{account}:rule/{schedule.name}"],
+        "detail": {},
+    }
+
+
+def schedules_serve(stop: threading.Event) -> None:
+    """The firing loop of an executor host: fire what is due, sleep until the next tick (at most FIRE_POLL_S).
+    The database down, it tries again after a pause; ticks it could not fire fire late (within their grace)."""
+    while not stop.is_set():
+        close_old_connections()
+        try:
+            pause = schedules_fire()
+        except DATABASE_ERRORS as exc:
+            logger.warning("Firing schedules failed (%r); trying again in a second", exc)
+            database_unreachable(exc)
+            pause = FIRE_POLL_S
+        except Exception:
+            logger.exception("Firing schedules failed; trying again in a second")
+            pause = FIRE_POLL_S
+        stop.wait(pause)
