@@ -21,6 +21,7 @@ BENCHMARKS = [
     ("P3 + P4: async completions per second and scaling", ["bench/bench_async_throughput.py"]),
     ("P6: monitoring page over one million invocation rows", ["bench/bench_monitor_page.py"]),
     ("P8 + P9: HTTP triggers on the production web server", ["bench/bench_http.py"]),
+    ("P11: schedule precision with 1,000 schedules", ["bench/bench_schedules.py"]),
 ]
 # The invoke path again on the production backends, when a PostgreSQL and a Redis server answer (as on CI's
 # machines): each run gets a fresh database BENCH_DATABASE_URL names and a flushed Redis database.
@@ -55,6 +56,7 @@ def summary_rows(results: dict[str, dict]) -> list[str]:
         f"| P5 | idle warm environment: {cold['P5']} | | | <= 20 MB PSS |",
         *server_rows(results),
         *p8_p9_rows(results["P8 + P9: HTTP triggers on the production web server"]),
+        p11_row(results["P11: schedule precision with 1,000 schedules"]),
         f"| P6 | Monitor page (1h/24h/7d/30d) and report page with {page['rows']:,} invocation rows, worst p50: "
         f"{page['worst_p50_ms']} ms | one hourly GROUP BY over the raw rows: "
         f"{page['baseline_raw_scan_30d_hourly_aggregate_ms']['p50']} ms | {page['ratio_worst_p50_to_raw_scan_p50']}x | "
@@ -74,6 +76,20 @@ def p8_p9_rows(http: dict) -> list[str]:
         f"statuses {slow['statuses']}, all answered in {slow['all_answered_s']} s, web RSS peak "
         f"{slow['web_rss_peak_mb']} MB | | | no 5xx; web memory stated |",
     ]
+
+
+def p11_row(ticks: dict) -> str:
+    fired, started, beat = (
+        ticks["P11_tick_lateness_ms"],
+        ticks["tick_to_run_start_ms"],
+        ticks["baseline_celery_beat_tick_to_task_start_ms"],
+    )
+    return (
+        f"| P11 | {fired['n']} schedules due at the same minute: tick lateness (published) p50 {fired['p50']} ms, "
+        f"p99 {fired['p99']} ms; tick to run start p50 {started['p50']} ms, p99 {started['p99']} ms | Celery beat, "
+        f"as many crontab entries, tick to task start: p50 {beat['p50']} ms, p99 {beat['p99']} ms | run start p99: "
+        f"{ticks['ratio_run_start_p99']}x | p99 <= 1 s |"
+    )
 
 
 def p2_row(label: str, sync: dict) -> str:

@@ -1,4 +1,5 @@
-"""The P2 baseline: stock Celery with a Redis result backend and a no-op task, on the same Redis."""
+"""The baselines: stock Celery with a Redis result backend and a no-op task, on the same Redis (P2, P3); and beat
+with BENCH_BEAT_ENTRIES crontab entries due every minute (P11)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,12 @@ def stamp() -> float:
     import time
 
     return time.time()
+
+
+if os.environ.get("BENCH_BEAT_ENTRIES"):
+    from celery.schedules import crontab
+
+    app.conf.beat_schedule = {
+        f"entry-{number}": {"task": "bench.stamp", "schedule": crontab(minute="*")}
+        for number in range(int(os.environ["BENCH_BEAT_ENTRIES"]))
+    }

@@ -75,3 +75,8 @@ async def blocking_pop_async(keys: list[str], timeout_s: float) -> tuple[bytes, 
     wait_s = min(max(timeout_s, 0.01), BLOCKING_POP_MAX_S)
     reply = await _async_blocking_client().blpop(keys, timeout=wait_s)
     return cast("tuple[bytes, bytes] | None", reply)
+
+
+async def flag_set_async(key: str, ttl_s: int) -> None:
+    """SET ``key`` (to 1, expiring after ``ttl_s``) from an event loop."""
+    await _async_blocking_client().set(key, b"1", ex=ttl_s)

@@ -234,10 +234,16 @@ def _route(raw: dict[str, Any], where: str, authorizers: dict[str, Authorizer]) 
     )
 
 
+# A route key's length at most (the per-route metrics key on it, metrics_app.models.TriggerRollup.route).
+ROUTE_KEY_MAX_CHARS = 512
+
+
 def route_key_parse(route_key: str, where: str = "route_key") -> tuple[str, tuple[str, ...]]:
     """``"GET /items/{id}"`` as (method, path segments); ``$default`` as ("", ())."""
     if route_key == DEFAULT_ROUTE:
         return "", ()
+    if len(route_key) > ROUTE_KEY_MAX_CHARS:
+        raise _invalid(where, f"A route key is at most {ROUTE_KEY_MAX_CHARS} characters, not {len(route_key)}.")
     method, _, path = route_key.partition(" ")
     if method not in METHODS or not path.startswith("/") or " " in path:
         raise _invalid(

@@ -4,6 +4,7 @@ process holds thousands of such requests (the WSGI path, http_views.py, serves t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -34,13 +35,29 @@ async def trigger_serve(scope: dict[str, Any], receive: Receive, send: Send) -> 
     else:
         answer = await _answer(scope, route, headers, body)
     sent = answer_for(route, answer)
-    if sent.stream is None:
-        await response_send(send, sent.status, sent.headers, sent.body)
-    else:
-        await _stream_send(send, sent)
+    try:
+        if sent.stream is None:
+            await response_send(send, sent.status, sent.headers, sent.body)
+        else:
+            await _stream_send(send, sent)
+    except asyncio.CancelledError:  # the client left (the server cancels the request): still counted
+        _bookkeeping_later(answer)
+        raise
     if answer.after_sent is not None:
         await in_db_thread(answer.after_sent)
     return True
+
+
+# Bookkeeping of requests whose task was cancelled, run on tasks of their own (kept here until done).
+_bookkeeping: set[asyncio.Task] = set()
+
+
+def _bookkeeping_later(answer: HttpAnswer) -> None:
+    if answer.after_sent is None:
+        return
+    task = asyncio.get_running_loop().create_task(in_db_thread(answer.after_sent))
+    _bookkeeping.add(task)
+    task.add_done_callback(_bookkeeping.discard)
 
 
 async def _stream_send(send: Send, answer: HttpAnswer) -> None:
@@ -72,9 +89,14 @@ async def _answer(
         port=int(server[1] or 80),
     )
     plan = await in_db_thread(lambda: trigger_plan(route, facts))
-    if isinstance(plan, PendingCall) and plan.streamed:
-        return await stream_answer_async(plan, db=in_db_thread)
-    return await call_answer_async(plan, db=in_db_thread)
+    try:
+        if isinstance(plan, PendingCall) and plan.streamed:
+            return await stream_answer_async(plan, db=in_db_thread)
+        return await call_answer_async(plan, db=in_db_thread)
+    except asyncio.CancelledError:
+        if isinstance(plan, PendingCall):  # the client left before the answer: logged and counted as nginx's 499
+            _bookkeeping_later(plan.finish(message_answer(499, "Client Closed Request"), None))
+        raise
 
 
 def _text(raw: bytes) -> str:

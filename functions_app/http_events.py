@@ -255,7 +255,8 @@ def stream_head(prelude: bytes | None) -> HttpAnswer:
     if not isinstance(value, dict):
         raise MalformedResponse("A stream's prelude is an object with statusCode, headers and cookies.")
     headers = value.get("headers") or {}
-    if isinstance(headers, dict) and not any(str(name).lower() == "content-type" for name in headers):
+    bodiless = value.get("statusCode") in (204, 304)
+    if isinstance(headers, dict) and not bodiless and not any(str(name).lower() == "content-type" for name in headers):
         headers = {**headers, "Content-Type": "application/octet-stream"}
     return _structured({"statusCode": 200, **value, "headers": headers, "body": None, "isBase64Encoded": False})
 
@@ -276,7 +277,7 @@ def answer_v1(result: str) -> HttpAnswer:
 # server's), the length (the body's own) and the framing.
 PLATFORM_RESPONSE_HEADERS = frozenset(
     ("connection", "keep-alive", "proxy-authenticate", "proxy-connection", "te", "trailer", "transfer-encoding",
-     "upgrade", "content-length")
+     "upgrade", "content-length", "x-invocation-id")
 )  # fmt: skip
 TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 

@@ -11,17 +11,24 @@ each one on (``invocation_wait_async``). docs/http-endpoints.md describes it for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator
 
+from redis.exceptions import RedisError
+
 from console.exceptions import ServiceError
+from console.redis import flag_set_async
 from functions_app.http_events import HttpAnswer, MalformedResponse, stream_head
 from functions_app.http_triggers import PendingCall, message_answer
 from functions_app.invoke import Chunk, DatabaseRunner, InvokeAnswer, function_invoke, sync_call_accept, sync_call_await
+from functions_app.lifecycle import REPLY_TTL_S, STREAM_GONE_KEY
 from functions_app.models import Invocation, InvocationType
 
 logger = logging.getLogger(__name__)
+# Chunks the web holds for a client at most (each up to 1 MB; more wait in Redis, within the worker's backlog).
+CHUNKS_AHEAD = 4
 
 
 async def stream_answer_async(plan: PendingCall, *, db: DatabaseRunner) -> HttpAnswer:
@@ -33,11 +40,19 @@ async def stream_answer_async(plan: PendingCall, *, db: DatabaseRunner) -> HttpA
         invocation = await db(functools.partial(sync_call_accept, **arguments))
     except ServiceError as exc:
         return await db(functools.partial(plan.refused, exc))
-    chunks: asyncio.Queue[Chunk | None] = asyncio.Queue()
-    waiting = asyncio.ensure_future(sync_call_await(invocation=invocation, db=db, wait_s=wait_s, on_chunk=chunks.put))
-    waiting.add_done_callback(lambda _: chunks.put_nowait(None))
+    # Bounded: a client that reads slowly holds back the wait, then the worker, then the handler (backpressure).
+    chunks: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=CHUNKS_AHEAD)
+
+    async def wait() -> InvokeAnswer:
+        try:
+            return await sync_call_await(invocation=invocation, db=db, wait_s=wait_s, on_chunk=chunks.put)
+        finally:
+            await chunks.put(None)  # the end, after every chunk
+
+    waiting = asyncio.ensure_future(wait())
     first = await chunks.get()
     if first is None:
+        await asyncio.wait({waiting})
         return await db(functools.partial(_whole_answer, plan, waiting))
     kind, body = first
     head, streamable = _head(invocation, body if kind == "prelude" else None)
@@ -88,6 +103,7 @@ class ChunkStream:
             if kind == "data" and body:
                 yield body
                 self.sent += len(body)
+        await asyncio.wait({self._waiting})
         self._check_ended_well()
 
     def _check_ended_well(self) -> None:
@@ -100,8 +116,12 @@ class ChunkStream:
             raise StreamBroken(f"invocation {self._invocation_id} failed after its response began ({error})")
 
     async def aclose(self) -> None:
-        """The client is gone: stop waiting (the call runs on, and is recorded)."""
-        self._waiting.cancel()
+        """The response is over: stop waiting, and should the client have left before its end, tell the worker
+        (which then stops handing chunks on; the call runs on, and is recorded)."""
+        if not self._waiting.done():
+            self._waiting.cancel()
+            with contextlib.suppress(RedisError):
+                await flag_set_async(STREAM_GONE_KEY.format(id=self._invocation_id), REPLY_TTL_S)
 
 
 class StreamBroken(Exception):

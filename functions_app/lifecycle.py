@@ -58,6 +58,12 @@ REPLY_TTL_S = 120
 # A streamed call's chunks go ahead of its reply on the reply key, in order, each behind a mark no JSON reply
 # starts with: "\0P" the response's prelude (status, headers, cookies as JSON), "\0D" a piece of its body.
 CHUNK_MARKS = {"prelude": b"\x00P", "data": b"\x00D"}
+# Set by the web when a streamed call's client has left: the worker stops handing its chunks on.
+STREAM_GONE_KEY = "ephemera:reply:{id}:gone"
+# A streamed call's chunks waiting for its client at most (each up to 1 MB): past it the worker stops reading the
+# sandbox until the client catches up, so the handler waits at its next yield (backpressure, end to end).
+STREAM_BACKLOG_MAX = 8
+STREAM_BACKLOG_POLL_S = 0.01
 WORKER_LOST = "Platform.WorkerLost"
 EXECUTOR_FAILED = "Platform.ExecutorError"
 # Deliveries the claim turned away (duplicates, late redeliveries): a counter for operators and tests.
@@ -494,11 +500,15 @@ def is_streamed(invocation: Invocation) -> bool:
 
 
 class _ChunkSender:
-    """Puts a streamed call's chunks on its reply key as the sandbox produces them. Should Redis fail, the rest
-    of the stream is dropped (the caller's response ends short, logged); the call itself runs on and is recorded."""
+    """Puts a streamed call's chunks on its reply key as the sandbox produces them, no further ahead of the client
+    than STREAM_BACKLOG_MAX chunks: while the backlog is full it waits (and so does the handler), until the client
+    catches up, leaves (then the rest is dropped, and the call runs on to its end), or the call's time is up.
+    Should Redis fail, the rest of the stream is dropped too (the response ends short, logged)."""
 
     def __init__(self, invocation: Invocation) -> None:
         self.key = REPLY_KEY.format(id=invocation.id)
+        self.gone_key = STREAM_GONE_KEY.format(id=invocation.id)
+        self.deadline = time.monotonic() + invocation.timeout_s
         self.broken = False
 
     def __call__(self, kind: str, body: bytes) -> None:
@@ -508,10 +518,23 @@ class _ChunkSender:
         pipeline.rpush(self.key, CHUNK_MARKS[kind] + body)
         pipeline.expire(self.key, REPLY_TTL_S)
         try:
-            pipeline.execute()
+            backlog, _ = pipeline.execute()
+            if backlog >= STREAM_BACKLOG_MAX:
+                self._wait_for_the_client()
         except RedisError as exc:
             self.broken = True
             logger.warning("The stream of %s was cut short: Redis refused a chunk (%r)", self.key, exc)
+
+    def _wait_for_the_client(self) -> None:
+        client = redis_client()
+        while time.monotonic() < self.deadline:
+            if client.exists(self.gone_key):
+                self.broken = True
+                client.delete(self.key)  # what the client will never read
+                return
+            if client.llen(self.key) < STREAM_BACKLOG_MAX // 2:
+                return
+            time.sleep(STREAM_BACKLOG_POLL_S)
 
 
 def invocation_run_events(*, invocation_ids: list[str], executor: ExecutorHost) -> None:

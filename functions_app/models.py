@@ -261,15 +261,17 @@ class ScheduleTick(models.Model):
 
     schedule = models.ForeignKey(Schedule, on_delete=models.CASCADE, related_name="ticks")
     tick_at = models.DateTimeField()
-    fired_at = models.DateTimeField()
+    # When its invocation was published; None while it waits for its time (committed a moment ahead), or when
+    # the firer stopped before (the sweeper then publishes the invocation).
+    fired_at = models.DateTimeField(null=True, blank=True)
     invocation = models.ForeignKey("Invocation", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["schedule", "tick_at"], name="schedule_tick_once")]
 
     @property
-    def late_ms(self) -> float:
-        return (self.fired_at - self.tick_at).total_seconds() * 1000
+    def late_ms(self) -> float | None:
+        return None if self.fired_at is None else (self.fired_at - self.tick_at).total_seconds() * 1000
 
 
 class TestEvent(models.Model):

@@ -13,6 +13,7 @@ docs/event-sources.md has the rules and examples.
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,8 +53,9 @@ class Cron:
 Expression = Rate | At | Cron
 
 
+@functools.lru_cache(maxsize=4096)
 def expression_parse(text: str) -> Expression:
-    """The expression, or InvalidExpression with the precise reason."""
+    """The expression, or InvalidExpression with the precise reason (remembered: schedules fire the same few)."""
     match = re.fullmatch(r"\s*(rate|cron|at)\((.*)\)\s*", text or "")
     if match is None:
         raise InvalidExpression("An expression is rate(…), cron(…) or at(…).")
@@ -262,7 +264,8 @@ def _fire_iter(expression: Expression, zone: ZoneInfo, anchor: datetime, after: 
 
 
 def _cron_iter(cron: Cron, zone: ZoneInfo, after: datetime) -> Iterator[datetime]:
-    start = after.astimezone(zone).date()
+    local = after.astimezone(zone)
+    start = local.date()
     for year in sorted(y for y in cron.years if y >= start.year):
         for month in sorted(cron.months):
             if (year, month) < (start.year, start.month):
@@ -272,8 +275,12 @@ def _cron_iter(cron: Cron, zone: ZoneInfo, after: datetime) -> Iterator[datetime
                 day = date(year, month, day_number)
                 if not cron.days.matches(day):
                     continue
-                for hour in sorted(cron.hours):
-                    for minute in sorted(cron.minutes):
+                # On the first day, only from the wall-clock hour and minute of ``after`` on (the rest is past).
+                today = day == start
+                for hour in sorted(h for h in cron.hours if not today or h >= local.hour):
+                    for minute in sorted(
+                        m for m in cron.minutes if not today or hour > local.hour or m >= local.minute
+                    ):
                         moment = _wall_to_utc(datetime.combine(day, time(hour, minute)), zone)
                         if moment is not None and moment > after:
                             yield moment

@@ -25,8 +25,8 @@ from django.db.models import F
 from django.utils import timezone
 
 from console.exceptions import ResourceConflict, ResourceNotFound, ServiceError
-from functions_app.accept import invocation_accept
-from functions_app.models import LATEST, Function, InvocationType, Schedule, ScheduleTick
+from functions_app.accept import invocation_accept, invocations_publish
+from functions_app.models import LATEST, Function, Invocation, InvocationType, Schedule, ScheduleTick
 from functions_app.outages import DATABASE_ERRORS, database_unreachable
 from functions_app.schedule_expressions import Expression, InvalidExpression, expression_parse, fire_times, next_fire
 from functions_app.selectors import qualifier_resolve
@@ -41,7 +41,12 @@ GRACE_DEFAULT_S = 60
 # The most a firing loop sleeps: how soon it sees a schedule created or changed meanwhile.
 FIRE_POLL_S = 1.0
 # Ticks fired per round, oldest first; a backlog fires over several rounds without a pause.
-FIRE_BATCH = 200
+FIRE_BATCH = 500
+# Ticks written per transaction.
+COMMIT_BATCH = 100
+# How long before its time a tick is committed (then only published at its time): a disabled or changed schedule
+# may still fire a tick this close.
+STAGE_AHEAD = timedelta(seconds=2)
 # Skipped ticks counted one by one up to this many (a long outage of a frequent schedule).
 SKIP_COUNT_MAX = 100_000
 
@@ -220,33 +225,69 @@ def schedule_upcoming(*, schedule: Schedule, count: int = 10) -> list[datetime]:
 # ---- firing -----------------------------------------------------------------------------------------------------
 
 
+class ScheduleFirer:
+    """Fires ticks in two steps. A tick is committed (its row, and its invocation due at the tick) up to
+    STAGE_AHEAD_S before its time, many in one transaction; at its time only its doorbell is rung (one Redis round
+    trip for all the ticks of that moment). So a minute's thousand ticks cost their writes before the minute, and
+    fire at it. The firer keeps what it committed and has yet to publish; should it stop meanwhile, the sweeper
+    publishes those invocations (late, never lost, never twice)."""
+
+    def __init__(self) -> None:
+        self.staged: list[tuple[datetime, str]] = []  # (tick, invocation id), committed and not yet published
+
+    def fire(self, now: datetime | None = None) -> float:
+        """Commit the ticks due by ``now + STAGE_AHEAD_S`` (oldest first, up to FIRE_BATCH), publish those due at
+        ``now``; returns how long to sleep before the next round (at most FIRE_POLL_S, nothing with a backlog)."""
+        now = now or timezone.now()
+        due = list(
+            Schedule.objects.filter(enabled=True, next_fire_at__lte=now + STAGE_AHEAD)
+            .select_related("function__owner")
+            .order_by("next_fire_at")[:FIRE_BATCH]
+        )
+        # One transaction per batch (a savepoint per tick): the commit, not the ticks, is what a round pays for.
+        for start in range(0, len(due), COMMIT_BATCH):
+            with transaction.atomic():
+                committed = [_fire(schedule, now) for schedule in due[start : start + COMMIT_BATCH]]
+            self.staged += [tick for tick in committed if tick is not None]
+        self.publish_due(now)
+        if len(due) == FIRE_BATCH:
+            return 0.0
+        return self._pause(now)
+
+    def publish_due(self, now: datetime) -> None:
+        """Ring the doorbells of the committed ticks whose time has come, and note when."""
+        current = max(now, timezone.now())  # ``now`` is the round's start, or a test's clock
+        ready = [invocation_id for tick_at, invocation_id in self.staged if tick_at <= current]
+        if not ready:
+            return
+        self.staged = [(tick_at, invocation_id) for tick_at, invocation_id in self.staged if tick_at > current]
+        invocations_publish(invocation_ids=ready)
+        ScheduleTick.objects.filter(invocation_id__in=ready).update(fired_at=current)
+
+    def _pause(self, now: datetime) -> float:
+        upcoming = (
+            Schedule.objects.filter(enabled=True, next_fire_at__isnull=False)
+            .order_by("next_fire_at")
+            .values_list("next_fire_at", flat=True)
+            .first()
+        )
+        moments = [tick_at for tick_at, _ in self.staged]
+        if upcoming is not None:
+            moments.append(upcoming - STAGE_AHEAD)
+        current = max(now, timezone.now())
+        return min([FIRE_POLL_S, *((moment - current).total_seconds() for moment in moments)], default=FIRE_POLL_S)
+
+
 def schedules_fire(*, now: datetime | None = None) -> float:
-    """Fire every tick due at ``now`` (oldest first, up to FIRE_BATCH); returns how long to sleep before the next
-    round: until the next tick, at most FIRE_POLL_S, nothing when a backlog is left."""
-    now = now or timezone.now()
-    due = list(
-        Schedule.objects.filter(enabled=True, next_fire_at__lte=now)
-        .select_related("function__owner")
-        .order_by("next_fire_at")[:FIRE_BATCH]
-    )
-    for schedule in due:
-        _fire(schedule, now)
-    if len(due) == FIRE_BATCH:
-        return 0.0
-    upcoming = (
-        Schedule.objects.filter(enabled=True, next_fire_at__isnull=False)
-        .order_by("next_fire_at")
-        .values_list("next_fire_at", flat=True)
-        .first()
-    )
-    if upcoming is None:
-        return FIRE_POLL_S
-    return min(max((upcoming - timezone.now()).total_seconds(), 0.0), FIRE_POLL_S)
+    """One round of a fresh firer (see ScheduleFirer.fire): what a test or a one-off caller uses; ticks committed
+    for later than ``now`` are left to the sweeper."""
+    return ScheduleFirer().fire(now)
 
 
-def _fire(schedule: Schedule, now: datetime) -> None:
-    """Fire the schedule's due tick, or skip it (and every tick up to ``now - grace``) when it is older than its
-    grace: the platform was down. Another firer that got there first makes this one do nothing."""
+def _fire(schedule: Schedule, now: datetime) -> tuple[datetime, str] | None:
+    """Commit the schedule's next tick (returned with its invocation's id, to publish at its time), or skip it (and
+    every tick up to ``now - grace``) when it is older than its grace: the platform was down. Another firer that got
+    there first makes this one do nothing."""
     tick_at = schedule.next_fire_at
     assert tick_at is not None  # selected by next_fire_at <= now
     parsed = expression_parse(schedule.expression)
@@ -257,18 +298,21 @@ def _fire(schedule: Schedule, now: datetime) -> None:
     following = next_fire(parsed, zone=schedule.timezone, anchor=schedule.anchor, after=after)
     moved: dict[str, Any] = {"next_fire_at": following}
     if fires:
-        moved |= {"last_fired_at": now, "fired": F("fired") + 1}
+        moved |= {"last_fired_at": tick_at, "fired": F("fired") + 1}
     else:
         moved["skipped"] = F("skipped") + _skipped(schedule, parsed, tick_at, after)
+    staged = None
     try:
         with transaction.atomic():
             if not Schedule.objects.filter(pk=schedule.pk, next_fire_at=tick_at, enabled=True).update(**moved):
-                return  # fired by another loop, or changed since it was read
+                return None  # fired by another loop, or changed since it was read
             if fires:
-                ScheduleTick.objects.create(schedule=schedule, tick_at=tick_at, fired_at=now)
-                _invoke(schedule, tick_at)
+                invocation = _invoke(schedule, tick_at)
+                ScheduleTick.objects.create(schedule=schedule, tick_at=tick_at, invocation=invocation)
+                staged = (tick_at, str(invocation.pk)) if invocation is not None else None
     except IntegrityError:
         logger.info("Schedule %s: the tick %s had already fired", schedule.pk, tick_at.isoformat())
+        return None
     if not fires:
         logger.warning(
             "Schedule %s of %s: ticks from %s to %s were missed (older than its %d s grace) and skipped",
@@ -278,6 +322,7 @@ def _fire(schedule: Schedule, now: datetime) -> None:
             after.isoformat(),
             schedule.grace_s,
         )
+    return staged
 
 
 def _skipped(schedule: Schedule, parsed: Expression, first: datetime, last: datetime) -> int:
@@ -291,9 +336,9 @@ def _skipped(schedule: Schedule, parsed: Expression, first: datetime, last: date
     return count
 
 
-def _invoke(schedule: Schedule, tick_at: datetime) -> None:
+def _invoke(schedule: Schedule, tick_at: datetime) -> Invocation | None:
     """The tick's asynchronous invocation, in the caller's transaction. A call the function cannot take (its
-    alias deleted, the event too large) is the schedule's last error; the tick counts as fired."""
+    alias deleted, the event too large) is the schedule's last error (None); the tick counts as fired."""
     function = schedule.function
     event = scheduled_event(schedule, tick_at) if schedule.input is None else schedule.input
     trigger = {"type": SCHEDULE, "id": schedule.pk, "name": schedule.name, "tick": tick_at.isoformat()}
@@ -306,13 +351,14 @@ def _invoke(schedule: Schedule, tick_at: datetime) -> None:
                 raw_payload=json.dumps(event).encode(),
                 invocation_type=InvocationType.ASYNC,
                 trigger=trigger,
+                due_at=tick_at,
             )
     except ServiceError as exc:
         Schedule.objects.filter(pk=schedule.pk).update(last_error=f"{tick_at.isoformat()}: {exc.message}")
-        return
-    ScheduleTick.objects.filter(schedule=schedule, tick_at=tick_at).update(invocation=invocation)
+        return None
     if schedule.last_error:
         Schedule.objects.filter(pk=schedule.pk).update(last_error="")
+    return invocation
 
 
 def scheduled_event(schedule: Schedule, tick_at: datetime) -> dict[str, Any]:
@@ -336,10 +382,11 @@ def scheduled_event(schedule: Schedule, tick_at: datetime) -> dict[str, Any]:
 def schedules_serve(stop: threading.Event) -> None:
     """The firing loop of an executor host: fire what is due, sleep until the next tick (at most FIRE_POLL_S).
     The database down, it tries again after a pause; ticks it could not fire fire late (within their grace)."""
+    firer = ScheduleFirer()
     while not stop.is_set():
         close_old_connections()
         try:
-            pause = schedules_fire()
+            pause = firer.fire()
         except DATABASE_ERRORS as exc:
             logger.warning("Firing schedules failed (%r); trying again in a second", exc)
             database_unreachable(exc)

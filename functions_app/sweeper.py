@@ -86,7 +86,12 @@ def _republish_due(now: datetime) -> int:
     )
     if not candidates.exists():
         return 0
-    live = Invocation.objects.filter(status__in=(InvocationStatus.QUEUED, InvocationStatus.RUNNING)).count()
+    # Rows accepted ahead of their time (a schedule's tick, published_at at that time) have no message yet.
+    live = (
+        Invocation.objects.filter(status__in=(InvocationStatus.QUEUED, InvocationStatus.RUNNING))
+        .exclude(published_at__gt=now)
+        .count()
+    )
     missing = live - _messages_in_broker()
     if missing <= 0:
         return 0

@@ -43,7 +43,7 @@ class Migration(migrations.Migration):
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('tick_at', models.DateTimeField()),
-                ('fired_at', models.DateTimeField()),
+                ('fired_at', models.DateTimeField(blank=True, null=True)),
                 ('invocation', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='functions_app.invocation')),
                 ('schedule', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='ticks', to='functions_app.schedule')),
             ],

@@ -13,9 +13,8 @@ import signal
 import termios
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ._ephemera_runtime.protocol import MessageBuffer, ProtocolError
 from .cgroups import EnvCgroup
@@ -163,10 +162,10 @@ class Environment:
         log: LogBuffer,
         want: str,
         max_body: int = 0,
-        on_chunk: Callable[[dict, bytes], None] | None = None,
+        on_chunk: ChunkTaker | None = None,
     ) -> tuple[dict, bytes]:
         """Send ``out`` and wait for a message of type ``want``, draining the log meanwhile; "chunk" messages on
-        the way (a streamed response) go to ``on_chunk``.
+        the way (a streamed response) go to ``on_chunk``, whose ``flush`` is called whenever no more are ready.
 
         A reply whose body is declared longer than ``max_body`` raises FrameTooLarge unread.
         """
@@ -181,6 +180,8 @@ class Environment:
                 sel.register(self.req_w, selectors.EVENT_WRITE, "req")
             while True:
                 message = self._next_message(want, on_chunk)
+                if on_chunk is not None:
+                    on_chunk.flush()
                 if message is not None:
                     self.drain_log(log)
                     return message
@@ -235,9 +236,7 @@ class Environment:
         except BlockingIOError:
             return None  # spurious wake-up
 
-    def _next_message(
-        self, want: str, on_chunk: Callable[[dict, bytes], None] | None = None
-    ) -> tuple[dict, bytes] | None:
+    def _next_message(self, want: str, on_chunk: ChunkTaker | None = None) -> tuple[dict, bytes] | None:
         while True:
             try:
                 message = self._buffer.pop()
@@ -354,6 +353,14 @@ class Environment:
                     if exc.errno != errno.EBADF:
                         raise
         self.sandbox_ends = []
+
+
+class ChunkTaker(Protocol):
+    """What takes a streamed call's chunk messages (functions_app.runtime.pool._StreamCounter)."""
+
+    def __call__(self, header: dict, body: bytes) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 def _killpg(pgid: int, signum: int) -> None:

@@ -621,18 +621,17 @@ class Executor:
             "deadline_ms": int(time.time() * 1000 + spec.timeout_s * 1000),
             "response_max_bytes": limit,
         }
-        on_chunk, max_body = None, limit + _BODY_MARGIN
+        on_chunk = None
         if request.on_chunk is not None:
             header["stream_max_bytes"] = request.stream_max_bytes
             on_chunk = _StreamCounter(request.on_chunk, request.stream_max_bytes)
-            max_body = max(max_body, min(request.stream_max_bytes, protocol.MAX_FRAME) + _BODY_MARGIN)
         oom_before, cpu_before = self._meter_start(env)
         env.thaw()  # frozen since its last call: no CPU outside a billed invocation
         t0 = time.perf_counter()
         deadline = time.monotonic() + spec.timeout_s
         try:
             out = protocol.encode(header, request.event)
-            meta, body = env.exchange(out, deadline, log, "result", max_body, on_chunk)
+            meta, body = env.exchange(out, deadline, log, "result", limit + _BODY_MARGIN, on_chunk)
         except DeadlineExceeded:
             env.kill()
             env.drain_log(log)
@@ -702,16 +701,29 @@ class Executor:
 
 
 class _StreamCounter:
-    """Hands a streamed call's chunks on, counting its data: past the limit the stream is cut off as too large,
-    whatever the sandbox's own count said."""
+    """Hands a streamed call's chunks on, counting its data (past the limit the stream is cut off as too large,
+    whatever the sandbox's own count said) and coalescing what arrives together: pieces yielded in a tight loop
+    reach the caller as one, and each is handed on as soon as the sandbox has nothing more ready (``flush``)."""
 
     def __init__(self, on_chunk: Callable[[str, bytes], None], limit: int) -> None:
         self.on_chunk, self.limit, self.sent = on_chunk, limit, 0
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
 
     def __call__(self, header: dict, body: bytes) -> None:
-        kind = "prelude" if header.get("kind") == "prelude" else "data"
-        if kind == "data":
-            self.sent += len(body)
-            if self.sent > self.limit:
-                raise protocol.FrameTooLarge(self.sent, self.limit)
-        self.on_chunk(kind, body)
+        if header.get("kind") == "prelude":
+            self.flush()
+            self.on_chunk("prelude", body)
+            return
+        self.sent += len(body)
+        if self.sent > self.limit:
+            raise protocol.FrameTooLarge(self.sent, self.limit)
+        self.pending.append(body)
+        self.pending_bytes += len(body)
+        if self.pending_bytes >= protocol.CHUNK_MAX_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            data, self.pending, self.pending_bytes = b"".join(self.pending), [], 0
+            self.on_chunk("data", data)

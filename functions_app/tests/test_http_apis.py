@@ -55,6 +55,7 @@ def route(route_key, function="echo", **fields):
         "GET /a//b",
         "GET /a/{bad-name}",
         "GET /a/..",
+        "GET /" + "seg/" * 200,  # longer than a route key may be
     ],
 )
 def test_a_malformed_route_key_is_refused(route_key):

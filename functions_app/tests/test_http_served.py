@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -250,3 +251,37 @@ def test_a_streaming_url_sends_each_piece_while_the_function_still_runs(served):
         answer.read()
     status, _, body = request(f"{base}{path}malformed")
     assert status == 502 and json.loads(body) == {"message": "Internal Server Error"}
+
+
+FLOOD = """
+def handler(event, context):
+    yield {"statusCode": 200, "headers": {"Content-Type": "application/octet-stream"}}
+    for _ in range(40):
+        yield b"x" * (1 << 20)
+"""
+
+
+def test_a_slow_reader_holds_the_stream_back_and_one_that_leaves_ends_it(served):
+    base, token = served
+    path = url_path_of_new_function(served, "flood", FLOOD, timeout_s=30, invoke_mode="RESPONSE_STREAM")
+    parts = urllib.parse.urlsplit(base)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    connection.request("GET", path)
+    answer = connection.getresponse()
+    assert len(answer.read(1 << 20)) == 1 << 20
+    invocation = f"{base}/api/v1/invocations/{answer.getheader('X-Invocation-Id')}/"
+    time.sleep(2)  # a reader that stopped: the handler waits at its yield instead of filling memory
+    assert json.loads(request(invocation, token=token)[2])["status"] == "running"
+    assert len(answer.read()) == 39 << 20  # then it reads on, and gets everything
+
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    connection.request("GET", path)
+    answer = connection.getresponse()
+    answer.read(1 << 20)
+    invocation = f"{base}/api/v1/invocations/{answer.getheader('X-Invocation-Id')}/"
+    connection.close()  # the client leaves: the call ends on its own (not at its timeout), recorded
+    deadline = time.monotonic() + 20
+    while (record := json.loads(request(invocation, token=token)[2]))["status"] == "running":
+        assert time.monotonic() < deadline, record
+        time.sleep(0.2)
+    assert record["status"] == "succeeded"

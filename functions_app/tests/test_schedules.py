@@ -12,7 +12,7 @@ import pytest
 from django.db import close_old_connections
 
 from console.exceptions import ServiceError
-from functions_app import schedules
+from functions_app import schedules, sweeper
 from functions_app.models import Invocation, InvocationStatus, Schedule, ScheduleTick
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -32,7 +32,7 @@ def test_a_due_tick_fires_once_as_an_async_invocation_with_the_scheduled_event(m
     schedule = make_schedule(function)
     tick = schedule.anchor + timedelta(minutes=1)
     assert schedule.next_fire_at == tick
-    assert schedules.schedules_fire(now=tick - timedelta(seconds=1)) > 0  # not due yet: a pause until it is
+    assert schedules.schedules_fire(now=tick - timedelta(seconds=5)) > 0  # not due yet: a pause until it is
     assert fired(schedule) == []
     schedules.schedules_fire(now=tick + timedelta(milliseconds=300))
     schedules.schedules_fire(now=tick + timedelta(milliseconds=600))  # the same tick again: nothing more
@@ -204,3 +204,23 @@ def test_tick_rows_are_pruned_with_old_invocations(make_function, settings):
     assert ScheduleTick.objects.count() == 1
     services.invocations_prune(now=schedule.next_fire_at + timedelta(days=settings.INVOCATION_RETENTION_DAYS + 1))
     assert not ScheduleTick.objects.exists()
+
+
+def test_a_tick_is_committed_just_before_its_time_and_published_at_it_or_by_the_sweeper(make_function, settings):
+    schedule = make_schedule(make_function())
+    tick = schedule.next_fire_at
+    # A firer that stops between the two steps: the sweeper publishes the call once it is due and stale.
+    schedules.ScheduleFirer().fire(now=tick - timedelta(seconds=1))
+    (invocation,) = fired(schedule)
+    assert invocation.available_at == tick and invocation.queued_at == tick
+    assert ScheduleTick.objects.get().fired_at is None
+    assert sweeper._republish_due(tick - timedelta(seconds=1)) == 0  # not due: it has no message, and needs none
+    assert sweeper._republish_due(tick + timedelta(seconds=settings.REPUBLISH_AFTER_S + 1)) == 1
+
+    firer = schedules.ScheduleFirer()
+    second = tick + timedelta(minutes=1)
+    pause = firer.fire(now=second - timedelta(seconds=1))  # within the staging window: written, not published
+    assert 0 < pause <= 1 and firer.staged and ScheduleTick.objects.get(tick_at=second).fired_at is None
+    firer.publish_due(second + timedelta(milliseconds=5))
+    assert ScheduleTick.objects.get(tick_at=second).fired_at == second + timedelta(milliseconds=5)
+    assert firer.staged == []

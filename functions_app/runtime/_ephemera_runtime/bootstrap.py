@@ -187,8 +187,10 @@ def _stream(items: Iterator[object], limit: int, resp_fd: int) -> tuple[bool, st
         if sent > limit:
             error = protocol.response_too_large(sent, limit)
             return False, protocol.RESPONSE_TOO_LARGE, json.dumps(error).encode()
-        if data:
-            protocol.write_all(resp_fd, protocol.encode({"type": "chunk", "kind": "data"}, bytes(data)))
+        view = memoryview(data)
+        for start in range(0, len(view), protocol.CHUNK_MAX_BYTES):  # a large item in pieces: bounded frames
+            piece = bytes(view[start : start + protocol.CHUNK_MAX_BYTES])
+            protocol.write_all(resp_fd, protocol.encode({"type": "chunk", "kind": "data"}, piece))
     return True, None, b"null"
 
 

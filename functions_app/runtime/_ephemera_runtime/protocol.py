@@ -17,6 +17,8 @@ import struct
 _HEADER = struct.Struct(">I")
 MAX_FRAME = 64 << 20  # larger than any payload limit; guards against a corrupt length
 RESPONSE_TOO_LARGE = "Function.ResponseSizeTooLarge"
+# A streamed response's data travels in frames of at most this size, whatever the size of the item yielded.
+CHUNK_MAX_BYTES = 1 << 20
 
 
 def error(error_type: str, message: str, stack: list[str] | None = None) -> dict:
