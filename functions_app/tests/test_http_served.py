@@ -213,6 +213,14 @@ def test_the_native_sync_invoke_is_answered_on_the_event_loop_as_the_rest_view_a
     assert status == 401 and json.loads(body)["type"] == "AuthenticationFailed"  # the REST view's own answer
 
 
+def get(base: str, path: str) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    """A GET on a connection of its own, its response's head read (its body left to the test)."""
+    parts = urllib.parse.urlsplit(base)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    connection.request("GET", path)
+    return connection, connection.getresponse()
+
+
 TICKER = """
 import time
 
@@ -232,10 +240,7 @@ def handler(event, context):
 def test_a_streaming_url_sends_each_piece_while_the_function_still_runs(served):
     base, token = served
     path = url_path_of_new_function(served, "ticker", TICKER, timeout_s=10, invoke_mode="RESPONSE_STREAM")
-    parts = urllib.parse.urlsplit(base)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-    connection.request("GET", path)
-    answer = connection.getresponse()
+    connection, answer = get(base, path)
     assert (answer.status, answer.getheader("Transfer-Encoding")) == (200, "chunked")
     assert answer.readline() == b"first\n"
     # The first piece is here and the function has not finished: it sleeps before the second.
@@ -264,19 +269,14 @@ def handler(event, context):
 def test_a_slow_reader_holds_the_stream_back_and_one_that_leaves_ends_it(served):
     base, token = served
     path = url_path_of_new_function(served, "flood", FLOOD, timeout_s=30, invoke_mode="RESPONSE_STREAM")
-    parts = urllib.parse.urlsplit(base)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-    connection.request("GET", path)
-    answer = connection.getresponse()
+    _, answer = get(base, path)
     assert len(answer.read(1 << 20)) == 1 << 20
     invocation = f"{base}/api/v1/invocations/{answer.getheader('X-Invocation-Id')}/"
     time.sleep(2)  # a reader that stopped: the handler waits at its yield instead of filling memory
     assert json.loads(request(invocation, token=token)[2])["status"] == "running"
     assert len(answer.read()) == 39 << 20  # then it reads on, and gets everything
 
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-    connection.request("GET", path)
-    answer = connection.getresponse()
+    connection, answer = get(base, path)
     answer.read(1 << 20)
     invocation = f"{base}/api/v1/invocations/{answer.getheader('X-Invocation-Id')}/"
     connection.close()  # the client leaves: the call ends on its own (not at its timeout), recorded
