@@ -1,5 +1,6 @@
-"""REST API of schedules: a function's schedules (/api/v1/functions/{name}/schedules/) and the next fire times of
-an expression before it is saved (/api/v1/schedule-preview/)."""
+"""REST API of schedules: a function's schedules (/api/v1/functions/{name}/schedules/), the next fire times of an
+expression before it is saved (/api/v1/schedule-preview/), and every trigger of a function in one list
+(/api/v1/functions/{name}/triggers/)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from console.auth import ApiRequest
 from console.json_api import ERRORS, JsonApi, StrictSerializer, json_body
 from functions_app import schedules, selectors
 from functions_app.models import Schedule
+from functions_app.triggers import function_triggers
 
 EXPRESSION_HELP = "rate(5 minutes), cron(0 12 * * ? *) (day-of-week 1-7 = SUN-SAT) or at(2027-01-31T09:30:00)."
 
@@ -131,3 +133,29 @@ class SchedulePreviewApi(JsonApi):
             timezone_name=request.query_params.get("timezone", "UTC"),
         )
         return Response({"fire_times": [moment.isoformat() for moment in moments]})
+
+
+class TriggerSerializer(serializers.Serializer):
+    type = serializers.CharField(help_text="function-url, http-api-route or schedule.")
+    id = serializers.CharField(help_text="The URL's id, the API's id or the schedule's name.")
+    qualifier = serializers.CharField()
+    state = serializers.CharField(help_text="ENABLED; a schedule's may be DISABLED, FAILING or DONE.")
+    url = serializers.CharField(required=False, help_text="A function URL's address.")
+    auth_type = serializers.CharField(required=False)
+    invoke_mode = serializers.CharField(required=False)
+    api = serializers.CharField(required=False, help_text="An HTTP API route's API.")
+    route_key = serializers.CharField(required=False)
+    urls = serializers.ListField(child=serializers.CharField(), required=False, help_text="Its stages' addresses.")
+    expression = serializers.CharField(required=False)
+    timezone = serializers.CharField(required=False)
+    next_fire_at = serializers.DateTimeField(required=False, allow_null=True)
+    last_fired_at = serializers.DateTimeField(required=False, allow_null=True)
+    last_error = serializers.CharField(required=False, allow_blank=True)
+
+
+class FunctionTriggersApi(JsonApi):
+    @extend_schema(operation_id="function_triggers_list", responses={200: TriggerSerializer(many=True), **ERRORS})
+    def get(self, request: ApiRequest, name: str) -> Response:
+        function = selectors.function_get(owner=request.user, name=name)
+        found = function_triggers(function=function, scheme=request.scheme or "http", host=request.get_host())
+        return Response(TriggerSerializer(found, many=True).data)

@@ -25,6 +25,7 @@ api_urlpatterns = [
         name="api-schedule",
     ),
     path("schedule-preview/", schedules_api.SchedulePreviewApi.as_view(), name="api-schedule-preview"),
+    path("functions/<str:name>/triggers/", schedules_api.FunctionTriggersApi.as_view(), name="api-function-triggers"),
     path("http-apis/", triggers_api.HttpApiListApi.as_view(), name="api-http-apis"),
     path("http-apis/<str:name>/", triggers_api.HttpApiDetailApi.as_view(), name="api-http-api"),
     path("invocations/", invocations_api.InvocationListApi.as_view(), name="api-invocations"),

@@ -216,7 +216,7 @@ def test_the_native_sync_invoke_is_answered_on_the_event_loop_as_the_rest_view_a
 def get(base: str, path: str) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     """A GET on a connection of its own, its response's head read (its body left to the test)."""
     parts = urllib.parse.urlsplit(base)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    connection = http.client.HTTPConnection(str(parts.hostname), parts.port, timeout=60)
     connection.request("GET", path)
     return connection, connection.getresponse()
 

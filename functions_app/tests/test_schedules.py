@@ -224,3 +224,21 @@ def test_a_tick_is_committed_just_before_its_time_and_published_at_it_or_by_the_
     firer.publish_due(second + timedelta(milliseconds=5))
     assert ScheduleTick.objects.get(tick_at=second).fired_at == second + timedelta(milliseconds=5)
     assert firer.staged == []
+
+
+def test_every_trigger_of_a_function_is_listed_in_one_place(api, other_api, make_function):
+    make_function()
+    assert api.post("/api/v1/functions/hello/url/", {"auth_type": "NONE"}, format="json").status_code == 201
+    definition = {"routes": [{"route_key": "GET /hi", "function": "hello"}]}
+    created = api.post("/api/v1/http-apis/", {"name": "greet", "definition": definition}, format="json")
+    assert created.status_code == 201
+    schedule = {"name": "hourly", "expression": "rate(1 hour)", "enabled": False}
+    assert api.post("/api/v1/functions/hello/schedules/", schedule, format="json").status_code == 201
+    listed = api.get("/api/v1/functions/hello/triggers/")
+    assert listed.status_code == 200
+    by_type = {item["type"]: item for item in listed.json()}
+    assert set(by_type) == {"function-url", "http-api-route", "schedule"}
+    assert by_type["function-url"]["url"].startswith("http://testserver/fn/")
+    assert by_type["http-api-route"]["api"] == "greet" and by_type["http-api-route"]["route_key"] == "GET /hi"
+    assert by_type["schedule"]["state"] == "DISABLED" and by_type["schedule"]["next_fire_at"] is None
+    assert other_api.get("/api/v1/functions/hello/triggers/").status_code == 404

@@ -1,0 +1,66 @@
+"""Every trigger of a function in one list (its function URLs, the HTTP API routes to it, its schedules): the
+read behind /api/v1/functions/{name}/triggers/. Each item has a ``type``, a ``state`` and what that type shows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from functions_app import http_apis, http_triggers, schedules
+from functions_app.models import Function
+
+ENABLED = "ENABLED"
+
+
+def function_triggers(*, function: Function, scheme: str, host: str) -> list[dict[str, Any]]:
+    return [
+        *_function_urls(function, scheme, host),
+        *_api_routes(function, scheme, host),
+        *_schedules(function),
+    ]
+
+
+def _function_urls(function: Function, scheme: str, host: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": http_triggers.FUNCTION_URL,
+            "id": url.url_id,
+            "qualifier": url.qualifier,
+            "state": ENABLED,
+            "url": http_triggers.function_url_address(url=url, scheme=scheme, host=host),
+            "auth_type": url.auth_type,
+            "invoke_mode": url.invoke_mode,
+        }
+        for url in http_triggers.function_url_list(function=function)
+    ]
+
+
+def _api_routes(function: Function, scheme: str, host: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "http-api-route",
+            "id": api.api_id,
+            "api": api.name,
+            "route_key": route["route_key"],
+            "qualifier": route.get("qualifier") or "$LATEST",
+            "state": ENABLED,
+            "urls": [address for _, address in http_apis.http_api_stages(api=api, scheme=scheme, host=host)],
+        }
+        for api, route in http_apis.http_api_routes_to(function=function)
+    ]
+
+
+def _schedules(function: Function) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": schedules.SCHEDULE,
+            "id": schedule.name,
+            "qualifier": schedule.qualifier or "$LATEST",
+            "state": schedules.schedule_state(schedule=schedule),
+            "expression": schedule.expression,
+            "timezone": schedule.timezone,
+            "next_fire_at": schedule.next_fire_at if schedule.enabled else None,
+            "last_fired_at": schedule.last_fired_at,
+            "last_error": schedule.last_error,
+        }
+        for schedule in schedules.schedule_list(function=function)
+    ]
