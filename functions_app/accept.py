@@ -129,7 +129,8 @@ def invocation_accept(
         "expires_at": now + timedelta(seconds=function.max_event_age_s) if is_async else None,
         "queued_at": now,
         "available_at": now,
-        "published_at": now,
+        # Unpublished until its caller rings it (a row due later without a message: see sweeper._republish_due).
+        "published_at": now if due_at is None else None,
     }
     try:
         with phase("persist"), transaction.atomic():

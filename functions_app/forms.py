@@ -12,6 +12,7 @@ from django import forms
 from django.utils import timezone
 
 from console.exceptions import ServiceError
+from console.json_api import json_strict_loads
 from functions_app.models import (
     DEAD_LETTER,
     EVENT_AGE_MAX_S,
@@ -329,9 +330,11 @@ class ScheduleForm(forms.Form):
         if not text:
             return None
         try:
-            return json.loads(text)
+            return json_strict_loads(text)
         except ValueError as exc:
             raise forms.ValidationError(f"Not JSON: {exc}") from None
+        except RecursionError:
+            raise forms.ValidationError("Not JSON this program can read: nested too deeply.") from None
 
 
 def _comma_list(text: str) -> list[str]:

@@ -25,6 +25,8 @@ MONTHS = {name.upper(): number for name, number in MONTHS.items()}
 WEEKDAYS = {"SUN": 1, "MON": 2, "TUE": 3, "WED": 4, "THU": 5, "FRI": 6, "SAT": 7}
 YEAR_MIN, YEAR_MAX = 1970, 2199
 RATE_UNITS = {"minute": 60, "hour": 3600, "day": 86400}
+RATE_MAX_S = 3650 * 86400  # ten years: longer periods are a typo, and would overflow the calendar
+EXPRESSION_MAX_CHARS = 256
 
 
 class InvalidExpression(ValueError):
@@ -56,6 +58,8 @@ Expression = Rate | At | Cron
 @functools.lru_cache(maxsize=4096)
 def expression_parse(text: str) -> Expression:
     """The expression, or InvalidExpression with the precise reason (remembered: schedules fire the same few)."""
+    if len(text or "") > EXPRESSION_MAX_CHARS:
+        raise InvalidExpression(f"An expression is at most {EXPRESSION_MAX_CHARS} characters.")
     match = re.fullmatch(r"\s*(rate|cron|at)\((.*)\)\s*", text or "")
     if match is None:
         raise InvalidExpression("An expression is rate(…), cron(…) or at(…).")
@@ -68,7 +72,7 @@ def expression_parse(text: str) -> Expression:
 
 
 def _rate(body: str) -> Rate:
-    match = re.fullmatch(r"(\d+) (minute|minutes|hour|hours|day|days)", body)
+    match = re.fullmatch(r"([0-9]+) (minute|minutes|hour|hours|day|days)", body)
     if match is None:
         raise InvalidExpression("rate(<n> <unit>): a whole number, a space, then minute(s), hour(s) or day(s).")
     value, unit = int(match.group(1)), match.group(2)
@@ -77,14 +81,22 @@ def _rate(body: str) -> Rate:
     if (value == 1) != (not unit.endswith("s")):
         wanted = unit.rstrip("s") if value == 1 else unit.rstrip("s") + "s"
         raise InvalidExpression(f"rate({value} {unit}): write rate({value} {wanted}) (singular for 1, else plural).")
-    return Rate(value * RATE_UNITS[unit.rstrip("s")])
+    seconds = value * RATE_UNITS[unit.rstrip("s")]
+    if seconds > RATE_MAX_S:
+        raise InvalidExpression(f"rate(…) is at most {RATE_MAX_S // 86400} days.")
+    return Rate(seconds)
 
 
 def _at(body: str) -> At:
+    # strptime takes other scripts' digits and one-digit fields; at() is written in ASCII, zero-padded.
+    if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}", body):
+        raise InvalidExpression("at(yyyy-mm-ddThh:mm:ss), e.g. at(2027-01-31T09:30:00).")
     try:
         moment = datetime.strptime(body, "%Y-%m-%dT%H:%M:%S")
     except ValueError:
-        raise InvalidExpression("at(yyyy-mm-ddThh:mm:ss), e.g. at(2027-01-31T09:30:00).") from None
+        raise InvalidExpression(f"at({body}): not a date and time of the calendar.") from None
+    if not YEAR_MIN <= moment.year <= YEAR_MAX:
+        raise InvalidExpression(f"at(…): the year is {YEAR_MIN}-{YEAR_MAX}.")
     return At(moment)
 
 
@@ -137,7 +149,7 @@ def _number(text: str, field: str, low: int, high: int, names: dict[str, int]) -
     upper = text.upper()
     if upper in names:
         return names[upper]
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # "²".isdigit() holds, and int("²") fails
         raise InvalidExpression(f"{field}: {text!r} is not a value here ({low}-{high}{_named(names)}).")
     value = int(text)
     if not low <= value <= high:
@@ -162,7 +174,7 @@ class DayOfMonth:
             return cls(frozenset(), last=True)
         if text == "LW":
             return cls(frozenset(), last_weekday=True)
-        if re.fullmatch(r"\d+W", text):
+        if re.fullmatch(r"[0-9]+W", text):
             return cls(frozenset(), nearest_weekday=frozenset({_number(text[:-1], "day-of-month", 1, 31, {})}))
         if "L" in text or "W" in text:
             raise InvalidExpression(f"day-of-month: {text!r}: L, LW and nW (e.g. 15W) stand alone.")
@@ -200,9 +212,9 @@ class DayOfWeek:
     def parse(cls, text: str) -> DayOfWeek:
         if text == "L":
             return cls(frozenset({7}))
-        if match := re.fullmatch(r"(\w+)L", text):
+        if match := re.fullmatch(r"([0-9A-Za-z]+)L", text):
             return cls(frozenset(), last_of=_number(match.group(1), "day-of-week", 1, 7, WEEKDAYS))
-        if match := re.fullmatch(r"(\w+)#(\d)", text):
+        if match := re.fullmatch(r"([0-9A-Za-z]+)#([0-9])", text):
             weekday = _number(match.group(1), "day-of-week", 1, 7, WEEKDAYS)
             which = int(match.group(2))
             if not 1 <= which <= 5:
@@ -244,6 +256,24 @@ def next_fire(expression: Expression, *, zone: str, anchor: datetime, after: dat
     """The first fire time strictly after ``after``, or None when there is none (an ``at`` past, a cron's last
     year gone)."""
     return next(_fire_iter(expression, ZoneInfo(zone), anchor, after), None)
+
+
+def fire_count(
+    expression: Expression, *, zone: str, anchor: datetime, first: datetime, last: datetime, limit: int
+) -> int:
+    """How many fire times lie from ``first`` to ``last`` (both included), counting up to ``limit``."""
+    before_first = first - timedelta(microseconds=1)
+    if isinstance(expression, Rate):  # arithmetic: a year of a one-minute rate is half a million ticks
+        start = next_fire(expression, zone=zone, anchor=anchor, after=before_first)
+        if start is None or start > last:
+            return 0
+        return min((last - start) // timedelta(seconds=expression.seconds) + 1, limit)
+    count = 0
+    for moment in _fire_iter(expression, ZoneInfo(zone), anchor, before_first):
+        if moment > last or count == limit:
+            break
+        count += 1
+    return count
 
 
 def _fire_iter(expression: Expression, zone: ZoneInfo, anchor: datetime, after: datetime) -> Iterator[datetime]:

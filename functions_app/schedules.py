@@ -28,7 +28,14 @@ from console.exceptions import ResourceConflict, ResourceNotFound, ServiceError
 from functions_app.accept import invocation_accept, invocations_publish
 from functions_app.models import LATEST, Function, Invocation, InvocationType, Schedule, ScheduleTick
 from functions_app.outages import DATABASE_ERRORS, database_unreachable
-from functions_app.schedule_expressions import Expression, InvalidExpression, expression_parse, fire_times, next_fire
+from functions_app.schedule_expressions import (
+    Expression,
+    InvalidExpression,
+    expression_parse,
+    fire_count,
+    fire_times,
+    next_fire,
+)
 from functions_app.selectors import qualifier_resolve
 
 logger = logging.getLogger(__name__)
@@ -47,8 +54,11 @@ COMMIT_BATCH = 100
 # How long before its time a tick is committed (then only published at its time): a disabled or changed schedule
 # may still fire a tick this close.
 STAGE_AHEAD = timedelta(seconds=2)
-# Skipped ticks counted one by one up to this many (a long outage of a frequent schedule).
+# Skipped ticks of a cron counted one by one up to this many (a long outage of a frequent schedule).
 SKIP_COUNT_MAX = 100_000
+# The least a firing loop sleeps between rounds (a moment just past is no reason to spin).
+PAUSE_MIN_S = 0.05
+CONFIG_FIELDS = ("expression", "timezone", "qualifier", "input", "enabled", "grace_s", "last_error")
 
 
 # ---- configuration ----------------------------------------------------------------------------------------------
@@ -109,9 +119,13 @@ def schedule_update(*, schedule: Schedule, **changes: Any) -> Schedule:
         "grace_s": schedule.grace_s,
     }
     restart = any(changes.get(key, current[key]) != current[key] for key in ("expression", "timezone_name", "enabled"))
-    _configure(schedule, **(current | changes), restart=restart)
+    # The stored qualifier is checked only when it changes: a schedule whose alias is gone can still be disabled.
+    _configure(schedule, **(current | changes), restart=restart, check_qualifier="qualifier" in changes)
     schedule.revision_id = uuid.uuid4()
-    schedule.save()
+    # Only what the change is about: a firer may have moved next_fire_at since this row was read, and writing the
+    # stale value back would bring a fired tick round again.
+    moved = ("anchor", "next_fire_at") if restart else ()
+    schedule.save(update_fields=[*CONFIG_FIELDS, *moved, "revision_id", "updated_at"])
     return schedule
 
 
@@ -129,10 +143,11 @@ def _configure(
     enabled: bool,
     grace_s: int,
     restart: bool = True,
+    check_qualifier: bool = True,
 ) -> None:
     parsed = _expression(expression)
     zone = _zone(timezone_name)
-    if qualifier:
+    if qualifier and check_qualifier:
         qualifier_resolve(function=schedule.function, qualifier=qualifier)  # 404 for an unknown alias or version
     schedule.expression, schedule.timezone = expression.strip(), zone
     schedule.qualifier = "" if qualifier == LATEST else qualifier
@@ -227,7 +242,7 @@ def schedule_upcoming(*, schedule: Schedule, count: int = 10) -> list[datetime]:
 
 class ScheduleFirer:
     """Fires ticks in two steps. A tick is committed (its row, and its invocation due at the tick) up to
-    STAGE_AHEAD_S before its time, many in one transaction; at its time only its doorbell is rung (one Redis round
+    STAGE_AHEAD before its time, many in one transaction; at its time only its doorbell is rung (one Redis round
     trip for all the ticks of that moment). So a minute's thousand ticks cost their writes before the minute, and
     fire at it. The firer keeps what it committed and has yet to publish; should it stop meanwhile, the sweeper
     publishes those invocations (late, never lost, never twice)."""
@@ -236,7 +251,7 @@ class ScheduleFirer:
         self.staged: list[tuple[datetime, str]] = []  # (tick, invocation id), committed and not yet published
 
     def fire(self, now: datetime | None = None) -> float:
-        """Commit the ticks due by ``now + STAGE_AHEAD_S`` (oldest first, up to FIRE_BATCH), publish those due at
+        """Commit the ticks due by ``now + STAGE_AHEAD`` (oldest first, up to FIRE_BATCH), publish those due at
         ``now``; returns how long to sleep before the next round (at most FIRE_POLL_S, nothing with a backlog)."""
         now = now or timezone.now()
         due = list(
@@ -261,6 +276,8 @@ class ScheduleFirer:
         if not ready:
             return
         self.staged = [(tick_at, invocation_id) for tick_at, invocation_id in self.staged if tick_at > current]
+        # Marked published first: the sweeper counts a published row as one whose message is in the broker.
+        Invocation.objects.filter(pk__in=ready, published_at__isnull=True).update(published_at=current)
         invocations_publish(invocation_ids=ready)
         ScheduleTick.objects.filter(invocation_id__in=ready).update(fired_at=current)
 
@@ -275,7 +292,8 @@ class ScheduleFirer:
         if upcoming is not None:
             moments.append(upcoming - STAGE_AHEAD)
         current = max(now, timezone.now())
-        return min([FIRE_POLL_S, *((moment - current).total_seconds() for moment in moments)], default=FIRE_POLL_S)
+        pause = min([FIRE_POLL_S, *((moment - current).total_seconds() for moment in moments)])
+        return max(pause, PAUSE_MIN_S)
 
 
 def schedules_fire(*, now: datetime | None = None) -> float:
@@ -311,7 +329,10 @@ def _fire(schedule: Schedule, now: datetime) -> tuple[datetime, str] | None:
                 ScheduleTick.objects.create(schedule=schedule, tick_at=tick_at, invocation=invocation)
                 staged = (tick_at, str(invocation.pk)) if invocation is not None else None
     except IntegrityError:
+        # The tick has a row already (the schedule re-enabled just after that tick was committed): it does not fire
+        # again, and the schedule moves on past it, or it would come round on every round.
         logger.info("Schedule %s: the tick %s had already fired", schedule.pk, tick_at.isoformat())
+        Schedule.objects.filter(pk=schedule.pk, next_fire_at=tick_at).update(next_fire_at=following)
         return None
     if not fires:
         logger.warning(
@@ -326,14 +347,11 @@ def _fire(schedule: Schedule, now: datetime) -> tuple[datetime, str] | None:
 
 
 def _skipped(schedule: Schedule, parsed: Expression, first: datetime, last: datetime) -> int:
-    """How many ticks from ``first`` to ``last`` (inclusive) are skipped."""
-    count, moment = 1, first
-    while count < SKIP_COUNT_MAX:
-        following = next_fire(parsed, zone=schedule.timezone, anchor=schedule.anchor, after=moment)
-        if following is None or following > last:
-            break
-        count, moment = count + 1, following
-    return count
+    """How many ticks from ``first`` to ``last`` (inclusive) are skipped (``first`` is one)."""
+    count = fire_count(
+        parsed, zone=schedule.timezone, anchor=schedule.anchor, first=first, last=last, limit=SKIP_COUNT_MAX
+    )
+    return max(count, 1)
 
 
 def _invoke(schedule: Schedule, tick_at: datetime) -> Invocation | None:

@@ -9,33 +9,34 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from console.auth import ApiRequest
-from console.json_api import ERRORS, JsonApi, StrictSerializer, json_body
+from console.json_api import ERRORS, Boolean, Integer, JsonApi, StrictSerializer, Text, json_body
 from functions_app import schedules, selectors
 from functions_app.models import Schedule
+from functions_app.schedule_expressions import EXPRESSION_MAX_CHARS
 from functions_app.triggers import function_triggers
 
 EXPRESSION_HELP = "rate(5 minutes), cron(0 12 * * ? *) (day-of-week 1-7 = SUN-SAT) or at(2027-01-31T09:30:00)."
 
 
 class ScheduleCreateSerializer(StrictSerializer):
-    name = serializers.CharField(help_text="1-64 letters, digits, '-', '_' or '.'; unique per function.")
-    expression = serializers.CharField(help_text=EXPRESSION_HELP)
-    timezone = serializers.CharField(required=False, help_text="An IANA time zone; UTC by default.")
-    qualifier = serializers.CharField(required=False, allow_blank=True, help_text="$LATEST, a version or an alias.")
+    name = Text(max_length=64, help_text="1-64 letters, digits, '-', '_' or '.'; unique per function.")
+    expression = Text(max_length=EXPRESSION_MAX_CHARS, help_text=EXPRESSION_HELP)
+    timezone = Text(required=False, max_length=64, help_text="An IANA time zone; UTC by default.")
+    qualifier = Text(required=False, allow_blank=True, max_length=128, help_text="$LATEST, a version or an alias.")
     input = serializers.JSONField(required=False, help_text="The event; absent or null: EventBridge's Scheduled Event.")
-    enabled = serializers.BooleanField(required=False)
-    grace_s = serializers.IntegerField(
+    enabled = Boolean(required=False)
+    grace_s = Integer(
         required=False, help_text="A tick missed while the platform was down still fires within this many seconds."
     )
 
 
 class ScheduleUpdateSerializer(StrictSerializer):
-    expression = serializers.CharField(required=False, help_text=EXPRESSION_HELP)
-    timezone = serializers.CharField(required=False)
-    qualifier = serializers.CharField(required=False, allow_blank=True)
+    expression = Text(required=False, max_length=EXPRESSION_MAX_CHARS, help_text=EXPRESSION_HELP)
+    timezone = Text(required=False, max_length=64)
+    qualifier = Text(required=False, allow_blank=True, max_length=128)
     input = serializers.JSONField(required=False, allow_null=True)
-    enabled = serializers.BooleanField(required=False)
-    grace_s = serializers.IntegerField(required=False)
+    enabled = Boolean(required=False)
+    grace_s = Integer(required=False)
 
 
 class ScheduleOutputSerializer(serializers.Serializer):

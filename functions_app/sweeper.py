@@ -86,10 +86,11 @@ def _republish_due(now: datetime) -> int:
     )
     if not candidates.exists():
         return 0
-    # Rows accepted ahead of their time (a schedule's tick, published_at at that time) have no message yet.
+    # Rows accepted ahead of their time (a schedule's tick, unpublished until then) have no message yet; a delayed
+    # retry (published, due later) has one: Celery's countdown message, held in the unacked hash.
     live = (
         Invocation.objects.filter(status__in=(InvocationStatus.QUEUED, InvocationStatus.RUNNING))
-        .exclude(published_at__gt=now)
+        .exclude(published_at__isnull=True, available_at__gt=now)
         .count()
     )
     missing = live - _messages_in_broker()

@@ -638,7 +638,10 @@ def schedule_create(request: SignedInRequest, name: str) -> HttpResponse:
 def schedule_toggle(request: SignedInRequest, name: str, schedule: str) -> HttpResponse:
     function = selectors.function_get(owner=request.user, name=name)
     found = schedules.schedule_get(function=function, name=schedule)
-    schedules.schedule_update(schedule=found, enabled=not found.enabled)
+    try:
+        schedules.schedule_update(schedule=found, enabled=not found.enabled)
+    except ServiceError as error:  # enabling one that never fires again (an at() past)
+        messages.error(request, f"{found.name}: {error.message}")
     return redirect(reverse("function_triggers", args=[function.name]) + "#schedules")
 
 

@@ -723,6 +723,19 @@ def test_the_sweeper_republishes_only_what_the_broker_lacks_counting_messages_aw
     assert sorted(published_ids()) == sorted([str(waiting.pk), str(lost.pk)])
 
 
+def test_a_delayed_retrys_message_stands_for_its_row_not_for_a_lost_one_beside_it(make_function, settings):
+    settings.FAST_LANE = False  # every message in Celery's queue, where a countdown message waits too
+    settings.RETRY_BACKOFF_S = 60.0
+    settings.REPUBLISH_AFTER_S = 30.0
+    function = make_function()
+    retried, lost = accept(function), accept(function, payload=b'{"n": 2}')
+    redis_client().delete(INVOCATION_QUEUE)  # both publishes lost
+    run(retried, FakeExecutor(failed()))  # back in the queue, due in a minute, with its countdown message
+    set_row(lost, published_at=timezone.now() - LONG_AGO)
+    assert invocations_sweep()["published"] == 1  # two live rows, one message: the lost one is published
+    assert sorted(published_ids()) == sorted([str(retried.pk), str(lost.pk)])
+
+
 def test_a_delayed_retry_whose_message_was_lost_is_republished_only_once_it_is_due(make_function, settings):
     settings.RETRY_BACKOFF_S = 60.0
     settings.REPUBLISH_AFTER_S = 30.0

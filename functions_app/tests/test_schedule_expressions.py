@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from functions_app.schedule_expressions import InvalidExpression, expression_parse, fire_times, next_fire
+from functions_app.schedule_expressions import InvalidExpression, expression_parse, fire_count, fire_times, next_fire
 
 pytestmark = pytest.mark.backend_free
 
@@ -46,8 +46,22 @@ def test_a_rate_fires_every_period_from_its_anchor():
         ("cron(0 12 ? * 2#6 *)", "the week after # is 1-5"),
         ("cron(0 12 1,L * ? *)", "L, LW and nW (e.g. 15W) stand alone"),
         ("cron(0 12 * * ? 1969)", "year: 1969 is out of range 1970-2199"),
-        ("at(2027-02-30T10:00:00)", "at(yyyy-mm-ddThh:mm:ss)"),
+        ("at(2027-02-30T10:00:00)", "at(2027-02-30T10:00:00): not a date and time of the calendar"),
+        ("at(2027-2-3T10:00:00)", "at(yyyy-mm-ddThh:mm:ss)"),
         ("every(5 minutes)", "rate(…), cron(…) or at(…)"),
+        # Other scripts' digits are digits to Python, not to the syntax (and int("²") fails).
+        ("rate(\u00b2 minutes)", "a whole number"),
+        ("rate(\u0663 minutes)", "a whole number"),
+        ("cron(\u00b2 12 * * ? *)", "minutes: '\u00b2' is not a value here"),
+        ("cron(0 12 \u0663W * ? *)", "day-of-month"),
+        ("cron(0 12 ? * \u0663#1 *)", "day-of-week"),
+        ("at(\u0662\u0660\u0662\u0667-01-01T00:00:00)", "at(yyyy-mm-ddThh:mm:ss)"),
+        # Periods and years the calendar cannot hold are refused, not overflowed.
+        ("rate(99999999999999999999 days)", "at most 3650 days"),
+        ("rate(3651 days)", "at most 3650 days"),
+        ("at(9999-12-31T23:59:59)", "the year is 1970-2199"),
+        ("at(0001-01-01T00:00:00)", "the year is 1970-2199"),
+        ("rate(" + "1" * 300 + " minutes)", "at most 256 characters"),
     ],
 )
 def test_an_invalid_expression_gets_the_precise_reason(expression, reason):
@@ -121,3 +135,15 @@ def test_at_fires_once_in_its_zone_and_never_when_past():
 
 def test_a_cron_past_its_last_year_has_no_next_fire():
     assert next_fire(expression_parse("cron(0 0 1 1 ? 2026)"), zone="UTC", anchor=NOW, after=NOW) is None
+
+
+def test_ticks_in_a_span_are_counted_by_arithmetic_for_a_rate_and_one_walk_for_a_cron():
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    year_later = start + timedelta(days=365)
+    every_minute = expression_parse("rate(1 minute)")
+    anchor = start - timedelta(minutes=1)
+    count = fire_count(every_minute, zone="UTC", anchor=anchor, first=start, last=year_later, limit=10**9)
+    assert count == 365 * 24 * 60 + 1
+    weekdays_at_nine = expression_parse("cron(0 9 ? * MON-FRI *)")
+    assert fire_count(weekdays_at_nine, zone="UTC", anchor=start, first=start, last=year_later, limit=10**6) == 261
+    assert fire_count(weekdays_at_nine, zone="UTC", anchor=start, first=start, last=year_later, limit=10) == 10

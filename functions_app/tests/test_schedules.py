@@ -242,3 +242,80 @@ def test_every_trigger_of_a_function_is_listed_in_one_place(api, other_api, make
     assert by_type["http-api-route"]["api"] == "greet" and by_type["http-api-route"]["route_key"] == "GET /hi"
     assert by_type["schedule"]["state"] == "DISABLED" and by_type["schedule"]["next_fire_at"] is None
     assert other_api.get("/api/v1/functions/hello/triggers/").status_code == 404
+
+
+def test_a_tick_already_fired_when_the_schedule_comes_back_to_it_is_passed_not_fired_again(make_function):
+    schedule = make_schedule(make_function())
+    tick = schedule.next_fire_at
+    schedules.ScheduleFirer().fire(now=tick - timedelta(seconds=1))  # committed ahead of its time
+    # Disabled and enabled again within that second: the schedule starts afresh, from the same tick.
+    Schedule.objects.filter(pk=schedule.pk).update(next_fire_at=tick)
+    pause = schedules.ScheduleFirer().fire(now=tick)
+    schedule.refresh_from_db()
+    assert schedule.next_fire_at == tick + timedelta(minutes=1) and schedule.fired == 1
+    assert ScheduleTick.objects.count() == 1 and len(fired(schedule)) == 1
+    assert pause >= schedules.PAUSE_MIN_S  # and the loop does not spin
+
+
+def test_a_change_read_before_a_tick_fired_does_not_bring_the_tick_back(make_function):
+    schedule = make_schedule(make_function())
+    tick = schedule.next_fire_at
+    schedules.schedules_fire(now=tick)  # fired by a loop after the console read the schedule
+    schedules.schedule_update(schedule=schedule, grace_s=300)
+    stored = Schedule.objects.get()
+    assert stored.grace_s == 300 and stored.next_fire_at == tick + timedelta(minutes=1) and stored.fired == 1
+    schedules.schedules_fire(now=tick + timedelta(seconds=1))
+    assert len(fired(schedule)) == 1
+
+
+def test_a_schedule_whose_alias_was_deleted_can_still_be_disabled(make_function, api):
+    function = make_function()
+    assert api.post("/api/v1/functions/hello/versions/", {}, format="json").status_code == 201
+    assert (
+        api.post("/api/v1/functions/hello/aliases/", {"name": "live", "version": 1}, format="json").status_code == 201
+    )
+    make_schedule(function, qualifier="live")
+    assert api.delete("/api/v1/functions/hello/aliases/live/").status_code == 204
+    paused = api.patch("/api/v1/functions/hello/schedules/tick/", {"enabled": False}, format="json")
+    assert paused.status_code == 200 and paused.json()["state"] == "DISABLED"
+    moved = api.patch("/api/v1/functions/hello/schedules/tick/", {"qualifier": "live"}, format="json")
+    assert moved.status_code == 404 and "live" in moved.json()["message"]
+
+
+def test_enabling_a_schedule_that_never_fires_again_is_a_message_on_the_console_not_a_500(client, user, make_function):
+    function = make_function()
+    schedule = make_schedule(function, expression="at(2099-01-01T00:00:00)", enabled=False)
+    Schedule.objects.filter(pk=schedule.pk).update(expression="at(2001-01-01T00:00:00)")  # its moment since past
+    client.force_login(user)
+    page = client.post(f"/functions/{function.name}/triggers/schedules/tick/toggle/", follow=True)
+    assert page.status_code == 200 and "never fires after now" in page.content.decode()
+    assert Schedule.objects.get().enabled is False
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "a", "expression": "rate(1 minute)", "enabled": "yes"}, "enabled"),
+        ({"name": "a", "expression": "rate(1 minute)", "grace_s": "60"}, "grace_s"),
+        ({"name": "a", "expression": "rate(" + "1" * 300 + " minutes)"}, "expression"),
+        ({"name": 7, "expression": "rate(1 minute)"}, "name"),
+        ({"name": "a", "expression": "rate(\u00b2 minutes)"}, "expression"),
+        ({"name": "a", "expression": "rate(99999999999999999999 days)"}, "expression"),
+        ({"name": "a", "expression": "at(9999-12-31T23:59:59)", "timezone": "Pacific/Kiritimati"}, "expression"),
+    ],
+)
+def test_the_api_refuses_a_bad_schedule_with_a_clear_400(api, make_function, body, field):
+    make_function()
+    refused = api.post("/api/v1/functions/hello/schedules/", body, format="json")
+    assert refused.status_code == 400, refused.content
+    assert field in refused.json()["details"] and not Schedule.objects.exists()
+
+
+def test_the_console_form_refuses_an_event_that_is_not_strict_json(client, user, make_function):
+    function = make_function()
+    client.force_login(user)
+    for text, reason in [("NaN", "Not JSON"), ("1e400", "Not JSON"), ("[" * 100_000 + "]" * 100_000, "Not JSON")]:
+        form = {"name": "s", "expression": "rate(1 minute)", "timezone": "UTC", "input": text, "grace_s": 60}
+        page = client.post(f"/functions/{function.name}/triggers/schedules/", form)
+        assert page.status_code == 400 and reason in page.content.decode()
+    assert not Schedule.objects.exists()
