@@ -1,6 +1,6 @@
 """Where artifact bytes live: the filesystem by default, an S3-compatible bucket when CODE_S3_BUCKET is set.
 
-This is the only module that imports boto3 for the platform's own use.
+Its S3 client comes from ``functions_app.aws``, the one module that imports boto3.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from django.conf import settings
 
 from console.exceptions import CodeStorageError
+from functions_app.aws import s3_client
 from functions_app.code import tree_remove, zip_extract
 
 
@@ -52,11 +53,9 @@ class FilesystemCodeStore:
 class S3CodeStore:
     # ``client``: a boto3 S3 client (boto3 has no type hints: Any), or a test's stand-in.
     def __init__(self, bucket: str, prefix: str, endpoint_url: str | None = None, client: Any = None) -> None:
-        import boto3
-
         self.bucket = bucket
         self.prefix = prefix
-        self.client = client or boto3.client("s3", endpoint_url=endpoint_url)
+        self.client = client or s3_client(endpoint_url=endpoint_url)
 
     def _key(self, sha256: str) -> str:
         return f"{self.prefix}{sha256}.zip"

@@ -18,6 +18,7 @@ from functions_app.models import (
     EVENT_AGE_MAX_S,
     LATEST,
     RETRIES_MAX,
+    BucketNotificationMode,
     DeadLetterCondition,
     FunctionUrl,
     FunctionUrlAuth,
@@ -33,7 +34,14 @@ DEFAULT_SOURCE = (
     '    return {"statusCode": 200, "body": "Hello from Ephemera"}\n'
 )
 # Service detail keys that name a differently called form field.
-_FIELD_ALIASES = {"zip_base64": "zip_file", "files": "source", "code": "source", "version": "version"}
+_FIELD_ALIASES = {
+    "zip_base64": "zip_file",
+    "files": "source",
+    "code": "source",
+    "version": "version",
+    "prefix": "key_prefix",
+    "suffix": "key_suffix",
+}
 TIME_RANGES = {"1h": 1, "24h": 24, "7d": 24 * 7, "30d": 24 * 30}
 
 
@@ -335,6 +343,62 @@ class ScheduleForm(forms.Form):
             raise forms.ValidationError(f"Not JSON: {exc}") from None
         except RecursionError:
             raise forms.ValidationError("Not JSON this program can read: nested too deeply.") from None
+
+
+BUCKET_EVENT_CHOICES = [
+    ("s3:ObjectCreated:*", "Objects created"),
+    ("s3:ObjectRemoved:*", "Objects removed"),
+]
+
+
+class BucketNotificationForm(forms.Form):
+    """A new bucket notification: where the events come from, which ones, and what they run."""
+
+    name = forms.CharField(max_length=64, help_text="Letters, digits, '-', '_' or '.'.")
+    mode = forms.ChoiceField(
+        choices=BucketNotificationMode.choices,
+        initial=BucketNotificationMode.WEBHOOK,
+        help_text="Webhook: MinIO, Ceph RGW and other stores post their events. Poll: the platform lists the bucket.",
+    )
+    bucket = forms.CharField(max_length=63)
+    events = forms.MultipleChoiceField(
+        choices=BUCKET_EVENT_CHOICES, initial=["s3:ObjectCreated:*"], widget=forms.CheckboxSelectMultiple
+    )
+    # Not "prefix": a form's own attribute (the prefix of its fields' names).
+    key_prefix = forms.CharField(
+        max_length=1024, required=False, label="Key prefix", widget=forms.TextInput(attrs={"placeholder": "in/"})
+    )
+    key_suffix = forms.CharField(
+        max_length=1024, required=False, label="Key suffix", widget=forms.TextInput(attrs={"placeholder": ".csv"})
+    )
+    qualifier = forms.ChoiceField(required=False, label="Runs", choices=[("", "$LATEST")])
+    endpoint_url = forms.CharField(
+        max_length=512,
+        required=False,
+        label="Endpoint (poll)",
+        widget=forms.TextInput(attrs={"placeholder": "https://minio.example.com:9000 (empty: AWS S3)"}),
+    )
+    region = forms.CharField(max_length=32, initial="us-east-1", label="Region (poll)")
+    access_key_id = forms.CharField(max_length=128, required=False, label="Access key id (poll)")
+    secret_access_key = forms.CharField(
+        max_length=256,
+        required=False,
+        label="Secret access key (poll)",
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text="Stored encrypted; never shown again.",
+    )
+    poll_interval_s = forms.IntegerField(min_value=1, max_value=3600, initial=10, label="Poll every (s)")
+
+    def __init__(self, *args: Any, aliases: list[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        choices = [("", "$LATEST"), *((name, f"alias {name}") for name in aliases or [])]
+        cast(forms.ChoiceField, self.fields["qualifier"]).choices = choices
+
+    def settings(self) -> dict[str, Any]:
+        """The cleaned data as the service's arguments."""
+        data = dict(self.cleaned_data)
+        data["prefix"], data["suffix"] = data.pop("key_prefix"), data.pop("key_suffix")
+        return data
 
 
 def _comma_list(text: str) -> list[str]:

@@ -274,6 +274,70 @@ class ScheduleTick(models.Model):
         return None if self.fired_at is None else (self.fired_at - self.tick_at).total_seconds() * 1000
 
 
+class BucketNotificationMode(models.TextChoices):
+    WEBHOOK = "webhook", "Webhook (the store posts its events)"
+    POLL = "poll", "Poll (the platform lists the bucket)"
+
+
+class BucketNotification(models.Model):
+    """A bucket's object events running a function, as S3's event notifications: each event one asynchronous
+    invocation with Lambda's S3 record. The store posts its events to a webhook, or a poller lists the bucket
+    (``functions_app.bucket_notifications``)."""
+
+    function = models.ForeignKey(Function, on_delete=models.CASCADE, related_name="bucket_notifications")
+    name = models.CharField(max_length=64)
+    mode = models.CharField(max_length=8, choices=BucketNotificationMode.choices)
+    bucket = models.CharField(max_length=63)
+    # The store's S3 API (MinIO, Ceph RGW, …); empty for AWS S3 itself.
+    endpoint_url = models.CharField(max_length=512, blank=True, default="")
+    region = models.CharField(max_length=32, default="us-east-1")
+    access_key_id = models.CharField(max_length=128, blank=True, default="")
+    secret_access_key = models.TextField(blank=True, default="")  # encrypted (functions_app.secrets)
+    events = models.JSONField(default=list)  # e.g. ["s3:ObjectCreated:*", "s3:ObjectRemoved:Delete"]
+    prefix = models.CharField(max_length=1024, blank=True, default="")
+    suffix = models.CharField(max_length=1024, blank=True, default="")
+    qualifier = models.CharField(max_length=128, blank=True, default="")  # "" runs $LATEST
+    enabled = models.BooleanField(default=True)
+    # The webhook's bearer token, as its SHA-256 (the token is shown once, when made).
+    token_sha256 = models.CharField(max_length=64, blank=True, default="")
+    poll_interval_s = models.PositiveIntegerField(default=10)
+    # Poll state. The first listing is the baseline: objects older than the configuration are recorded, not sent.
+    baseline_at = models.DateTimeField(null=True, blank=True)
+    next_poll_at = models.DateTimeField(null=True, blank=True)
+    lease_owner = models.CharField(max_length=128, blank=True, default="")
+    lease_until = models.DateTimeField(null=True, blank=True)
+    last_poll_at = models.DateTimeField(null=True, blank=True)
+    last_event_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    delivered = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["function", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["function", "name"], name="bucket_notification_name_unique_per_function")
+        ]
+        indexes = [models.Index(fields=["mode", "enabled", "next_poll_at"], name="bucket_notification_due")]
+
+    def __str__(self) -> str:
+        return f"{self.function.name}:{self.name} s3://{self.bucket}/{self.prefix}"
+
+
+class BucketObject(models.Model):
+    """The poller's knowledge of one object: the version it last saw. A new version is one event, because the
+    row's conditional write and the event's invocation commit together."""
+
+    notification = models.ForeignKey(BucketNotification, on_delete=models.CASCADE, related_name="seen_objects")
+    key = models.CharField(max_length=1024)
+    etag = models.CharField(max_length=128)
+    last_modified = models.DateTimeField()
+    size = models.BigIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["notification", "key"], name="bucket_object_once")]
+
+
 class TestEvent(models.Model):
     """A saved event for the console's Test tab and the API."""
 

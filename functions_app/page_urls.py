@@ -63,6 +63,17 @@ page_urlpatterns = [
         views.schedule_delete,
         name="schedule_delete",
     ),
+    path("functions/<fn:name>/triggers/buckets/", views.bucket_notification_create, name="bucket_notification_create"),
+    path(
+        "functions/<fn:name>/triggers/buckets/<str:notification>/toggle/",
+        views.bucket_notification_toggle,
+        name="bucket_notification_toggle",
+    ),
+    path(
+        "functions/<fn:name>/triggers/buckets/<str:notification>/delete/",
+        views.bucket_notification_delete,
+        name="bucket_notification_delete",
+    ),
     path("functions/<fn:name>/triggers/urls/<str:url_id>/", views.function_url_update, name="function_url_update"),
     path(
         "functions/<fn:name>/triggers/urls/<str:url_id>/delete/",

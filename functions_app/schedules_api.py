@@ -137,7 +137,7 @@ class SchedulePreviewApi(JsonApi):
 
 
 class TriggerSerializer(serializers.Serializer):
-    type = serializers.CharField(help_text="function-url, http-api-route or schedule.")
+    type = serializers.CharField(help_text="function-url, http-api-route, schedule or bucket-notification.")
     id = serializers.CharField(help_text="The URL's id, the API's id or the schedule's name.")
     qualifier = serializers.CharField()
     state = serializers.CharField(help_text="ENABLED; a schedule's may be DISABLED, FAILING or DONE.")
@@ -152,6 +152,11 @@ class TriggerSerializer(serializers.Serializer):
     next_fire_at = serializers.DateTimeField(required=False, allow_null=True)
     last_fired_at = serializers.DateTimeField(required=False, allow_null=True)
     last_error = serializers.CharField(required=False, allow_blank=True)
+    mode = serializers.CharField(required=False, help_text="A bucket notification's: webhook or poll.")
+    bucket = serializers.CharField(required=False)
+    events = serializers.ListField(child=serializers.CharField(), required=False)
+    last_poll_at = serializers.DateTimeField(required=False, allow_null=True)
+    last_event_at = serializers.DateTimeField(required=False, allow_null=True)
 
 
 class FunctionTriggersApi(JsonApi):

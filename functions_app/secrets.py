@@ -1,4 +1,5 @@
-"""Environment variables at rest: a MultiFernet token of their JSON, keys from settings (never the database).
+"""Environment variables (and a bucket notification's secret key) at rest: a MultiFernet token of their JSON,
+keys from settings (never the database).
 
 Rotation: put a new key first in FERNET_KEYS; old tokens still decrypt, and ``env_reencrypt`` re-encrypts.
 """
@@ -37,6 +38,15 @@ def env_decrypt(ciphertext: str) -> dict[str, str]:
 
 def env_reencrypt(ciphertext: str) -> str:
     return _current().rotate(ciphertext.encode()).decode() if ciphertext else ""
+
+
+def secret_encrypt(value: str) -> str:
+    """One secret (a store's key) at rest."""
+    return _current().encrypt(value.encode()).decode() if value else ""
+
+
+def secret_decrypt(ciphertext: str) -> str:
+    return _current().decrypt(ciphertext.encode()).decode() if ciphertext else ""
 
 
 def env_masked(keys: list[str]) -> dict[str, str]:

@@ -39,6 +39,7 @@ from functions_app.models import (
     TIMEOUT_MAX_S,
     TIMEOUT_MIN_S,
     Alias,
+    BucketNotification,
     CodeArtifact,
     Function,
     Invocation,
@@ -576,7 +577,8 @@ test_event_delete.__test__ = False  # type: ignore[attr-defined]
 
 
 def environments_reencrypt(*, progress: Any = None, batch: int = 500) -> dict[str, int]:
-    """Re-encrypt every environment with the newest key (MultiFernet.rotate); old keys may then be retired."""
+    """Re-encrypt every environment (and every stored secret key of a bucket) with the newest key
+    (MultiFernet.rotate); old keys may then be retired."""
     counts = {}
     for name, model in (("functions", Function), ("versions", Version)):
         done = 0
@@ -586,7 +588,16 @@ def environments_reencrypt(*, progress: Any = None, batch: int = 500) -> dict[st
             if progress and done % batch == 0:
                 progress(done)
         counts[name] = done
+    counts["bucket_notifications"] = _bucket_secrets_reencrypt()
     return counts
+
+
+def _bucket_secrets_reencrypt() -> int:
+    done = 0
+    for pk, secret in BucketNotification.objects.exclude(secret_access_key="").values_list("pk", "secret_access_key"):
+        BucketNotification.objects.filter(pk=pk).update(secret_access_key=env_reencrypt(secret))
+        done += 1
+    return done
 
 
 # ---- invocation history -------------------------------------------------------------------------------------

@@ -1,11 +1,12 @@
-"""Every trigger of a function in one list (its function URLs, the HTTP API routes to it, its schedules): the
+"""Every trigger of a function in one list (its function URLs, the HTTP API routes to it, its schedules, its bucket
+notifications): the
 read behind /api/v1/functions/{name}/triggers/. Each item has a ``type``, a ``state`` and what that type shows."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from functions_app import http_apis, http_triggers, schedules
+from functions_app import bucket_notifications, http_apis, http_triggers, schedules
 from functions_app.models import Function
 
 ENABLED = "ENABLED"
@@ -16,6 +17,7 @@ def function_triggers(*, function: Function, scheme: str, host: str) -> list[dic
         *_function_urls(function, scheme, host),
         *_api_routes(function, scheme, host),
         *_schedules(function),
+        *_bucket_notifications(function),
     ]
 
 
@@ -63,4 +65,22 @@ def _schedules(function: Function) -> list[dict[str, Any]]:
             "last_error": schedule.last_error,
         }
         for schedule in schedules.schedule_list(function=function)
+    ]
+
+
+def _bucket_notifications(function: Function) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": bucket_notifications.BUCKET_NOTIFICATION,
+            "id": notification.name,
+            "qualifier": notification.qualifier or "$LATEST",
+            "state": bucket_notifications.bucket_notification_state(notification=notification),
+            "mode": notification.mode,
+            "bucket": notification.bucket,
+            "events": notification.events,
+            "last_poll_at": notification.last_poll_at,
+            "last_event_at": notification.last_event_at,
+            "last_error": notification.last_error,
+        }
+        for notification in bucket_notifications.bucket_notification_list(function=function)
     ]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from functions_app import api, invocations_api, schedules_api, triggers_api
+from functions_app import api, bucket_notifications_api, invocations_api, schedules_api, triggers_api
 
 # Every path ends with a slash; console.exceptions.ApiMiddleware serves the same path without it too.
 # Function names, alias names and test event names never contain "/", so plain str converters are exact.
@@ -23,6 +23,21 @@ api_urlpatterns = [
         "functions/<str:name>/schedules/<str:schedule>/",
         schedules_api.ScheduleDetailApi.as_view(),
         name="api-schedule",
+    ),
+    path(
+        "functions/<str:name>/bucket-notifications/",
+        bucket_notifications_api.BucketNotificationListApi.as_view(),
+        name="api-bucket-notifications",
+    ),
+    path(
+        "functions/<str:name>/bucket-notifications/<str:notification>/",
+        bucket_notifications_api.BucketNotificationDetailApi.as_view(),
+        name="api-bucket-notification",
+    ),
+    path(
+        "bucket-events/<int:notification_id>/",
+        bucket_notifications_api.BucketEventsWebhookApi.as_view(),
+        name="api-bucket-events",
     ),
     path("schedule-preview/", schedules_api.SchedulePreviewApi.as_view(), name="api-schedule-preview"),
     path("functions/<str:name>/triggers/", schedules_api.FunctionTriggersApi.as_view(), name="api-function-triggers"),

@@ -30,7 +30,7 @@ from django.views.decorators.http import require_POST
 from console import accounts
 from console.auth import SignedInRequest
 from console.exceptions import ResourceNotFound, ServiceError
-from functions_app import forms, http_apis, http_triggers, invoke, schedules, selectors, services
+from functions_app import bucket_notifications, forms, http_apis, http_triggers, invoke, schedules, selectors, services
 from functions_app.code import handler_module_candidates
 from functions_app.destinations import dead_letter_delete, dead_letter_replay
 from functions_app.models import LATEST, DeadLetter, Function, Invocation, InvocationStatus, InvocationType
@@ -536,6 +536,7 @@ def _triggers_context(
     new_form: forms.FunctionUrlForm | None = None,
     edited: tuple[str, forms.FunctionUrlForm] | None = None,
     schedule_form: forms.ScheduleForm | None = None,
+    bucket_form: forms.BucketNotificationForm | None = None,
 ) -> dict[str, Any]:
     """The function's triggers in one place: its function URLs, each with its address, a curl line and its form
     (``edited``: the one whose submitted form is shown again, with its errors)."""
@@ -563,6 +564,16 @@ def _triggers_context(
         ],
         "schedule_form": schedule_form
         or forms.ScheduleForm(aliases=[alias.name for alias in selectors.alias_list(function=function)]),
+        "bucket_notifications": [
+            {
+                "notification": notification,
+                "state": bucket_notifications.bucket_notification_state(notification=notification),
+                "webhook_url": request.build_absolute_uri(f"/api/v1/bucket-events/{notification.pk}/"),
+            }
+            for notification in bucket_notifications.bucket_notification_list(function=function)
+        ],
+        "bucket_form": bucket_form
+        or forms.BucketNotificationForm(aliases=[alias.name for alias in selectors.alias_list(function=function)]),
         "url_form": new_form
         or forms.FunctionUrlForm(
             aliases=free, latest="" not in served, initial={"auth_type": "NONE", "invoke_mode": "BUFFERED"}
@@ -651,6 +662,49 @@ def schedule_delete(request: SignedInRequest, name: str, schedule: str) -> HttpR
     function = selectors.function_get(owner=request.user, name=name)
     schedules.schedule_delete(schedule=schedules.schedule_get(function=function, name=schedule))
     return redirect(reverse("function_triggers", args=[function.name]) + "#schedules")
+
+
+@console_page
+@require_POST
+def bucket_notification_create(request: SignedInRequest, name: str) -> HttpResponse:
+    function = selectors.function_get(owner=request.user, name=name)
+    aliases = [alias.name for alias in selectors.alias_list(function=function)]
+    form = forms.BucketNotificationForm(request.POST, aliases=aliases)
+    if form.is_valid():
+        create = functools.partial(
+            bucket_notifications.bucket_notification_create, function=function, **form.settings()
+        )
+        created = _attempt(form, create, fallback="bucket")
+        if created is not _FAILED:
+            notification, token = created
+            if token:
+                messages.success(
+                    request, f"{notification.name}: the store sends 'Authorization: Bearer {token}' (shown only now)."
+                )
+            return redirect(reverse("function_triggers", args=[function.name]) + "#bucket-notifications")
+    context = _triggers_context(request, function, bucket_form=form)
+    return _tab(request, function, "triggers", context, status=400)
+
+
+@console_page
+@require_POST
+def bucket_notification_toggle(request: SignedInRequest, name: str, notification: str) -> HttpResponse:
+    function = selectors.function_get(owner=request.user, name=name)
+    found = bucket_notifications.bucket_notification_get(function=function, name=notification)
+    try:
+        bucket_notifications.bucket_notification_update(notification=found, enabled=not found.enabled)
+    except ServiceError as error:  # its alias since deleted, say
+        messages.error(request, f"{found.name}: {error.message}")
+    return redirect(reverse("function_triggers", args=[function.name]) + "#bucket-notifications")
+
+
+@console_page
+@require_POST
+def bucket_notification_delete(request: SignedInRequest, name: str, notification: str) -> HttpResponse:
+    function = selectors.function_get(owner=request.user, name=name)
+    found = bucket_notifications.bucket_notification_get(function=function, name=notification)
+    bucket_notifications.bucket_notification_delete(notification=found)
+    return redirect(reverse("function_triggers", args=[function.name]) + "#bucket-notifications")
 
 
 # ---- Invocations tab and page -----------------------------------------------------------------------------------

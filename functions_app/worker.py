@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from console.processes import INVOCATION_QUEUE, SYNC_QUEUE
 from console.redis import redis_client
+from functions_app.bucket_notifications import bucket_pollers_serve
 from functions_app.code_storage import code_extracted_dir
 from functions_app.lane import lane_close, lane_mark_served, lane_open, lane_serve, lane_wake
 from functions_app.models import Function, Invocation, InvocationStatus, Version
@@ -404,6 +405,10 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     ).start()
     # Every host fires schedules: a tick fires once whichever gets it (functions_app/schedules.py).
     threading.Thread(target=schedules_serve, args=(stopping,), name="schedules", daemon=True).start()
+    # Bucket pollers: each configuration held by one host at a time, through a lease (bucket_notifications.py).
+    threading.Thread(
+        target=bucket_pollers_serve, args=(stopping, host_name()), name="bucket-pollers", daemon=True
+    ).start()
 
 
 @signals.worker_shutting_down.connect
