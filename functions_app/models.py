@@ -275,8 +275,8 @@ class ScheduleTick(models.Model):
 
 
 class BucketNotificationMode(models.TextChoices):
-    WEBHOOK = "webhook", "Webhook (the store posts its events)"
-    POLL = "poll", "Poll (the platform lists the bucket)"
+    WEBHOOK = "webhook", "Webhook"
+    POLL = "poll", "Poll"
 
 
 class BucketNotification(models.Model):
