@@ -21,6 +21,7 @@ BENCHMARKS = [
     ("P3 + P4: async completions per second and scaling", ["bench/bench_async_throughput.py"]),
     ("P6: monitoring page over one million invocation rows", ["bench/bench_monitor_page.py"]),
     ("P8 + P9: HTTP triggers on the production web server", ["bench/bench_http.py"]),
+    ("P10: draining a Redis Stream in batches of 100", ["bench/bench_streams.py"]),
     ("P11: schedule precision with 1,000 schedules", ["bench/bench_schedules.py"]),
 ]
 # The invoke path again on the production backends, when a PostgreSQL and a Redis server answer (as on CI's
@@ -56,6 +57,7 @@ def summary_rows(results: dict[str, dict]) -> list[str]:
         f"| P5 | idle warm environment: {cold['P5']} | | | <= 20 MB PSS |",
         *server_rows(results),
         *p8_p9_rows(results["P8 + P9: HTTP triggers on the production web server"]),
+        p10_row(results["P10: draining a Redis Stream in batches of 100"]),
         p11_row(results["P11: schedule precision with 1,000 schedules"]),
         f"| P6 | Monitor page (1h/24h/7d/30d) and report page with {page['rows']:,} invocation rows, worst p50: "
         f"{page['worst_p50_ms']} ms | one hourly GROUP BY over the raw rows: "
@@ -76,6 +78,15 @@ def p8_p9_rows(http: dict) -> list[str]:
         f"statuses {slow['statuses']}, all answered in {slow['all_answered_s']} s, web RSS peak "
         f"{slow['web_rss_peak_mb']} MB | | | no 5xx; web memory stated |",
     ]
+
+
+def p10_row(drain: dict) -> str:
+    return (
+        f"| P10 | a Redis Stream drained by an event source mapping, batch size 100: "
+        f"{drain['P10_stream_records_per_s']} records/s ({drain['batches']} batches; lag over time: JSON below) | "
+        f"the per-event async path: {drain['baseline_async_events_completed_per_s']} completions/s | "
+        f"{drain['ratio']}x | >= 10x |"
+    )
 
 
 def p11_row(ticks: dict) -> str:

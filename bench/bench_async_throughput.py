@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.django_env import BASE_DIR, backends, django_setup_in_temp_var_dir, platform_services
+from bench.events import accept_events, backlog, drain, rate, wait_serving
 
 VAR_DIR = django_setup_in_temp_var_dir()
 
@@ -29,7 +30,6 @@ from django.core.management import call_command  # noqa: E402
 
 from console.processes import die_with_parent, stop_all  # noqa: E402
 from console.redis import redis_client  # noqa: E402
-from functions_app.models import Function  # noqa: E402
 
 THREADS = os.environ.get("BENCH_THREADS", "8")  # invocation slots per executor process
 NOOP = "def handler(event, context):\n    return None\n"
@@ -45,10 +45,6 @@ def spawn(arguments: list[str], **env: str) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=open(VAR_DIR / "celery.log", "ab"),
     )
-
-
-def rate(stamps: list[float]) -> float:
-    return round((len(stamps) - 1) / (max(stamps) - min(stamps)), 1)
 
 
 def ephemera_run(user: User, processes: int, count: int) -> float:
@@ -81,63 +77,17 @@ def ephemera_run(user: User, processes: int, count: int) -> float:
         for i in range(processes)
     ]
     try:
-        wait_serving(processes)
+        wait_serving(processes, VAR_DIR / "celery.log")
         # A steady state: the environments a backlog keeps busy exist (their cold starts are P1's figure).
-        drain(accept_events(user, function, processes * int(THREADS) * 8))
+        drain(accept_events(user, function, processes * int(THREADS) * 8), VAR_DIR / "celery.log")
         ids = backlog(user, function, count)
-        drain(ids)
+        drain(ids, VAR_DIR / "celery.log")
     finally:
         stop_all(workers)
     finished = Invocation.objects.filter(pk__in=ids).values_list("finished_at", flat=True)
     stamps = [moment.timestamp() for moment in finished if moment is not None]
     assert Invocation.objects.filter(pk__in=ids, status="succeeded").count() == count
     return rate(stamps)
-
-
-def wait_serving(processes: int) -> None:
-    from functions_app.lane import lane_served, lane_served_forget
-
-    deadline = time.monotonic() + 60
-    while len(list(redis_client().scan_iter("ephemera:hosts:*"))) < processes or not lane_served():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the executors did not come up; see {VAR_DIR / 'celery.log'}")
-        lane_served_forget()
-        time.sleep(0.1)
-
-
-def accept_events(user: User, function: Function, count: int) -> list:
-    from functions_app.accept import invocation_accept
-
-    return [
-        invocation_accept(owner=user, function=function, qualifier="", raw_payload=b"{}", invocation_type="async").pk
-        for _ in range(count)
-    ]
-
-
-def backlog(user: User, function: Function, count: int) -> list:
-    """``count`` events accepted with their doorbells held on a list of the bench's own, then rung at once (one
-    RENAME onto the events' lane): the executors drain a backlog, not the pace of this process's inserts."""
-    from functions_app import lane
-
-    held = "bench:held-events"
-    events_lane = lane.EVENT_LANE_KEY
-    lane.EVENT_LANE_KEY = held
-    try:
-        ids = accept_events(user, function, count)
-    finally:
-        lane.EVENT_LANE_KEY = events_lane
-    redis_client().rename(held, events_lane)
-    return ids
-
-
-def drain(ids: list) -> None:
-    from functions_app.models import Invocation
-
-    deadline = time.monotonic() + float(os.environ.get("BENCH_DRAIN_TIMEOUT_S", 600))
-    while Invocation.objects.filter(pk__in=ids, finished_at__isnull=False).count() < len(ids):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the queue did not drain; see {VAR_DIR / 'celery.log'}")
-        time.sleep(0.2)
 
 
 def baseline_run(count: int, broker: str, backend: str) -> float:

@@ -29,12 +29,13 @@ from urllib.parse import quote_plus, unquote_plus, urlsplit
 
 from django.conf import settings
 from django.db import IntegrityError, close_old_connections, transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from console.exceptions import ResourceConflict, ResourceNotFound, ServiceError
 from functions_app.accept import IdempotencyConflict, invocation_accept
 from functions_app.aws import StoreError, s3_client, s3_objects
+from functions_app.leases import leases_hold, leases_release
 from functions_app.models import (
     LATEST,
     BucketNotification,
@@ -608,25 +609,14 @@ def _sequencer(moment: datetime) -> str:
 
 
 def bucket_pollers_claim(*, host: str, now: datetime | None = None) -> list[BucketNotification]:
-    """The poll configurations this host holds: those it held already, renewed, and free or expired ones taken
-    (up to LEASES_PER_HOST). A host that dies loses its leases after LEASE_S, and another host takes them."""
-    now = now or timezone.now()
-    until = now + timedelta(seconds=settings.LEASE_S)
+    """The poll configurations this host holds (``functions_app.leases``): renewed, and free ones taken."""
     polled = BucketNotification.objects.filter(mode=BucketNotificationMode.POLL, enabled=True)
-    polled.filter(lease_owner=host).update(lease_until=until)
-    held = polled.filter(lease_owner=host).count()
-    free = polled.filter(Q(lease_owner="") | Q(lease_until__lt=now)).exclude(lease_owner=host)
-    for pk, owner in list(free.values_list("pk", "lease_owner")[: max(LEASES_PER_HOST - held, 0)]):
-        # A conditional take: of two hosts reaching for one lease, one gets it.
-        taken = BucketNotification.objects.filter(pk=pk, lease_owner=owner).filter(
-            Q(lease_owner="") | Q(lease_until__lt=now)
-        )
-        taken.update(lease_owner=host, lease_until=until)
-    return list(polled.filter(lease_owner=host).select_related("function__owner"))
+    held = leases_hold(rows=polled, host=host, now=now or timezone.now(), limit=LEASES_PER_HOST)
+    return list(polled.filter(pk__in=[notification.pk for notification in held]).select_related("function__owner"))
 
 
 def bucket_pollers_release(*, host: str) -> None:
-    BucketNotification.objects.filter(lease_owner=host).update(lease_owner="", lease_until=None)
+    leases_release(rows=BucketNotification.objects.all(), host=host)
 
 
 def bucket_pollers_round(*, host: str, now: datetime | None = None) -> int:

@@ -338,6 +338,58 @@ class BucketObject(models.Model):
         constraints = [models.UniqueConstraint(fields=["notification", "key"], name="bucket_object_once")]
 
 
+class EventSourceKind(models.TextChoices):
+    REDIS_STREAM = "redis-stream", "Redis Stream"
+
+
+class StartingPosition(models.TextChoices):
+    LATEST = "LATEST", "Latest (records added from now on)"
+    TRIM_HORIZON = "TRIM_HORIZON", "Trim horizon (every record the stream holds)"
+
+
+class EventSourceMapping(models.Model):
+    """A stream read in batches by a function, as Lambda's event source mappings: each batch one synchronous call,
+    the stream's checkpoint moved only after it succeeds (``functions_app.stream_sources``)."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True)
+    function = models.ForeignKey(Function, on_delete=models.CASCADE, related_name="event_source_mappings")
+    kind = models.CharField(max_length=16, choices=EventSourceKind.choices)
+    source = models.CharField(max_length=128)  # the stream's name
+    qualifier = models.CharField(max_length=128, blank=True, default="")
+    starting_position = models.CharField(max_length=16, choices=StartingPosition.choices)
+    batch_size = models.PositiveIntegerField(default=100)
+    batching_window_s = models.PositiveIntegerField(default=0)
+    # -1: retried until the records expire (or for ever, with max_record_age_s -1), as Lambda's defaults.
+    max_retry_attempts = models.IntegerField(default=-1)
+    max_record_age_s = models.IntegerField(default=-1)
+    bisect_on_error = models.BooleanField(default=False)
+    report_batch_item_failures = models.BooleanField(default=False)
+    on_failure = models.CharField(max_length=80, default="dead-letter")  # dead-letter or function:<name>
+    enabled = models.BooleanField(default=True)
+    lease_owner = models.CharField(max_length=128, blank=True, default="")
+    lease_until = models.DateTimeField(null=True, blank=True)
+    # The last record id committed: it only moves forward.
+    checkpoint = models.CharField(max_length=48, blank=True, default="")
+    # Retrying a failed batch: how many records it holds now (bisected) and how many attempts it has had.
+    retry_batch_size = models.PositiveIntegerField(null=True, blank=True)
+    batch_attempts = models.PositiveIntegerField(default=0)
+    last_batch_at = models.DateTimeField(null=True, blank=True)
+    last_processing_result = models.CharField(max_length=64, blank=True, default="")
+    last_error = models.TextField(blank=True, default="")
+    batches = models.BigIntegerField(default=0)
+    records = models.BigIntegerField(default=0)
+    iterator_age_ms = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["function", "created_at"]
+        indexes = [models.Index(fields=["kind", "enabled"], name="event_source_mapping_polled")]
+
+    def __str__(self) -> str:
+        return f"{self.function.name} <- {self.kind}:{self.source}"
+
+
 class TestEvent(models.Model):
     """A saved event for the console's Test tab and the API."""
 

@@ -137,7 +137,9 @@ class SchedulePreviewApi(JsonApi):
 
 
 class TriggerSerializer(serializers.Serializer):
-    type = serializers.CharField(help_text="function-url, http-api-route, schedule or bucket-notification.")
+    type = serializers.CharField(
+        help_text="function-url, http-api-route, schedule, bucket-notification or event-source-mapping."
+    )
     id = serializers.CharField(help_text="The URL's id, the API's id or the schedule's name.")
     qualifier = serializers.CharField()
     state = serializers.CharField(help_text="ENABLED; a schedule's may be DISABLED, FAILING or DONE.")
@@ -157,6 +159,9 @@ class TriggerSerializer(serializers.Serializer):
     events = serializers.ListField(child=serializers.CharField(), required=False)
     last_poll_at = serializers.DateTimeField(required=False, allow_null=True)
     last_event_at = serializers.DateTimeField(required=False, allow_null=True)
+    stream = serializers.CharField(required=False, help_text="An event source mapping's stream.")
+    lag = serializers.IntegerField(required=False, allow_null=True, help_text="Records waiting in the stream.")
+    last_batch_at = serializers.DateTimeField(required=False, allow_null=True)
 
 
 class FunctionTriggersApi(JsonApi):

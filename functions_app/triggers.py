@@ -1,12 +1,12 @@
 """Every trigger of a function in one list (its function URLs, the HTTP API routes to it, its schedules, its bucket
-notifications): the
-read behind /api/v1/functions/{name}/triggers/. Each item has a ``type``, a ``state`` and what that type shows."""
+notifications, its event source mappings): the read behind /api/v1/functions/{name}/triggers/. Each item has a
+``type``, a ``state`` and what that type shows."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from functions_app import bucket_notifications, http_apis, http_triggers, schedules
+from functions_app import bucket_notifications, http_apis, http_triggers, schedules, stream_sources
 from functions_app.models import Function
 
 ENABLED = "ENABLED"
@@ -18,6 +18,7 @@ def function_triggers(*, function: Function, scheme: str, host: str) -> list[dic
         *_api_routes(function, scheme, host),
         *_schedules(function),
         *_bucket_notifications(function),
+        *_stream_mappings(function),
     ]
 
 
@@ -83,4 +84,20 @@ def _bucket_notifications(function: Function) -> list[dict[str, Any]]:
             "last_error": notification.last_error,
         }
         for notification in bucket_notifications.bucket_notification_list(function=function)
+    ]
+
+
+def _stream_mappings(function: Function) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": stream_sources.EVENT_SOURCE_MAPPING,
+            "id": str(mapping.uuid),
+            "qualifier": mapping.qualifier or "$LATEST",
+            "state": stream_sources.mapping_state(mapping=mapping),
+            "stream": mapping.source,
+            "lag": stream_sources.mapping_lag(mapping=mapping),
+            "last_batch_at": mapping.last_batch_at,
+            "last_error": mapping.last_error,
+        }
+        for mapping in stream_sources.mapping_list(function=function)
     ]

@@ -2,7 +2,14 @@ from __future__ import annotations
 
 from django.urls import path
 
-from functions_app import api, bucket_notifications_api, invocations_api, schedules_api, triggers_api
+from functions_app import (
+    api,
+    bucket_notifications_api,
+    invocations_api,
+    schedules_api,
+    stream_sources_api,
+    triggers_api,
+)
 
 # Every path ends with a slash; console.exceptions.ApiMiddleware serves the same path without it too.
 # Function names, alias names and test event names never contain "/", so plain str converters are exact.
@@ -39,6 +46,13 @@ api_urlpatterns = [
         bucket_notifications_api.BucketEventsWebhookApi.as_view(),
         name="api-bucket-events",
     ),
+    path("event-source-mappings/", stream_sources_api.MappingListApi.as_view(), name="api-event-source-mappings"),
+    path(
+        "event-source-mappings/<str:uuid>/",
+        stream_sources_api.MappingDetailApi.as_view(),
+        name="api-event-source-mapping",
+    ),
+    path("streams/<str:stream>/records/", stream_sources_api.StreamRecordsApi.as_view(), name="api-stream-records"),
     path("schedule-preview/", schedules_api.SchedulePreviewApi.as_view(), name="api-schedule-preview"),
     path("functions/<str:name>/triggers/", schedules_api.FunctionTriggersApi.as_view(), name="api-function-triggers"),
     path("http-apis/", triggers_api.HttpApiListApi.as_view(), name="api-http-apis"),

@@ -409,6 +409,13 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     threading.Thread(
         target=bucket_pollers_serve, args=(stopping, host_name()), name="bucket-pollers", daemon=True
     ).start()
+    # Stream pollers: each event source mapping read by one host at a time. Imported here: stream_sources calls
+    # the invoke service, which this module's importers reach first.
+    from functions_app.stream_sources import stream_pollers_serve
+
+    threading.Thread(
+        target=stream_pollers_serve, args=(stopping, host_name()), name="stream-pollers", daemon=True
+    ).start()
 
 
 @signals.worker_shutting_down.connect
