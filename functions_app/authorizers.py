@@ -5,10 +5,8 @@ TTL; a JWT authorizer checks a bearer token against its issuer's JSON Web Key Se
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import logging
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -24,6 +22,7 @@ from functions_app.http_apis import Authorizer, Route
 from functions_app.http_events import HttpRequest
 from functions_app.invoke import function_invoke
 from functions_app.models import Function, InvocationType
+from functions_app.outbound import PrivateAddress, host_refuse_private
 
 logger = logging.getLogger(__name__)
 
@@ -186,12 +185,7 @@ def _refuse_private(url: str) -> None:
     private, link-local addresses: the metadata service, Redis, the database) unless the operator allows it."""
     if settings.HTTP_JWKS_ALLOW_PRIVATE:
         return
-    host = urlsplit(url).hostname or ""
     try:
-        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
-    except OSError as exc:
-        raise ServiceError(f"The key set's host {host!r} does not resolve ({exc}).") from None
-    for address in addresses:
-        ip = ipaddress.ip_address(address.split("%")[0])
-        if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast:
-            raise ServiceError(f"The key set's host {host!r} is on a private network; see HTTP_JWKS_ALLOW_PRIVATE.")
+        host_refuse_private(urlsplit(url).hostname or "")
+    except PrivateAddress as exc:
+        raise ServiceError(f"The key set's host {exc}; see HTTP_JWKS_ALLOW_PRIVATE.") from None

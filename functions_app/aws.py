@@ -46,3 +46,12 @@ def s3_objects(client: S3Client, *, bucket: str, prefix: str) -> Any:
         raise StoreError(f"{error.get('Code', 'Error')}: {error.get('Message', exc)}") from None
     except BotoCoreError as exc:
         raise StoreError(str(exc)) from None
+
+
+def s3_endpoint_check(endpoint_url: str) -> None:
+    """ValueError when boto3 would refuse the endpoint (a host name it cannot use, say)."""
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    boto3.client("s3", endpoint_url=endpoint_url, region_name="us-east-1", config=Config(signature_version=UNSIGNED))

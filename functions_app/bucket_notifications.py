@@ -14,14 +14,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import re
 import secrets
-import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,9 +31,10 @@ from django.db import IntegrityError, close_old_connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from console.exceptions import ResourceConflict, ResourceNotFound, ServiceError
+from console.exceptions import RequestTooLarge, ResourceConflict, ResourceNotFound, ServiceError
+from console.json_api import json_strict_loads
 from functions_app.accept import IdempotencyConflict, invocation_accept
-from functions_app.aws import StoreError, s3_client, s3_objects
+from functions_app.aws import StoreError, s3_client, s3_endpoint_check, s3_objects
 from functions_app.leases import leases_hold, leases_release
 from functions_app.models import (
     LATEST,
@@ -46,13 +46,14 @@ from functions_app.models import (
     InvocationType,
 )
 from functions_app.outages import DATABASE_ERRORS, database_unreachable
+from functions_app.outbound import PrivateAddress, host_refuse_private
 from functions_app.secrets import secret_decrypt, secret_encrypt
 from functions_app.selectors import qualifier_resolve
 
 logger = logging.getLogger(__name__)
 
 BUCKET_NOTIFICATION = "bucket-notification"  # an invocation's trigger type
-NAME_PATTERN = re.compile(r"[0-9A-Za-z_.-]{1,64}")
+NAME_PATTERN = re.compile(r"[0-9A-Za-z_][0-9A-Za-z_.-]{0,63}")  # not "." or "..": they would vanish from URLs
 # S3's bucket names: 3-63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit.
 BUCKET_PATTERN = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 REGION_PATTERN = re.compile(r"[a-z]{2}(-[a-z0-9]+){1,3}")
@@ -69,6 +70,10 @@ EVENT_TYPES = frozenset(
         "s3:ObjectRemoved:DeleteMarkerCreated",
     }
 )
+# What listing can tell apart: a new version (Put) and a key gone (Delete).
+POLL_EVENT_TYPES = frozenset(
+    {"s3:ObjectCreated:*", "s3:ObjectCreated:Put", "s3:ObjectRemoved:*", "s3:ObjectRemoved:Delete"}
+)
 POLL_INTERVAL_MIN_S, POLL_INTERVAL_MAX_S = 1, 3600
 WEBHOOK_BODY_MAX_BYTES = 1024 * 1024
 WEBHOOK_RECORDS_MAX = 1000
@@ -77,6 +82,8 @@ STORE_TIMEOUT_S = 10.0
 # How many poll configurations one host holds at most: the rest wait for another host, or for a later round.
 LEASES_PER_HOST = 50
 POLL_LOOP_S = 1.0
+# Polls run side by side (a slow store holds one thread, not the host's other buckets).
+POLL_THREADS = 8
 
 
 class WebhookUnauthorized(ServiceError):
@@ -134,6 +141,7 @@ def bucket_notification_create(
         poll_interval_s=poll_interval_s,
     )
     token = secrets.token_urlsafe(32) if mode == BucketNotificationMode.WEBHOOK else ""
+    notification.baseline_from = timezone.now()
     notification.token_sha256 = _digest(token) if token else ""
     notification.next_poll_at = timezone.now() if mode == BucketNotificationMode.POLL else None
     try:
@@ -170,10 +178,17 @@ def bucket_notification_update(*, notification: BucketNotification, **changes: A
     where = ("bucket", "endpoint_url", "prefix", "suffix")
     moved = any(changes.get(field, current[field]) != current[field] for field in where)
     moved = moved or (changes.get("enabled") is True and not notification.enabled)
-    _configure(notification, **(current | changes), check_qualifier="qualifier" in changes)
+    _configure(
+        notification,
+        **(current | changes),
+        check_qualifier="qualifier" in changes,
+        check_endpoint=changes.get("endpoint_url", current["endpoint_url"]) != current["endpoint_url"],
+    )
     if moved:
         notification.seen_objects.all().delete()
         notification.baseline_at = None
+        notification.baseline_from = timezone.now()
+        notification.generation += 1
     if notification.mode == BucketNotificationMode.POLL:
         notification.next_poll_at = timezone.now()
     notification.last_error = ""
@@ -207,14 +222,24 @@ def _configure(
     enabled: bool,
     poll_interval_s: int,
     check_qualifier: bool = True,
+    check_endpoint: bool = True,
 ) -> None:
     notification.bucket = _checked(bucket, BUCKET_PATTERN, "bucket", "3-63 lowercase letters, digits, '.' or '-'")
-    notification.endpoint_url = _endpoint(endpoint_url)
+    # Checked when set, not on every change: a configuration whose endpoint no longer resolves can be disabled.
+    notification.endpoint_url = _endpoint(endpoint_url) if check_endpoint else endpoint_url
     notification.region = _checked(region, REGION_PATTERN, "region", "a region name such as us-east-1")
     notification.access_key_id = _text(access_key_id, "access_key_id", 128)
     if secret_access_key is not None:
         notification.secret_access_key = secret_encrypt(_text(secret_access_key, "secret_access_key", 256))
-    notification.events = _events(events)
+    notification.events = _events(events, notification.mode)
+    if notification.mode == BucketNotificationMode.POLL and not (
+        notification.access_key_id and notification.secret_access_key
+    ):
+        # Never the platform's own credentials (boto3 would find them in the environment or the instance role).
+        raise ServiceError(
+            "A polled bucket needs access_key_id and secret_access_key.",
+            details={"access_key_id": ["required for poll"]},
+        )
     notification.prefix, notification.suffix = _text(prefix, "prefix", 1024), _text(suffix, "suffix", 1024)
     if qualifier and qualifier != LATEST and check_qualifier:
         qualifier_resolve(function=notification.function, qualifier=qualifier)  # 404 for an unknown alias
@@ -249,47 +274,51 @@ def _text(value: Any, field: str, longest: int) -> str:
     return value
 
 
-def _events(events: Any) -> list[str]:
+def _events(events: Any, mode: str) -> list[str]:
     if not isinstance(events, list) or not events or not all(isinstance(event, str) for event in events):
         raise ServiceError('events is a list such as ["s3:ObjectCreated:*"].', details={"events": ["required"]})
-    unknown = sorted(set(events) - EVENT_TYPES)
+    types = POLL_EVENT_TYPES if mode == BucketNotificationMode.POLL else EVENT_TYPES
+    unknown = sorted(set(events) - types)
     if unknown:
-        known = ", ".join(sorted(EVENT_TYPES))
+        known = ", ".join(sorted(types)) + (" (what listing a bucket can tell)" if types is POLL_EVENT_TYPES else "")
         raise ServiceError(f"Unknown event types {', '.join(unknown)}; known: {known}.", details={"events": unknown})
     return sorted(set(events))
 
 
 def _endpoint(url: Any) -> str:
-    """An http(s) URL of the store's S3 API (empty: AWS). The platform calls it, so never an address of its own
-    network (loopback, private, link-local: the metadata service, Redis, the database) unless the operator allows
-    it (BUCKET_ENDPOINT_ALLOW_PRIVATE, for an in-house store)."""
+    """An http(s) URL of the store's S3 API (empty: AWS), which boto3 takes. The platform calls it, so never an
+    address of its own network unless the operator allows it (BUCKET_ENDPOINT_ALLOW_PRIVATE, for an in-house
+    store); checked again at each poll, as a name's addresses may change."""
     url = _text(url, "endpoint_url", 512).strip()
     if not url:
         return ""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.query or parts.fragment:
+    invalid = ServiceError(
+        "endpoint_url is http(s)://host[:port][/path] of the store's S3 API.", details={"endpoint_url": ["invalid"]}
+    )
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # a port out of range raises here
+    except ValueError:
+        raise invalid from None
+    if parts.scheme not in ("http", "https") or not host or parts.username or parts.query or parts.fragment:
+        raise invalid
+    try:
+        s3_endpoint_check(url)
+    except ValueError:
+        raise invalid from None
+    try:
+        _endpoint_refuse_private(url)
+    except PrivateAddress as exc:
         raise ServiceError(
-            "endpoint_url is http(s)://host[:port][/path] of the store's S3 API.", details={"endpoint_url": ["invalid"]}
-        )
-    if not settings.BUCKET_ENDPOINT_ALLOW_PRIVATE:
-        _refuse_private(parts.hostname)
+            f"endpoint_url: {exc}; see BUCKET_ENDPOINT_ALLOW_PRIVATE.", details={"endpoint_url": ["private address"]}
+        ) from None
     return url
 
 
-def _refuse_private(host: str) -> None:
-    try:
-        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
-    except OSError as exc:
-        raise ServiceError(
-            f"endpoint_url: {host!r} does not resolve ({exc}).", details={"endpoint_url": ["unknown host"]}
-        ) from None
-    for address in addresses:
-        ip = ipaddress.ip_address(address.split("%")[0])
-        if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast:
-            raise ServiceError(
-                f"endpoint_url: {host!r} is on a private network; see BUCKET_ENDPOINT_ALLOW_PRIVATE.",
-                details={"endpoint_url": ["private address"]},
-            )
+def _endpoint_refuse_private(url: str) -> None:
+    if url and not settings.BUCKET_ENDPOINT_ALLOW_PRIVATE:
+        host_refuse_private(urlsplit(url).hostname or "")
 
 
 def _digest(token: str) -> str:
@@ -403,27 +432,38 @@ def _deliver(notification: BucketNotification, event: ObjectEvent, *, dedupe: st
 # ---- the webhook ------------------------------------------------------------------------------------------------
 
 
-def bucket_webhook_receive(*, notification_id: int, token: str, body: bytes) -> dict[str, int]:
+def bucket_webhook_receive(
+    *, notification_id: int, token: str, read_body: Callable[[int], bytes], length: int | None
+) -> dict[str, int]:
     """Take a store's posted records ({"Records": [...]}, S3's format, as MinIO and Ceph RGW send it): each one for
     this bucket, of a subscribed event type and key, is one invocation; one delivered before (the store retrying)
-    is not sent again."""
+    is not sent again; one that cannot be read is counted as invalid. The token is checked before the body is
+    read, and no more than WEBHOOK_BODY_MAX_BYTES of it is."""
     notification = _webhook_notification(notification_id, token)
+    if length is not None and length > WEBHOOK_BODY_MAX_BYTES:
+        raise RequestTooLarge(f"A delivery is at most {WEBHOOK_BODY_MAX_BYTES} bytes.")
+    body = read_body(WEBHOOK_BODY_MAX_BYTES + 1)
     if len(body) > WEBHOOK_BODY_MAX_BYTES:
-        raise ServiceError(f"A delivery is at most {WEBHOOK_BODY_MAX_BYTES} bytes.", type="RequestTooLarge")
-    records = _records(body)
-    accepted = ignored = 0
+        raise RequestTooLarge(f"A delivery is at most {WEBHOOK_BODY_MAX_BYTES} bytes.")
+    counts = {"accepted": 0, "ignored": 0, "invalid": 0, "duplicates": 0}
     # Record by record, each committed on its own: should one be refused (EventRefused, a 503), the store sends the
     # delivery again, and the records taken before are recognised then, not sent twice.
-    for record in records:
-        event = _event_from_record(record, notification.bucket)
-        if event is None or not notification.enabled or not _matches(notification, event):
-            ignored += 1
+    for record in _records(body):
+        try:
+            event = _event_from_record(record, notification.bucket)
+        except _Unreadable as exc:
+            logger.info("Bucket notification %s: a record was not read (%s)", notification.pk, exc)
+            counts["invalid"] += 1
             continue
-        dedupe = f"{event.name}\n{event.key}\n{event.sequencer}\n{event.etag}\n{event.version_id}"
-        accepted += _deliver(notification, event, dedupe=dedupe)
-    if accepted:
+        if event is None or not notification.enabled or not _matches(notification, event):
+            counts["ignored"] += 1
+            continue
+        moment = event.time.isoformat()
+        dedupe = f"{event.name}\n{event.key}\n{event.sequencer}\n{event.etag}\n{event.version_id}\n{moment}"
+        counts["accepted" if _deliver(notification, event, dedupe=dedupe) else "duplicates"] += 1
+    if counts["accepted"]:
         BucketNotification.objects.filter(pk=notification.pk, last_error__gt="").update(last_error="")
-    return {"accepted": accepted, "ignored": ignored, "duplicates": len(records) - accepted - ignored}
+    return counts
 
 
 def _webhook_notification(notification_id: int, token: str) -> BucketNotification:
@@ -440,7 +480,7 @@ def _webhook_notification(notification_id: int, token: str) -> BucketNotificatio
 
 def _records(body: bytes) -> list[Any]:
     try:
-        document = json.loads(body)
+        document = json_strict_loads(body)
     except (ValueError, RecursionError):
         raise ServiceError("The body is not JSON.", type="InvalidRequestContent") from None
     records = document.get("Records") if isinstance(document, dict) else None
@@ -451,52 +491,87 @@ def _records(body: bytes) -> list[Any]:
     return records
 
 
+class _Unreadable(ValueError):
+    """A record that says it is an object event of the bucket and cannot be read as one."""
+
+
 def _event_from_record(record: Any, bucket: str) -> ObjectEvent | None:
-    """The event an S3-format record tells, or None when it is not one of this bucket's object events."""
+    """The event an S3-format record tells; None when it is not an object event of this bucket."""
     try:
         s3 = record["s3"]
         obj = s3["object"]
         if s3["bucket"]["name"] != bucket:
             return None
         name = str(record["eventName"]).removeprefix("s3:")
+        raw_key = obj["key"]
+    except (KeyError, TypeError):
+        return None
+    try:
         when = datetime.fromisoformat(str(record.get("eventTime") or timezone.now().isoformat()))
+        when = when if when.tzinfo else when.replace(tzinfo=UTC)
+        when.astimezone(UTC)  # a time UTC cannot hold (year 1 an hour east) overflows here, not later
+        key = unquote_plus(str(raw_key), errors="strict")
+        if "\x00" in key or not _is_text(key):
+            raise _Unreadable("its key has a NUL or is not text")
         return ObjectEvent(
             name=name,
-            key=unquote_plus(str(obj["key"])),
+            key=key,
             size=int(obj.get("size") or 0),
             etag=str(obj.get("eTag") or ""),
             sequencer=str(obj.get("sequencer") or ""),
             version_id=str(obj.get("versionId") or ""),
-            time=when if when.tzinfo else when.replace(tzinfo=UTC),
+            time=when,
             principal=str((record.get("userIdentity") or {}).get("principalId") or ""),
             source_ip=str((record.get("requestParameters") or {}).get("sourceIPAddress") or ""),
             request_id=str((record.get("responseElements") or {}).get("x-amz-request-id") or ""),
         )
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return None
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+        raise _Unreadable(str(exc)[:200]) from None
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
 # ---- the poller -------------------------------------------------------------------------------------------------
 
 
+class _Moved(Exception):
+    """The configuration changed where it looks (or was enabled again) since this poll began."""
+
+
 def bucket_poll(*, notification: BucketNotification, now: datetime | None = None) -> int:
     """List the bucket once and send an event for each object version not seen before, and for each object gone
-    (when subscribed). The first listing is the baseline: an object last modified before the configuration was
-    made is recorded, not sent. A failure is the configuration's last error; the next poll tries again."""
+    (when subscribed). The first listing is the baseline: an object last modified before ``baseline_from`` is
+    recorded, not sent. A failure is the configuration's last error, the next poll a poll interval later; nothing
+    escapes, so that one configuration never stops a host's others."""
     now = now or timezone.now()
     try:
-        sent = _poll(notification)
-    except EventRefused:
-        return 0  # the object stays unseen and is sent by a later poll; last_error says why
-    except StoreError as exc:
+        sent = _poll(notification, now)
+    except EventRefused as exc:
+        _polled(notification, now, error=exc.message)  # that version stays unseen: a later poll sends it
+        return 0
+    except (StoreError, PrivateAddress) as exc:
         logger.warning("Polling s3://%s for %s failed: %s", notification.bucket, notification.name, exc)
-        _polled(notification, now, error=str(exc)[:1000])
+        _polled(notification, now, error=STORE_ERROR + str(exc)[:1000])
+        return 0
+    except _Moved:
+        return 0  # the next poll starts from the new place
+    except DATABASE_ERRORS:
+        raise
+    except Exception as exc:
+        logger.exception("Polling s3://%s for %s failed", notification.bucket, notification.name)
+        _polled(notification, now, error=STORE_ERROR + f"{type(exc).__name__}: {str(exc)[:500]}")
         return 0
     _polled(notification, now, error="")
     return sent
 
 
-STORE_ERROR = "store: "  # the mark of a last error the store gave (a success clears it)
+STORE_ERROR = "store: "  # the mark of a last error the store gave
 
 
 def _polled(notification: BucketNotification, now: datetime, *, error: str) -> None:
@@ -504,17 +579,17 @@ def _polled(notification: BucketNotification, now: datetime, *, error: str) -> N
         "last_poll_at": now,
         "next_poll_at": now + timedelta(seconds=notification.poll_interval_s),
     }
-    if error:
-        fields["last_error"] = STORE_ERROR + error
-    elif notification.baseline_at is None:
+    # A whole poll without an error clears the last one: the store answered, and every event was taken.
+    fields["last_error"] = error
+    if not error and notification.baseline_at is None:
         fields["baseline_at"] = now
-    updated = BucketNotification.objects.filter(pk=notification.pk)
-    updated.update(**fields)
-    if not error:
-        updated.filter(last_error__startswith=STORE_ERROR).update(last_error="")
+    BucketNotification.objects.filter(pk=notification.pk, generation=notification.generation).update(**fields)
 
 
-def _poll(notification: BucketNotification) -> int:
+def _poll(notification: BucketNotification, now: datetime) -> int:
+    if not (notification.access_key_id and notification.secret_access_key):
+        raise StoreError("no access key: a polled bucket needs one")  # never the platform's own credentials
+    _endpoint_refuse_private(notification.endpoint_url)  # again: a name's addresses may have changed
     client = s3_client(
         endpoint_url=notification.endpoint_url,
         region=notification.region,
@@ -530,31 +605,39 @@ def _poll(notification: BucketNotification) -> int:
         listed.update(str(item["Key"]) for item in page)
         sent += _page_seen(notification, page, baseline)
     if not baseline:
-        sent += _removals(notification, listed)
+        sent += _removals(notification, listed, listed_from=now)
     return sent
+
+
+def _fence(notification: BucketNotification) -> None:
+    """In the caller's transaction: _Moved unless the configuration is still of this poll's generation (the
+    no-op update locks its row, so an update that moves it waits for this transaction, or this one for it)."""
+    rows = BucketNotification.objects.filter(pk=notification.pk, generation=notification.generation)
+    if not rows.update(generation=F("generation")):
+        raise _Moved
 
 
 def _page_seen(notification: BucketNotification, page: list[dict[str, Any]], baseline: bool) -> int:
     """Record one page's objects; each new version is an ObjectCreated:Put event, in the transaction that records
     it, so that a version is sent exactly once however many pollers race or crash."""
-    known = {
-        item.key: item
-        for item in BucketObject.objects.filter(notification=notification, key__in=[o["Key"] for o in page])
-    }
+    keys = [str(item["Key"]) for item in page]
+    known = {item.key: item for item in BucketObject.objects.filter(notification=notification, key__in=keys)}
+    cutoff = notification.baseline_from.replace(microsecond=0)  # to the second, as some stores keep LastModified
     sent = 0
     for item in page:
         key, etag, modified = str(item["Key"]), str(item.get("ETag", "")), item["LastModified"]
         before = known.get(key)
         if before is not None and before.etag == etag and before.last_modified == modified:
             continue
+        if "\x00" in key:
+            continue  # a key no event can carry (nor the database hold)
         # The version's row and its event commit together; a refused event undoes the row (sent by a later poll).
         with transaction.atomic():
+            _fence(notification)
             if not _record_version(notification, before, key, etag, modified, int(item.get("Size", 0))):
                 continue  # another poller recorded it (and sent its event)
-            # There before the configuration (or its restart): S3 would not have told either. To the second, as
-            # some stores keep LastModified (an object put just after the configuration is sent, not lost).
-            if baseline and modified < notification.updated_at.replace(microsecond=0):
-                continue
+            if baseline and modified < cutoff:
+                continue  # there before the configuration: S3 would not have told either
             event = ObjectEvent(
                 name=f"{CREATED}:Put",
                 key=key,
@@ -571,7 +654,7 @@ def _page_seen(notification: BucketNotification, page: list[dict[str, Any]], bas
 def _record_version(
     notification: BucketNotification, before: BucketObject | None, key: str, etag: str, modified: datetime, size: int
 ) -> bool:
-    version = {"etag": etag, "last_modified": modified, "size": size}
+    version = {"etag": etag, "last_modified": modified, "size": size, "recorded_at": timezone.now()}
     if before is None:
         try:
             with transaction.atomic():
@@ -583,14 +666,16 @@ def _record_version(
     return bool(seen.update(**version))
 
 
-def _removals(notification: BucketNotification, listed: set[str]) -> int:
-    """Each object known and no longer listed is one ObjectRemoved:Delete event (when subscribed)."""
+def _removals(notification: BucketNotification, listed: set[str], *, listed_from: datetime) -> int:
+    """Each object known before this listing began and not in it is one ObjectRemoved:Delete event (when
+    subscribed); one recorded since (by another poller) is not judged by this listing."""
     sent = 0
-    gone = BucketObject.objects.filter(notification=notification).values_list("pk", "key", "etag", "last_modified")
-    for pk, key, etag, modified in gone.iterator():
+    known = BucketObject.objects.filter(notification=notification, recorded_at__lt=listed_from)
+    for pk, key, etag, modified in known.values_list("pk", "key", "etag", "last_modified").iterator():
         if key in listed:
             continue
         with transaction.atomic():
+            _fence(notification)
             if not BucketObject.objects.filter(pk=pk, etag=etag, last_modified=modified).delete()[0]:
                 continue
             now = timezone.now()
@@ -619,25 +704,56 @@ def bucket_pollers_release(*, host: str) -> None:
     leases_release(rows=BucketNotification.objects.all(), host=host)
 
 
-def bucket_pollers_round(*, host: str, now: datetime | None = None) -> int:
-    """Renew and take leases, then poll the held configurations that are due; events sent."""
-    now = now or timezone.now()
-    due = [n for n in bucket_pollers_claim(host=host, now=now) if n.next_poll_at is None or n.next_poll_at <= now]
-    return sum(bucket_poll(notification=notification, now=now) for notification in due)
+class BucketPollers:
+    """A host's pollers: every round renews and takes leases (so a slow poll never loses its lease) and hands each
+    due configuration that is not being polled already to a thread of its own (so a slow store holds one
+    thread, never the host's other buckets, nor a second poll of itself)."""
+
+    def __init__(self, host: str, threads: int = POLL_THREADS) -> None:
+        self.host = host
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bucket-poll")
+        self.polling: set[int] = set()
+        self.lock = threading.Lock()
+
+    def round(self, now: datetime | None = None) -> None:
+        now = now or timezone.now()
+        for notification in bucket_pollers_claim(host=self.host, now=now):
+            due = notification.next_poll_at is None or notification.next_poll_at <= now
+            with self.lock:
+                if not due or notification.pk in self.polling:
+                    continue
+                self.polling.add(notification.pk)
+            self.pool.submit(self._poll, notification)
+
+    def _poll(self, notification: BucketNotification) -> None:
+        try:
+            close_old_connections()
+            bucket_poll(notification=notification)
+        except DATABASE_ERRORS as exc:
+            logger.warning("Polling s3://%s failed (%r); the next round tries again", notification.bucket, exc)
+        finally:
+            with self.lock:
+                self.polling.discard(notification.pk)
+            close_old_connections()
+
+    def stop(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def bucket_pollers_serve(stop: threading.Event, host: str) -> None:
     """The polling loop of an executor host (a thread of the worker): a round a second; leases given up on a clean
     stop, so another host takes over at once."""
+    pollers = BucketPollers(host)
     while not stop.is_set():
         close_old_connections()
         try:
-            bucket_pollers_round(host=host)
+            pollers.round()
         except DATABASE_ERRORS as exc:
             logger.warning("Polling buckets failed (%r); trying again in a second", exc)
             database_unreachable(exc)
         except Exception:
             logger.exception("Polling buckets failed; trying again in a second")
         stop.wait(POLL_LOOP_S)
+    pollers.stop()
     with contextlib.suppress(*DATABASE_ERRORS):  # else the leases run out by themselves
         bucket_pollers_release(host=host)

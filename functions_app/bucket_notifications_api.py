@@ -154,8 +154,9 @@ class BucketEventsWebhookApi(APIView):
                 "BucketEventsReceived",
                 {
                     "accepted": serializers.IntegerField(),
-                    "ignored": serializers.IntegerField(),
-                    "duplicates": serializers.IntegerField(),
+                    "ignored": serializers.IntegerField(help_text="Another bucket, event type or key."),
+                    "invalid": serializers.IntegerField(help_text="Records that could not be read."),
+                    "duplicates": serializers.IntegerField(help_text="Delivered before (a store retrying)."),
                 },
             ),
             **ERRORS,
@@ -164,5 +165,17 @@ class BucketEventsWebhookApi(APIView):
     def post(self, request: Request, notification_id: int) -> Response:
         authorization = request.headers.get("Authorization", "")
         token = authorization.removeprefix("Bearer ").strip() if authorization.startswith("Bearer ") else ""
-        counts = notifications.bucket_webhook_receive(notification_id=notification_id, token=token, body=request.body)
+        counts = notifications.bucket_webhook_receive(
+            notification_id=notification_id,
+            token=token,
+            read_body=lambda limit: request._request.read(limit),  # read only once the token holds, and capped
+            length=_content_length(request),
+        )
         return Response(counts)
+
+
+def _content_length(request: Request) -> int | None:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return None

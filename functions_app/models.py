@@ -301,8 +301,12 @@ class BucketNotification(models.Model):
     # The webhook's bearer token, as its SHA-256 (the token is shown once, when made).
     token_sha256 = models.CharField(max_length=64, blank=True, default="")
     poll_interval_s = models.PositiveIntegerField(default=10)
-    # Poll state. The first listing is the baseline: objects older than the configuration are recorded, not sent.
+    # Poll state. The first listing is the baseline: objects last modified before ``baseline_from`` (the
+    # configuration's creation, or the last change of where it looks, or its enabling) are recorded, not sent.
+    baseline_from = models.DateTimeField(default=timezone.now)
     baseline_at = models.DateTimeField(null=True, blank=True)
+    # Bumped with baseline_from: a poll that began before it writes nothing (its rows and events are of the past).
+    generation = models.PositiveIntegerField(default=0)
     next_poll_at = models.DateTimeField(null=True, blank=True)
     lease_owner = models.CharField(max_length=128, blank=True, default="")
     lease_until = models.DateTimeField(null=True, blank=True)
@@ -333,6 +337,7 @@ class BucketObject(models.Model):
     etag = models.CharField(max_length=128)
     last_modified = models.DateTimeField()
     size = models.BigIntegerField()
+    recorded_at = models.DateTimeField(default=timezone.now)  # a listing older than this says nothing of it
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["notification", "key"], name="bucket_object_once")]

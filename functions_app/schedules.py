@@ -41,7 +41,8 @@ from functions_app.selectors import qualifier_resolve
 logger = logging.getLogger(__name__)
 
 SCHEDULE = "schedule"  # an invocation's trigger type
-NAME_PATTERN = re.compile(r"[0-9A-Za-z_.-]{1,64}")
+NAME_PATTERN = re.compile(r"[0-9A-Za-z_][0-9A-Za-z_.-]{0,63}")  # not "." or "..": they would vanish from URLs
+ZONE_MAX_CHARS = 64
 INPUT_MAX_CHARS = 8192  # EventBridge Scheduler's limit for a target's input
 GRACE_MAX_S = 86_400
 GRACE_DEFAULT_S = 60
@@ -168,7 +169,8 @@ def _configure(
 def _name(name: Any) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise ServiceError(
-            "A schedule's name is 1-64 letters, digits, '-', '_' or '.'.", details={"name": ["invalid name"]}
+            "A schedule's name is 1-64 letters, digits, '-', '_' or '.', not starting with '.'.",
+            details={"name": ["invalid name"]},
         )
     return name
 
@@ -184,8 +186,10 @@ def _expression(expression: Any) -> Expression:
 
 def _zone(name: Any) -> str:
     try:
-        ZoneInfo(str(name))
-    except (ZoneInfoNotFoundError, ValueError):
+        if not isinstance(name, str) or len(name) > ZONE_MAX_CHARS:
+            raise ValueError(name)
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, RecursionError):  # a long enough path recurses in zoneinfo
         raise ServiceError(
             f"{name!r} is not an IANA time zone (e.g. UTC, Europe/Paris, America/New_York).",
             details={"timezone": ["unknown time zone"]},

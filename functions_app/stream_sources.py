@@ -481,7 +481,19 @@ def stream_pollers_round(*, host: str, now: datetime | None = None) -> int:
     polled = EventSourceMapping.objects.filter(enabled=True, kind=EventSourceKind.REDIS_STREAM)
     held = leases_hold(rows=polled, host=host, now=now or timezone.now(), limit=LEASES_PER_HOST)
     mappings = EventSourceMapping.objects.select_related("function__owner").filter(pk__in=[m.pk for m in held])
-    return sum(mapping_poll(mapping=mapping, host=host) for mapping in mappings)
+    return sum(_poll_one(mapping, host) for mapping in mappings)
+
+
+def _poll_one(mapping: EventSourceMapping, host: str) -> int:
+    """One mapping's batch; whatever goes wrong is its own last error, never a stop for the host's others."""
+    try:
+        return mapping_poll(mapping=mapping, host=host)
+    except (RedisError, *DATABASE_ERRORS):
+        raise  # the platform's own outage: the loop pauses
+    except Exception as exc:
+        logger.exception("Event source mapping %s: polling failed", mapping.uuid)
+        _note(mapping, host, last_error=f"{type(exc).__name__}: {str(exc)[:500]}")
+        return 0
 
 
 def stream_pollers_serve(stop: threading.Event, host: str) -> None:

@@ -112,7 +112,7 @@ def test_a_store_posting_an_event_runs_the_function_once_with_lambdas_s3_record(
         "Records": [minio_record("photos", "in/a+b.jpg")],
     }
     posted = client.post(hook, delivery, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}")
-    assert posted.status_code == 200 and posted.json() == {"accepted": 1, "ignored": 0, "duplicates": 0}
+    assert posted.status_code == 200 and posted.json() == {"accepted": 1, "ignored": 0, "invalid": 0, "duplicates": 0}
     (record,) = sent_records()
     assert record == {
         "eventVersion": "2.1",
@@ -140,7 +140,7 @@ def test_a_store_posting_an_event_runs_the_function_once_with_lambdas_s3_record(
         },
     }
     again = client.post(hook, delivery, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}")
-    assert again.json() == {"accepted": 0, "ignored": 0, "duplicates": 1} and len(sent_records()) == 1
+    assert again.json() == {"accepted": 0, "ignored": 0, "invalid": 0, "duplicates": 1} and len(sent_records()) == 1
 
 
 def test_the_webhook_sends_only_subscribed_events_of_its_bucket_and_keys(api, make_function, client):
@@ -157,7 +157,7 @@ def test_the_webhook_sends_only_subscribed_events_of_its_bucket_and_keys(api, ma
     ]
     auth = {"HTTP_AUTHORIZATION": f"Bearer {created['token']}"}
     posted = client.post(created["webhook_url"], {"Records": records}, content_type="application/json", **auth)
-    assert posted.json() == {"accepted": 1, "ignored": 5, "duplicates": 0}
+    assert posted.json() == {"accepted": 1, "ignored": 5, "invalid": 0, "duplicates": 0}
     assert [record["s3"]["object"]["key"] for record in sent_records()] == ["in/y.jpg"]
 
 
@@ -297,11 +297,19 @@ def test_the_secret_key_is_stored_encrypted_and_never_shown(api, make_function, 
         ({"mode": "push"}, "mode"),
         ({"region": "mars"}, "region"),
         ({"qualifier": "nope"}, None),
+        ({"access_key_id": "", "secret_access_key": ""}, "access_key_id"),  # never the platform's own keys
+        ({"events": ["s3:ObjectCreated:Copy"]}, "events"),  # listing cannot tell a copy
+        ({"endpoint_url": "http://[::1"}, "endpoint_url"),
+        ({"endpoint_url": "http://" + "a" * 64 + ".example/"}, "endpoint_url"),
+        ({"endpoint_url": "http://my_host:9000/"}, "endpoint_url"),
+        ({"endpoint_url": "http://store.example:99999/"}, "endpoint_url"),
+        ({"name": ".."}, "name"),
     ],
 )
 def test_bad_configuration_gets_a_clear_error_and_saves_nothing(api, make_function, store, fields, detail):
     make_function()
-    body = {"name": "uploads", "mode": "poll", "bucket": store.bucket, "endpoint_url": store.endpoint, **fields}
+    body = {"name": "uploads", "mode": "poll", "bucket": store.bucket, "endpoint_url": store.endpoint}
+    body |= {"access_key_id": "AKIATEST", "secret_access_key": "s", **fields}
     refused = api.post(BASE, body, format="json")
     assert refused.status_code in (400, 404), refused.content
     if detail:
@@ -312,8 +320,11 @@ def test_bad_configuration_gets_a_clear_error_and_saves_nothing(api, make_functi
 def test_an_endpoint_on_the_platforms_own_network_is_refused_unless_allowed(api, make_function, settings):
     make_function()
     settings.BUCKET_ENDPOINT_ALLOW_PRIVATE = False
-    for endpoint in ("http://127.0.0.1:6379", "http://169.254.169.254/", "http://10.1.2.3:9000"):
+    private = ["http://127.0.0.1:6379", "http://169.254.169.254/", "http://10.1.2.3:9000", "http://2130706433/"]
+    private += ["http://100.100.100.200/", "http://[fec0::1]:6379/", "http://[2002:7f00:1::]/", "http://[::1]/"]
+    for endpoint in private:
         body = {"name": "uploads", "mode": "poll", "bucket": "photos", "endpoint_url": endpoint}
+        body |= {"access_key_id": "AKIATEST", "secret_access_key": "s"}
         refused = api.post(BASE, body, format="json")
         assert refused.status_code == 400 and "private network" in refused.json()["message"]
 
@@ -445,3 +456,116 @@ def test_the_readmes_csv_summary_example_runs_end_to_end(api, cluster, settings)
         assert Invocation.objects.filter(status=InvocationStatus.SUCCEEDED).count() == 2
     finally:
         server.stop()
+
+
+def test_a_polled_event_the_function_cannot_take_is_failing_and_sent_once_it_can(api, make_function, store):
+    make_function()
+    assert api.post("/api/v1/functions/hello/versions/", {}, format="json").status_code == 201
+    assert (
+        api.post("/api/v1/functions/hello/aliases/", {"name": "live", "version": 1}, format="json").status_code == 201
+    )
+    poll_config(api, store, qualifier="live")
+    poll()
+    assert api.delete("/api/v1/functions/hello/aliases/live/").status_code == 204
+    store.put_object(Bucket=store.bucket, Key="in/a.csv", Body=b"x")
+    before = timezone.now()
+    assert poll() == 0
+    shown = api.get(BASE + "uploads/").json()
+    assert shown["state"] == "FAILING" and "live" in shown["last_error"]
+    assert BucketNotification.objects.get().next_poll_at > before  # no listing every second meanwhile
+    assert (
+        api.post("/api/v1/functions/hello/aliases/", {"name": "live", "version": 1}, format="json").status_code == 201
+    )
+    assert poll() == 1 and api.get(BASE + "uploads/").json()["state"] == "ENABLED"
+
+
+def test_a_change_before_the_first_listing_loses_no_event(api, make_function, store):
+    make_function()
+    poll_config(api, store, bucket="made-later")
+    assert poll() == 0  # no such bucket yet: FAILING
+    store.create_bucket(Bucket="made-later")
+    store.put_object(Bucket="made-later", Key="in/a.csv", Body=b"x")
+    changed = api.patch(BASE + "uploads/", {"secret_access_key": "s2", "qualifier": "$LATEST"}, format="json")
+    assert changed.status_code == 200
+    assert poll() == 1  # put after the configuration was made: sent, whatever was edited since
+
+
+def test_a_listing_older_than_a_row_does_not_judge_it_removed(api, make_function, store):
+    make_function()
+    poll_config(api, store)
+    poll()
+    began = timezone.now()  # a slow poll begins its listing here...
+    store.put_object(Bucket=store.bucket, Key="in/new.csv", Body=b"x")
+    assert poll() == 1  # ...another poll records the new object...
+    store.delete_object(Bucket=store.bucket, Key="in/new.csv")
+    # ...and the slow poll's listing, without it, says nothing of it; a later poll sends the removal.
+    assert notifications.bucket_poll(notification=BucketNotification.objects.get(), now=began) == 0
+    assert poll() == 1 and sent_records()[-1]["eventName"] == "ObjectRemoved:Delete"
+
+
+def test_a_poll_that_began_before_the_configuration_moved_writes_nothing(api, make_function, store):
+    make_function()
+    poll_config(api, store)
+    poll()
+    store.put_object(Bucket=store.bucket, Key="in/a.csv", Body=b"x")
+    stale = BucketNotification.objects.get()  # a poll takes the configuration...
+    api.patch(BASE + "uploads/", {"prefix": "other/"}, format="json")  # ...which moves meanwhile
+    assert notifications.bucket_poll(notification=stale) == 0
+    assert sent_records() == [] and not BucketObject.objects.exists()
+
+
+def test_one_broken_configuration_never_stops_a_hosts_others(api, make_function, store, settings):
+    make_function()
+    poll_config(api, store, name="good")
+    poll_config(api, store, name="broken", bucket="other-bucket")
+    BucketNotification.objects.filter(name="broken").update(endpoint_url="http://bad_host:9000/")  # boto3 refuses
+    pollers = notifications.BucketPollers("host-a", threads=2)
+    try:
+        pollers.round()
+        deadline = time.monotonic() + 10
+        while pollers.polling and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        pollers.stop()
+    good, broken = BucketNotification.objects.get(name="good"), BucketNotification.objects.get(name="broken")
+    assert good.baseline_at is not None and good.last_error == ""
+    assert broken.last_error.startswith("store: ") and broken.next_poll_at > timezone.now()
+
+
+def test_records_that_cannot_be_read_are_counted_invalid_never_a_500(api, make_function, client):
+    make_function()
+    created = api.post(BASE, {"name": "minio", "mode": "webhook", "bucket": "photos"}, format="json").json()
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {created['token']}"}
+    good = minio_record("photos", "a.jpg")
+    early = {**good, "eventTime": "0001-01-01T00:00:00+01:00"}
+    huge = {**good, "s3": {**good["s3"], "object": {**good["s3"]["object"], "size": "1,305"}}}
+    lone = {**good, "s3": {**good["s3"], "object": {"key": "\ud800.jpg"}}}
+    nul = {**good, "s3": {**good["s3"], "object": {"key": "a%00b.jpg"}}}
+    bad_escape = {**good, "s3": {**good["s3"], "object": {"key": "a%ffb.jpg"}}}
+    body = json.dumps({"Records": [early, huge, lone, nul, bad_escape, "not a record", good]})
+    posted = client.post(created["webhook_url"], body, content_type="application/json", **auth)
+    assert posted.status_code == 200, posted.content
+    assert posted.json() == {"accepted": 1, "ignored": 1, "invalid": 5, "duplicates": 0}
+    infinite = client.post(
+        created["webhook_url"], b'{"Records": [{"size": Infinity}]}', content_type="application/json", **auth
+    )
+    assert infinite.status_code == 400
+
+
+def test_the_webhook_reads_no_body_before_the_token_holds_and_none_over_its_limit(api, make_function, client):
+    make_function()
+    created = api.post(BASE, {"name": "minio", "mode": "webhook", "bucket": "photos"}, format="json").json()
+    big = b'{"Records": [' + b" " * (notifications.WEBHOOK_BODY_MAX_BYTES + 10) + b"]}"
+    refused = client.post(created["webhook_url"], big, content_type="application/json", HTTP_AUTHORIZATION="Bearer x")
+    assert refused.status_code == 401
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {created['token']}"}
+    too_big = client.post(created["webhook_url"], big, content_type="application/json", **auth)
+    assert too_big.status_code == 413 and too_big.json()["type"] == "RequestTooLarge"
+
+
+def test_a_configuration_whose_endpoint_no_longer_resolves_can_still_be_disabled(api, make_function, store):
+    make_function()
+    poll_config(api, store)
+    BucketNotification.objects.update(endpoint_url="http://gone.invalid:9000")
+    paused = api.patch(BASE + "uploads/", {"enabled": False}, format="json")
+    assert paused.status_code == 200 and paused.json()["state"] == "DISABLED"
