@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -47,6 +48,7 @@ from functions_app.models import (
 )
 from functions_app.outages import DATABASE_ERRORS, database_unreachable
 from functions_app.selectors import qualifier_resolve
+from metrics_app.services import stream_batch_record
 
 logger = logging.getLogger(__name__)
 
@@ -423,6 +425,7 @@ def _commit(mapping: EventSourceMapping, records: list[StreamRecord], host: str,
     if host:
         rows = rows.filter(lease_owner=host)
     now = timezone.now()
+    age_ms = max(int(now.timestamp() * 1000) - records[-1].arrived_ms, 0)
     forward = not mapping.checkpoint or sequence_order(last) > sequence_order(mapping.checkpoint)
     moved = {
         "records": F("records") + len(records),
@@ -432,14 +435,38 @@ def _commit(mapping: EventSourceMapping, records: list[StreamRecord], host: str,
         "last_error": "",
         "retry_batch_size": None,
         "batch_attempts": 0,
-        "iterator_age_ms": max(int(now.timestamp() * 1000) - records[-1].arrived_ms, 0),
+        "iterator_age_ms": age_ms,
     }
     if not rows.update(**moved, **({"checkpoint": last} if forward else {})):
         return 0  # the lease moved on: the next holder delivers these again (at least once)
     redis_client().xack(_key(mapping), _group(mapping), *[record.sequence for record in records])
+    _metered(mapping, records=len(records), failed=result.startswith("FAILED"), age_ms=age_ms)
     mapping.checkpoint = last if forward else mapping.checkpoint
     mapping.retry_batch_size, mapping.batch_attempts = None, 0
     return len(records)
+
+
+# Records waiting are sampled for the Monitor at most this often per mapping (counting them may take a while).
+LAG_SAMPLE_S = 5.0
+_lag_sampled: dict[int, float] = {}
+
+
+def _metered(mapping: EventSourceMapping, *, records: int, failed: bool, age_ms: int) -> None:
+    lag = None
+    now = time.monotonic()
+    if now - _lag_sampled.get(mapping.pk, 0.0) >= LAG_SAMPLE_S:
+        _lag_sampled[mapping.pk] = now
+        lag = mapping_lag(mapping=mapping)
+    stream_batch_record(
+        owner_id=mapping.function.owner_id,
+        function_id=mapping.function_id,
+        mapping=str(mapping.uuid),
+        stream=mapping.source,
+        records=records,
+        failed=failed,
+        iterator_age_ms=age_ms,
+        lag=lag,
+    )
 
 
 def _failed(
@@ -451,11 +478,12 @@ def _failed(
     oldest_age_s = timezone.now().timestamp() - batch[0].arrived_ms / 1000
     expired = mapping.max_record_age_s != -1 and oldest_age_s > mapping.max_record_age_s
     exhausted = mapping.max_retry_attempts != -1 and attempts > mapping.max_retry_attempts
-    if mapping.bisect_on_error and len(batch) > 1 and not expired:
-        _note(mapping, host, retry_batch_size=max(len(batch) // 2, 1), batch_attempts=attempts, last_error=reason)
-        return 0
-    if not (expired or exhausted):
-        _note(mapping, host, retry_batch_size=len(batch), batch_attempts=attempts, last_error=reason)
+    bisecting = mapping.bisect_on_error and len(batch) > 1 and not expired
+    if bisecting or not (expired or exhausted):
+        size = max(len(batch) // 2, 1) if bisecting else len(batch)
+        _note(mapping, host, retry_batch_size=size, batch_attempts=attempts, last_error=reason)
+        age_ms = max(int(timezone.now().timestamp() * 1000) - batch[-1].arrived_ms, 0)
+        _metered(mapping, records=0, failed=True, age_ms=age_ms)  # an attempt that committed nothing
         return 0
     condition = DeadLetterCondition.EVENT_AGE_EXCEEDED if expired else DeadLetterCondition.RETRIES_EXHAUSTED
     destination_deliver(invocation=invocation, destination=mapping.on_failure, condition=condition)

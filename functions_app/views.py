@@ -30,13 +30,23 @@ from django.views.decorators.http import require_POST
 from console import accounts
 from console.auth import SignedInRequest
 from console.exceptions import ResourceNotFound, ServiceError
-from functions_app import bucket_notifications, forms, http_apis, http_triggers, invoke, schedules, selectors, services
+from functions_app import (
+    bucket_notifications,
+    forms,
+    http_apis,
+    http_triggers,
+    invoke,
+    schedules,
+    selectors,
+    services,
+    stream_sources,
+)
 from functions_app.code import handler_module_candidates
 from functions_app.destinations import dead_letter_delete, dead_letter_replay
 from functions_app.models import LATEST, DeadLetter, Function, Invocation, InvocationStatus, InvocationType
-from metrics_app.charts import monitor_figures, monitor_http_figure, rightsizing_figure
+from metrics_app.charts import monitor_figures, monitor_http_figure, rightsizing_figure, stream_figures
 from metrics_app.rightsizing import function_rightsizing
-from metrics_app.selectors import function_http_triggers, function_summaries
+from metrics_app.selectors import function_http_triggers, function_stream_series, function_summaries
 
 TABS = [
     ("code", "Code"),
@@ -385,12 +395,17 @@ def function_monitor(request: SignedInRequest, name: str) -> HttpResponse:
     triggers = function_http_triggers(function=function, start=start, end=end)
     # No HTTP section at all for a function no HTTP trigger called in the range.
     http_figure = monitor_http_figure(function=function, start=start, end=end, triggers=triggers) if triggers else None
+    streams = function_stream_series(function=function, start=start, end=end)
     context = {
         "ranges": list(forms.TIME_RANGES),
         "range": window,
         "figures": figures,
         "http_triggers": triggers,
         "http_figure": _figure_json(http_figure) if http_figure else None,
+        "stream_figures": [
+            {"id": chart["id"], "title": chart["title"], "json": _figure_json(chart["figure"])}
+            for chart in (stream_figures(streams) if streams else [])
+        ],
         "rightsizing": analysis,
         "rightsizing_figure": _figure_json(rightsizing_figure(analysis)) if analysis.rows else None,
         "rightsizing_few": analysis.invocations_observed < RIGHTSIZING_FEW_INVOCATIONS,
@@ -571,6 +586,14 @@ def _triggers_context(
                 "webhook_url": request.build_absolute_uri(f"/api/v1/bucket-events/{notification.pk}/"),
             }
             for notification in bucket_notifications.bucket_notification_list(function=function)
+        ],
+        "stream_mappings": [
+            {
+                "mapping": mapping,
+                "state": stream_sources.mapping_state(mapping=mapping),
+                "lag": stream_sources.mapping_lag(mapping=mapping),
+            }
+            for mapping in stream_sources.mapping_list(function=function)
         ],
         "bucket_form": bucket_form
         or forms.BucketNotificationForm(aliases=[alias.name for alias in selectors.alias_list(function=function)]),

@@ -14,7 +14,7 @@ from typing import Any
 from functions_app.models import Function
 from metrics_app import selectors
 from metrics_app.reports import GROUPINGS, KEY_LABELS
-from metrics_app.selectors import Timeseries, TriggerSeries, TriggerTraffic, Usage
+from metrics_app.selectors import StreamSeries, Timeseries, TriggerSeries, TriggerTraffic, Usage
 
 COLOURS = {
     "ok": "#2e7d32",
@@ -303,3 +303,57 @@ def report_keys(report: Any) -> list[str]:
     """The columns naming a report's groups; the owner column only when the report spans owners or is by owner."""
     keys = [KEY_LABELS[name] for name in GROUPINGS[report.group_by]]
     return keys if report.scope == "all" or report.group_by == "owner" else [k for k in keys if k != "owner"]
+
+
+def stream_figures(series: StreamSeries) -> list[dict[str, Any]]:
+    """The Monitor's event source mapping charts: records and records per batch; iterator age and records
+    waiting. One colour per mapping, its stream's name in the legend."""
+    x = [moment.isoformat() for moment in series.buckets]
+    throughput, backlog = [], []
+    for index, (mapping, stream) in enumerate(series.streams.items()):
+        colour = TRIGGER_COLOURS[index % len(TRIGGER_COLOURS)]
+        throughput += [
+            _line(f"{stream}: records", x, series.records[mapping], colour),
+            _line(
+                f"{stream}: per batch",
+                x,
+                series.records_per_batch[mapping],
+                colour,
+                yaxis="y2",
+                line={"color": colour, "dash": "dot"},
+            ),
+        ]
+        backlog += [
+            _line(f"{stream}: waiting", x, series.lag[mapping], colour),
+            _line(
+                f"{stream}: iterator age",
+                x,
+                series.iterator_age_ms[mapping],
+                colour,
+                yaxis="y2",
+                line={"color": colour, "dash": "dot"},
+            ),
+        ]
+    per = series.granularity
+    return [
+        {
+            "id": "stream-throughput",
+            "title": "Records and batches",
+            "figure": {
+                "data": throughput,
+                "layout": _layout(
+                    f"Records per {per}, and per batch", "records", yaxis2=_right_axis("records per batch")
+                ),
+            },
+        },
+        {
+            "id": "stream-lag",
+            "title": "Lag",
+            "figure": {
+                "data": backlog,
+                "layout": _layout(
+                    f"Records waiting and iterator age (maximum per {per})", "records waiting", yaxis2=_right_axis("ms")
+                ),
+            },
+        },
+    ]

@@ -166,3 +166,36 @@ TRIGGER_ADDITIVE_FIELDS = [
     *DURATION.columns,
 ]
 TRIGGER_MAX_FIELDS = ["latency_ms_max"]
+
+
+class StreamRollup(models.Model):
+    """Batches of one event source mapping per minute, hour or day: what the Monitor's stream charts draw (records
+    per batch, iterator age, records waiting). Keyed as TriggerRollup is (a NULL function never matches: readers
+    sum rows)."""
+
+    granularity = models.CharField(max_length=8, choices=Granularity.choices)
+    bucket_start = models.DateTimeField()
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    function = models.ForeignKey(
+        "functions_app.Function", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    mapping = models.CharField(max_length=36)  # the mapping's uuid (its history outlives it)
+    stream = models.CharField(max_length=128)
+
+    batches = models.BigIntegerField(default=0)
+    failed_batches = models.BigIntegerField(default=0)
+    records = models.BigIntegerField(default=0)
+    # The age of the newest record of a batch when it committed (Lambda's IteratorAge), and records still waiting.
+    iterator_age_ms_max = models.FloatField(default=0.0)
+    lag_max = models.FloatField(default=0.0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["mapping", "function", "granularity", "bucket_start"], name="stream_rollup_key_unique"
+            )
+        ]
+        indexes = [models.Index(fields=["function", "granularity", "bucket_start"], name="stream_rollup_function_time")]
+
+    def __str__(self) -> str:
+        return f"{self.mapping} {self.granularity} {self.bucket_start:%Y-%m-%d %H:%M}"

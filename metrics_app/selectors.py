@@ -25,6 +25,7 @@ from metrics_app.models import (
     UNRESOLVED,
     Granularity,
     Rollup,
+    StreamRollup,
     TriggerRollup,
 )
 from metrics_app.services import bucket_start
@@ -471,3 +472,57 @@ def _labelled(traffic: list[TriggerTraffic], *, owner_id: int) -> list[TriggerTr
             label = f"Function URL · {qualifier or 'deleted'}" if qualifier != LATEST else "Function URL"
         labelled.append(replace(item, label=label, api_name=api_name))
     return sorted(labelled, key=lambda item: (-item.requests, item.label))
+
+
+@dataclass(frozen=True)
+class StreamSeries:
+    """Per event source mapping of a function, per bucket: records committed, records per batch, the iterator age
+    (its maximum) and the records waiting (the maximum sampled); gaps as zero, or None where nothing was seen."""
+
+    granularity: str
+    buckets: list[datetime]
+    streams: dict[str, str]  # mapping uuid → its stream's name
+    records: dict[str, list[int]]
+    records_per_batch: dict[str, list[float | None]]
+    iterator_age_ms: dict[str, list[float | None]]
+    lag: dict[str, list[float | None]]
+
+
+def function_stream_series(*, function: Function, start: datetime, end: datetime) -> StreamSeries | None:
+    """The Monitor's stream charts over [start, end), from the roll-ups; None when no mapping of the function
+    committed a batch in the range."""
+    granularity = granularity_for(start=start, end=end)
+    rows = (
+        StreamRollup.objects.filter(
+            function=function,
+            granularity=granularity,
+            bucket_start__gte=bucket_start(start, granularity),
+            bucket_start__lt=end,
+        )
+        .order_by()
+        .values("mapping", "stream", "bucket_start")
+        .annotate(
+            batches_sum=Sum("batches"),
+            records_sum=Sum("records"),
+            age_max=Max("iterator_age_ms_max"),
+            lag_max_=Max("lag_max"),
+        )
+    )
+    if not rows:
+        return None
+    buckets = _bucket_starts(granularity, start, end)
+    position = {moment: index for index, moment in enumerate(buckets)}
+    series = StreamSeries(granularity, buckets, {}, {}, {}, {}, {})
+    for row in rows:
+        mapping, index = row["mapping"], position[row["bucket_start"]]
+        if mapping not in series.streams:
+            series.streams[mapping] = row["stream"]
+            series.records[mapping] = [0] * len(buckets)
+            for values in (series.records_per_batch, series.iterator_age_ms, series.lag):
+                values[mapping] = [None] * len(buckets)
+        batches = row["batches_sum"] or 0
+        series.records[mapping][index] = row["records_sum"] or 0
+        series.records_per_batch[mapping][index] = round((row["records_sum"] or 0) / batches, 1) if batches else None
+        series.iterator_age_ms[mapping][index] = row["age_max"]
+        series.lag[mapping][index] = row["lag_max_"]
+    return series

@@ -31,7 +31,15 @@ from redis.exceptions import RedisError
 from console.redis import redis_client
 from functions_app.models import TERMINAL_STATUSES, Function, Invocation
 from metrics_app.histograms import DURATION, INIT, MEMORY
-from metrics_app.models import ADDITIVE_FIELDS, MAX_FIELDS, UNRESOLVED, Granularity, Rollup, TriggerRollup
+from metrics_app.models import (
+    ADDITIVE_FIELDS,
+    MAX_FIELDS,
+    UNRESOLVED,
+    Granularity,
+    Rollup,
+    StreamRollup,
+    TriggerRollup,
+)
 from metrics_app.pricing import InvocationCost, invocation_cost, price_table
 
 logger = logging.getLogger(__name__)
@@ -43,10 +51,11 @@ REBUILD_BATCH = 2000
 PENDING_KEY = "ephemera:metering:pending"
 # What a contribution adds to: its roll-up table, and the granularities it keeps there (HTTP requests keep no
 # running total: nothing reads one). Records queued before kinds existed are invocations'.
-INVOCATION, HTTP_REQUEST = "invocation", "http"
-KINDS: dict[str, tuple[type[Rollup | TriggerRollup], tuple[str, ...]]] = {
+INVOCATION, HTTP_REQUEST, STREAM_BATCH = "invocation", "http", "stream"
+KINDS: dict[str, tuple[type[Rollup | TriggerRollup | StreamRollup], tuple[str, ...]]] = {
     INVOCATION: (Rollup, LIVE_GRANULARITIES),
     HTTP_REQUEST: (TriggerRollup, LIVE_GRANULARITIES[:3]),
+    STREAM_BATCH: (StreamRollup, LIVE_GRANULARITIES[:3]),
 }
 
 
@@ -181,6 +190,27 @@ def http_request_record(
     key = {"function_id": function_id, "trigger_type": trigger_type, "trigger_id": trigger_id, "route": route}
     maxes = {"latency_ms_max": latency_ms}
     _add_everywhere(key, {"owner_id": owner_id}, timezone.now(), adds, maxes, kind=HTTP_REQUEST)
+
+
+def stream_batch_record(
+    *,
+    owner_id: int,
+    function_id: int,
+    mapping: str,
+    stream: str,
+    records: int,
+    failed: bool,
+    iterator_age_ms: float,
+    lag: int | None,
+) -> None:
+    """The way functions_app hands one batch of an event source mapping to metering (queued as the others are):
+    ``records`` committed by it, whether the batch failed, the iterator age at its commit, the records waiting."""
+    adds = {"batches": 1, "failed_batches": int(failed), "records": records}
+    maxes = {"iterator_age_ms_max": float(iterator_age_ms)}
+    if lag is not None:
+        maxes["lag_max"] = float(lag)
+    key = {"function_id": function_id, "mapping": mapping}
+    _add_everywhere(key, {"owner_id": owner_id, "stream": stream}, timezone.now(), adds, maxes, kind=STREAM_BATCH)
 
 
 def _stored_cost(invocation: Invocation) -> InvocationCost | None:
@@ -343,7 +373,7 @@ def rollup_add(
     names: dict[str, Any],
     adds: dict[str, Any],
     maxes: dict[str, float],
-    model: type[Rollup | TriggerRollup] = Rollup,
+    model: type[Rollup | TriggerRollup | StreamRollup] = Rollup,
 ) -> None:
     """Add to one roll-up row (created on first use): atomic increments, correct under concurrent writers."""
     updates: dict[str, Any] = {name: F(name) + value for name, value in adds.items()}

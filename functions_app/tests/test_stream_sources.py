@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db.models import Sum
 from django.utils import timezone
 
 from functions_app import stream_sources as streams
@@ -60,7 +61,7 @@ def wait_for(condition: Any, timeout_s: float = 30) -> None:
         time.sleep(0.1)
 
 
-def test_a_worker_drains_a_stream_in_batches_with_kinesis_records(api, module_worker):
+def test_a_worker_drains_a_stream_in_batches_with_kinesis_records(api, module_worker, client, user):
     make(api, "reader", RECORDS)
     sequences = put(api, "orders", {"n": 1}, {"n": 2})  # before the mapping: TRIM_HORIZON reads them too
     created = mapping(api, function="reader", stream="orders", starting_position="TRIM_HORIZON", batch_size=2)
@@ -81,6 +82,19 @@ def test_a_worker_drains_a_stream_in_batches_with_kinesis_records(api, module_wo
     assert [(item["type"], item["stream"], item["state"]) for item in listed] == [
         ("event-source-mapping", "orders", "Enabled")
     ]
+    # The console: the Triggers tab lists the mapping; Monitor charts its batches (from the roll-ups).
+    from metrics_app.models import StreamRollup
+    from metrics_app.services import metering_flush
+
+    metering_flush()
+    minutes = StreamRollup.objects.filter(granularity="minute")  # one or two: the drain may straddle a minute
+    totals = minutes.aggregate(records=Sum("records"), batches=Sum("batches"))
+    assert totals == {"records": 3, "batches": 2} and {row.stream for row in minutes} == {"orders"}
+    client.force_login(user)
+    triggers = client.get("/functions/reader/triggers/").content.decode()
+    assert f"mapping-{created['uuid']}" in triggers and "orders" in triggers
+    monitor = client.get("/functions/reader/monitor/?range=1h").content.decode()
+    assert 'id="figure-stream-throughput"' in monitor and "orders: per batch" in monitor
 
 
 def test_latest_starts_at_the_end_of_the_stream(api, module_worker):
