@@ -251,7 +251,7 @@ def _cluster_env(code_storage_dir: Any) -> dict[str, str]:
         CODE_STORAGE_DIR=str(code_storage_dir),
         EPHEMERA_TEST_MARKER="worker-secret-marker",  # must never be visible inside a sandbox
         # The tests' S3-API servers listen on this host: the workers poll them as an in-house store's.
-        BUCKET_ENDPOINT_ALLOW_PRIVATE="1",
+        SOURCE_ENDPOINT_ALLOW_PRIVATE="1",
         **FAST_DELIVERY,
     )
     if not settings.EMBEDDED_REDIS:
@@ -322,3 +322,16 @@ def module_worker(_shared_worker: SharedWorker, clean_redis: None, transactional
     report = _shared_worker.start()
     lane_mark_served()  # as its next heartbeat would
     return report
+
+
+@pytest.fixture(scope="module")
+def aws_server() -> Iterator[str]:
+    """A real server of the S3 and SQS APIs (moto's) on a local port, for bucket notifications and queue mappings:
+    its address."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()

@@ -307,9 +307,10 @@ FUNCTION_URL_DOMAIN = env_str("FUNCTION_URL_DOMAIN", "").strip(".").lower()
 # A JWT authorizer's key set is fetched by the web from the URL the API's owner gave; from loopback, private or
 # link-local addresses (the platform's own network) only when this is on: for an identity provider run in-house.
 HTTP_JWKS_ALLOW_PRIVATE = env_bool("HTTP_JWKS_ALLOW_PRIVATE", False)
-# A bucket notification's endpoint (a store's S3 API) is called by the workers: on loopback, private or link-local
-# addresses only when this is on, for an in-house store such as MinIO (docs/event-sources.md).
-BUCKET_ENDPOINT_ALLOW_PRIVATE = env_bool("BUCKET_ENDPOINT_ALLOW_PRIVATE", False)
+# Event sources' endpoints (a bucket notification's S3 API, an SQS queue's URL) are called by the workers: on
+# loopback, private or link-local addresses only when this is on, for an in-house MinIO or ElasticMQ
+# (docs/event-sources.md).
+SOURCE_ENDPOINT_ALLOW_PRIVATE = env_bool("SOURCE_ENDPOINT_ALLOW_PRIVATE", False)
 
 # Delivery (docs/architecture.md §4 and §8). A worker holds a running invocation by a lease it
 # renews every LEASE_S/3; the sweeper (beat, every SWEEP_INTERVAL_S) takes back expired leases, republishes

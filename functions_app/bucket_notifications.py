@@ -287,7 +287,7 @@ def _events(events: Any, mode: str) -> list[str]:
 
 def _endpoint(url: Any) -> str:
     """An http(s) URL of the store's S3 API (empty: AWS), which boto3 takes. The platform calls it, so never an
-    address of its own network unless the operator allows it (BUCKET_ENDPOINT_ALLOW_PRIVATE, for an in-house
+    address of its own network unless the operator allows it (SOURCE_ENDPOINT_ALLOW_PRIVATE, for an in-house
     store); checked again at each poll, as a name's addresses may change."""
     url = _text(url, "endpoint_url", 512).strip()
     if not url:
@@ -311,13 +311,13 @@ def _endpoint(url: Any) -> str:
         _endpoint_refuse_private(url)
     except PrivateAddress as exc:
         raise ServiceError(
-            f"endpoint_url: {exc}; see BUCKET_ENDPOINT_ALLOW_PRIVATE.", details={"endpoint_url": ["private address"]}
+            f"endpoint_url: {exc}; see SOURCE_ENDPOINT_ALLOW_PRIVATE.", details={"endpoint_url": ["private address"]}
         ) from None
     return url
 
 
 def _endpoint_refuse_private(url: str) -> None:
-    if url and not settings.BUCKET_ENDPOINT_ALLOW_PRIVATE:
+    if url and not settings.SOURCE_ENDPOINT_ALLOW_PRIVATE:
         host_refuse_private(urlsplit(url).hostname or "")
 
 

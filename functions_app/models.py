@@ -345,6 +345,7 @@ class BucketObject(models.Model):
 
 class EventSourceKind(models.TextChoices):
     REDIS_STREAM = "redis-stream", "Redis Stream"
+    SQS = "sqs", "SQS queue"
 
 
 class StartingPosition(models.TextChoices):
@@ -359,9 +360,15 @@ class EventSourceMapping(models.Model):
     uuid = models.UUIDField(default=uuid.uuid4, unique=True)
     function = models.ForeignKey(Function, on_delete=models.CASCADE, related_name="event_source_mappings")
     kind = models.CharField(max_length=16, choices=EventSourceKind.choices)
-    source = models.CharField(max_length=128)  # the stream's name
+    source = models.CharField(max_length=512)  # the stream's name, or the queue's URL
+    # An SQS queue's: its region and keys (the secret encrypted, functions_app.secrets), and how many batches of it
+    # may run at once.
+    region = models.CharField(max_length=32, blank=True, default="")
+    access_key_id = models.CharField(max_length=128, blank=True, default="")
+    secret_access_key = models.TextField(blank=True, default="")
+    max_concurrency = models.PositiveIntegerField(default=2)
     qualifier = models.CharField(max_length=128, blank=True, default="")
-    starting_position = models.CharField(max_length=16, choices=StartingPosition.choices)
+    starting_position = models.CharField(max_length=16, choices=StartingPosition.choices, blank=True)
     batch_size = models.PositiveIntegerField(default=100)
     batching_window_s = models.PositiveIntegerField(default=0)
     # -1: retried until the records expire (or for ever, with max_record_age_s -1), as Lambda's defaults.

@@ -159,7 +159,9 @@ class TriggerSerializer(serializers.Serializer):
     events = serializers.ListField(child=serializers.CharField(), required=False)
     last_poll_at = serializers.DateTimeField(required=False, allow_null=True)
     last_event_at = serializers.DateTimeField(required=False, allow_null=True)
-    stream = serializers.CharField(required=False, help_text="An event source mapping's stream.")
+    kind = serializers.CharField(required=False, help_text="An event source mapping's: redis-stream or sqs.")
+    stream = serializers.CharField(required=False, help_text="A stream mapping's stream.")
+    queue_url = serializers.CharField(required=False, help_text="A queue mapping's queue.")
     lag = serializers.IntegerField(required=False, allow_null=True, help_text="Records waiting in the stream.")
     last_batch_at = serializers.DateTimeField(required=False, allow_null=True)
 

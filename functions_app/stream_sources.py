@@ -19,6 +19,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -132,7 +133,7 @@ def mapping_create(
     mapping = EventSourceMapping(
         function=function, kind=EventSourceKind.REDIS_STREAM, source=stream, starting_position=starting_position
     )
-    _configure(mapping, fields)
+    mapping_configure(mapping, fields)
     mapping.save()
     start = "$" if starting_position == StartingPosition.LATEST else "0"
     try:
@@ -145,7 +146,7 @@ def mapping_create(
 
 
 def mapping_update(*, mapping: EventSourceMapping, **fields: Any) -> EventSourceMapping:
-    _configure(mapping, fields)
+    mapping_configure(mapping, fields)
     mapping.last_error = "" if mapping.enabled else mapping.last_error
     mapping.save()
     return mapping
@@ -153,15 +154,18 @@ def mapping_update(*, mapping: EventSourceMapping, **fields: Any) -> EventSource
 
 def mapping_delete(*, mapping: EventSourceMapping) -> None:
     """The mapping and its consumer group (the stream's records stay, for other mappings)."""
-    key, group = _key(mapping), _group(mapping)
+    kind, key, group = mapping.kind, _key(mapping), _group(mapping)
     mapping.delete()
+    if kind != EventSourceKind.REDIS_STREAM:
+        return
     try:
         redis_client().xgroup_destroy(key, group)
     except RedisError as exc:
         logger.warning("Event source mapping deleted; its consumer group %s on %s stays (%r)", group, key, exc)
 
 
-def _configure(mapping: EventSourceMapping, fields: dict[str, Any]) -> None:
+def mapping_configure(mapping: EventSourceMapping, fields: dict[str, Any]) -> None:
+    """Set the settings both kinds of mapping have (``SETTINGS``), checked."""
     unknown = set(fields) - set(SETTINGS)
     if unknown:
         raise ServiceError(f"Unknown fields: {', '.join(sorted(unknown))}.")
@@ -378,14 +382,14 @@ def _process(mapping: EventSourceMapping, batch: list[StreamRecord], host: str) 
         )
     except ServiceError as exc:
         if exc.status == 413 and len(batch) > 1:  # over the payload limit: a smaller batch next time
-            _note(mapping, host, retry_batch_size=max(len(batch) // 2, 1), last_error=exc.message)
+            note(mapping, host, retry_batch_size=max(len(batch) // 2, 1), last_error=exc.message)
             return 0
-        _note(mapping, host, last_error=f"{exc.type}: {exc.message}", last_processing_result="PROBLEM: " + exc.type)
+        note(mapping, host, last_error=f"{exc.type}: {exc.message}", last_processing_result="PROBLEM: " + exc.type)
         return 0  # throttled, or the function cannot take it now: the batch waits, pending
     outcome, invocation = answer.outcome, answer.invocation
     assert outcome is not None and invocation is not None  # a synchronous call
     if not outcome.finished:
-        _note(mapping, host, last_error="The batch's call outlived its wait; it is delivered again.")
+        note(mapping, host, last_error="The batch's call outlived its wait; it is delivered again.")
         return 0
     if outcome.status == InvocationStatus.SUCCEEDED and not outcome.function_error:
         failed_from = _first_failure(mapping, batch, outcome.result)
@@ -440,7 +444,13 @@ def _commit(mapping: EventSourceMapping, records: list[StreamRecord], host: str,
     if not rows.update(**moved, **({"checkpoint": last} if forward else {})):
         return 0  # the lease moved on: the next holder delivers these again (at least once)
     redis_client().xack(_key(mapping), _group(mapping), *[record.sequence for record in records])
-    _metered(mapping, records=len(records), failed=result.startswith("FAILED"), age_ms=age_ms)
+    metered(
+        mapping,
+        records=len(records),
+        failed=result.startswith("FAILED"),
+        age_ms=age_ms,
+        lag_of=lambda: mapping_lag(mapping=mapping),
+    )
     mapping.checkpoint = last if forward else mapping.checkpoint
     mapping.retry_batch_size, mapping.batch_attempts = None, 0
     return len(records)
@@ -451,17 +461,20 @@ LAG_SAMPLE_S = 5.0
 _lag_sampled: dict[int, float] = {}
 
 
-def _metered(mapping: EventSourceMapping, *, records: int, failed: bool, age_ms: int) -> None:
+def metered(
+    mapping: EventSourceMapping, *, records: int, failed: bool, age_ms: int, lag_of: Callable[[], int | None]
+) -> None:
+    """Hand a batch to metering, with the records waiting (``lag_of``) at most every LAG_SAMPLE_S per mapping."""
     lag = None
     now = time.monotonic()
     if now - _lag_sampled.get(mapping.pk, 0.0) >= LAG_SAMPLE_S:
         _lag_sampled[mapping.pk] = now
-        lag = mapping_lag(mapping=mapping)
+        lag = lag_of()
     stream_batch_record(
         owner_id=mapping.function.owner_id,
         function_id=mapping.function_id,
         mapping=str(mapping.uuid),
-        stream=mapping.source,
+        stream=mapping.source[:128],
         records=records,
         failed=failed,
         iterator_age_ms=age_ms,
@@ -481,9 +494,9 @@ def _failed(
     bisecting = mapping.bisect_on_error and len(batch) > 1 and not expired
     if bisecting or not (expired or exhausted):
         size = max(len(batch) // 2, 1) if bisecting else len(batch)
-        _note(mapping, host, retry_batch_size=size, batch_attempts=attempts, last_error=reason)
+        note(mapping, host, retry_batch_size=size, batch_attempts=attempts, last_error=reason)
         age_ms = max(int(timezone.now().timestamp() * 1000) - batch[-1].arrived_ms, 0)
-        _metered(mapping, records=0, failed=True, age_ms=age_ms)  # an attempt that committed nothing
+        metered(mapping, records=0, failed=True, age_ms=age_ms, lag_of=lambda: mapping_lag(mapping=mapping))
         return 0
     condition = DeadLetterCondition.EVENT_AGE_EXCEEDED if expired else DeadLetterCondition.RETRIES_EXHAUSTED
     destination_deliver(invocation=invocation, destination=mapping.on_failure, condition=condition)
@@ -491,7 +504,8 @@ def _failed(
     return _commit(mapping, batch, host, result=f"FAILED: {condition}")
 
 
-def _note(mapping: EventSourceMapping, host: str, **fields: Any) -> None:
+def note(mapping: EventSourceMapping, host: str, **fields: Any) -> None:
+    """Write fields of the mapping's row (fenced on the lease when ``host`` is given) and of ``mapping``."""
     rows = EventSourceMapping.objects.filter(pk=mapping.pk)
     if host:
         rows = rows.filter(lease_owner=host)
@@ -520,7 +534,7 @@ def _poll_one(mapping: EventSourceMapping, host: str) -> int:
         raise  # the platform's own outage: the loop pauses
     except Exception as exc:
         logger.exception("Event source mapping %s: polling failed", mapping.uuid)
-        _note(mapping, host, last_error=f"{type(exc).__name__}: {str(exc)[:500]}")
+        note(mapping, host, last_error=f"{type(exc).__name__}: {str(exc)[:500]}")
         return 0
 
 
@@ -545,6 +559,6 @@ def stream_pollers_serve(stop: threading.Event, host: str) -> None:
         if not committed:
             stop.wait(IDLE_PAUSE_S)
     try:
-        leases_release(rows=EventSourceMapping.objects.all(), host=host)
+        leases_release(rows=EventSourceMapping.objects.filter(kind=EventSourceKind.REDIS_STREAM), host=host)
     except DATABASE_ERRORS:
         logger.info("Stream leases not given up (the database is down); they run out by themselves")

@@ -1,5 +1,5 @@
-"""REST API of event source mappings (/api/v1/event-source-mappings/) and of the streams they read
-(/api/v1/streams/{name}/records/, Kinesis's PutRecords)."""
+"""REST API of event source mappings (/api/v1/event-source-mappings/: streams and SQS queues) and of the streams
+they read (/api/v1/streams/{name}/records/, Kinesis's PutRecords)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from rest_framework.response import Response
 
 from console.auth import ApiRequest
 from console.json_api import ERRORS, Boolean, Integer, JsonApi, StrictSerializer, Text, json_body
-from functions_app import selectors
+from functions_app import event_sources, selectors
 from functions_app import stream_sources as streams
-from functions_app.models import EventSourceMapping, Function
+from functions_app.models import EventSourceKind, EventSourceMapping, Function
 
 
 class _Settings(StrictSerializer):
@@ -30,17 +30,29 @@ class _Settings(StrictSerializer):
     enabled = Boolean(required=False)
 
 
-class MappingCreateSerializer(_Settings):
+class _QueueSettings(_Settings):
+    access_key_id = Text(required=False, max_length=128, help_text="A queue's: the keys it is read with.")
+    secret_access_key = Text(required=False, max_length=256, help_text="Stored encrypted, never shown.")
+    region = Text(required=False, max_length=32)
+    max_concurrency = Integer(required=False, help_text="A queue's: batches at once, 2-1000 (2).")
+
+
+class MappingCreateSerializer(_QueueSettings):
     function = Text(max_length=64)
-    stream = Text(max_length=128, help_text="Your stream's name (written through /api/v1/streams/{name}/records/).")
-    starting_position = Text(required=False, help_text="LATEST (default) or TRIM_HORIZON.")
+    stream = Text(
+        required=False, max_length=128, help_text="Your stream (written through /api/v1/streams/{name}/records/)."
+    )
+    queue_url = Text(required=False, max_length=512, help_text="Or an SQS queue's URL (AWS, ElasticMQ, …).")
+    starting_position = Text(required=False, help_text="A stream's: LATEST (default) or TRIM_HORIZON.")
 
 
 class MappingOutputSerializer(serializers.Serializer):
     uuid = serializers.UUIDField()
     function = serializers.CharField(source="function.name")
-    kind = serializers.CharField()
-    stream = serializers.CharField(source="source")
+    kind = serializers.CharField(help_text="redis-stream or sqs.")
+    stream = serializers.SerializerMethodField(help_text="A stream mapping's stream.")
+    queue_url = serializers.SerializerMethodField(help_text="A queue mapping's queue.")
+    max_concurrency = serializers.IntegerField()
     qualifier = serializers.SerializerMethodField()
     starting_position = serializers.CharField()
     batch_size = serializers.IntegerField()
@@ -65,11 +77,17 @@ class MappingOutputSerializer(serializers.Serializer):
     def get_qualifier(self, mapping: EventSourceMapping) -> str:
         return mapping.qualifier or "$LATEST"
 
+    def get_stream(self, mapping: EventSourceMapping) -> str | None:
+        return mapping.source if mapping.kind == EventSourceKind.REDIS_STREAM else None
+
+    def get_queue_url(self, mapping: EventSourceMapping) -> str | None:
+        return mapping.source if mapping.kind == EventSourceKind.SQS else None
+
     def get_state(self, mapping: EventSourceMapping) -> str:
         return streams.mapping_state(mapping=mapping)
 
     def get_lag(self, mapping: EventSourceMapping) -> int | None:
-        return streams.mapping_lag(mapping=mapping)
+        return event_sources.mapping_lag(mapping=mapping)
 
 
 class MappingListApi(JsonApi):
@@ -96,7 +114,7 @@ class MappingListApi(JsonApi):
     def post(self, request: ApiRequest) -> Response:
         fields = json_body(MappingCreateSerializer, request)
         function = selectors.function_get(owner=request.user, name=fields.pop("function"))
-        created = streams.mapping_create(function=function, **fields)
+        created = event_sources.mapping_create(function=function, **fields)
         return Response(MappingOutputSerializer(created).data, status=status.HTTP_201_CREATED)
 
 
@@ -107,12 +125,12 @@ class MappingDetailApi(JsonApi):
 
     @extend_schema(
         operation_id="event_source_mappings_update",
-        request=_Settings,
+        request=_QueueSettings,
         responses={200: MappingOutputSerializer, **ERRORS},
     )
     def patch(self, request: ApiRequest, uuid: str) -> Response:
         mapping = streams.mapping_get(owner_id=request.user.pk, uuid=uuid)
-        changed = streams.mapping_update(mapping=mapping, **json_body(_Settings, request))
+        changed = event_sources.mapping_update(mapping=mapping, **json_body(_QueueSettings, request))
         return Response(MappingOutputSerializer(changed).data)
 
     @extend_schema(operation_id="event_source_mappings_destroy", responses={204: None, **ERRORS})

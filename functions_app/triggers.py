@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from functions_app import bucket_notifications, http_apis, http_triggers, schedules, stream_sources
-from functions_app.models import Function
+from functions_app import bucket_notifications, event_sources, http_apis, http_triggers, schedules, stream_sources
+from functions_app.models import EventSourceKind, Function
 
 ENABLED = "ENABLED"
 
@@ -94,8 +94,9 @@ def _stream_mappings(function: Function) -> list[dict[str, Any]]:
             "id": str(mapping.uuid),
             "qualifier": mapping.qualifier or "$LATEST",
             "state": stream_sources.mapping_state(mapping=mapping),
-            "stream": mapping.source,
-            "lag": stream_sources.mapping_lag(mapping=mapping),
+            "kind": mapping.kind,
+            ("queue_url" if mapping.kind == EventSourceKind.SQS else "stream"): mapping.source,
+            "lag": event_sources.mapping_lag(mapping=mapping),
             "last_batch_at": mapping.last_batch_at,
             "last_error": mapping.last_error,
         }

@@ -32,6 +32,7 @@ from console.auth import SignedInRequest
 from console.exceptions import ResourceNotFound, ServiceError
 from functions_app import (
     bucket_notifications,
+    event_sources,
     forms,
     http_apis,
     http_triggers,
@@ -591,7 +592,7 @@ def _triggers_context(
             {
                 "mapping": mapping,
                 "state": stream_sources.mapping_state(mapping=mapping),
-                "lag": stream_sources.mapping_lag(mapping=mapping),
+                "lag": event_sources.mapping_lag(mapping=mapping),
             }
             for mapping in stream_sources.mapping_list(function=function)
         ],

@@ -411,10 +411,14 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     ).start()
     # Stream pollers: each event source mapping read by one host at a time. Imported here: stream_sources calls
     # the invoke service, which this module's importers reach first.
+    from functions_app.queue_sources import queue_pollers_serve
     from functions_app.stream_sources import stream_pollers_serve
 
     threading.Thread(
         target=stream_pollers_serve, args=(stopping, host_name()), name="stream-pollers", daemon=True
+    ).start()
+    threading.Thread(
+        target=queue_pollers_serve, args=(stopping, host_name()), name="queue-pollers", daemon=True
     ).start()
 
 

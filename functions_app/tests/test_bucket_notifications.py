@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,26 +25,17 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 BASE = "/api/v1/functions/hello/bucket-notifications/"
 
 
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def store(s3_server: str, settings: Any) -> Any:
+def store(aws_server: str, settings: Any) -> Any:
     """A fresh bucket on the S3 server, and a client of it."""
-    settings.BUCKET_ENDPOINT_ALLOW_PRIVATE = True  # the server is on loopback
+    settings.SOURCE_ENDPOINT_ALLOW_PRIVATE = True  # the server is on loopback
     client = boto3.client(
-        "s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="AKIATEST", aws_secret_access_key="s"
+        "s3", endpoint_url=aws_server, region_name="us-east-1", aws_access_key_id="AKIATEST", aws_secret_access_key="s"
     )
     bucket = f"bucket-{time.monotonic_ns()}"
     client.create_bucket(Bucket=bucket)
     client.bucket = bucket
-    client.endpoint = s3_server
+    client.endpoint = aws_server
     return client
 
 
@@ -251,7 +241,7 @@ def test_pollers_racing_on_one_bucket_send_each_version_once(api, make_function,
     assert keys == sorted(f"in/{number}.csv" for number in range(20))
 
 
-def test_a_store_that_fails_is_a_visible_failing_state_and_recovers(api, make_function, store, s3_server):
+def test_a_store_that_fails_is_a_visible_failing_state_and_recovers(api, make_function, store):
     make_function()
     poll_config(api, store, bucket="not-there-yet")
     assert poll() == 0
@@ -319,7 +309,7 @@ def test_bad_configuration_gets_a_clear_error_and_saves_nothing(api, make_functi
 
 def test_an_endpoint_on_the_platforms_own_network_is_refused_unless_allowed(api, make_function, settings):
     make_function()
-    settings.BUCKET_ENDPOINT_ALLOW_PRIVATE = False
+    settings.SOURCE_ENDPOINT_ALLOW_PRIVATE = False
     private = ["http://127.0.0.1:6379", "http://169.254.169.254/", "http://10.1.2.3:9000", "http://2130706433/"]
     private += ["http://100.100.100.200/", "http://[fec0::1]:6379/", "http://[2002:7f00:1::]/", "http://[::1]/"]
     for endpoint in private:
@@ -408,7 +398,7 @@ def test_the_readmes_csv_summary_example_runs_end_to_end(api, cluster, settings)
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
         cluster.wait_ready(cluster.start_worker(EGRESS_ALLOW=f"{host}:{port}"))
-        settings.BUCKET_ENDPOINT_ALLOW_PRIVATE = True
+        settings.SOURCE_ENDPOINT_ALLOW_PRIVATE = True
         keys = {"aws_access_key_id": "AKIAEXAMPLE", "aws_secret_access_key": "example-secret"}
         store = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **keys)
         store.create_bucket(Bucket="sales")
