@@ -25,13 +25,12 @@ from redis.exceptions import RedisError
 
 from console.exceptions import ServiceError
 from functions_app.aws import StoreError, sqs_client, sqs_delete, sqs_receive, sqs_waiting
-from functions_app.invoke import function_invoke
 from functions_app.leases import leases_hold, leases_release
-from functions_app.models import EventSourceKind, EventSourceMapping, Function, InvocationStatus, InvocationType
+from functions_app.models import EventSourceKind, EventSourceMapping, Function, InvocationStatus
 from functions_app.outages import DATABASE_ERRORS, database_unreachable
 from functions_app.outbound import PrivateAddress, host_refuse_private
 from functions_app.secrets import secret_decrypt, secret_encrypt
-from functions_app.stream_sources import EVENT_SOURCE_MAPPING, mapping_configure, metered, note
+from functions_app.stream_sources import batch_invoke, mapping_configure, metered, note
 
 logger = logging.getLogger(__name__)
 
@@ -227,17 +226,8 @@ def _receive(client: Any, mapping: EventSourceMapping, stop: threading.Event | N
 
 
 def _process(client: Any, mapping: EventSourceMapping, messages: list[dict[str, Any]], host: str) -> int:
-    event = {"Records": [sqs_record(mapping, message) for message in messages]}
-    trigger = {"type": EVENT_SOURCE_MAPPING, "id": str(mapping.uuid), "records": len(messages)}
     try:
-        answer = function_invoke(
-            owner=mapping.function.owner,
-            function=mapping.function,
-            qualifier=mapping.qualifier,
-            raw_payload=json.dumps(event).encode(),
-            invocation_type=InvocationType.SYNC,
-            trigger=trigger,
-        )
+        answer = batch_invoke(mapping, [sqs_record(mapping, message) for message in messages])
     except ServiceError as exc:
         # Throttled, too large, an alias gone: the messages come back after the queue's visibility timeout.
         note(mapping, host, last_error=f"{exc.type}: {exc.message}", last_processing_result="PROBLEM: " + exc.type)

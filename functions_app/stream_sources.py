@@ -33,7 +33,7 @@ from redis.exceptions import RedisError, ResponseError
 from console.exceptions import ResourceNotFound, ServiceError
 from console.redis import as_text, redis_client
 from functions_app.destinations import destination_deliver
-from functions_app.invoke import function_invoke
+from functions_app.invoke import InvokeAnswer, function_invoke
 from functions_app.leases import leases_hold, leases_release
 from functions_app.models import (
     DEAD_LETTER,
@@ -368,18 +368,22 @@ def mapping_poll(*, mapping: EventSourceMapping, host: str = "") -> int:
     return _process(mapping, batch, host)
 
 
+def batch_invoke(mapping: EventSourceMapping, records: list[dict[str, Any]]) -> InvokeAnswer:
+    """One synchronous call of the mapping's function with a batch (``{"Records": records}``), through the invoke
+    service (admission, limits, metering as any call); a ServiceError when the platform refuses it."""
+    return function_invoke(
+        owner=mapping.function.owner,
+        function=mapping.function,
+        qualifier=mapping.qualifier,
+        raw_payload=json.dumps({"Records": records}).encode(),
+        invocation_type=InvocationType.SYNC,
+        trigger={"type": EVENT_SOURCE_MAPPING, "id": str(mapping.uuid), "records": len(records)},
+    )
+
+
 def _process(mapping: EventSourceMapping, batch: list[StreamRecord], host: str) -> int:
-    event = {"Records": [kinesis_record(mapping, record) for record in batch]}
-    trigger = {"type": EVENT_SOURCE_MAPPING, "id": str(mapping.uuid), "records": len(batch)}
     try:
-        answer = function_invoke(
-            owner=mapping.function.owner,
-            function=mapping.function,
-            qualifier=mapping.qualifier,
-            raw_payload=json.dumps(event).encode(),
-            invocation_type=InvocationType.SYNC,
-            trigger=trigger,
-        )
+        answer = batch_invoke(mapping, [kinesis_record(mapping, record) for record in batch])
     except ServiceError as exc:
         if exc.status == 413 and len(batch) > 1:  # over the payload limit: a smaller batch next time
             note(mapping, host, retry_batch_size=max(len(batch) // 2, 1), last_error=exc.message)
