@@ -29,7 +29,7 @@ from django.db import close_old_connections
 
 from console.accounts import api_key_create
 from console.redis import redis_client
-from functions_app import services, soak
+from functions_app import services, soak, soak_sources
 from functions_app.models import Invocation
 from functions_app.soak_check import TERMINAL, history_check
 
@@ -131,7 +131,8 @@ class Command(BaseCommand):
                 call_command("migrate", interactive=False, verbosity=0)
             witness = soak.Witness()
             os.environ["EGRESS_ALLOW"] = f"{witness.host}:{witness.port}"  # the workers' policy lets handlers tell it
-            token, function = _tenant(options["seed"], witness)
+            token, function, user = _tenant(options["seed"], witness)
+            sources = soak_sources.EventSources(_ticks_function(user))
             with _stage(stages, "platform start"):
                 platform = soak.Platform(var_dir / "logs", dict(os.environ), options["workers"])
                 platform.start()
@@ -146,11 +147,14 @@ class Command(BaseCommand):
             )
             with _stage(stages, "soak"):
                 clients.start(async_per_s=profile["async_per_s"], sync_callers=profile["sync_callers"])
+                sources.start()
                 _nemesis_rounds(nemesis, rng, profile["rounds"])
                 clients.finish()
+                sources.finish()
                 nemesis.finish()
             with _stage(stages, "drain"):
                 drained = _drain([call.invocation_id for call in clients.calls if call.invocation_id])
+                stream_drained = sources.drained(timeout_s=DRAIN_TIMEOUT_S)
                 queue_left = _queue_left()
             with _stage(stages, "stop"):
                 platform.stop()
@@ -163,6 +167,10 @@ class Command(BaseCommand):
                 report["violations"]["tracebacks"] = sum(report["tracebacks"]["unexplained"].values())
                 report["violations"]["sandbox_processes_left"] = len(soak.sandbox_processes(SOAK_UIDS))
                 report["violations"]["cgroups_left"] = len(soak.leftover_cgroups(platform.worker_pids))
+                hard = [fault.at for fault in nemesis.faults if fault.detail.startswith("SIGKILL")]
+                report["event_sources"] = soak_sources.event_sources_check(sources, hard_redis_restarts=hard)
+                report["violations"].update(report["event_sources"]["violations"])
+                report["violations"]["stream_not_drained_in_time"] = int(not stream_drained)
         finally:
             if platform is not None:
                 platform.stop()
@@ -214,7 +222,7 @@ def _services(var_dir: Path) -> tuple[soak.PrivatePostgres | None, soak.PrivateR
     return postgres, redis_server
 
 
-def _tenant(seed: int, witness: soak.Witness) -> tuple[str, str]:
+def _tenant(seed: int, witness: soak.Witness) -> tuple[str, str, Any]:
     user = get_user_model().objects.create_user(f"chaos-{seed}-{time.time_ns()}")
     services.function_create(
         owner=user,
@@ -225,7 +233,18 @@ def _tenant(seed: int, witness: soak.Witness) -> tuple[str, str]:
         environment={"WITNESS_HOST": witness.host, "WITNESS_PORT": str(witness.port)},
         code=services.CodeUpload(files={"app.py": soak.HANDLER}),
     )
-    return api_key_create(owner=user, name="chaos")[1], "chaos"
+    return api_key_create(owner=user, name="chaos")[1], "chaos", user
+
+
+def _ticks_function(user: Any) -> Any:
+    """The function the soak's schedules and stream mapping run (no network, no witness: their checks read the
+    database and the stream)."""
+    return services.function_create(
+        owner=user,
+        name="ticks",
+        handler="app.handler",
+        code=services.CodeUpload(files={"app.py": soak_sources.TICK_HANDLER}),
+    )
 
 
 def _nemesis_rounds(nemesis: soak.Nemesis, rng: random.Random, rounds: int) -> None:
@@ -268,6 +287,9 @@ def _summary(backend: str, report: dict[str, Any]) -> str:
             f"  {fault['kind']:<17} {fault['detail']:<45} outage {fault['outage_s']} s, first completion "
             f"{fault['first_completion_s']} s, leases recovered {fault['leases_recovered_s']} s"
         )
+    sources = report.get("event_sources")
+    if sources:
+        lines.append(f"  schedules: {sources['ticks']}; stream: {sources['stream']}")
     lines.append(f"  non-2xx: {report['http_non_2xx']}")
     lines.append(f"  violations: {report['violations']}")
     return "\n".join(lines)
