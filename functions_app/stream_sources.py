@@ -478,7 +478,7 @@ def metered(
         owner_id=mapping.function.owner_id,
         function_id=mapping.function_id,
         mapping=str(mapping.uuid),
-        stream=mapping.source[:128],
+        stream=(mapping.source.rsplit("/", 1)[-1] if mapping.kind == EventSourceKind.SQS else mapping.source)[:128],
         records=records,
         failed=failed,
         iterator_age_ms=age_ms,
