@@ -232,10 +232,7 @@ class Platform:
         return process
 
     def start(self) -> None:
-        schedule = str(Path(self.env["EPHEMERA_VAR_DIR"]) / "chaos-beat")
-        self.control = self._spawn(
-            "control", ["celery", "-A", "console", *control_worker_args(level="WARNING", schedule=schedule)]
-        )
+        self.control = self._control()
         self.workers = [self._worker(index) for index in range(self._count)]
         self.web = self._spawn(
             "web",
@@ -268,6 +265,22 @@ class Platform:
 
     def restart_worker(self, index: int) -> None:
         self.workers[index] = self._worker(index)
+
+    def _control(self) -> subprocess.Popen:
+        schedule = str(Path(self.env["EPHEMERA_VAR_DIR"]) / "chaos-beat")
+        return self._spawn(
+            "control", ["celery", "-A", "console", *control_worker_args(level="WARNING", schedule=schedule)]
+        )
+
+    def kill_control(self) -> int:
+        """SIGKILL the control worker, and with it its embedded beat (which dies with its parent); its pid."""
+        assert self.control is not None
+        self.control.kill()
+        self.control.wait()
+        return self.control.pid
+
+    def restart_control(self) -> None:
+        self.control = self._control()
 
     def stop(self) -> None:
         stop_all([p for p in [self.web, self.control, *self.workers] if p is not None], grace_s=30)
@@ -436,7 +449,7 @@ def _post(connection: http.client.HTTPConnection, path: str, body: str, headers:
 
 # ---- the nemesis ---------------------------------------------------------------------------------------------
 
-FAULT_KINDS = ("worker-sigkill", "redis-restart", "database-restart")
+FAULT_KINDS = ("worker-sigkill", "control-sigkill", "redis-restart", "database-restart")
 
 
 @dataclass
@@ -480,6 +493,7 @@ class Nemesis:
         fault = Fault(kind=kind, at=time.time(), held=held)
         actions: dict[str, Callable[[Fault], None]] = {
             "worker-sigkill": self._kill_worker,
+            "control-sigkill": self._kill_control,
             "redis-restart": self._restart_redis,
             "database-restart": self._restart_database,
         }
@@ -497,6 +511,15 @@ class Nemesis:
         fault.detail = f"worker {index} (pid {fault.killed_pid}), {busy.count(fault.killed_pid)} running"
         time.sleep(1.0)  # make run's supervisor and compose restart a dead worker after about a second
         self.platform.restart_worker(index)
+        fault.back_at = time.time()
+
+    def _kill_control(self, fault: Fault) -> None:
+        """Beat and the sweeper gone for a second: schedules fire from the executors regardless; the sweeper's
+        work waits for the restarted one."""
+        pid = self.platform.kill_control()
+        fault.detail = f"control worker with beat (pid {pid})"
+        time.sleep(1.0)
+        self.platform.restart_control()
         fault.back_at = time.time()
 
     def _restart_redis(self, fault: Fault) -> None:
