@@ -33,7 +33,6 @@ def mapping_update(*, mapping: EventSourceMapping, **fields: Any) -> EventSource
 
 
 def mapping_lag(*, mapping: EventSourceMapping) -> int | None:
-    """Records of a stream, or messages of a queue, waiting (None when the source cannot tell now)."""
-    if mapping.kind == EventSourceKind.SQS:
-        return queue_sources.queue_lag(mapping=mapping)
-    return stream_sources.mapping_lag(mapping=mapping)
+    """Records of a stream, or messages of a queue, waiting, as the poller last counted them (None before it has):
+    never counted on a request's path."""
+    return mapping.lag

@@ -391,6 +391,9 @@ class EventSourceMapping(models.Model):
     batches = models.BigIntegerField(default=0)
     records = models.BigIntegerField(default=0)
     iterator_age_ms = models.BigIntegerField(null=True, blank=True)
+    # Records (or messages) waiting, as the poller last sampled them: pages read this, never the source itself.
+    lag = models.BigIntegerField(null=True, blank=True)
+    lag_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -30,7 +30,7 @@ from functions_app.models import EventSourceKind, EventSourceMapping, Function, 
 from functions_app.outages import DATABASE_ERRORS, database_unreachable
 from functions_app.outbound import PrivateAddress, host_refuse_private
 from functions_app.secrets import secret_decrypt, secret_encrypt
-from functions_app.stream_sources import batch_invoke, mapping_configure, metered, note
+from functions_app.stream_sources import batch_invoke, lag_sample, mapping_configure, metered, note
 
 logger = logging.getLogger(__name__)
 
@@ -310,6 +310,7 @@ class QueuePollers:
             close_old_connections()
             while not self.stop_event.is_set() and queue_batch(mapping=mapping, host=self.host, stop=self.stop_event):
                 pass
+            lag_sample(mapping, lambda: queue_lag(mapping=mapping))
         except (RedisError, *DATABASE_ERRORS) as exc:
             logger.warning("Polling queue %s failed (%r); the next round tries again", mapping.source, exc)
         except Exception as exc:

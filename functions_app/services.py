@@ -371,11 +371,15 @@ def function_update_code(*, function: Function, code: CodeUpload, revision_id: s
 
 def function_delete(*, function: Function) -> None:
     # Aliases point at versions with PROTECT, so they go first.
+    from functions_app.stream_sources import stream_groups, stream_groups_destroy  # it calls the invoke service
+
     function_id = function.pk
+    groups = stream_groups(function=function)
     with transaction.atomic():
         function.aliases.all().delete()
         function.delete()
         function_changed(function_id=function_id)  # its environments go at once (after the commit)
+        transaction.on_commit(lambda: stream_groups_destroy(groups))  # its stream mappings' consumer groups
 
 
 # ---- versions -----------------------------------------------------------------------------------------------

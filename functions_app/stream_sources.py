@@ -20,6 +20,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,10 +31,10 @@ from django.db.models import F
 from django.utils import timezone
 from redis.exceptions import RedisError, ResponseError
 
-from console.exceptions import ResourceNotFound, ServiceError
+from console.exceptions import RequestTooLarge, ResourceNotFound, ServiceError, TooManyRequests
 from console.redis import as_text, redis_client
 from functions_app.destinations import destination_deliver
-from functions_app.invoke import InvokeAnswer, function_invoke
+from functions_app.invoke import InvokeAnswer, function_invoke, invocation_wait
 from functions_app.leases import leases_hold, leases_release
 from functions_app.models import (
     DEAD_LETTER,
@@ -64,9 +65,19 @@ RECORD_AGE_MIN_S, RECORD_AGE_MAX_S = 60, 604_800
 # PutRecords' limits, as Kinesis's.
 PUT_RECORDS_MAX = 500
 RECORD_DATA_MAX_BYTES = 1024 * 1024
+PUT_BYTES_MAX = 5 * 1024 * 1024
+# A stream keeps its records this long (Kinesis's default), and at most this many: the platform's Redis is shared.
+STREAM_RETENTION_S = 24 * 3600
+STREAM_RECORDS_MAX = 1_000_000
 LEASES_PER_HOST = 50
-IDLE_PAUSE_S = 0.2  # between rounds when no mapping had a full batch waiting
-LAG_COUNT_MAX = 100_000  # a lag counted record by record (Redis before 7) stops here
+IDLE_PAUSE_S = 0.2  # between rounds of a host's loop (leases renewed, mappings without a running loop started)
+READ_CHUNK = 25
+# A batch's records hold at most this much data: base64 makes 6 MB of it, the synchronous payload limit.
+BATCH_BYTES_MAX = 4 * 1024 * 1024
+POLL_THREADS = 16
+# A failed batch is retried after 1, 2, 4 … seconds, at most a minute.
+RETRY_BACKOFF_FIRST_S, RETRY_BACKOFF_MAX_S = 1.0, 60.0
+LAG_COUNT_MAX = 10_000  # a lag counted record by record (Redis before 7) stops here
 
 
 # ---- configuration ----------------------------------------------------------------------------------------------
@@ -152,16 +163,27 @@ def mapping_update(*, mapping: EventSourceMapping, **fields: Any) -> EventSource
     return mapping
 
 
+def stream_groups(*, function: Function) -> list[tuple[str, str]]:
+    """The (stream key, consumer group) of each of the function's stream mappings."""
+    mappings = function.event_source_mappings.filter(kind=EventSourceKind.REDIS_STREAM).select_related("function")
+    return [(_key(mapping), _group(mapping)) for mapping in mappings]
+
+
+def stream_groups_destroy(groups: list[tuple[str, str]]) -> None:
+    """Remove consumer groups whose mappings are gone (the streams' records stay, for other mappings)."""
+    for key, group in groups:
+        try:
+            redis_client().xgroup_destroy(key, group)
+        except RedisError as exc:
+            logger.warning("The consumer group %s on %s stays (%r)", group, key, exc)
+
+
 def mapping_delete(*, mapping: EventSourceMapping) -> None:
     """The mapping and its consumer group (the stream's records stay, for other mappings)."""
     kind, key, group = mapping.kind, _key(mapping), _group(mapping)
     mapping.delete()
-    if kind != EventSourceKind.REDIS_STREAM:
-        return
-    try:
-        redis_client().xgroup_destroy(key, group)
-    except RedisError as exc:
-        logger.warning("Event source mapping deleted; its consumer group %s on %s stays (%r)", group, key, exc)
+    if kind == EventSourceKind.REDIS_STREAM:
+        stream_groups_destroy([(key, group)])
 
 
 def mapping_configure(mapping: EventSourceMapping, fields: dict[str, Any]) -> None:
@@ -247,10 +269,20 @@ def stream_records_put(*, owner_id: int, stream: str, records: list[Any]) -> lis
     if not isinstance(records, list) or not 1 <= len(records) <= PUT_RECORDS_MAX:
         raise ServiceError(f"records is a list of 1-{PUT_RECORDS_MAX} records.", details={"records": ["1-500"]})
     entries = [_entry(record, number) for number, record in enumerate(records)]
-    pipeline = redis_client().pipeline(transaction=False)
-    key = stream_key(owner_id=owner_id, name=stream)
+    if sum(len(entry["data"]) for entry in entries) > PUT_BYTES_MAX:
+        raise RequestTooLarge(f"A request's records hold at most {PUT_BYTES_MAX} bytes of data.")
+    client, key = redis_client(), stream_key(owner_id=owner_id, name=stream)
+    if client.xlen(key) >= STREAM_RECORDS_MAX:
+        raise TooManyRequests(
+            f"The stream {stream} holds {STREAM_RECORDS_MAX} records, its most: they leave it as they age "
+            f"({STREAM_RETENTION_S // 3600} h) or are read by a mapping.",
+            type="StreamFull",
+        )
+    # Records older than the retention leave the stream (as Kinesis's), trimmed as records are added.
+    oldest = int((time.time() - STREAM_RETENTION_S) * 1000)
+    pipeline = client.pipeline(transaction=False)
     for entry in entries:
-        pipeline.xadd(key, entry)
+        pipeline.xadd(key, entry, minid=oldest, approximate=True)
     return [as_text(sequence) for sequence in pipeline.execute()]
 
 
@@ -321,29 +353,36 @@ def kinesis_record(mapping: EventSourceMapping, record: StreamRecord) -> dict[st
 
 
 def _read(mapping: EventSourceMapping, count: int) -> list[StreamRecord]:
-    """Up to ``count`` records: first those delivered and not acknowledged (a failed batch, or one in flight when
-    its host died), then new ones."""
+    """Up to ``count`` records and BATCH_BYTES_MAX of data: first those delivered and not acknowledged (a failed
+    batch, or one in flight when its host died), then new ones; read READ_CHUNK at a time. Entries trimmed from the
+    stream while pending are acknowledged as they are met (nothing is left to process of them). What a last chunk
+    read beyond the cap stays delivered-and-pending, and leads the next read."""
     client, key, group = redis_client(), _key(mapping), _group(mapping)
-    records = _records(client.xreadgroup(group, CONSUMER, {key: "0"}, count=count))
-    if len(records) < count:
-        records += _records(client.xreadgroup(group, CONSUMER, {key: ">"}, count=count - len(records)))
+    records: list[StreamRecord] = []
+    size = 0
+    for start in ("0", ">"):  # pending from the start, then new
+        after = start
+        while len(records) < count and size < BATCH_BYTES_MAX:
+            reply: Any = client.xreadgroup(group, CONSUMER, {key: after}, count=min(count - len(records), READ_CHUNK))
+            entries: list[Any] = [entry for _stream, found in reply or [] for entry in found]
+            if not entries:
+                break
+            trimmed = [sequence for sequence, fields in entries if not fields]
+            if trimmed:
+                client.xack(key, group, *trimmed)
+            for sequence, fields in entries:
+                if fields and size < BATCH_BYTES_MAX:
+                    record = StreamRecord(
+                        as_text(sequence), fields.get(b"data", b""), as_text(fields.get(b"partitionKey", b""))
+                    )
+                    if records and size + len(record.data) > BATCH_BYTES_MAX:
+                        size = BATCH_BYTES_MAX  # full: this one and the rest stay pending, first in the next read
+                        continue
+                    records.append(record)
+                    size += len(record.data)
+            if start == "0":
+                after = as_text(entries[-1][0])  # the pending entries after the last one read
     return records
-
-
-def _records(reply: Any) -> list[StreamRecord]:
-    found = []
-    for _stream, entries in reply or []:
-        for sequence, fields in entries:
-            if not fields:
-                continue  # trimmed away while pending
-            found.append(
-                StreamRecord(
-                    sequence=as_text(sequence),
-                    data=fields.get(b"data", b""),
-                    partition_key=as_text(fields.get(b"partitionKey", b"")),
-                )
-            )
-    return found
 
 
 # ---- processing -------------------------------------------------------------------------------------------------
@@ -352,11 +391,16 @@ def _records(reply: Any) -> list[StreamRecord]:
 def mapping_poll(*, mapping: EventSourceMapping, host: str = "") -> int:
     """Process one batch of the mapping's stream: records committed (0 when there was nothing, the batching
     window is still open, or the batch failed and waits for its retry)."""
+    if mapping.batch_attempts and mapping.last_batch_at is not None:
+        backoff_s = min(RETRY_BACKOFF_FIRST_S * 2.0 ** (mapping.batch_attempts - 1), RETRY_BACKOFF_MAX_S)
+        if (timezone.now() - mapping.last_batch_at).total_seconds() < backoff_s:
+            return 0  # a failed batch waits before its retry
     limit = mapping.retry_batch_size or mapping.batch_size
     try:
         batch = _read(mapping, limit)
     except ResponseError as exc:
-        if "NOGROUP" in str(exc):  # the stream was deleted with its group: start again from its end
+        # The stream was deleted with its group: start again from its end (unless the mapping is gone too).
+        if "NOGROUP" in str(exc) and EventSourceMapping.objects.filter(pk=mapping.pk).exists():
             redis_client().xgroup_create(_key(mapping), _group(mapping), id="$", mkstream=True)
             return 0
         raise
@@ -392,9 +436,13 @@ def _process(mapping: EventSourceMapping, batch: list[StreamRecord], host: str) 
         return 0  # throttled, or the function cannot take it now: the batch waits, pending
     outcome, invocation = answer.outcome, answer.invocation
     assert outcome is not None and invocation is not None  # a synchronous call
+    # The call may outlast a web caller's wait (SYNC_WAIT_MAX_S): this loop waits for it to its end, so that a
+    # batch is never called again while its call runs. Past its timeout and a lease it is a failed attempt.
+    deadline = time.monotonic() + invocation.timeout_s + 2 * settings.LEASE_S
+    while not outcome.finished and time.monotonic() < deadline:
+        outcome = invocation_wait(invocation=invocation, wait_s=max(deadline - time.monotonic(), 1.0))
     if not outcome.finished:
-        note(mapping, host, last_error="The batch's call outlived its wait; it is delivered again.")
-        return 0
+        return _failed(mapping, batch, invocation, host, "The batch's call did not finish within its timeout.")
     if outcome.status == InvocationStatus.SUCCEEDED and not outcome.function_error:
         failed_from = _first_failure(mapping, batch, outcome.result)
         if failed_from is None:
@@ -410,9 +458,14 @@ def _first_failure(mapping: EventSourceMapping, batch: list[StreamRecord], resul
     if not mapping.report_batch_item_failures:
         return None
     try:
-        failures = json.loads(result).get("batchItemFailures") if result else None
-    except (ValueError, AttributeError):
+        answer = json.loads(result) if result else None
+    except ValueError:
+        return 0
+    if answer is None:
         return None
+    if not isinstance(answer, dict):
+        return 0  # not a partial batch response: the whole batch failed
+    failures = answer.get("batchItemFailures")
     if not failures:
         return None
     positions = {record.sequence: index for index, record in enumerate(batch)}
@@ -460,20 +513,27 @@ def _commit(mapping: EventSourceMapping, records: list[StreamRecord], host: str,
     return len(records)
 
 
-# Records waiting are sampled for the Monitor at most this often per mapping (counting them may take a while).
+# Records waiting are sampled at most this often per mapping while it has batches (counting them may take a while).
 LAG_SAMPLE_S = 5.0
-_lag_sampled: dict[int, float] = {}
+
+
+def lag_sample(mapping: EventSourceMapping, lag_of: Callable[[], int | None], *, force: bool = False) -> None:
+    """Count the records (or messages) waiting, at most every LAG_SAMPLE_S unless ``force``, into the mapping's
+    row: what the API, the console and Monitor show (counting may take a while; no page ever does it)."""
+    now = timezone.now()
+    if not force and mapping.lag_at is not None and (now - mapping.lag_at).total_seconds() < LAG_SAMPLE_S:
+        return
+    lag = lag_of()
+    EventSourceMapping.objects.filter(pk=mapping.pk).update(lag=lag, lag_at=now)
+    mapping.lag, mapping.lag_at = lag, now
 
 
 def metered(
     mapping: EventSourceMapping, *, records: int, failed: bool, age_ms: int, lag_of: Callable[[], int | None]
 ) -> None:
-    """Hand a batch to metering, with the records waiting (``lag_of``) at most every LAG_SAMPLE_S per mapping."""
-    lag = None
-    now = time.monotonic()
-    if now - _lag_sampled.get(mapping.pk, 0.0) >= LAG_SAMPLE_S:
-        _lag_sampled[mapping.pk] = now
-        lag = lag_of()
+    """Hand a batch to metering, with the records waiting (sampled at most every LAG_SAMPLE_S)."""
+    sampled_before = mapping.lag_at
+    lag_sample(mapping, lag_of)
     stream_batch_record(
         owner_id=mapping.function.owner_id,
         function_id=mapping.function_id,
@@ -482,7 +542,7 @@ def metered(
         records=records,
         failed=failed,
         iterator_age_ms=age_ms,
-        lag=lag,
+        lag=mapping.lag if mapping.lag_at != sampled_before else None,
     )
 
 
@@ -522,20 +582,68 @@ def note(mapping: EventSourceMapping, host: str, **fields: Any) -> None:
 # ---- the polling loop -------------------------------------------------------------------------------------------
 
 
-def stream_pollers_round(*, host: str, now: datetime | None = None) -> int:
-    """Renew and take leases, then one batch of each held mapping; records committed."""
-    polled = EventSourceMapping.objects.filter(enabled=True, kind=EventSourceKind.REDIS_STREAM)
-    held = leases_hold(rows=polled, host=host, now=now or timezone.now(), limit=LEASES_PER_HOST)
-    mappings = EventSourceMapping.objects.select_related("function__owner").filter(pk__in=[m.pk for m in held])
-    return sum(_poll_one(mapping, host) for mapping in mappings)
+class StreamPollers:
+    """A host's stream pollers: every round (IDLE_PAUSE_S) renews and takes leases, so a long call never loses its
+    lease, and starts a loop on a thread of its own for each held mapping without one. A mapping's loop takes its
+    batches back to back, one at a time (a stream's order), and ends when none is waiting; one mapping's slow
+    function, or failure, never holds up another's."""
+
+    def __init__(self, host: str, threads: int = POLL_THREADS) -> None:
+        self.host = host
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stream-poll")
+        self.running: set[int] = set()
+        self.lock = threading.Lock()
+        self.stop_event = threading.Event()
+
+    def round(self, now: datetime | None = None) -> None:
+        polled = EventSourceMapping.objects.filter(enabled=True, kind=EventSourceKind.REDIS_STREAM)
+        held = leases_hold(rows=polled, host=self.host, now=now or timezone.now(), limit=LEASES_PER_HOST)
+        for mapping in EventSourceMapping.objects.select_related("function__owner").filter(pk__in=[m.pk for m in held]):
+            with self.lock:
+                if mapping.pk in self.running:
+                    continue
+                self.running.add(mapping.pk)
+            self.pool.submit(self._loop, mapping)
+
+    def _loop(self, mapping: EventSourceMapping) -> None:
+        try:
+            close_old_connections()
+            while not self.stop_event.is_set() and _poll_one(mapping, self.host):
+                mapping.refresh_from_db()  # its settings may have changed; DoesNotExist once it is deleted
+                if not mapping.enabled or mapping.lease_owner != self.host:
+                    break
+        except EventSourceMapping.DoesNotExist:
+            pass
+        except DATABASE_ERRORS as exc:
+            logger.warning("Stream mapping %s: the database is unreachable (%r)", mapping.uuid, exc)
+        finally:
+            with self.lock:
+                self.running.discard(mapping.pk)
+            _idle_lag(mapping, lambda: mapping_lag(mapping=mapping))
+            close_old_connections()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _idle_lag(mapping: EventSourceMapping, lag_of: Callable[[], int | None]) -> None:
+    """A loop that ends has nothing waiting, or is failing: its lag is sampled then, as during batches."""
+    try:
+        lag_sample(mapping, lag_of)
+    except (RedisError, *DATABASE_ERRORS) as exc:
+        logger.info("Mapping %s: lag not sampled (%r)", mapping.uuid, exc)
 
 
 def _poll_one(mapping: EventSourceMapping, host: str) -> int:
     """One mapping's batch; whatever goes wrong is its own last error, never a stop for the host's others."""
     try:
         return mapping_poll(mapping=mapping, host=host)
-    except (RedisError, *DATABASE_ERRORS):
-        raise  # the platform's own outage: the loop pauses
+    except DATABASE_ERRORS:
+        raise
+    except RedisError as exc:
+        note(mapping, host, last_error=f"redis: {str(exc)[:500]}")
+        return 0
     except Exception as exc:
         logger.exception("Event source mapping %s: polling failed", mapping.uuid)
         note(mapping, host, last_error=f"{type(exc).__name__}: {str(exc)[:500]}")
@@ -543,25 +651,21 @@ def _poll_one(mapping: EventSourceMapping, host: str) -> int:
 
 
 def stream_pollers_serve(stop: threading.Event, host: str) -> None:
-    """The stream-polling loop of an executor host (a thread of the worker): rounds back to back while batches are
-    waiting, IDLE_PAUSE_S apart otherwise; leases given up on a clean stop."""
+    """The stream-polling loop of an executor host (a thread of the worker); leases given up on a clean stop."""
+    pollers = StreamPollers(host)
     while not stop.is_set():
         close_old_connections()
-        committed = 0
         try:
-            committed = stream_pollers_round(host=host)
+            pollers.round()
         except DATABASE_ERRORS as exc:
             logger.warning("Polling streams failed (%r); trying again in a second", exc)
             database_unreachable(exc)
             stop.wait(1.0)
-        except RedisError as exc:
-            logger.warning("Polling streams failed (%r); trying again in a second", exc)
-            stop.wait(1.0)
         except Exception:
             logger.exception("Polling streams failed; trying again in a second")
             stop.wait(1.0)
-        if not committed:
-            stop.wait(IDLE_PAUSE_S)
+        stop.wait(IDLE_PAUSE_S)
+    pollers.stop()
     try:
         leases_release(rows=EventSourceMapping.objects.filter(kind=EventSourceKind.REDIS_STREAM), host=host)
     except DATABASE_ERRORS:

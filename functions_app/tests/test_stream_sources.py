@@ -33,6 +33,12 @@ POISON = (
 )
 
 
+@pytest.fixture
+def no_backoff(monkeypatch: Any) -> None:
+    """Failed batches retried at once (their backoff has a test of its own)."""
+    monkeypatch.setattr(streams, "RETRY_BACKOFF_FIRST_S", 0.0)
+
+
 def make(api: Any, name: str, source: str) -> None:
     body = {"name": name, "handler": "app.handler", "code": {"files": {"app.py": source}}}
     assert api.post("/api/v1/functions/", body, format="json").status_code == 201
@@ -76,8 +82,10 @@ def test_a_worker_drains_a_stream_in_batches_with_kinesis_records(api, module_wo
     assert record["kinesis"]["sequenceNumber"] == sequences[0]
     assert json.loads(base64.b64decode(record["kinesis"]["data"])) == {"n": 1}
     assert record["eventSourceARN"].endswith(":stream/orders")
+    # What waits is counted by the poller (at most every 5 s), never by a page.
+    wait_for(lambda: api.get(f"/api/v1/event-source-mappings/{created['uuid']}/").json()["lag"] == 0, 15)
     shown = api.get(f"/api/v1/event-source-mappings/{created['uuid']}/").json()
-    assert shown["checkpoint"] == sequences[-1] and shown["lag"] == 0 and shown["last_processing_result"] == "OK"
+    assert shown["checkpoint"] == sequences[-1] and shown["last_processing_result"] == "OK"
     listed = api.get("/api/v1/functions/reader/triggers/").json()
     assert [(item["type"], item["stream"], item["state"]) for item in listed] == [
         ("event-source-mapping", "orders", "Enabled")
@@ -109,7 +117,7 @@ def test_latest_starts_at_the_end_of_the_stream(api, module_worker):
     assert data == [{"n": 1}]
 
 
-def test_a_partial_batch_response_commits_up_to_the_first_failure_and_retries_from_it(api, module_worker):
+def test_a_partial_batch_response_commits_up_to_the_first_failure_and_retries_from_it(api, module_worker, no_backoff):
     make(api, "choosy", POISON)
     created = mapping(
         api, function="choosy", stream="jobs", enabled=False, report_batch_item_failures=True, max_retry_attempts=1
@@ -127,7 +135,7 @@ def test_a_partial_batch_response_commits_up_to_the_first_failure_and_retries_fr
     assert streams.mapping_lag(mapping=current) == 0
 
 
-def test_bisecting_a_failed_batch_isolates_the_poison_record(api, module_worker):
+def test_bisecting_a_failed_batch_isolates_the_poison_record(api, module_worker, no_backoff):
     make(api, "strict", POISON)
     created = mapping(
         api, function="strict", stream="bisect", enabled=False, bisect_on_error=True, max_retry_attempts=0
@@ -233,3 +241,110 @@ def test_a_mapping_is_changed_and_deleted_through_the_api(api, make_function):
     assert api.delete(f"/api/v1/event-source-mappings/{created['uuid']}/").status_code == 204
     assert api.get(f"/api/v1/event-source-mappings/{created['uuid']}/").status_code == 404
     assert api.get("/api/v1/event-source-mappings/not-a-uuid/").status_code == 404
+
+
+SLOW = "import time\ndef handler(event, context):\n    time.sleep(4)\n    return None\n"
+LISTING = "def handler(event, context):\n    return [1, 2]\n"
+
+
+def test_a_batch_whose_call_outlasts_the_sync_wait_is_waited_for_never_called_again(api, module_worker, settings):
+    settings.SYNC_WAIT_MAX_S = 2  # a web caller would be answered 202 here; the poller waits on
+    body = {"name": "slow", "handler": "app.handler", "timeout_s": 10, "code": {"files": {"app.py": SLOW}}}
+    assert api.post("/api/v1/functions/", body, format="json").status_code == 201
+    created = mapping(api, function="slow", stream="slow", enabled=False)
+    put(api, "slow", {"n": 1})
+    assert streams.mapping_poll(mapping=row(created)) == 1
+    assert Invocation.objects.count() == 1 and row(created).last_processing_result == "OK"
+
+
+def test_an_answer_that_is_not_a_partial_batch_response_fails_the_batch(api, module_worker):
+    make(api, "lists", LISTING)
+    created = mapping(api, function="lists", stream="lists", enabled=False, report_batch_item_failures=True)
+    put(api, "lists", {"n": 1})
+    current = row(created)
+    assert streams.mapping_poll(mapping=current) == 0 and current.batch_attempts == 1
+
+
+def test_a_failed_batch_waits_before_its_retry(api, module_worker):
+    make(api, "strict", POISON)
+    created = mapping(api, function="strict", stream="backoff", enabled=False)
+    put(api, "backoff", {"poison": True})
+    current = row(created)
+    assert streams.mapping_poll(mapping=current) == 0
+    assert streams.mapping_poll(mapping=current) == 0 and Invocation.objects.count() == 1  # not at once
+    time.sleep(1.1)
+    assert streams.mapping_poll(mapping=current) == 0 and Invocation.objects.count() == 2
+    assert current.batch_attempts == 2
+
+
+def test_records_trimmed_while_pending_are_acknowledged_and_block_nothing(api, module_worker):
+    from console.redis import redis_client
+
+    make(api, "reader", RECORDS)
+    created = mapping(api, function="reader", stream="trimmed", enabled=False)
+    sequences = put(api, "trimmed", *[{"n": n} for n in range(4)])
+    current = row(created)
+    streams._read(current, 4)  # delivered, then the host died
+    key = streams.stream_key(owner_id=current.function.owner_id, name="trimmed")
+    redis_client().xtrim(key, minid=sequences[2], approximate=False)  # the two oldest age out meanwhile
+    assert streams.mapping_poll(mapping=current) == 2 and current.checkpoint == sequences[3]
+    assert redis_client().xpending(key, streams._group(current))["pending"] == 0
+
+
+def test_a_batch_is_cut_at_the_payload_limit(api, module_worker):
+    make(api, "reader", RECORDS)
+    created = mapping(api, function="reader", stream="big", enabled=False, batch_size=10)
+    for _ in range(2):
+        put(api, "big", *["x" * 1_000_000] * 3)
+    current = row(created)
+    assert streams.mapping_poll(mapping=current) == 4  # 4 MB of data; the rest stays pending, read first next
+    assert streams.mapping_poll(mapping=current) == 2
+
+
+def test_deleting_the_function_removes_its_mappings_consumer_groups(api, make_function):
+    from console.redis import redis_client
+
+    make_function()
+    created = mapping(api, function="hello", stream="gone", enabled=False)
+    key = streams.stream_key(owner_id=row(created).function.owner_id, name="gone")
+    assert len(redis_client().xinfo_groups(key)) == 1
+    assert api.delete("/api/v1/functions/hello/").status_code == 204
+    assert redis_client().xinfo_groups(key) == []
+
+
+def test_a_stream_takes_at_most_its_limits(api, monkeypatch):
+    too_much = {"records": [{"data": "x" * 1_000_000}] * 6}
+    refused = api.post("/api/v1/streams/s/records/", too_much, format="json")
+    assert refused.status_code == 413 and refused.json()["type"] == "RequestTooLarge"
+    monkeypatch.setattr(streams, "STREAM_RECORDS_MAX", 2)
+    put(api, "full", 1, 2)
+    full = api.post("/api/v1/streams/full/records/", {"records": [{"data": 3}]}, format="json")
+    assert full.status_code == 429 and full.json()["type"] == "StreamFull"
+
+
+def test_one_mappings_failure_never_holds_up_another_on_the_same_host(api, module_worker, monkeypatch):
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    make(api, "reader", RECORDS)
+    broken = mapping(api, function="reader", stream="broken", enabled=False)
+    healthy = mapping(api, function="reader", stream="healthy", enabled=False)
+    put(api, "healthy", {"n": 1})
+    real_poll = streams.mapping_poll
+
+    def poll(*, mapping, host=""):
+        if str(mapping.uuid) == broken["uuid"]:
+            raise RedisTimeout("Timeout reading from socket")
+        return real_poll(mapping=mapping, host=host)
+
+    monkeypatch.setattr(streams, "mapping_poll", poll)
+    EventSourceMapping.objects.update(
+        enabled=True, lease_owner="host-x", lease_until=timezone.now() + timedelta(minutes=5)
+    )
+    pollers = streams.StreamPollers("host-x", threads=2)
+    try:
+        pollers.round()
+        wait_for(lambda: row(healthy).records == 1, 15)
+    finally:
+        pollers.stop()
+        EventSourceMapping.objects.update(enabled=False)
+    assert row(broken).last_error.startswith("redis: ")
