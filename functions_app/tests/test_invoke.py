@@ -84,7 +84,11 @@ def test_a_sync_call_says_where_its_milliseconds_went_in_server_timing(api, modu
     # They account for the request without overlapping (each is rounded to a microsecond).
     assert sum(durations[name] for name in web + worker_side) <= durations["total"] + 0.001 * len(durations)
     warm = Invocation.objects.get(pk=response["X-Invocation-Id"])
-    assert durations["run"] >= warm.duration_ms  # the executor's call holds the handler's run
+    # The executor's call holds the handler's run; but when the worker took the id before the web had returned from
+    # publishing it, that overlap is web time already counted and is taken off the worker's first phases (claim,
+    # then prepare, then run: see invoke._record_wait_phases), so run is shortened only once those two are spent.
+    overlapped_into_run = durations["claim"] == 0 and durations["prepare"] == 0
+    assert durations["run"] >= warm.duration_ms or overlapped_into_run
 
 
 def test_a_new_version_or_another_function_never_shares_an_environment(api, module_worker):
