@@ -4,7 +4,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt requirements-awscli.txt | cksum | cut -d' ' -f1)
 
 .PHONY: run test lint format bench chaos install system-deps browser-deps screenshots
 
@@ -42,10 +42,12 @@ chaos: install
 
 install: system-deps $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-awscli.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)/awscli
+	$(VENV)/awscli/bin/python -m pip install --quiet -r requirements-awscli.txt
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -23,6 +23,7 @@ BENCHMARKS = [
     ("P8 + P9: HTTP triggers on the production web server", ["bench/bench_http.py"]),
     ("P10: draining a Redis Stream in batches of 100", ["bench/bench_streams.py"]),
     ("P11: schedule precision with 1,000 schedules", ["bench/bench_schedules.py"]),
+    ("P12: Invoke through Lambda's API with SigV4", ["bench/bench_lambda_api.py"]),
 ]
 # The invoke path again on the production backends, when a PostgreSQL and a Redis server answer (as on CI's
 # machines): each run gets a fresh database BENCH_DATABASE_URL names and a flushed Redis database.
@@ -59,6 +60,7 @@ def summary_rows(results: dict[str, dict]) -> list[str]:
         *p8_p9_rows(results["P8 + P9: HTTP triggers on the production web server"]),
         p10_row(results["P10: draining a Redis Stream in batches of 100"]),
         p11_row(results["P11: schedule precision with 1,000 schedules"]),
+        p12_row(results["P12: Invoke through Lambda's API with SigV4"]),
         f"| P6 | Monitor page (1h/24h/7d/30d) and report page with {page['rows']:,} invocation rows, worst p50: "
         f"{page['worst_p50_ms']} ms | one hourly GROUP BY over the raw rows: "
         f"{page['baseline_raw_scan_30d_hourly_aggregate_ms']['p50']} ms | {page['ratio_worst_p50_to_raw_scan_p50']}x | "
@@ -100,6 +102,14 @@ def p11_row(ticks: dict) -> str:
         f"p99 {fired['p99']} ms; tick to run start p50 {started['p50']} ms, p99 {started['p99']} ms | Celery beat, "
         f"as many crontab entries, tick to task start: p50 {beat['p50']} ms, p99 {beat['p99']} ms | run start p99: "
         f"{ticks['ratio_run_start_p99']}x | p99 <= 1 s |"
+    )
+
+
+def p12_row(invoke: dict) -> str:
+    return (
+        f"| P12 | a synchronous Invoke through Lambda's API, every request SigV4-signed and verified: p50 "
+        f"{invoke['P12_lambda_api_invoke_sigv4_ms']['p50']} ms | the native sync invoke, same server: "
+        f"{invoke['baseline_native_sync_invoke_ms']['p50']} ms | {invoke['ratio_p50']}x | <= 1.1x |"
     )
 
 

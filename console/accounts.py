@@ -125,15 +125,21 @@ class _CheckedKey:
     checked_at: float
 
     def still_good(self) -> bool:
-        if time.time() - self.checked_at > CHECKED_FOR_S:
-            return False
-        if self.expires_at is not None and self.expires_at <= timezone.now():
-            return False
-        try:
-            revoked_at = redis_client().get(REVOKED_AT_KEY)
-        except RedisError:
-            return False  # unsure: ask the database
-        return revoked_at is None or float(revoked_at) < self.checked_at
+        return remembered_key_good(self.checked_at, self.expires_at)
+
+
+def remembered_key_good(checked_at: float, expires_at: datetime | None) -> bool:
+    """Whether a key this process checked at ``checked_at`` may be taken without asking the database again: not
+    too long ago, not expired since, and no revocation stamped since (see api_key_authenticate)."""
+    if time.time() - checked_at > CHECKED_FOR_S:
+        return False
+    if expires_at is not None and expires_at <= timezone.now():
+        return False
+    try:
+        revoked_at = redis_client().get(REVOKED_AT_KEY)
+    except RedisError:
+        return False  # unsure: ask the database
+    return revoked_at is None or float(revoked_at) < checked_at
 
 
 _checked: dict[str, _CheckedKey] = {}

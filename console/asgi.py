@@ -1,7 +1,7 @@
 """The web's ASGI application (gunicorn's asgi worker, console/gunicorn_conf.py): HTTP triggers and synchronous
-invokes are served on the event loop (functions_app/http_asgi.py, functions_app/invoke_asgi.py), everything
-else by Django; and a request body that stops arriving is answered 408 after GUNICORN_READ_TIMEOUT_S instead of
-being waited for."""
+invokes, native and Lambda's, are served on the event loop (functions_app/http_asgi.py, functions_app/invoke_asgi.py,
+functions_app/lambda_api/asgi.py), everything else by Django; and a request body that stops arriving is answered
+408 after GUNICORN_READ_TIMEOUT_S instead of being waited for."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from django.conf import settings  # noqa: E402 - after Django is set up
 from console.asgi_io import Receive, Scope, Send, response_send  # noqa: E402
 from functions_app.http_asgi import trigger_serve  # noqa: E402
 from functions_app.invoke_asgi import invoke_serve  # noqa: E402
+from functions_app.lambda_api.asgi import lambda_invoke_serve  # noqa: E402
 
 
 async def application(scope: Scope, receive: Receive, send: Send) -> None:
@@ -27,8 +28,10 @@ async def application(scope: Scope, receive: Receive, send: Send) -> None:
         await django_application(scope, receive, send)
         return
     receive = _with_read_timeout(receive, send)
-    if not await trigger_serve(scope, receive, send) and not await invoke_serve(scope, receive, send):
-        await django_application(scope, receive, send)
+    for serve in (trigger_serve, invoke_serve, lambda_invoke_serve):
+        if await serve(scope, receive, send):
+            return
+    await django_application(scope, receive, send)
 
 
 def _with_read_timeout(receive: Receive, send: Send) -> Receive:

@@ -46,3 +46,17 @@ def database_role_is_not_a_superuser(app_configs: Any, databases: Any = None, **
             id="ephemera.E011",
         )
     ]
+
+
+@register(Tags.security, deploy=True)
+def lambda_api_verifies_signatures(app_configs: Any, **kwargs: Any) -> list[Error]:
+    if not settings.PRODUCTION or settings.LAMBDA_API_VERIFY_SIGNATURES:
+        return []
+    return [
+        Error(
+            "LAMBDA_API_VERIFY_SIGNATURES is off: anyone who knows an access key id could act as its owner on "
+            "Lambda's API.",
+            hint="Remove LAMBDA_API_VERIFY_SIGNATURES=0 (it is a development switch).",
+            id="ephemera.E012",
+        )
+    ]

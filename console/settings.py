@@ -293,6 +293,9 @@ SANDBOX_RESOLVERS = env_list("SANDBOX_RESOLVERS")
 # sandbox doctor, functions_app/checks.py). Turn it off in containers that never run an executor (web, control).
 SANDBOX_DEPLOY_CHECK = env_bool("SANDBOX_DEPLOY_CHECK", True)
 AWS_REGION = env_str("EPHEMERA_REGION", "us-east-1")
+# Lambda's API (docs/lambda-api.md) checks every request's SigV4 signature. Off, only the access key id is read (it
+# still names the account): a development switch, as LocalStack's; production refuses it (console/checks.py).
+LAMBDA_API_VERIFY_SIGNATURES = env_bool("LAMBDA_API_VERIFY_SIGNATURES", True)
 # The longest a synchronous HTTP caller is held; past it the answer is the invocation id to poll.
 SYNC_WAIT_MAX_S = env_int("SYNC_WAIT_MAX_S", 120)
 # The web (ASGI): a request body that stops arriving is answered 408 after this long (console/asgi.py); the

@@ -198,6 +198,7 @@ def function_invoke(
     raw_payload: bytes,
     invocation_type: str,
     idempotency_key: str = "",
+    client_context: str = "",
     trigger: dict[str, Any] | None = None,
     wait_s: float | None = None,
     on_chunk: Callable[[Chunk], None] | None = None,
@@ -217,6 +218,7 @@ def function_invoke(
         raw_payload=raw_payload,
         invocation_type=invocation_type,
         idempotency_key=idempotency_key,
+        client_context=client_context,
         trigger=trigger,
     )
     if invocation_type != InvocationType.SYNC:
@@ -250,7 +252,14 @@ async def function_invoke_async(
 
 
 def sync_call_accept(
-    *, owner: User, function: Function, qualifier: str, raw_payload: bytes, trigger: dict[str, Any] | None = None
+    *,
+    owner: User,
+    function: Function,
+    qualifier: str,
+    raw_payload: bytes,
+    trigger: dict[str, Any] | None = None,
+    idempotency_key: str = "",
+    client_context: str = "",
 ) -> Invocation:
     """The first half of ``function_invoke_async``: a synchronous call accepted (see invocation_accept)."""
     return invocation_accept(
@@ -260,6 +269,8 @@ def sync_call_accept(
         raw_payload=raw_payload,
         invocation_type=InvocationType.SYNC,
         trigger=trigger,
+        idempotency_key=idempotency_key,
+        client_context=client_context,
     )
 
 

@@ -473,6 +473,7 @@ def _execute(invocation: Invocation, executor: ExecutorHost) -> InvokeResult | N
         event=invocation.payload.encode(),
         invoked_function_arn=invocation.function_arn,
         attempt=invocation.attempt,
+        client_context=invocation.client_context,
         response_max_bytes=RESPONSE_MAX_BYTES,
         on_chunk=_ChunkSender(invocation) if is_streamed(invocation) else None,
     )

@@ -59,6 +59,11 @@ class FunctionConfig(models.Model):
     environment_ciphertext = models.TextField(blank=True)
     environment_keys = models.JSONField(default=list, blank=True)
     code = models.ForeignKey(CodeArtifact, on_delete=models.PROTECT, related_name="+")
+    # What Lambda's API was told and echoes back (functions_app/lambda_api): the execution role's ARN (no IAM here:
+    # kept so that tools comparing it see what they set) and the Python runtime named (every python3.x label runs
+    # on the platform's Python runtime, ``runtime``).
+    role = models.CharField(max_length=256, blank=True)
+    runtime_label = models.CharField(max_length=32, blank=True)
 
     class Meta:
         abstract = True
@@ -73,6 +78,13 @@ class Function(FunctionConfig):
     # Async destinations: "" (none), "dead-letter" (the owner's inbox) or "function:<name>" (same owner).
     on_success_destination = models.CharField(max_length=80, blank=True)
     on_failure_destination = models.CharField(max_length=80, blank=True, default=DEAD_LETTER)
+    # When the async settings above were last set through Lambda's API (PutFunctionEventInvokeConfig); None: they
+    # are the defaults, and GetFunctionEventInvokeConfig answers 404 as Lambda does.
+    event_invoke_config_at = models.DateTimeField(null=True, blank=True)
+    tags = models.JSONField(default=dict, blank=True)
+    # Lambda's resource policy (AddPermission): kept and shown, for the tools that manage it; calls are authorised
+    # by tenancy, never by these statements.
+    policy_statements = models.JSONField(default=list, blank=True)
     revision_id = models.UUIDField(default=uuid.uuid4)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -486,6 +498,8 @@ class Invocation(models.Model):
     # Async only: past this an event is EXPIRED without running (Lambda's maximum event age).
     expires_at = models.DateTimeField(null=True, blank=True)
     idempotency_key = models.CharField(max_length=128, blank=True)
+    # Lambda's ClientContext (JSON, from the Invoke call's X-Amz-Client-Context): the handler's context.client_context.
+    client_context = models.TextField(blank=True)
     # How many destination hops led here (0 for a call from outside): a loop of destinations stops at a limit.
     chain_depth = models.PositiveSmallIntegerField(default=0)
     payload_sha256 = models.CharField(max_length=64, blank=True)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from console.exceptions import PreconditionFailed, RequestTooLarge, ResourceConflict, ResourceNotFound, ServiceError
@@ -54,6 +54,7 @@ from functions_app.secrets import env_decrypt, env_encrypt, env_reencrypt
 FUNCTION_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 ALIAS_NAME_RE = re.compile(r"^(?!\d+$)[A-Za-z0-9_-]{1,128}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]+$")
+RUNTIME_LABEL_RE = re.compile(r"^python3\.\d{1,2}$")
 TEST_EVENT_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,25}$")
 ENV_MAX_BYTES = 4096
 TEST_EVENTS_PER_FUNCTION = 10
@@ -88,6 +89,9 @@ CONFIG_FIELDS = (
     "max_event_age_s",
     "on_success_destination",
     "on_failure_destination",
+    "role",
+    "runtime_label",
+    "event_invoke_config_at",
 )
 
 
@@ -137,6 +141,8 @@ def config_validate(fields: dict[str, Any]) -> None:
         "environment": environment_validate,
         "on_success_destination": lambda v: _destination_validate("on_success_destination", v),
         "on_failure_destination": lambda v: _destination_validate("on_failure_destination", v),
+        "role": lambda v: _text_validate("role", v, 256),
+        "runtime_label": _runtime_label_validate,
     }
     for field, value in fields.items():
         if field in checks:
@@ -168,6 +174,12 @@ def _destinations_check(*, owner_id: int, name: str, fields: dict[str, Any], cur
 def _runtime_validate(value: Any) -> None:
     if value not in Runtime.values:
         raise _invalid("runtime", f"Unsupported runtime {value!r}; choose one of {', '.join(Runtime.values)}.")
+
+
+def _runtime_label_validate(value: Any) -> None:
+    # The Python runtime a Lambda tool named (functions_app/lambda_api); it runs on ``runtime``.
+    if value != "" and (not isinstance(value, str) or not RUNTIME_LABEL_RE.match(value)):
+        raise _invalid("runtime_label", "Must name a Python runtime, such as python3.12.")
 
 
 def _text_validate(field: str, value: Any, limit: int) -> None:
@@ -395,6 +407,8 @@ _SNAPSHOT_FIELDS = (
     "environment_ciphertext",
     "environment_keys",
     "code",
+    "role",
+    "runtime_label",
 )
 
 
@@ -410,6 +424,10 @@ def _config_sha256(function: Function) -> str:
         "network_enabled": function.network_enabled,
         "environment": env_decrypt(function.environment_ciphertext),
     }
+    # Only when set, so that the digests of versions published before these fields existed stay the same.
+    snapshot.update(
+        {field: getattr(function, field) for field in ("role", "runtime_label") if getattr(function, field)}
+    )
     message = json.dumps(snapshot, sort_keys=True).encode()
     return hmac.new(settings.SECRET_KEY.encode(), message, hashlib.sha256).hexdigest()
 
@@ -534,6 +552,74 @@ def alias_update(
 
 def alias_delete(*, alias: Alias) -> None:
     alias.delete()
+
+
+def version_delete(*, version: Version) -> None:
+    """Delete a published version; one an alias points at stays (Lambda refuses too)."""
+    in_use = Alias.objects.filter(Q(version=version) | Q(additional_version=version)).values_list("name", flat=True)
+    if in_use:
+        names = ", ".join(sorted(in_use))
+        raise ResourceConflict(f"Version {version.number} is used by the aliases {names}; move them first.")
+    version.delete()
+
+
+# ---- tags and resource policy (Lambda's API) ----------------------------------------------------------------
+
+TAGS_MAX = 50
+TAG_KEY_MAX, TAG_VALUE_MAX = 128, 256
+
+
+def function_tags_set(
+    *, function: Function, add: dict[str, str] | None = None, remove: tuple[str, ...] | list[str] = ()
+) -> Function:
+    """Add or replace some tags and remove others. Tags are no part of the configuration (no new revision)."""
+    for key, value in (add or {}).items():
+        if not isinstance(key, str) or not 1 <= len(key) <= TAG_KEY_MAX or key.lower().startswith("aws:"):
+            raise _invalid("tags", f"Tag keys are 1 to {TAG_KEY_MAX} characters and do not start with aws:.")
+        if not isinstance(value, str) or len(value) > TAG_VALUE_MAX:
+            raise _invalid("tags", f"The value of tag {key!r} must be text of at most {TAG_VALUE_MAX} characters.")
+    with transaction.atomic():
+        locked = Function.objects.select_for_update().filter(pk=function.pk).first()
+        if locked is None:
+            raise ResourceNotFound(f"{function} no longer exists.")
+        tags = {key: value for key, value in locked.tags.items() if key not in remove} | (add or {})
+        if len(tags) > TAGS_MAX:
+            raise _invalid("tags", f"A function has at most {TAGS_MAX} tags.")
+        Function.objects.filter(pk=function.pk).update(tags=tags)
+    function.tags = tags
+    return function
+
+
+def function_policy_statement_add(
+    *, function: Function, statement: dict[str, Any], revision_id: str | None = None
+) -> Function:
+    """Add a statement to the function's resource policy; its ``Sid`` is unique within the policy."""
+
+    def changes_for(current: Function) -> dict[str, Any]:
+        if any(kept.get("Sid") == statement["Sid"] for kept in current.policy_statements):
+            raise ResourceConflict(
+                "The statement id (sid) provided already exists. Please choose a new statement id, or remove the "
+                "existing statement."
+            )
+        return {"policy_statements": [*current.policy_statements, statement]}
+
+    return _revised(function, revision_id, changes_for)
+
+
+def function_policy_statement_remove(
+    *, function: Function, sid: str, qualifier: str, revision_id: str | None = None
+) -> Function:
+    def changes_for(current: Function) -> dict[str, Any]:
+        kept = [
+            statement
+            for statement in current.policy_statements
+            if not (statement.get("Sid") == sid and statement.get("qualifier", "") == qualifier)
+        ]
+        if len(kept) == len(current.policy_statements):
+            raise ResourceNotFound(f"The function {current.name} has no policy statement {sid!r}.")
+        return {"policy_statements": kept}
+
+    return _revised(function, revision_id, changes_for)
 
 
 # ---- test events --------------------------------------------------------------------------------------------

@@ -145,6 +145,16 @@ def start_platform(var_dir: Path, port: int, **extra_env: str) -> subprocess.Pop
     )
 
 
+def stop_platform(process: subprocess.Popen) -> None:
+    """Ctrl-C the platform's process group, as a user would; SIGKILL it should it not stop within a minute."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
 def read_until_running(process: subprocess.Popen, output: Output, timeout_s: float = 90) -> str:
     deadline = time.monotonic() + timeout_s
     seen = []

@@ -32,6 +32,7 @@ class InvokeRequest:
     event: bytes  # raw JSON
     invoked_function_arn: str
     attempt: int = 1
+    client_context: str = ""  # Lambda's ClientContext, JSON ("" when none): the handler's context.client_context
     # A larger result fails as Function.ResponseSizeTooLarge and is never held by the worker.
     response_max_bytes: int = SYNC_RESPONSE_MAX_BYTES
     # A streamed call: a handler that returns an iterator has its items handed to ``on_chunk`` as they come

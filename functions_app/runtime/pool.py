@@ -621,6 +621,8 @@ class Executor:
             "deadline_ms": int(time.time() * 1000 + spec.timeout_s * 1000),
             "response_max_bytes": limit,
         }
+        if request.client_context:
+            header["client_context"] = request.client_context
         on_chunk = None
         if request.on_chunk is not None:
             header["stream_max_bytes"] = request.stream_max_bytes

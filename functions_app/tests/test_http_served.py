@@ -11,7 +11,6 @@ import io
 import json
 import os
 import re
-import signal
 import subprocess
 import time
 import urllib.error
@@ -23,7 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from console.tests.test_standalone import BASE_DIR, Output, free_port, read_until_running, start_platform
+from console.tests.test_standalone import (
+    BASE_DIR,
+    Output,
+    free_port,
+    read_until_running,
+    start_platform,
+    stop_platform,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -38,12 +44,7 @@ def served(tmp_path_factory):
         token = re.search(r"API key:\s+(eph_\S+)", banner).group(1)
         yield f"http://127.0.0.1:{port}", token
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+        stop_platform(process)
 
 
 def readme_block(heading: str) -> str:

@@ -6,7 +6,7 @@ pre-imported by the zygote (``python3 -I -S``).
 Messages (see protocol.py), each a JSON header plus a raw body:
   -> worker  {"type": "ready", "init_error": null | {...}}            body: b""
   <- worker  {"request_id", "arn", "attempt", "deadline_ms",
-              "response_max_bytes"}                                  body: event JSON
+              "response_max_bytes", "client_context"?}               body: event JSON
   -> worker  {"type": "result", "ok", "error_type", "duration_ms",
               "cpu_ms", "maxrss_kb"}                                 body: result JSON or error JSON
 
@@ -64,11 +64,28 @@ class LambdaContext:
         self.aws_request_id = header["request_id"]
         self.attempt = header["attempt"]
         self.identity = None
-        self.client_context = None
+        self.client_context = _client_context(header.get("client_context"))
         self._deadline_ms = header["deadline_ms"]
 
     def get_remaining_time_in_millis(self) -> int:
         return max(int(self._deadline_ms - time.time() * 1000), 0)
+
+
+class ClientContext:
+    """Lambda's ``context.client_context``: what the caller sent as ClientContext (X-Amz-Client-Context), split as
+    awslambdaric splits it."""
+
+    def __init__(self, fields: dict) -> None:
+        self.client = fields.get("client")
+        self.custom = fields.get("custom")
+        self.env = fields.get("env")
+
+
+def _client_context(text: str | None) -> ClientContext | None:
+    if not text:
+        return None
+    fields = json.loads(text)
+    return ClientContext(fields if isinstance(fields, dict) else {})
 
 
 def exit_code(exc: SystemExit) -> int:
