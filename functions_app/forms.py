@@ -463,6 +463,22 @@ class ApiKeyForm(forms.Form):
         return {"expires_at": timezone.now() + timedelta(days=int(days))} if days else {}
 
 
+class AccessKeyForm(forms.Form):
+    name = forms.CharField(max_length=64, initial="", help_text="What the key is for, e.g. “laptop” or “terraform”.")
+
+
+ROTATION_GRACES = [
+    ("0", "at once"),
+    ("3600", "in an hour"),
+    ("86400", "in a day"),
+    ("604800", "in a week"),
+]
+
+
+class AccessKeyRotateForm(forms.Form):
+    grace_s = forms.TypedChoiceField(choices=ROTATION_GRACES, coerce=int, label="The old key stops working")
+
+
 class HttpApiForm(forms.Form):
     """An HTTP API: its name (on creation), description and definition as JSON text."""
 

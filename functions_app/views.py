@@ -27,7 +27,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_POST
 
-from console import accounts
+from console import access_keys, accounts
 from console.auth import SignedInRequest
 from console.exceptions import ResourceNotFound, ServiceError
 from functions_app import (
@@ -891,12 +891,24 @@ def account(request: SignedInRequest) -> HttpResponse:
 
 
 def _account_page(
-    request: SignedInRequest, key_form: forms.ApiKeyForm, new_key: str | None = None, status: int = 200
+    request: SignedInRequest,
+    key_form: forms.ApiKeyForm,
+    new_key: str | None = None,
+    status: int = 200,
+    access_key_form: forms.AccessKeyForm | None = None,
+    new_access_key: tuple[Any, str] | None = None,
 ) -> HttpResponse:
     context = {
         "api_keys": accounts.api_key_list(owner=request.user)[: accounts.KEYS_PER_USER_MAX * 2],
         "key_form": key_form,
         "new_key": new_key,
+        "access_keys": access_keys.access_key_list(owner=request.user)[: access_keys.ACCESS_KEYS_PER_USER_MAX * 3],
+        "access_key_form": access_key_form or forms.AccessKeyForm(),
+        "rotate_form": forms.AccessKeyRotateForm(),
+        "new_access_key": new_access_key,
+        "account_id": access_keys.account_id_of(request.user),
+        "region": settings.AWS_REGION,
+        "lambda_endpoint": request.build_absolute_uri("/").rstrip("/"),
         "api_url": request.build_absolute_uri(reverse("api-functions")),
         "metrics_url": request.build_absolute_uri(reverse("metrics")),
         "metrics_token_set": bool(settings.METRICS_TOKEN),
@@ -925,6 +937,43 @@ def api_key_create(request: SignedInRequest) -> HttpResponse:
 def api_key_revoke(request: SignedInRequest, key_id: int) -> HttpResponse:
     api_key = accounts.api_key_revoke(api_key=accounts.api_key_get(owner=request.user, pk=key_id))
     messages.success(request, f"The key {api_key} is revoked: it no longer works.")
+    return redirect("account")
+
+
+@console_page
+@require_POST
+def access_key_create_view(request: SignedInRequest) -> HttpResponse:
+    """Make an access key and show its secret on this page, this once."""
+    form = forms.AccessKeyForm(request.POST)
+    if form.is_valid():
+        created = _attempt(
+            form, lambda: access_keys.access_key_create(owner=request.user, name=form.cleaned_data["name"]), "name"
+        )
+        if created is not _FAILED:
+            return _account_page(request, forms.ApiKeyForm(), new_access_key=created)
+    return _account_page(request, forms.ApiKeyForm(), access_key_form=form, status=400)
+
+
+@console_page
+@require_POST
+def access_key_rotate_view(request: SignedInRequest, access_key_id: str) -> HttpResponse:
+    key = access_keys.access_key_get(owner=request.user, access_key_id=access_key_id)
+    form = forms.AccessKeyRotateForm(request.POST)
+    grace_s = form.cleaned_data["grace_s"] if form.is_valid() else 0
+    try:
+        rotated = access_keys.access_key_rotate(access_key=key, grace_s=grace_s)
+    except ServiceError as error:
+        messages.error(request, error.message)
+        return redirect("account")
+    return _account_page(request, forms.ApiKeyForm(), new_access_key=rotated)
+
+
+@console_page
+@require_POST
+def access_key_revoke_view(request: SignedInRequest, access_key_id: str) -> HttpResponse:
+    key = access_keys.access_key_get(owner=request.user, access_key_id=access_key_id)
+    access_keys.access_key_revoke(access_key=key)
+    messages.success(request, f"The access key {key} is revoked: it no longer works.")
     return redirect("account")
 
 
