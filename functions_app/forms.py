@@ -479,6 +479,18 @@ class AccessKeyRotateForm(forms.Form):
     grace_s = forms.TypedChoiceField(choices=ROTATION_GRACES, coerce=int, label="The old key stops working")
 
 
+class SamImportForm(forms.Form):
+    upload = forms.FileField(
+        label="Template or project",
+        help_text="template.yaml (code inline), or a zip of the project: template.yaml "
+        "at its top, the CodeUri folders beside it.",
+    )
+    stack_name = forms.CharField(
+        max_length=128, initial="sam", help_text="Names the HTTP API of the template's routes."
+    )
+    dry_run = forms.BooleanField(required=False, label="Only check: change nothing")
+
+
 class HttpApiForm(forms.Form):
     """An HTTP API: its name (on creation), description and definition as JSON text."""
 

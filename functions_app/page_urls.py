@@ -40,6 +40,7 @@ page_urlpatterns = [
     path("account/password/", views.PasswordChange.as_view(), name="password_change"),
     path("functions/", views.function_list, name="function_list"),
     path("functions/+new/", views.function_create, name="function_create"),
+    path("functions/+import-sam/", views.sam_import_view, name="sam_import"),
     path("functions/<fn:name>/", views.function_code, name="function_code"),
     path("functions/<fn:name>/test/", views.function_test, name="function_test"),
     path("functions/<fn:name>/test/invoke/", views.function_invoke, name="function_invoke"),

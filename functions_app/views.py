@@ -37,12 +37,13 @@ from functions_app import (
     http_apis,
     http_triggers,
     invoke,
+    sam,
     schedules,
     selectors,
     services,
     stream_sources,
 )
-from functions_app.code import handler_module_candidates
+from functions_app.code import ZIPPED_MAX_BYTES, handler_module_candidates
 from functions_app.destinations import dead_letter_delete, dead_letter_replay
 from functions_app.models import LATEST, DeadLetter, Function, Invocation, InvocationStatus, InvocationType
 from metrics_app.charts import monitor_figures, monitor_http_figure, rightsizing_figure, stream_figures
@@ -190,6 +191,33 @@ def function_list(request: SignedInRequest) -> HttpResponse:
     rows = [(function, summaries.get(function.pk)) for function in page.items]
     context = {"rows": rows, "page": page, "filter_form": form, "filtered": any(filters.values())}
     return render(request, "functions_app/function_list.html", context)
+
+
+@console_page
+def sam_import_view(request: SignedInRequest) -> HttpResponse:
+    """Upload a SAM template (or a project zip) and show what the import made and skipped."""
+    form = forms.SamImportForm(request.POST or None, request.FILES or None)
+    report = None
+    if request.method == "POST" and form.is_valid():
+        report = _attempt(form, lambda: _sam_imported(request.user, form.cleaned_data), "upload")
+    status = 400 if request.method == "POST" and (report is None or report is _FAILED) else 200
+    context = {"form": form, "report": None if report is _FAILED else report}
+    return render(request, "functions_app/sam_import.html", context, status=status)
+
+
+def _sam_imported(owner: User, data: dict[str, Any]) -> Any:
+    upload = data["upload"]
+    if upload.size > ZIPPED_MAX_BYTES:
+        raise ServiceError(f"The upload is {upload.size} bytes; the limit is {ZIPPED_MAX_BYTES} bytes.")
+    content = upload.read()
+    options = {"owner": owner, "stack_name": data["stack_name"], "dry_run": data["dry_run"]}
+    if content.startswith(b"PK"):
+        return sam.sam_project_import(project_zip=content, **options)
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ServiceError("The template is not UTF-8 text (or the zip is not a zip).") from None
+    return sam.sam_import(template_text=text, **options)
 
 
 # ---- create -----------------------------------------------------------------------------------------------------
