@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from console import access_keys_api, views
 from console import api as console_api
+from functions_app.lambda_api.code_links import code_download
 from functions_app.lambda_api.views import lambda_api
 from functions_app.page_urls import page_urlpatterns as function_pages
 from functions_app.urls import api_urlpatterns
@@ -17,6 +18,7 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     # Lambda's own API, at its dated paths (/2015-03-31/functions, /2017-10-31/..., ...): docs/lambda-api.md.
     re_path(r"^\d{4}-\d{2}-\d{2}/", lambda_api, name="lambda-api"),
+    path("code-downloads/<str:token>/", code_download, name="lambda-code-download"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_urlpatterns)),
     path("api/v1/", include(metrics_api)),

@@ -22,6 +22,7 @@ from functions_app import services
 from functions_app.accept import DRY_RUN
 from functions_app.invoke import function_invoke
 from functions_app.lambda_api import shapes
+from functions_app.lambda_api.code_links import code_location
 from functions_app.lambda_api.errors import LambdaError, conflict, invalid, not_found
 from functions_app.lambda_api.invoke import INVOCATION_TYPES, client_context_of, invoke_reply, sdk_idempotency_key
 from functions_app.lambda_api.shapes import Account
@@ -237,15 +238,20 @@ def create_function(call: Call, params: dict[str, Any]) -> Reply:
 @operation("GetFunction")
 def get_function(call: Call, params: dict[str, Any]) -> Reply:
     ref = function_ref(call, params["FunctionName"], params.get("Qualifier"))
-    function = ref.function
+    function, version = ref.function, version_of(call, ref)
     body: dict[str, Any] = {
-        "Configuration": _configuration(call, function, version_of(call, ref)),
-        "Code": {"RepositoryType": "S3", "Location": f"/api/v1/functions/{function.name}/"},
+        "Configuration": _configuration(call, function, version),
+        "Code": {"RepositoryType": "S3", "Location": _code_location(call, (version or function).code.sha256)},
         "Tags": function.tags,
     }
     if function.reserved_concurrency is not None:
         body["Concurrency"] = {"ReservedConcurrentExecutions": function.reserved_concurrency}
     return Reply(200, body)
+
+
+def _code_location(call: Call, sha256: str) -> str:
+    origin = f"{call.scheme}://{call.headers.get('host', 'localhost')}"
+    return code_location(origin=origin, owner_id=call.owner.pk, sha256=sha256)
 
 
 @operation("GetFunctionConfiguration")

@@ -275,6 +275,45 @@ def test_a_user_makes_an_api_key_from_the_header_copies_it_and_it_is_not_shown_a
     expect(page.locator("#api-keys")).to_contain_text(f"eph_{key[4:12]}_")
 
 
+def test_a_user_makes_an_aws_access_key_copies_its_environment_and_imports_a_sam_template(
+    page, live_server, user, tmp_path
+):
+    from playwright.sync_api import expect
+
+    base = live_server.url
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
+    sign_in(page, base)
+    page.goto(f"{base}/account/")
+    expect(page.locator("#account-id")).to_have_text(f"{user.pk:012d}")
+    page.fill("#access-key-form #id_name", "terraform")
+    page.click("#access-key-form button[type=submit]")
+    environment = page.locator("#access-key-env").text_content()
+    assert f"export AWS_ENDPOINT_URL_LAMBDA={base}" in environment and "export AWS_SECRET_ACCESS_KEY=" in environment
+    page.click("#copy-access-key")
+    expect(page.locator("#copy-access-key")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == environment.strip()
+    expect(page.locator("#access-keys")).to_contain_text("terraform")
+    shot(page, "18-access-keys")
+    page.goto(f"{base}/account/")
+    expect(page.locator("#access-key-env")).to_have_count(0)
+
+    template = tmp_path / "template.yaml"
+    template.write_text(
+        "Resources:\n  Ping:\n    Type: AWS::Serverless::Function\n    Properties:\n      Handler: index.handler\n"
+        "      Runtime: python3.12\n      InlineCode: |\n        def handler(event, context):\n"
+        "            return 'pong'\n      Events:\n        Every:\n          Type: Schedule\n"
+        "          Properties:\n            Schedule: rate(1 hour)\n        Topic:\n          Type: SNS\n"
+    )
+    page.goto(f"{base}/functions/")
+    page.click("#sam-import-link")
+    page.set_input_files("#sam-import-form input[type=file]", str(template))
+    page.click("#sam-import-form button[type=submit]")
+    expect(page.locator("#sam-report")).to_contain_text("Ping")
+    expect(page.locator("#sam-triggers")).to_contain_text("schedule Every (rate(1 hour)) → Ping")
+    expect(page.locator("#sam-skipped")).to_contain_text("Ephemera has no SNS")
+    shot(page, "19-sam-import")
+
+
 # Labels of a drawn plotly chart that stick out of it, or sit on one another.
 CHART_LABEL_PROBLEMS = """plot => {
   const box = plot.getBoundingClientRect();
@@ -351,6 +390,7 @@ def test_every_page_fits_a_phone_and_every_chart_shows_its_points_and_labels(pag
         "/dead-letters/",
         "/reports/",
         "/account/",
+        "/functions/+import-sam/",
     ]
     for viewport in (DESKTOP, PHONE):
         page.set_viewport_size(viewport)

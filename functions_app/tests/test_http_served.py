@@ -31,7 +31,9 @@ from console.tests.test_standalone import (
     stop_platform,
 )
 
-pytestmark = pytest.mark.slow
+# The platform these tests start is always the embedded one (start_platform drops DATABASE_URL and REDIS_URL): CI
+# runs them once, not again in its PostgreSQL + Redis server run.
+pytestmark = [pytest.mark.slow, pytest.mark.backend_free]
 
 
 @pytest.fixture(scope="module")

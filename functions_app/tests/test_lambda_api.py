@@ -471,3 +471,21 @@ def test_with_verification_off_the_key_still_names_the_account(aws, settings):
     assert aws.request("GET", "/2015-03-31/functions", secret="anything").status_code == 200
     unknown = Lambda(aws.client, "EPHAAAAAAAAAAAAAAAAA", "x").request("GET", "/2015-03-31/functions")
     assert error_of(unknown)[:2] == (403, "UnrecognizedClientException")
+
+
+def test_get_function_gives_a_link_that_downloads_the_package_for_ten_minutes(aws, client):
+    package = make_zip({"app.py": SOURCE})
+    aws.create(Code={"ZipFile": base64.b64encode(package).decode()})
+    location = json.loads(aws.request("GET", "/2015-03-31/functions/hello").content)["Code"]["Location"]
+    assert location.startswith("http://testserver/code-downloads/")
+    path = location.removeprefix("http://testserver")
+    download = client.get(path)
+    assert download.status_code == 200 and download.content == package
+    assert download["Content-Type"] == "application/zip"
+    forged = client.get(path.replace("/code-downloads/", "/code-downloads/x"))
+    assert forged.status_code == 403
+    later = datetime.now(UTC) + timedelta(minutes=11)
+    with patch("django.core.signing.time.time", return_value=later.timestamp()):
+        assert client.get(path).status_code == 403
+    aws.request("DELETE", "/2015-03-31/functions/hello")
+    assert client.get(path).status_code == 404
