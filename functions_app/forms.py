@@ -489,6 +489,15 @@ class SamImportForm(forms.Form):
         max_length=128, initial="sam", help_text="Names the HTTP API of the template's routes."
     )
     dry_run = forms.BooleanField(required=False, label="Only check: change nothing")
+    sqs_access_key_id = forms.CharField(
+        required=False, max_length=128, label="SQS access key id", help_text="For SQS events: the queues' keys."
+    )
+    sqs_secret_access_key = forms.CharField(
+        required=False, max_length=256, label="SQS secret access key", widget=forms.PasswordInput
+    )
+    sqs_endpoint_url = forms.CharField(
+        required=False, max_length=512, label="SQS endpoint", help_text="Only for an SQS-API server not AWS's."
+    )
 
 
 class HttpApiForm(forms.Form):

@@ -58,6 +58,16 @@ class SamTemplateError(ServiceError):
     type = "InvalidTemplate"
 
 
+@dataclass(frozen=True)
+class QueueKeys:
+    """The keys SQS events' queues are read with (a template holds none), and, for an SQS-API server other than
+    AWS's (ElasticMQ, say), its address: a queue's URL is then ``{endpoint_url}/{account}/{name}``."""
+
+    access_key_id: str
+    secret_access_key: str
+    endpoint_url: str = ""
+
+
 @dataclass
 class SamImportReport:
     created: list[str] = field(default_factory=list)
@@ -81,6 +91,17 @@ class SamImportReport:
             "notes": self.notes,
             "dry_run": self.dry_run,
         }
+
+
+def queue_keys_of(access_key_id: str, secret_access_key: str, endpoint_url: str = "") -> QueueKeys | None:
+    """The SQS keys an import was given, or None; one without the other is an error."""
+    if not access_key_id and not secret_access_key:
+        if endpoint_url:
+            raise ServiceError("An SQS endpoint needs the queue's keys too (the access key id and the secret).")
+        return None
+    if not access_key_id or not secret_access_key:
+        raise ServiceError("Give the SQS access key id and its secret together.")
+    return QueueKeys(access_key_id, secret_access_key, endpoint_url)
 
 
 # ---- reading the template ---------------------------------------------------------------------------------------
@@ -390,6 +411,7 @@ def sam_import(
     base_dir: Path | None = None,
     stack_name: str = "sam",
     dry_run: bool = False,
+    queue_keys: QueueKeys | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> SamImportReport:
     """Create or update the template's functions and their triggers (see the module's docstring)."""
@@ -412,7 +434,7 @@ def sam_import(
                 event = event if isinstance(event, dict) else {}
                 properties: dict[str, Any] = event["Properties"] if isinstance(event.get("Properties"), dict) else {}
                 kind = str(event.get("Type"))
-                _event_write(_Event(function, plan, event_id, properties, routes, report), kind)
+                _event_write(_Event(function, plan, event_id, properties, routes, report, queue_keys), kind)
         if routes:
             _http_api_write(owner, stack, routes, report)
     return report
@@ -478,6 +500,7 @@ class _Event:
     properties: dict[str, Any]
     routes: list[dict[str, Any]]  # the HTTP API's routes, written once all functions are
     report: SamImportReport
+    queue_keys: QueueKeys | None = None
 
     @property
     def where(self) -> str:
@@ -605,6 +628,43 @@ def _kinesis_write(event: _Event) -> None:
     event.report.triggers.append(f"stream mapping {stream} → {function.name}")
 
 
+_SQS_ARN = re.compile(
+    r"^arn:aws[a-zA-Z-]*:sqs:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):(?P<name>[A-Za-z0-9_.-]{1,80})$"
+)
+
+
+def _sqs_write(event: _Event) -> None:
+    function, properties, keys = event.function, event.properties, event.queue_keys
+    found = _SQS_ARN.match(str(properties.get("Queue", "")))
+    if found is None:
+        event.report.skip(event.where, f"Queue {properties.get('Queue')!r} is not an SQS queue's ARN")
+        return
+    if keys is None:
+        event.report.skip(
+            event.where,
+            "an SQS mapping needs the queue's keys, which a template does not hold: import with "
+            "--sqs-access-key-id and --sqs-secret-access-key (sqs_access_key_id, sqs_secret_access_key in the API)",
+        )
+        return
+    region, account, name = found["region"], found["account"], found["name"]
+    base = keys.endpoint_url.rstrip("/") if keys.endpoint_url else f"https://sqs.{region}.amazonaws.com"
+    url = f"{base}/{account}/{name}"
+    fields: dict[str, Any] = {"batch_size": properties.get("BatchSize", 10), "enabled": properties.get("Enabled", True)}
+    if "MaximumBatchingWindowInSeconds" in properties:
+        fields["batching_window_s"] = properties["MaximumBatchingWindowInSeconds"]
+    if (properties.get("ScalingConfig") or {}).get("MaximumConcurrency"):
+        fields["max_concurrency"] = properties["ScalingConfig"]["MaximumConcurrency"]
+    if "FunctionResponseTypes" in properties:
+        fields["report_batch_item_failures"] = "ReportBatchItemFailures" in (properties["FunctionResponseTypes"] or [])
+    credentials = {"access_key_id": keys.access_key_id, "secret_access_key": keys.secret_access_key, "region": region}
+    existing = EventSourceMapping.objects.filter(function=function, source=url).first()
+    if existing is None:
+        event_sources.mapping_create(function=function, queue_url=url, **credentials, **fields)
+    else:
+        event_sources.mapping_update(mapping=existing, **credentials, **fields)
+    event.report.triggers.append(f"queue mapping {url} → {function.name}")
+
+
 _EVENT_WRITERS: dict[str, Callable[[_Event], None]] = {
     "Schedule": _schedule_write,
     "ScheduleV2": _schedule_write,
@@ -612,10 +672,9 @@ _EVENT_WRITERS: dict[str, Callable[[_Event], None]] = {
     "Api": _rest_api_route,
     "S3": _s3_write,
     "Kinesis": _kinesis_write,
+    "SQS": _sqs_write,
 }
 _SKIPPED_EVENTS = {
-    "SQS": "an SQS mapping needs the queue's URL and keys, which the template does not hold: add it in the console "
-    "or POST /api/v1/event-source-mappings/",
     "SNS": "Ephemera has no SNS",
     "EventBridgeRule": "Ephemera has no event bus; a schedule covers timed rules",
     "CloudWatchEvent": "Ephemera has no event bus; a schedule covers timed rules",
@@ -624,7 +683,12 @@ _SKIPPED_EVENTS = {
 
 
 def sam_project_import(
-    *, owner: User, project_zip: bytes, stack_name: str = "sam", dry_run: bool = False
+    *,
+    owner: User,
+    project_zip: bytes,
+    stack_name: str = "sam",
+    dry_run: bool = False,
+    queue_keys: QueueKeys | None = None,
 ) -> SamImportReport:
     """A SAM project uploaded as a zip (template.yaml at its top, the CodeUri folders beside it): unpacked into a
     private temporary folder, after the checks every code zip passes (no absolute or parent paths, size caps)."""
@@ -644,4 +708,11 @@ def sam_project_import(
             text = template.read_text()
         except UnicodeDecodeError:
             raise SamTemplateError(f"{template.name} is not UTF-8 text.") from None
-        return sam_import(owner=owner, template_text=text, base_dir=root, stack_name=stack_name, dry_run=dry_run)
+        return sam_import(
+            owner=owner,
+            template_text=text,
+            base_dir=root,
+            stack_name=stack_name,
+            dry_run=dry_run,
+            queue_keys=queue_keys,
+        )

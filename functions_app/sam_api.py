@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib.auth.models import User
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
@@ -13,13 +15,16 @@ from console.auth import ApiRequest
 from console.exceptions import RequestTooLarge, ServiceError
 from console.json_api import ERRORS, JsonApi, StrictJSONParser, StrictSerializer, Text, json_body
 from functions_app.code import ZIPPED_MAX_BYTES
-from functions_app.sam import TEMPLATE_MAX_BYTES, SamImportReport, sam_import, sam_project_import
+from functions_app.sam import TEMPLATE_MAX_BYTES, SamImportReport, queue_keys_of, sam_import, sam_project_import
 
 
 class SamImportSerializer(StrictSerializer):
     template = Text(required=False, help_text="The template's text (YAML or JSON); code inline (InlineCode).")
     stack_name = Text(required=False, default="sam", max_length=128, help_text="Names the HTTP API of its routes.")
     dry_run = serializers.BooleanField(required=False, default=False)
+    sqs_access_key_id = Text(required=False, default="", max_length=128, help_text="Keys for SQS events' queues.")
+    sqs_secret_access_key = Text(required=False, default="", max_length=256)
+    sqs_endpoint_url = Text(required=False, default="", max_length=512, help_text="An SQS-API server not AWS's.")
 
 
 class SamUploadSerializer(StrictSerializer):
@@ -27,6 +32,14 @@ class SamUploadSerializer(StrictSerializer):
     project = serializers.FileField(required=False, help_text="A zip: template.yaml at its top, code folders beside.")
     stack_name = serializers.CharField(required=False, default="sam", max_length=128)
     dry_run = serializers.BooleanField(required=False, default=False)
+    sqs_access_key_id = serializers.CharField(required=False, default="", max_length=128)
+    sqs_secret_access_key = serializers.CharField(required=False, default="", max_length=256)
+    sqs_endpoint_url = serializers.CharField(required=False, default="", max_length=512)
+
+
+def _options(data: dict[str, Any]) -> dict[str, Any]:
+    keys = queue_keys_of(data["sqs_access_key_id"], data["sqs_secret_access_key"], data["sqs_endpoint_url"])
+    return {"stack_name": data["stack_name"], "dry_run": data["dry_run"], "queue_keys": keys}
 
 
 REPORT = inline_serializer(
@@ -62,9 +75,7 @@ def _imported(request: Request, owner: User) -> SamImportReport:
         data = json_body(SamImportSerializer, request)
         if not data.get("template"):
             raise ServiceError("template: send the template's text.", details={"template": ["Required."]})
-        return sam_import(
-            owner=owner, template_text=data["template"], stack_name=data["stack_name"], dry_run=data["dry_run"]
-        )
+        return sam_import(owner=owner, template_text=data["template"], **_options(data))
     data = json_body(SamUploadSerializer, request)
     if bool(data.get("template")) == bool(data.get("project")):
         raise ServiceError("Upload a template file or a project zip (one of them).", details={"project": ["one of"]})
@@ -72,9 +83,7 @@ def _imported(request: Request, owner: User) -> SamImportReport:
         upload = data["project"]
         if upload.size > ZIPPED_MAX_BYTES:
             raise RequestTooLarge(f"The project zip is {upload.size} bytes; the limit is {ZIPPED_MAX_BYTES} bytes.")
-        return sam_project_import(
-            owner=owner, project_zip=upload.read(), stack_name=data["stack_name"], dry_run=data["dry_run"]
-        )
+        return sam_project_import(owner=owner, project_zip=upload.read(), **_options(data))
     upload = data["template"]
     if upload.size > TEMPLATE_MAX_BYTES:
         raise RequestTooLarge(f"The template is {upload.size} bytes; the limit is {TEMPLATE_MAX_BYTES} bytes.")
@@ -82,4 +91,4 @@ def _imported(request: Request, owner: User) -> SamImportReport:
         text = upload.read().decode("utf-8")
     except UnicodeDecodeError:
         raise ServiceError("The template is not UTF-8 text.", type="InvalidTemplate") from None
-    return sam_import(owner=owner, template_text=text, stack_name=data["stack_name"], dry_run=data["dry_run"])
+    return sam_import(owner=owner, template_text=text, **_options(data))

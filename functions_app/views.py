@@ -210,7 +210,8 @@ def _sam_imported(owner: User, data: dict[str, Any]) -> Any:
     if upload.size > ZIPPED_MAX_BYTES:
         raise ServiceError(f"The upload is {upload.size} bytes; the limit is {ZIPPED_MAX_BYTES} bytes.")
     content = upload.read()
-    options = {"owner": owner, "stack_name": data["stack_name"], "dry_run": data["dry_run"]}
+    keys = sam.queue_keys_of(data["sqs_access_key_id"], data["sqs_secret_access_key"], data["sqs_endpoint_url"])
+    options = {"owner": owner, "stack_name": data["stack_name"], "dry_run": data["dry_run"], "queue_keys": keys}
     if content.startswith(b"PK"):
         return sam.sam_project_import(project_zip=content, **options)
     try:

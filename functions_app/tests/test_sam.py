@@ -164,7 +164,7 @@ def test_the_command_imports_functions_with_globals_parameters_and_their_trigger
         "Table",
     ):
         assert f"Skipped {item}:" in output, item
-    assert "queue's URL and keys" in output and "Fn::GetAtt" in output
+    assert "needs the queue's keys" in output and "Fn::GetAtt" in output
 
 
 def test_importing_again_changes_nothing_and_a_change_updates_only_what_changed(project, user):
@@ -317,3 +317,16 @@ def test_the_console_imports_an_uploaded_project_and_shows_the_report(client, pr
     broken.name = "template.yaml"
     refused = client.post("/functions/+import-sam/", {"upload": broken, "stack_name": "shop"})
     assert refused.status_code == 400 and "not YAML or JSON" in refused.content.decode()
+
+
+def test_sqs_events_become_queue_mappings_when_the_import_is_given_the_queues_keys(project, user, aws_server, settings):
+    settings.SOURCE_ENDPOINT_ALLOW_PRIVATE = True  # the SQS-API server is on loopback
+    keys = ["--sqs-access-key-id", "AKIATEST", "--sqs-secret-access-key", "s", "--sqs-endpoint-url", aws_server]
+    output = imported(project, *keys)
+    mapping = EventSourceMapping.objects.get(function__name="orders-api", kind="sqs")
+    assert mapping.source == f"{aws_server}/123456789012/orders" and mapping.batch_size == 10
+    assert f"queue mapping {aws_server}/123456789012/orders → orders-api" in output
+    imported(project, *keys)
+    assert EventSourceMapping.objects.filter(kind="sqs").count() == 1
+    with pytest.raises(CommandError, match="together"):
+        imported(project, "--sqs-access-key-id", "AKIATEST")

@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from console.exceptions import ServiceError
 from console.seed import DEMO_USERNAME
-from functions_app.sam import sam_import
+from functions_app.sam import queue_keys_of, sam_import
 
 
 class Command(BaseCommand):
@@ -24,6 +24,9 @@ class Command(BaseCommand):
         )
         parser.add_argument("--stack-name", default="", help="names the HTTP API of the routes (default: the folder)")
         parser.add_argument("--dry-run", action="store_true", help="check the template and say what would change")
+        parser.add_argument("--sqs-access-key-id", default="", help="the keys SQS events' queues are read with")
+        parser.add_argument("--sqs-secret-access-key", default="")
+        parser.add_argument("--sqs-endpoint-url", default="", help="an SQS-API server other than AWS's (ElasticMQ)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         path: Path = options["template"]
@@ -41,6 +44,9 @@ class Command(BaseCommand):
                 base_dir=path.resolve().parent,
                 stack_name=options["stack_name"] or path.resolve().parent.name,
                 dry_run=options["dry_run"],
+                queue_keys=queue_keys_of(
+                    options["sqs_access_key_id"], options["sqs_secret_access_key"], options["sqs_endpoint_url"]
+                ),
                 progress=lambda line: self.stderr.write(f"importing {line}"),
             )
         except ServiceError as exc:
