@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from console import access_keys
 from console.accounts import NAME_MAX
 from console.auth import ApiRequest
-from console.json_api import ERRORS, JsonApi, StrictSerializer, Text, json_body, paginated, paginated_of
+from console.json_api import ERRORS, Integer, JsonApi, StrictSerializer, Text, json_body, paginated, paginated_of
 from console.models import AccessKey
 
 
@@ -34,7 +34,7 @@ class AccessKeyCreateSerializer(StrictSerializer):
 
 
 class AccessKeyRotateSerializer(StrictSerializer):
-    grace_s = serializers.IntegerField(
+    grace_s = Integer(
         required=False, default=0, help_text="How long the old key keeps working (0: revoked now; at most 7 days)."
     )
 
@@ -85,7 +85,8 @@ class AccessKeyRotateApi(JsonApi):
     )
     def post(self, request: ApiRequest, access_key_id: str) -> Response:
         key = access_keys.access_key_get(owner=request.user, access_key_id=access_key_id)
-        fields = json_body(AccessKeyRotateSerializer, request) if request.data else {}
+        # No body at all is {}; anything else must be a JSON object (json_body refuses an array, a string, …).
+        fields = {} if request.data == {} else json_body(AccessKeyRotateSerializer, request)
         return _created(*access_keys.access_key_rotate(access_key=key, **fields))
 
 

@@ -6,7 +6,9 @@ stable (clients branch on them), the messages are for people.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import sys
 from typing import Any
 
@@ -174,6 +176,8 @@ def _first_message(details: Any, path: str = "") -> str:
 
 
 API_PREFIX = "/api/"
+# Lambda's own API (functions_app/lambda_api): its clients parse only AWS's error shape.
+LAMBDA_PATH_RE = re.compile(r"^/\d{4}-\d{2}-\d{2}/")
 
 # What an error response Django made itself (not the API) means, by status.
 _STATUS_ERRORS = {
@@ -202,6 +206,8 @@ class ApiMiddleware:
 
     def __call__(self, request: Any) -> HttpResponse:
         is_api = request.path_info.startswith(API_PREFIX)
+        if LAMBDA_PATH_RE.match(request.path_info):
+            return _lambda_errors_in_aws_shape(request, self.get_response)
         if _holds_nul(request):
             return _nul_response(is_api)
         if is_api:
@@ -216,6 +222,45 @@ class ApiMiddleware:
         ):
             return _as_error_format(request, response)
         return response
+
+
+# The exception a Lambda client gets for an error Django made before Lambda's view could answer, by status.
+_LAMBDA_ERRORS = {
+    400: "ValidationException",
+    403: "AccessDeniedException",
+    404: "UnknownOperationException",
+    405: "UnknownOperationException",
+    413: "RequestEntityTooLargeException",
+}
+
+
+def _lambda_errors_in_aws_shape(request: Any, get_response: Any) -> HttpResponse:
+    """Lambda's paths: whatever refuses a request before Lambda's view (a Host this server does not serve, a NUL in
+    the path) answers as AWS does, ``x-amzn-ErrorType`` and a JSON body, never an HTML page."""
+    if _holds_nul(request):
+        return _lambda_error(400, "The path or the query string holds a NUL character (%00).")
+    response = get_response(request)
+    if response.status_code < 400 or "x-amzn-ErrorType" in response:
+        return response
+    return _lambda_error(
+        response.status_code, _LAMBDA_MESSAGES.get(response.status_code, "The request cannot be served.")
+    )
+
+
+_LAMBDA_MESSAGES = {
+    400: "The request was refused before it reached Lambda's API (is its Host header one this server answers to?).",
+    404: "No Lambda operation is served at this path.",
+    503: OUTAGE_MESSAGE,
+}
+
+
+def _lambda_error(status: int, message: str) -> HttpResponse:
+    code = _LAMBDA_ERRORS.get(status, "ServiceException")
+    message_key = "Message" if code == "ServiceException" else "message"
+    body = {"Type": "User" if status < 500 else "Service", message_key: message}
+    response = HttpResponse(json.dumps(body), status=status, content_type="application/json")
+    response["x-amzn-ErrorType"] = code
+    return response
 
 
 def _holds_nul(request: Any) -> bool:

@@ -25,9 +25,11 @@ from django.db import transaction
 
 from console.exceptions import ServiceError
 from functions_app import code as code_pkg
-from functions_app import event_sources, http_apis, schedules, services
+from functions_app import event_sources, http_apis, schedules, services, stream_sources
 from functions_app.bucket_notifications import bucket_notification_create, bucket_notification_update
-from functions_app.models import BucketNotification, EventSourceMapping, Function, HttpApi, Schedule
+from functions_app.lambda_api.errors import in_lambda_words
+from functions_app.lambda_api.model import all_text_storable
+from functions_app.models import BucketNotification, EventSourceKind, EventSourceMapping, Function, HttpApi, Schedule
 
 TEMPLATE_MAX_BYTES = 1024 * 1024
 FUNCTION_RESOURCE = "AWS::Serverless::Function"
@@ -144,6 +146,11 @@ def template_parse(text: str) -> dict[str, Any]:
         raise SamTemplateError("The template is nested too deeply.") from None
     if not isinstance(template, dict) or not isinstance(template.get("Resources"), dict) or not template["Resources"]:
         raise SamTemplateError("The template has no Resources.")
+    for section in ("Parameters", "Globals"):
+        if not isinstance(template.get(section) or {}, dict):
+            raise SamTemplateError(f"{section} must be a map.")
+    if not all_text_storable(template):
+        raise SamTemplateError("The template holds a lone surrogate (\\ud800) or a NUL character, which is not text.")
     return template
 
 
@@ -169,12 +176,19 @@ class _Context:
             if key == "Fn::Sub":
                 return self._sub(argument)
             if key == "Fn::Join" and isinstance(argument, list) and len(argument) == 2:
-                return str(argument[0]).join(str(self.resolve(part)) for part in self.resolve(argument[1]))
-            if key.startswith("Fn::") or key == "Condition":
-                raise _Unresolved(f"{key} {json.dumps(argument)[:100]}")
+                parts = self.resolve(argument[1])
+                if not isinstance(parts, list):
+                    raise SamTemplateError(
+                        f"!Join takes a separator and a list, not {json.dumps(argument, default=str)[:100]}."
+                    )
+                return str(argument[0]).join(str(part) for part in parts)
+            if isinstance(key, str) and (key.startswith("Fn::") or key == "Condition"):
+                raise _Unresolved(f"{key} {json.dumps(argument, default=str)[:100]}")
         return {key: self.resolve(item) for key, item in value.items()}
 
     def _ref(self, name: Any) -> Any:
+        if not isinstance(name, str):
+            raise SamTemplateError(f"!Ref takes a name, not {json.dumps(name, default=str)[:100]}.")
         if name in self.parameters:
             return self.parameters[name]
         resource = self.resources.get(name)
@@ -183,7 +197,19 @@ class _Context:
         raise _Unresolved(f"Ref {name}")
 
     def _sub(self, argument: Any) -> str:
-        text, variables = (argument, {}) if isinstance(argument, str) else (argument[0], argument[1])
+        if isinstance(argument, str):
+            text, variables = argument, {}
+        elif (
+            isinstance(argument, list)
+            and len(argument) == 2
+            and isinstance(argument[0], str)
+            and isinstance(argument[1], dict)
+        ):
+            text, variables = argument
+        else:
+            raise SamTemplateError(
+                f"!Sub takes a text, or a text and a map of variables, not {json.dumps(argument, default=str)[:100]}."
+            )
 
         def replace(found: re.Match[str]) -> str:
             name = found.group(1)
@@ -234,10 +260,10 @@ class _FunctionPlan:
 
 
 def _function_name(logical_id: str, properties: dict[str, Any]) -> str:
+    """FunctionName as given (Lambda's rules: it is refused, never renamed), else the logical id."""
     name = properties.get("FunctionName") or logical_id
-    name = re.sub(r"[^A-Za-z0-9_-]", "-", str(name))[:64]
     services.function_name_validate(name)
-    return name
+    return str(name)
 
 
 def _code_of(logical_id: str, properties: dict[str, Any], base_dir: Path | None) -> bytes:
@@ -375,7 +401,7 @@ _SKIPPED_PROPERTIES = {
 def _plan(
     template: dict[str, Any], context: _Context, base_dir: Path | None, report: SamImportReport
 ) -> list[_FunctionPlan]:
-    globals_ = ((template.get("Globals") or {}).get("Function")) or {}
+    globals_ = (template.get("Globals") or {}).get("Function") or {}
     plans = []
     for logical_id, resource in template["Resources"].items():
         kind = resource.get("Type") if isinstance(resource, dict) else None
@@ -392,7 +418,14 @@ def _plan(
         except _Unresolved as exc:
             raise SamTemplateError(f"{logical_id}: {exc} is known only to CloudFormation.") from None
         properties["Events"] = merged.get("Events") or {}
-        plans.append(_plan_function(logical_id, properties, context, base_dir, report))
+        try:
+            plans.append(_plan_function(logical_id, properties, context, base_dir, report))
+        except SamTemplateError:
+            raise
+        except ServiceError as exc:
+            raise SamTemplateError(f"{logical_id}: {in_lambda_words(exc.message)}") from None
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a property of an unexpected type
+            raise SamTemplateError(f"{logical_id}: a property has an unexpected type or value ({exc}).") from None
     names = [plan.name for plan in plans]
     if len(set(names)) != len(names):
         raise SamTemplateError(f"Two functions of the template have one name: {', '.join(names)}.")
@@ -420,23 +453,29 @@ def sam_import(
     template = template_parse(template_text)
     stack = re.sub(r"[^A-Za-z0-9._-]", "-", stack_name)[:128] or "sam"
     plans = _plan(template, _context(template, owner, stack), base_dir, report)
-    if dry_run:
-        for plan in plans:
-            exists = Function.objects.filter(owner=owner, name=plan.name).exists()
-            (report.updated if exists else report.created).append(plan.name)
-        return report
     routes: list[dict[str, Any]] = []
+    # A dry run takes the very same path, every write checked by its service, and is rolled back at the end.
     with transaction.atomic():
         for plan in plans:
             say(f"function {plan.name}")
-            function = _function_write(owner, plan, report)
+            try:
+                function = _function_write(owner, plan, report)
+            except SamTemplateError as exc:
+                raise SamTemplateError(f"{plan.logical_id}: {exc.message}") from None
+            except ServiceError as exc:
+                raise SamTemplateError(f"{plan.logical_id}: {in_lambda_words(exc.message)}") from None
             for event_id, event in plan.events:
                 event = event if isinstance(event, dict) else {}
                 properties: dict[str, Any] = event["Properties"] if isinstance(event.get("Properties"), dict) else {}
                 kind = str(event.get("Type"))
                 _event_write(_Event(function, plan, event_id, properties, routes, report, queue_keys), kind)
         if routes:
-            _http_api_write(owner, stack, routes, report)
+            try:
+                _http_api_write(owner, stack, routes, report)
+            except ServiceError as exc:
+                raise SamTemplateError(f"The HTTP API {stack}: {exc.message}") from None
+        if dry_run:
+            transaction.set_rollback(True)
     return report
 
 
@@ -483,10 +522,13 @@ def _alias_publish(function: Function, alias_name: str, report: SamImportReport)
     function = Function.objects.select_related("code").get(pk=function.pk)
     version, _ = services.version_publish(function=function)
     alias = function.aliases.filter(name=alias_name).first()
-    if alias is None:
-        services.alias_create(function=function, name=alias_name, version=version.number)
-    elif alias.version_id != version.pk:
-        services.alias_update(alias=alias, version=version.number)
+    try:
+        if alias is None:
+            services.alias_create(function=function, name=alias_name, version=version.number)
+        elif alias.version_id != version.pk:
+            services.alias_update(alias=alias, version=version.number)
+    except ServiceError as exc:
+        raise SamTemplateError(f"AutoPublishAlias: {exc.message.partition(': ')[2] or exc.message}") from None
     report.triggers.append(f"alias {function.name}:{alias_name} → version {version.number}")
 
 
@@ -510,12 +552,17 @@ class _Event:
 def _event_write(event: _Event, kind: str) -> None:
     writer = _EVENT_WRITERS.get(kind)
     if writer is None:
-        event.report.skip(event.where, _SKIPPED_EVENTS.get(kind, f"{kind} events have no counterpart in Ephemera"))
+        reason = "the event has no Type" if kind == "None" else f"{kind} events have no counterpart in Ephemera"
+        event.report.skip(event.where, _SKIPPED_EVENTS.get(kind, reason))
         return
-    try:
+    try:  # the whole import is undone on an error: say which event it was
         writer(event)
-    except ServiceError as exc:  # the whole import is undone: say which event it was
+    except SamTemplateError as exc:
         raise SamTemplateError(f"{event.where}: {exc.message}") from None
+    except ServiceError as exc:
+        raise SamTemplateError(f"{event.where}: {in_lambda_words(exc.message)}") from None
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise SamTemplateError(f"{event.where}: a property has an unexpected type or value ({exc}).") from None
 
 
 def _schedule_write(event: _Event) -> None:
@@ -543,6 +590,7 @@ def _route_add(event: _Event, payload_format: str) -> None:
     method = str(properties.get("Method", "ANY")).upper()
     path = properties.get("Path")
     route_key = f"{'ANY' if method == 'X-AMAZON-APIGATEWAY-ANY-METHOD' else method} {path}" if path else "$default"
+    http_apis.route_key_parse(route_key)  # a bad path or method is this event's error
     route = {"route_key": route_key, "function": event.function.name, "payload_format": payload_format}
     if event.plan.alias:
         route["qualifier"] = event.plan.alias
@@ -575,7 +623,11 @@ def _http_api_write(owner: User, stack: str, routes: list[dict[str, Any]], repor
 def _s3_write(event: _Event) -> None:
     function, properties = event.function, event.properties
     events = properties.get("Events") or ["s3:ObjectCreated:*"]
-    events = [events] if isinstance(events, str) else list(events)
+    events = [events] if isinstance(events, str) else events
+    if not isinstance(events, list) or not all(isinstance(name, str) for name in events):
+        raise SamTemplateError("Events is an S3 event name or a list of them.")
+    if not isinstance(properties.get("Bucket"), str):
+        raise SamTemplateError("Bucket must name a bucket (or !Ref an AWS::S3::Bucket of the template).")
     rules = ((properties.get("Filter") or {}).get("S3Key") or {}).get("Rules") or []
     affixes = {str(rule.get("Name", "")).lower(): str(rule.get("Value", "")) for rule in rules}
     fields: dict[str, Any] = {
@@ -592,6 +644,9 @@ def _s3_write(event: _Event) -> None:
         event.report.triggers.append(f"bucket notification {name} (s3://{fields['bucket']}) → {function.name}, updated")
         return
     notification, token = bucket_notification_create(function=function, name=name, mode="webhook", **fields)
+    if event.report.dry_run:
+        event.report.triggers.append(f"bucket notification {name} (s3://{fields['bucket']}) → {function.name}")
+        return
     event.report.triggers.append(
         f"bucket notification {name} (s3://{fields['bucket']}) → {function.name}: webhook "
         f"/api/v1/bucket-events/{notification.pk}/ with the token {token} (shown once; point the store's "
@@ -604,8 +659,7 @@ def _kinesis_write(event: _Event) -> None:
     stream_arn = str(properties.get("Stream", ""))
     found = re.match(r"^arn:aws[a-zA-Z-]*:kinesis:[^:]*:\d{12}:stream/(?P<name>[^/]+)$", stream_arn)
     if found is None:
-        event.report.skip(event.where, f"Stream {stream_arn!r} is not a stream ARN")
-        return
+        raise SamTemplateError(f"Stream {stream_arn!r} is not a Kinesis stream's ARN.")
     stream = found["name"]
     fields: dict[str, Any] = {
         "batch_size": properties.get("BatchSize", 100),
@@ -616,7 +670,10 @@ def _kinesis_write(event: _Event) -> None:
     if "BisectBatchOnFunctionError" in properties:
         fields["bisect_on_error"] = properties["BisectBatchOnFunctionError"]
     existing = EventSourceMapping.objects.filter(function=function, source=stream).first()
-    if existing is None:
+    if event.report.dry_run:  # checked without the consumer group a real mapping makes in Redis
+        unsaved = existing or EventSourceMapping(function=function, kind=EventSourceKind.REDIS_STREAM, source=stream)
+        stream_sources.mapping_configure(unsaved, fields)
+    elif existing is None:
         event_sources.mapping_create(
             function=function,
             stream=stream,
@@ -637,8 +694,7 @@ def _sqs_write(event: _Event) -> None:
     function, properties, keys = event.function, event.properties, event.queue_keys
     found = _SQS_ARN.match(str(properties.get("Queue", "")))
     if found is None:
-        event.report.skip(event.where, f"Queue {properties.get('Queue')!r} is not an SQS queue's ARN")
-        return
+        raise SamTemplateError(f"Queue {properties.get('Queue')!r} is not an SQS queue's ARN.")
     if keys is None:
         event.report.skip(
             event.where,

@@ -569,15 +569,21 @@ TAGS_MAX = 50
 TAG_KEY_MAX, TAG_VALUE_MAX = 128, 256
 
 
-def function_tags_set(
-    *, function: Function, add: dict[str, str] | None = None, remove: tuple[str, ...] | list[str] = ()
-) -> Function:
-    """Add or replace some tags and remove others. Tags are no part of the configuration (no new revision)."""
-    for key, value in (add or {}).items():
+def tags_validate(tags: dict[str, str]) -> None:
+    if len(tags) > TAGS_MAX:
+        raise _invalid("tags", f"A function has at most {TAGS_MAX} tags.")
+    for key, value in tags.items():
         if not isinstance(key, str) or not 1 <= len(key) <= TAG_KEY_MAX or key.lower().startswith("aws:"):
             raise _invalid("tags", f"Tag keys are 1 to {TAG_KEY_MAX} characters and do not start with aws:.")
         if not isinstance(value, str) or len(value) > TAG_VALUE_MAX:
             raise _invalid("tags", f"The value of tag {key!r} must be text of at most {TAG_VALUE_MAX} characters.")
+
+
+def function_tags_set(
+    *, function: Function, add: dict[str, str] | None = None, remove: tuple[str, ...] | list[str] = ()
+) -> Function:
+    """Add or replace some tags and remove others. Tags are no part of the configuration (no new revision)."""
+    tags_validate(add or {})
     with transaction.atomic():
         locked = Function.objects.select_for_update().filter(pk=function.pk).first()
         if locked is None:

@@ -154,3 +154,12 @@ def test_the_account_page_rotates_and_revokes_only_its_users_keys(client, user, 
     assert not key.is_active
     refused = client.post("/account/access-keys/", {"name": ""})
     assert refused.status_code == 400
+
+
+def test_rotation_takes_a_json_object_or_nothing_and_grace_as_an_integer(api):
+    key_id = api.post("/api/v1/access-keys/", {"name": "ci"}, format="json").json()["access_key_id"]
+    for body in ([], "", 0, {"grace_s": "5"}):
+        answer = api.post(f"/api/v1/access-keys/{key_id}/rotate/", body, format="json")
+        assert answer.status_code == 400, body
+    assert api.get(f"/api/v1/access-keys/{key_id}/").json()["active"] is True
+    assert api.post(f"/api/v1/access-keys/{key_id}/rotate/").status_code == 201

@@ -75,7 +75,7 @@ def _accepted(incoming: Incoming, body: bytes) -> tuple[Invocation, bool]:
     call = caller_of(incoming, hashlib.sha256(body).hexdigest())
     matched = matched_of(incoming)
     assert matched is not None and matched.operation.name == "Invoke"  # INVOKE_PATH is Invoke's route
-    wire = WireRequest(matched.path_params, query_lists(incoming.query_string), incoming.headers, body)
+    wire = WireRequest(matched.path_params, query_lists(incoming.query_string, strict=True), incoming.headers, body)
     params = operation_input(matched.operation, wire)
     ref = function_ref(call, params["FunctionName"], params.get("Qualifier"))
     invocation = sync_call_accept(

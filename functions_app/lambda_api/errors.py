@@ -15,7 +15,7 @@ from console.exceptions import (
     ServiceUnavailable,
     TooManyRequests,
 )
-from functions_app.accept import InvalidRequestContent
+from functions_app.accept import IdempotencyConflict, InvalidRequestContent
 
 # The two exception shapes whose message member is spelled with a capital M (botocore reads either).
 _CAPITAL_MESSAGE = frozenset({"ResourceNotFoundException", "ServiceException"})
@@ -55,8 +55,52 @@ def conflict(message: str) -> LambdaError:
     return LambdaError("ResourceConflictException", message, status=409)
 
 
+# The native services name fields as the native API does; Lambda's callers know them by Lambda's member names.
+_MEMBER_NAMES = {
+    "memory_mb": "MemorySize",
+    "timeout_s": "Timeout",
+    "ephemeral_storage_mb": "EphemeralStorage.Size",
+    "description": "Description",
+    "runtime_label": "Runtime",
+    "role": "Role",
+    "handler": "Handler",
+    "environment": "Environment.Variables",
+    "name": "FunctionName",
+    "reserved_concurrency": "ReservedConcurrentExecutions",
+    "max_retry_attempts": "MaximumRetryAttempts",
+    "max_event_age_s": "MaximumEventAgeInSeconds",
+    "on_success_destination": "DestinationConfig.OnSuccess.Destination",
+    "on_failure_destination": "DestinationConfig.OnFailure.Destination",
+    "version": "FunctionVersion",
+    "additional_version": "RoutingConfig.AdditionalVersionWeights",
+    "additional_weight": "RoutingConfig.AdditionalVersionWeights",
+    "tags": "Tags",
+    "batch_size": "BatchSize",
+    "batching_window_s": "MaximumBatchingWindowInSeconds",
+    "max_record_age_s": "MaximumRecordAgeInSeconds",
+    "starting_position": "StartingPosition",
+    "auth_type": "AuthType",
+    "invoke_mode": "InvokeMode",
+    "cors": "Cors",
+}
+
+
+def in_lambda_words(message: str) -> str:
+    """``memory_mb: Must be …`` as ``MemorySize: Must be …``."""
+    field, colon, rest = message.partition(": ")
+    root = field.split(".", 1)[0]
+    if colon and root in _MEMBER_NAMES:
+        return f"{_MEMBER_NAMES[root]}{field[len(root) :]}: {rest}"
+    return message
+
+
 def from_service_error(exc: ServiceError) -> LambdaError:
     """The Lambda exception for a native service's error (by its class; a plain ServiceError is a bad parameter)."""
+    if isinstance(exc, IdempotencyConflict):
+        return conflict(
+            "This amz-sdk-invocation-id was already used by a call with another payload: an SDK's retry sends the "
+            "same payload, and a new call needs an id of its own."
+        )
     if isinstance(exc, ResourceNotFound):
         return not_found(exc.message)
     if isinstance(exc, PreconditionFailed):
@@ -73,7 +117,7 @@ def from_service_error(exc: ServiceError) -> LambdaError:
         return LambdaError("InvalidRequestContentException", exc.message, status=400)
     if isinstance(exc, ServiceUnavailable):
         return service_unavailable(exc.message)
-    return invalid(exc.message)
+    return invalid(in_lambda_words(exc.message))
 
 
 def service_unavailable(message: str) -> LambdaError:

@@ -24,7 +24,7 @@ def client_context_of(header: str | None) -> str:
     try:
         text = base64.b64decode(header, validate=True).decode("utf-8")
         fields = json.loads(text)
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):
         raise LambdaError(
             "InvalidRequestContentException", "Client context must be a valid Base64-encoded JSON object.", status=400
         ) from None

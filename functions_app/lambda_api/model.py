@@ -11,6 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import botocore.session
 from botocore.model import OperationModel, ServiceModel, Shape
@@ -66,15 +67,17 @@ class Matched:
     path_params: dict[str, str]
 
 
-def route_match(method: str, path: str, query: dict[str, list[str]]) -> Matched | None:
+def route_match(method: str, raw_path: str, query: dict[str, list[str]]) -> Matched | None:
     """The operation a request names, with its path's parameters (decoded), or None when no operation has this
-    method and path."""
+    method and path. Matched on the path as sent, so that an encoded ``/`` stays inside its parameter
+    (``f%2Fversions`` names a function, never ListVersionsByFunction)."""
     for route in routes():
         if route.method != method:
             continue
-        found = route.pattern.match(path)
+        found = route.pattern.match(raw_path)
         if found and all(query.get(key, [None])[-1] == value for key, value in route.fixed_query):
-            return Matched(lambda_model().operation_model(route.operation), found.groupdict())
+            params = {name: unquote(value) for name, value in found.groupdict().items()}
+            return Matched(lambda_model().operation_model(route.operation), params)
     return None
 
 
@@ -124,11 +127,33 @@ def operation_input(operation: OperationModel, request: WireRequest) -> dict[str
 
 def _json_body(body: bytes) -> Any:
     try:
-        return json_strict_loads(body.decode("utf-8"))
+        data = json_strict_loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise LambdaError(
             "InvalidRequestContentException", f"Could not parse request body into json: {exc}", status=400
         ) from None
+    if not all_text_storable(data):
+        raise LambdaError(
+            "InvalidRequestContentException",
+            "The request holds a string that no text can store: a lone surrogate (\\ud800) or a NUL character.",
+            status=400,
+        )
+    return data
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def all_text_storable(value: Any) -> bool:
+    """Every string in ``value`` is Unicode a database can keep: no lone surrogate, no NUL (PostgreSQL refuses
+    one in text)."""
+    if isinstance(value, str):
+        return _UNSTORABLE.search(value) is None
+    if isinstance(value, dict):
+        return all(all_text_storable(key) and all_text_storable(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(all_text_storable(item) for item in value)
+    return True
 
 
 def _json_members(shape: Shape, body: bytes) -> dict[str, Any]:
@@ -138,7 +163,8 @@ def _json_members(shape: Shape, body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise LambdaError("InvalidRequestContentException", "The request body must be a JSON object.", status=400)
     located = {name for name, member in shape.members.items() if member.serialization.get("location")}
-    return {name: value for name, value in data.items() if name not in located}
+    # A member sent as null is a member not sent, as AWS takes it.
+    return {name: value for name, value in data.items() if name not in located and value is not None}
 
 
 def _scalar(member: Shape, text: str, wire_name: str) -> Any:

@@ -14,6 +14,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -127,7 +128,9 @@ def page_of(items: list[Any], params: dict[str, Any]) -> tuple[list[Any], str | 
         try:
             start = int(base64.urlsafe_b64decode(params["Marker"].encode()).decode())
         except (ValueError, UnicodeDecodeError, binascii.Error):
-            raise invalid("Marker is not one this API gave: pass the NextMarker of the previous page.") from None
+            start = -1
+        if start < 0:
+            raise invalid("Marker is not one this API gave: pass the NextMarker of the previous page.")
     size = params.get("MaxItems") or LIST_MAX_ITEMS_DEFAULT
     end = start + size
     following = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(items) else None
@@ -219,20 +222,21 @@ def create_function(call: Call, params: dict[str, Any]) -> Reply:
     ):
         raise invalid("FunctionName: name the new function by its name or its unqualified ARN in your account.")
     changes = _config_changes({"Runtime": shapes.PYTHON_LABEL_DEFAULT, **params})
-    function = services.function_create(
-        owner=call.owner,
-        name=name_ref["name"],
-        handler=params["Handler"],
-        code=services.CodeUpload(zip_bytes=_zip_of(params["Code"])),
-        environment=(params.get("Environment") or {}).get("Variables") or {},
-        **changes,
-    )
-    if params.get("Tags"):
-        services.function_tags_set(function=function, add=params["Tags"])
-    if params.get("Publish"):
-        version, _ = services.version_publish(function=function)
-        return Reply(201, _configuration(call, function, version))
-    return Reply(201, _configuration(call, function))
+    tags = params.get("Tags") or {}
+    services.tags_validate(tags)
+    with transaction.atomic():  # the function, its tags and its first version, or nothing
+        function = services.function_create(
+            owner=call.owner,
+            name=name_ref["name"],
+            handler=params["Handler"],
+            code=services.CodeUpload(zip_bytes=_zip_of(params["Code"])),
+            environment=(params.get("Environment") or {}).get("Variables") or {},
+            **changes,
+        )
+        if tags:
+            services.function_tags_set(function=function, add=tags)
+        version = services.version_publish(function=function)[0] if params.get("Publish") else None
+    return Reply(201, _configuration(call, function, version))
 
 
 @operation("GetFunction")
@@ -484,9 +488,16 @@ def _reserved_elsewhere(function: Function) -> int:
     return others.aggregate(total=Sum("reserved_concurrency"))["total"] or 0
 
 
+def _unqualified(call: Call, name: str) -> Function:
+    ref = function_ref(call, name)
+    if ref.qualifier:
+        raise invalid("Reserved concurrency belongs to the function: name it without a qualifier.")
+    return ref.function
+
+
 @operation("PutFunctionConcurrency")
 def put_function_concurrency(call: Call, params: dict[str, Any]) -> Reply:
-    function = function_ref(call, params["FunctionName"]).function
+    function = _unqualified(call, params["FunctionName"])
     wanted = params["ReservedConcurrentExecutions"]
     room = settings.ACCOUNT_CONCURRENCY_LIMIT - _reserved_elsewhere(function)
     if wanted > room:
@@ -500,7 +511,7 @@ def put_function_concurrency(call: Call, params: dict[str, Any]) -> Reply:
 
 @operation("GetFunctionConcurrency")
 def get_function_concurrency(call: Call, params: dict[str, Any]) -> Reply:
-    function = function_ref(call, params["FunctionName"]).function
+    function = _unqualified(call, params["FunctionName"])
     if function.reserved_concurrency is None:
         return Reply(200, {})
     return Reply(200, {"ReservedConcurrentExecutions": function.reserved_concurrency})
@@ -508,7 +519,7 @@ def get_function_concurrency(call: Call, params: dict[str, Any]) -> Reply:
 
 @operation("DeleteFunctionConcurrency")
 def delete_function_concurrency(call: Call, params: dict[str, Any]) -> Reply:
-    function = function_ref(call, params["FunctionName"]).function
+    function = _unqualified(call, params["FunctionName"])
     services.function_update_configuration(function=function, reserved_concurrency=None)
     return Reply(204)
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
-from urllib.parse import quote, unquote
+from urllib.parse import quote, quote_from_bytes, unquote, unquote_to_bytes
 
 from functions_app.lambda_api.errors import LambdaError
 
@@ -35,7 +35,7 @@ Owner = TypeVar("Owner")
 class SignedRequest:
     method: str
     raw_path: str  # as sent: percent-encoded
-    query: list[tuple[str, str]]  # decoded pairs, in order
+    raw_query: str  # as sent
     headers: dict[str, str]  # lower-case names
     body_sha256: str
     secure: bool
@@ -83,7 +83,7 @@ def signature_verify(
             "UnrecognizedClientException", "The security token included in the request is invalid.", status=403
         )
     owner, secret = found
-    if "x-amz-security-token" in request.headers or any(name == "X-Amz-Security-Token" for name, _ in request.query):
+    if "x-amz-security-token" in request.headers or "X-Amz-Security-Token" in dict(query_pairs(request.raw_query)):
         # Ephemera issues no temporary credentials: a session token is someone else's.
         raise LambdaError(
             "UnrecognizedClientException", "The security token included in the request is invalid.", status=403
@@ -98,7 +98,7 @@ def signature_verify(
 
 
 def _signature_of(request: SignedRequest) -> _Signature:
-    query = dict(request.query)
+    query = dict(query_pairs(request.raw_query))
     if "X-Amz-Signature" in query or "X-Amz-Credential" in query:
         return _presigned_signature(query)
     authorization = request.headers.get("authorization", "")
@@ -209,7 +209,7 @@ def _sign(request: SignedRequest, signature: _Signature, secret: str, payload_ha
         [
             request.method,
             quote(request.raw_path or "/", safe="/~"),
-            _canonical_query(request.query, presigned=signature.expires_s is not None),
+            _canonical_query(request.raw_query, presigned=signature.expires_s is not None),
             "".join(f"{name}:{_header_value(request, name)}\n" for name in signature.signed_headers),
             ";".join(signature.signed_headers),
             payload_hash,
@@ -223,23 +223,39 @@ def _sign(request: SignedRequest, signature: _Signature, secret: str, payload_ha
     return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
 
 
-def _canonical_query(pairs: list[tuple[str, str]], *, presigned: bool) -> str:
-    kept = [(name, value) for name, value in pairs if not (presigned and name == "X-Amz-Signature")]
-    encoded = sorted((quote(name, safe="-_.~"), quote(value, safe="-_.~")) for name, value in kept)
-    return "&".join(f"{name}={value}" for name, value in encoded)
+def _canonical_query(raw_query: str, *, presigned: bool) -> str:
+    """The query's pairs, each name and value encoded as SigV4 wants (RFC 3986), sorted. Worked on bytes, from the
+    query as sent: a value that is not UTF-8 is signed as it came, and refused later as a value, not as a signature."""
+    encoded = []
+    for piece in raw_query.split("&"):
+        if not piece:
+            continue
+        name, _, value = piece.partition("=")
+        name_bytes, value_bytes = unquote_to_bytes(name), unquote_to_bytes(value)
+        if presigned and name_bytes == b"X-Amz-Signature":
+            continue
+        encoded.append((quote_from_bytes(name_bytes, safe="-_.~"), quote_from_bytes(value_bytes, safe="-_.~")))
+    return "&".join(f"{name}={value}" for name, value in sorted(encoded))
 
 
 def _header_value(request: SignedRequest, name: str) -> str:
     return " ".join(request.headers.get(name, "").split())
 
 
-def query_pairs(query_string: str) -> list[tuple[str, str]]:
-    """The raw query's pairs, decoded ('+' is a plus sign here, as AWS's clients encode a space as %20)."""
+def query_pairs(query_string: str, *, strict: bool = False) -> list[tuple[str, str]]:
+    """The raw query's pairs, decoded ('+' is a plus sign here, as AWS's clients encode a space as %20). Bytes that
+    are not UTF-8 become U+FFFD, or with ``strict`` a ValidationException."""
     pairs = []
+    errors = "strict" if strict else "replace"
     for piece in query_string.split("&"):
         if piece:
             name, _, value = piece.partition("=")
-            pairs.append((unquote(name), unquote(value)))
+            try:
+                pairs.append((unquote(name, errors=errors), unquote(value, errors=errors)))
+            except UnicodeDecodeError:
+                raise LambdaError(
+                    "ValidationException", f"The query parameter {name[:64]} is not UTF-8 text.", status=400
+                ) from None
     return pairs
 
 

@@ -68,12 +68,14 @@ def raw_path_of(path: str, raw_path: bytes | None) -> str:
 
 
 def matched_of(incoming: Incoming) -> Matched | None:
-    return route_match(incoming.method, incoming.path, query_lists(incoming.query_string))
+    return route_match(incoming.method, incoming.raw_path, query_lists(incoming.query_string))
 
 
-def query_lists(query_string: str) -> dict[str, list[str]]:
+def query_lists(query_string: str, *, strict: bool = False) -> dict[str, list[str]]:
+    """The query's values by name; ``strict``: a value that is not UTF-8 is a ValidationException (an operation's
+    input), not a replacement character."""
     lists: dict[str, list[str]] = {}
-    for name, value in query_pairs(query_string):
+    for name, value in query_pairs(query_string, strict=strict):
         lists.setdefault(name, []).append(value)
     return lists
 
@@ -85,7 +87,7 @@ def caller_of(incoming: Incoming, body_sha256: str) -> Call:
     signed = SignedRequest(
         method=incoming.method,
         raw_path=incoming.raw_path,
-        query=query_pairs(incoming.query_string),
+        raw_query=incoming.query_string,
         headers=incoming.headers,
         body_sha256=body_sha256,
         secure=incoming.secure,
@@ -111,7 +113,7 @@ def operation_call(call: Call, operation: OperationModel, incoming: Incoming, ma
             "does.",
             status=501,
         )
-    wire = WireRequest(matched.path_params, query_lists(incoming.query_string), incoming.headers, body)
+    wire = WireRequest(matched.path_params, query_lists(incoming.query_string, strict=True), incoming.headers, body)
     return handler(call, operation_input(operation, wire))
 
 

@@ -39,7 +39,7 @@ def lambda_api(request: HttpRequest) -> HttpResponse:
         reply = _served(request, incoming)
     except Exception as exc:  # noqa: BLE001 - every failure is answered as AWS answers it (error_reply logs bugs)
         reply = error_reply(exc)
-    response = HttpResponse(reply_body(reply), status=reply.status)
+    response = HttpResponse(reply_body(reply), status=reply.status, content_type="application/json")
     for name, value in reply_headers(reply):
         response[name] = value
     return response

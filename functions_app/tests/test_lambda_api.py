@@ -489,3 +489,78 @@ def test_get_function_gives_a_link_that_downloads_the_package_for_ten_minutes(aw
         assert client.get(path).status_code == 403
     aws.request("DELETE", "/2015-03-31/functions/hello")
     assert client.get(path).status_code == 404
+
+
+# ---- what a hostile tester found ---------------------------------------------------------------------------------
+
+
+def test_a_create_function_refused_for_its_tags_creates_nothing(aws, user):
+    bad_tags = aws.create(Tags={"aws:reserved": "x"}, Publish=True)
+    assert error_of(bad_tags)[:2] == (400, "InvalidParameterValueException")
+    too_many = aws.create(Tags={f"t{number}": "x" for number in range(51)})
+    assert error_of(too_many)[:2] == (400, "InvalidParameterValueException")
+    assert not Function.objects.filter(owner=user).exists()
+    assert aws.create().status_code == 201
+
+
+def test_strings_no_database_can_store_are_refused_not_a_500(aws, user):
+    aws.create()
+    for body in (
+        b'{"Description": "\\ud800"}',
+        b'{"Description": "a\\u0000b"}',
+        b'{"Environment": {"Variables": {"AB": "\\udfff"}}}',
+    ):
+        answer = aws.request(
+            "PUT", "/2015-03-31/functions/hello/configuration", body, headers={"Content-Type": "application/json"}
+        )
+        assert error_of(answer)[:2] == (400, "InvalidRequestContentException"), body
+    tags = aws.request(
+        "POST",
+        f"/2017-03-31/tags/{quote(f'arn:aws:lambda:us-east-1:{user.pk:012d}:function:hello', safe='')}",
+        b'{"Tags": {"k": "\\ud800"}}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert error_of(tags)[:2] == (400, "InvalidRequestContentException")
+    deep = base64.b64encode(b"[" * 1500 + b"]" * 1500).decode()
+    nested = aws.request(
+        "POST",
+        "/2015-03-31/functions/hello/invocations",
+        b"{}",
+        headers={"X-Amz-Client-Context": deep, "X-Amz-Invocation-Type": "Event"},
+    )
+    assert error_of(nested)[:2] == (400, "InvalidRequestContentException")
+    not_utf8 = aws.request("GET", "/2015-03-31/functions/hello/configuration", query="Qualifier=%ED%A0%80")
+    assert error_of(not_utf8)[:2] == (400, "ValidationException")
+
+
+def test_messages_name_lambdas_members_and_a_null_member_is_an_absent_one(aws):
+    aws.create()
+    status, code, message = error_of(aws.request("PUT", "/2015-03-31/functions/hello/configuration", {"Timeout": 901}))
+    assert (status, code) == (400, "InvalidParameterValueException") and message.startswith("Timeout: ")
+    assert aws.request("PUT", "/2015-03-31/functions/hello/configuration", {"MemorySize": None}).status_code == 200
+    qualified = aws.request("PUT", "/2017-10-31/functions/hello%3A1/concurrency", {"ReservedConcurrentExecutions": 1})
+    assert error_of(qualified)[:2] == (400, "InvalidParameterValueException")
+    negative = base64.urlsafe_b64encode(b"-5").decode()
+    assert error_of(aws.request("GET", "/2015-03-31/functions", query=f"Marker={quote(negative)}"))[0] == 400
+
+
+def test_an_sdk_invocation_id_reused_with_another_payload_says_so(aws):
+    aws.create()
+    retry = {"X-Amz-Invocation-Type": "Event", "amz-sdk-invocation-id": "6d0f0e8a-0000-4000-8000-000000000001"}
+    assert aws.request("POST", "/2015-03-31/functions/hello/invocations", b'{"x": 1}', headers=retry).status_code == 202
+    other = aws.request("POST", "/2015-03-31/functions/hello/invocations", b'{"x": 2}', headers=retry)
+    status, code, message = error_of(other)
+    assert (status, code) == (409, "ResourceConflictException") and "amz-sdk-invocation-id" in message
+
+
+def test_errors_django_makes_on_lambdas_paths_still_come_in_awss_shape(aws, client):
+    nul = client.get("/2015-03-31/functions/a%00b")
+    assert nul.status_code == 400 and nul["x-amzn-ErrorType"] == "ValidationException"
+    assert json.loads(nul.content)["Type"] == "User"
+    stranger = client.get("/2015-03-31/functions", HTTP_HOST="not-this-server.example")
+    assert stranger.status_code == 400 and stranger["x-amzn-ErrorType"] == "ValidationException"
+    aws.create()
+    dry = aws.request(
+        "POST", "/2015-03-31/functions/hello/invocations", b"", headers={"X-Amz-Invocation-Type": "DryRun"}
+    )
+    assert dry.status_code == 204 and dry["Content-Type"] == "application/json"

@@ -263,6 +263,9 @@ def test_malformed_bodies_get_awss_errors_and_change_nothing(platform):
     assert (status, code) == (400, "ValidationException") and body["message"].startswith("2 validation errors detected")
     names = [f["FunctionName"] for f in platform.client().list_functions()["Functions"]]
     assert "t" not in names
+    # An encoded "/" stays inside the function's name: never another operation (ListVersionsByFunction here).
+    status, body, code = _signed(platform, "GET", "/2015-03-31/functions/any%2Fversions", b"", "application/json")
+    assert (status, code) == (400, "ValidationException") and "functionName" in body["message"]
 
 
 # ---- Terraform's provider, replayed ------------------------------------------------------------------------------

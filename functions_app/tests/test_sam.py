@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 from io import StringIO
 from pathlib import Path
@@ -330,3 +331,72 @@ def test_sqs_events_become_queue_mappings_when_the_import_is_given_the_queues_ke
     assert EventSourceMapping.objects.filter(kind="sqs").count() == 1
     with pytest.raises(CommandError, match="together"):
         imported(project, "--sqs-access-key-id", "AKIATEST")
+
+
+def function_template(properties: str = "", events: str = "") -> str:
+    """One inline function, with more properties and events (YAML, indented as the function's properties)."""
+    template = (
+        "Resources:\n  Fn:\n    Type: AWS::Serverless::Function\n    Properties:\n      Handler: index.h\n"
+        "      InlineCode: |\n        def h(event, context):\n            return event\n"
+    )
+    template += properties
+    if events:
+        template += "      Events:\n" + events
+    return template
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        (function_template("      Description: !Ref [a, b]\n"), "!Ref takes a name"),
+        (function_template("      Description: !Sub [only]\n"), "!Sub takes"),
+        (function_template("      Description: {'Fn::Sub': 5}\n"), "!Sub takes"),
+        (function_template("      Description: !Join [',', 5]\n"), "!Join takes"),
+        ("Globals: [1]\n" + function_template(), "Globals must be a map"),
+        ("Parameters: [1]\n" + function_template(), "Parameters must be a map"),
+        (function_template("      Environment: {Variables: {1: x}}\n"), "Environment.Variables"),
+        (function_template('      Description: "\\ud800"\n'), "lone surrogate"),
+        (function_template("      FunctionName: ééé\n"), "FunctionName"),
+        (function_template("      AutoPublishAlias: '123'\n"), "AutoPublishAlias"),
+        (
+            function_template(events="        S3:\n          Type: S3\n          Properties: {Bucket: 5, Events: 5}\n"),
+            "Events.S3",
+        ),
+        (
+            function_template(
+                events="        T:\n          Type: Schedule\n          Properties: {Schedule: 'rate(0 minutes)'}\n"
+            ),
+            "Events.T",
+        ),
+        (
+            function_template(events="        K:\n          Type: Kinesis\n          Properties: {Stream: clicks}\n"),
+            "Kinesis stream's ARN",
+        ),
+        (
+            function_template(
+                events="        Q:\n          Type: HttpApi\n          Properties: {Path: 5, Method: 7}\n"
+            ),
+            "Events.Q",
+        ),
+    ],
+)
+def test_hostile_templates_are_refused_with_the_item_named_even_in_a_dry_run(api, user, template, message):
+    for dry_run in (True, False):
+        answer = api.post("/api/v1/sam-imports/", {"template": template, "dry_run": dry_run}, format="json")
+        assert answer.status_code == 400, (dry_run, answer.content)
+        assert answer.json()["type"] == "InvalidTemplate" and re.search(message, answer.json()["message"]), (
+            answer.json()
+        )
+    assert not Function.objects.filter(owner=user).exists() and not Schedule.objects.exists()
+
+
+def test_a_dry_run_reports_the_triggers_it_would_make_and_makes_none(api, user):
+    events = "        Hourly:\n          Type: Schedule\n          Properties: {Schedule: 'rate(1 hour)'}\n"
+    events += "        NoType:\n          Properties: {}\n"
+    answer = api.post(
+        "/api/v1/sam-imports/", {"template": function_template(events=events), "dry_run": True}, format="json"
+    )
+    report = answer.json()
+    assert report["created"] == ["Fn"] and report["triggers"] == ["schedule Hourly (rate(1 hour)) → Fn"]
+    assert {"item": "Fn.Events.NoType", "reason": "the event has no Type"} in report["skipped"]
+    assert not Function.objects.filter(owner=user).exists() and not Schedule.objects.exists()
