@@ -23,6 +23,7 @@ from django.db.models import Max, Q
 from django.utils import timezone
 
 from console.exceptions import PreconditionFailed, RequestTooLarge, ResourceConflict, ResourceNotFound, ServiceError
+from console.models import AccessKey
 from functions_app import code as code_pkg
 from functions_app.code_storage import code_store
 from functions_app.models import (
@@ -41,6 +42,7 @@ from functions_app.models import (
     Alias,
     BucketNotification,
     CodeArtifact,
+    EventSourceMapping,
     Function,
     Invocation,
     Runtime,
@@ -673,8 +675,8 @@ test_event_delete.__test__ = False  # type: ignore[attr-defined]
 
 
 def environments_reencrypt(*, progress: Any = None, batch: int = 500) -> dict[str, int]:
-    """Re-encrypt every environment (and every stored secret key of a bucket) with the newest key
-    (MultiFernet.rotate); old keys may then be retired."""
+    """Re-encrypt every environment and every stored secret (a bucket's or a queue's secret key, a user's access
+    key for Lambda's API) with the newest key (MultiFernet.rotate); old keys may then be retired."""
     counts = {}
     for name, model in (("functions", Function), ("versions", Version)):
         done = 0
@@ -684,14 +686,16 @@ def environments_reencrypt(*, progress: Any = None, batch: int = 500) -> dict[st
             if progress and done % batch == 0:
                 progress(done)
         counts[name] = done
-    counts["bucket_notifications"] = _bucket_secrets_reencrypt()
+    counts["bucket_notifications"] = _secrets_reencrypt(BucketNotification, "secret_access_key")
+    counts["event_source_mappings"] = _secrets_reencrypt(EventSourceMapping, "secret_access_key")
+    counts["access_keys"] = _secrets_reencrypt(AccessKey, "secret_ciphertext")
     return counts
 
 
-def _bucket_secrets_reencrypt() -> int:
+def _secrets_reencrypt(model: Any, field: str) -> int:
     done = 0
-    for pk, secret in BucketNotification.objects.exclude(secret_access_key="").values_list("pk", "secret_access_key"):
-        BucketNotification.objects.filter(pk=pk).update(secret_access_key=env_reencrypt(secret))
+    for pk, secret in model.objects.exclude(**{field: ""}).values_list("pk", field):
+        model.objects.filter(pk=pk).update(**{field: env_reencrypt(secret)})
         done += 1
     return done
 

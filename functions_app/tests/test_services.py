@@ -256,8 +256,11 @@ def test_rotating_keys_re_encrypts_every_environment_so_the_old_key_can_go(make_
     from cryptography.fernet import Fernet
     from django.core.management import call_command
 
+    from console.access_keys import access_key_create, access_key_secret, access_keys_forget_checked
+
     function = make_function(environment={"TOKEN": "abc"})
     services.version_publish(function=function)
+    access_key, secret = access_key_create(owner=function.owner, name="aws")
     old_key = settings.FERNET_KEYS[0]
     settings.FERNET_KEYS = [Fernet.generate_key().decode(), old_key]
     out = StringIO()
@@ -266,6 +269,8 @@ def test_rotating_keys_re_encrypts_every_environment_so_the_old_key_can_go(make_
     settings.FERNET_KEYS = settings.FERNET_KEYS[:1]  # the old key is retired
     assert env_decrypt(Function.objects.get(pk=function.pk).environment_ciphertext) == {"TOKEN": "abc"}
     assert env_decrypt(Version.objects.get(function=function).environment_ciphertext) == {"TOKEN": "abc"}
+    access_keys_forget_checked()  # as a restarted web process would, with only the new key
+    assert access_key_secret(access_key_id=access_key.access_key_id) == (function.owner, secret)
 
 
 # ---- revisions: every change is a conditional update --------------------------------------------------------

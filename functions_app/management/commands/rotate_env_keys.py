@@ -1,4 +1,4 @@
-"""Re-encrypt every stored environment with the newest key in FERNET_KEYS (put the new key first, run this,
+"""Re-encrypt every stored environment and secret with the newest key in FERNET_KEYS (put the new key first, run this,
 then drop the old key)."""
 
 from __future__ import annotations
@@ -15,4 +15,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         counts = environments_reencrypt(progress=lambda done: self.stderr.write(f"re-encrypted {done} rows"))
-        self.stdout.write(f"Re-encrypted {counts['functions']} functions and {counts['versions']} versions.")
+        secrets = counts["bucket_notifications"] + counts["event_source_mappings"] + counts["access_keys"]
+        self.stdout.write(
+            f"Re-encrypted {counts['functions']} functions and {counts['versions']} versions, and {secrets} stored "
+            "secrets (buckets' and queues' keys, access keys)."
+        )
